@@ -1,0 +1,1 @@
+"""gpujob: run PyTorch training jobs from YAML specs."""

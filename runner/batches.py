@@ -1,0 +1,106 @@
+"""Batches for the training loop, two ways with one order.
+
+`TensorBatches` is the fast path: a whole split lives on the device as uint8, each
+batch is gathered by index and normalised there, so no per-sample Python or PIL work
+happens per step. `LoaderBatches` is the DataLoader path for datasets given as a
+factory. Both take their indices from `train_order`, so with the same seed they
+yield the same batches (tests check this), and in DDP each rank takes a disjoint
+slice of every global batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    import torch
+
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+
+
+def train_order(n: int, global_batch: int, seed: int, epoch: int, shard: Shard) -> list["torch.Tensor"]:
+    """This rank's index batches for one epoch: a seeded permutation cut into global
+    batches (the last partial one dropped, so every rank takes the same number of
+    equal steps), each split rank::world_size."""
+    import torch
+
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    steps = n // global_batch
+    return [order[i * global_batch : (i + 1) * global_batch][shard.rank :: shard.world_size] for i in range(steps)]
+
+
+def eval_order(n: int, shard: Shard) -> list["torch.Tensor"]:
+    """Every test sample exactly once across ranks, in fixed order."""
+    import torch
+
+    mine = torch.arange(shard.rank, n, shard.world_size)
+    return list(mine.split(EVAL_BATCH))
+
+
+class TensorBatches:
+    """A split held on the device as uint8, batched by index, normalised on the device."""
+
+    def __init__(self, train, test, mean, std, device, global_batch: int, seed: int, shard: Shard):
+        import torch
+
+        self.train_images = train.images.to(device)
+        self.train_labels = train.labels.to(device)
+        self.test_images = test.images.to(device)
+        self.test_labels = test.labels.to(device)
+        shape = (1, -1, 1, 1)
+        # Folding /255 into the affine map: x * scale + shift == (x/255 - mean) / std.
+        std_t = torch.tensor(std, device=device).view(shape)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = -torch.tensor(mean, device=device).view(shape) / std_t
+        self.device, self.global_batch, self.seed, self.shard = device, global_batch, seed, shard
+        self.steps_per_epoch = len(train) // global_batch
+
+    def _gather(self, images, labels, idx):
+        idx = idx.to(self.device, non_blocking=True)
+        x = images.index_select(0, idx).float().mul_(self.scale).add_(self.shift)
+        return x, labels.index_select(0, idx)
+
+    def train(self, epoch: int) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        for idx in train_order(len(self.train_labels), self.global_batch, self.seed, epoch, self.shard):
+            yield self._gather(self.train_images, self.train_labels, idx)
+
+    def test(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        for idx in eval_order(len(self.test_labels), self.shard):
+            yield self._gather(self.test_images, self.test_labels, idx)
+
+
+class LoaderBatches:
+    """The DataLoader path, for factory datasets: same order, per-sample work in workers."""
+
+    def __init__(self, train_set, test_set, device, global_batch: int, seed: int, shard: Shard, num_workers: int):
+        self.train_set, self.test_set = train_set, test_set
+        self.device, self.global_batch, self.seed, self.shard = device, global_batch, seed, shard
+        self.num_workers = num_workers
+        self.steps_per_epoch = len(train_set) // global_batch
+
+    def _load(self, dataset, batches) -> Iterator:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            dataset,
+            batch_sampler=[b.tolist() for b in batches],
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train(self, epoch: int) -> Iterator:
+        order = train_order(len(self.train_set), self.global_batch, self.seed, epoch, self.shard)
+        return self._load(self.train_set, order)
+
+    def test(self) -> Iterator:
+        return self._load(self.test_set, eval_order(len(self.test_set), self.shard))

@@ -1,0 +1,32 @@
+"""The one error type users can cause, carrying the exit code the CLI returns.
+
+Exit codes are a contract: 0 done, 1 the job itself failed, 2 bad spec or usage,
+3 a backend, credential or engine is missing. Everything that can go wrong because
+of what the user typed or has installed is raised as a GpujobError and printed once,
+without a traceback, at the CLI edge.
+"""
+
+from __future__ import annotations
+
+JOB_FAILED = 1
+BAD_INPUT = 2
+MISSING_BACKEND = 3
+
+
+class GpujobError(Exception):
+    def __init__(self, message: str, exit_code: int = BAD_INPUT):
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+
+
+def bad_input(message: str) -> GpujobError:
+    return GpujobError(message, BAD_INPUT)
+
+
+def missing_backend(message: str) -> GpujobError:
+    return GpujobError(message, MISSING_BACKEND)
+
+
+def job_failed(message: str) -> GpujobError:
+    return GpujobError(message, JOB_FAILED)

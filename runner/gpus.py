@@ -1,0 +1,78 @@
+"""The GPU catalog: one place for GPU names, memory, features, provider names and prices.
+
+Backends translate `resources.gpu` through this table instead of keeping their own
+spellings (Modal's `A10G` is vast.ai's `A10`), so a new provider is one more column.
+Prices are US$ per GPU-hour as published by each provider on PRICES_READ_ON.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+PRICES_READ_ON = "2026-11-24"
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str  # canonical, as written in specs (Modal's spelling where Modal has it)
+    memory_gb: int
+    bf16: bool  # hardware bf16 (Ampere and newer)
+    provider_names: dict[str, str] = field(default_factory=dict)
+    price_per_hour: dict[str, float] = field(default_factory=dict)
+    aliases: tuple[str, ...] = ()
+
+
+CATALOG: tuple[GpuType, ...] = (
+    GpuType("T4", 16, False, {"modal": "T4", "vast": "Tesla T4"}, {"modal": 0.59}),
+    GpuType("L4", 24, True, {"modal": "L4", "vast": "L4"}, {"modal": 0.80}),
+    GpuType("A10G", 24, True, {"modal": "A10G", "vast": "A10"}, {"modal": 1.10}, ("A10",)),
+    GpuType("A100-40GB", 40, True, {"modal": "A100-40GB", "vast": "A100 PCIE"}, {"modal": 2.10}, ("A100",)),
+    GpuType("A100-80GB", 80, True, {"modal": "A100-80GB", "vast": "A100 SXM4"}, {"modal": 2.50}),
+    GpuType("L40S", 48, True, {"modal": "L40S", "vast": "L40S"}, {"modal": 1.95}),
+    GpuType("H100", 80, True, {"modal": "H100", "vast": "H100 SXM"}, {"modal": 3.95}),
+    GpuType("H200", 141, True, {"modal": "H200", "vast": "H200"}, {"modal": 4.54}),
+    GpuType("B200", 180, True, {"modal": "B200", "vast": "B200"}, {"modal": 6.25}),
+    GpuType("RTX4090", 24, True, {"vast": "RTX 4090"}, {}, ("RTX-4090",)),
+    GpuType("RTX3090", 24, True, {"vast": "RTX 3090"}, {}, ("RTX-3090",)),
+    GpuType("V100", 16, False, {"vast": "Tesla V100"}, {}),
+)
+
+_BY_NAME = {key.upper(): gpu for gpu in CATALOG for key in (gpu.name, *gpu.aliases)}
+_REQUEST = re.compile(r"^\s*([A-Za-z0-9-]+)\s*(?::\s*(\d+))?\s*$")
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    type: GpuType
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.type.name}:{self.count}"
+
+    def on(self, provider: str) -> str:
+        """This GPU's name at a provider, or a ValueError listing the ones it offers."""
+        if provider not in self.type.provider_names:
+            offered = ", ".join(g.name for g in CATALOG if provider in g.provider_names)
+            raise ValueError(f"{provider} does not offer {self.type.name}; it offers: {offered}")
+        return self.type.provider_names[provider]
+
+
+def known_names() -> str:
+    return ", ".join(g.name for g in CATALOG)
+
+
+def parse_gpu(text: str) -> GpuRequest | None:
+    """`A10G:2` -> GpuRequest(A10G, 2); `cpu` -> None. ValueError names the known types."""
+    if text.strip().lower() in ("cpu", "none", ""):
+        return None
+    match = _REQUEST.match(text)
+    if not match:
+        raise ValueError(f"'{text}' is not TYPE[:COUNT], e.g. A10G:2 or cpu")
+    gpu = _BY_NAME.get(match.group(1).upper())
+    if gpu is None:
+        raise ValueError(f"unknown GPU type '{match.group(1)}'; known types: {known_names()}")
+    count = int(match.group(2) or 1)
+    if not 1 <= count <= 8:
+        raise ValueError(f"GPU count must be 1 to 8 per node, got {count}")
+    return GpuRequest(gpu, count)

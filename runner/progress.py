@@ -1,0 +1,68 @@
+"""What the user watches: a rich progress bar on a terminal, plain lines otherwise
+(logs, CI, a remote container's stdout)."""
+
+from __future__ import annotations
+
+import sys
+
+
+def console_listener(stream=None):
+    stream = stream or sys.stdout
+    return RichProgress() if stream.isatty() else PlainProgress(stream)
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    return (f"epoch {r['epoch']}/{epochs}  train_loss {r['loss']:.4f}  test_loss {r['test_loss']:.4f}  "
+            f"test_accuracy {100 * r['test_accuracy']:.2f}%  {r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s")
+
+
+class PlainProgress:
+    def __init__(self, stream):
+        self.stream, self.epochs, self.total = stream, 0, 0
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def on_start(self, plan: dict) -> None:
+        self.epochs, self.total = plan["epochs"], plan["total_steps"]
+        self._print(f"training on {plan['device']} x{plan['world_size']}: {plan['parameters']:,} parameters, "
+                    f"{plan['epochs']} epoch(s) of {plan['steps_per_epoch']} steps")
+
+    def on_step(self, r: dict) -> None:
+        self._print(f"step {r['step']}/{self.total}  epoch {r['epoch']}  loss {r['loss']:.4f}  "
+                    f"lr {r['lr']:.3g}  {r['samples_per_s']:.0f} samples/s")
+
+    def on_epoch(self, r: dict) -> None:
+        self._print(_epoch_line(r, self.epochs))
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    def __init__(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = Console()
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console)
+        self.task, self.epochs = None, 0
+
+    def on_start(self, plan: dict) -> None:
+        self.epochs = plan["epochs"]
+        self.console.print(f"training on [bold]{plan['device']}[/] x{plan['world_size']}: "
+                           f"{plan['parameters']:,} parameters")
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=plan["total_steps"], status="")
+
+    def on_step(self, r: dict) -> None:
+        self.bar.update(self.task, completed=r["step"], description=f"epoch {r['epoch']}/{self.epochs}",
+                        status=f"loss {r['loss']:.4f}")
+
+    def on_epoch(self, r: dict) -> None:
+        self.bar.update(self.task, completed=r["step"])
+        self.bar.console.print(_epoch_line(r, self.epochs))
+
+    def close(self) -> None:
+        self.bar.stop()

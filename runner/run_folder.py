@@ -1,0 +1,107 @@
+"""The run folder: what every run hands back, whatever backend ran it.
+
+spec.yaml, metrics.jsonl, summary.json, timing.json, loss_curve.png, env.json.
+Key names are a contract other tools read: add keys, rename none. A new folder is
+created exclusively (never reusing an earlier run's), and every whole-file write goes
+through a temp file and a rename, so a killed run never leaves a half-written JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from runner.errors import bad_input
+
+SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV = (
+    "spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFolder:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, name: str) -> "RunFolder":
+        """A new folder `runs_dir/NAME-YYYYmmdd-HHMMSS[-N]`; never one that exists."""
+        runs_dir = Path(runs_dir)
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for attempt in range(1, 1000):
+            path = runs_dir / (stem if attempt == 1 else f"{stem}-{attempt}")
+            try:
+                path.mkdir()  # exclusive: fails if another run took this name
+                return cls(path)
+            except FileExistsError:
+                continue
+        raise bad_input(f"--runs-dir: no free run folder name under {runs_dir}")
+
+    @classmethod
+    def at(cls, path: str | Path) -> "RunFolder":
+        """A folder named by the caller (remote backends pick it); it must be new or empty."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            raise bad_input(f"--run-dir: {path} already holds a run; it is never overwritten")
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.file(name), text.encode())
+
+    def write_json(self, name: str, obj) -> None:
+        self.write_text(name, json.dumps(obj, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str):
+        return json.loads(self.file(name).read_text())
+
+    def append_metric(self, record: dict) -> None:
+        # One whole line per write and flush: a kill loses at most the line being written.
+        with open(self.file(METRICS), "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def metrics(self) -> list[dict]:
+        path = self.file(METRICS)
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a kill: everything before it is whole
+        return records
+
+
+class MetricsListener:
+    """Writes each step and epoch record to metrics.jsonl as it happens."""
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+
+    def on_start(self, plan: dict) -> None:
+        pass
+
+    def on_step(self, record: dict) -> None:
+        self.folder.append_metric(record)
+
+    def on_epoch(self, record: dict) -> None:
+        self.folder.append_metric(record)

@@ -1,0 +1,220 @@
+"""The job spec: the user-facing contract, as Pydantic models.
+
+Field names are fixed (README "Spec reference"); every section has defaults so a
+short spec works. `load_spec` reads YAML, applies `--set` overrides and turns
+validation errors into one line naming the field path and, where known, the file line.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+from runner.errors import bad_input
+from runner.gpus import GpuRequest, parse_gpu
+
+BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
+BUILTIN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits", "synthetic")
+BACKENDS = ("local", "modal", "docker", "vast", "slurm")
+FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _builtin_or_factory(value: str, builtins: tuple[str, ...]) -> str:
+    if value in builtins or FACTORY_PATH.match(value):
+        return value
+    raise ValueError(f"'{value}' is not one of {', '.join(builtins)} or 'package.module:factory'")
+
+
+class ModelSpec(Section):
+    name: str = Field("mlp", description="mlp | cnn | resnet18 | resnet34 | resnet50 | package.module:factory")
+    num_classes: PositiveInt | None = Field(None, description="defaults to the dataset's class count")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory model")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _builtin_or_factory(value, BUILTIN_MODELS)
+
+
+class SyntheticSpec(Section):
+    shape: list[PositiveInt] = Field([1, 28, 28], description="channels, height, width")
+    num_classes: PositiveInt = 10
+    train_samples: PositiveInt = 2048
+    test_samples: PositiveInt = 512
+
+    @field_validator("shape")
+    @classmethod
+    def _chw(cls, value: list[int]) -> list[int]:
+        if len(value) != 3:
+            raise ValueError("shape is [channels, height, width]")
+        return value
+
+
+class DataSpec(Section):
+    dataset: str = Field("digits", description="fashion_mnist | mnist | cifar10 | digits | synthetic | package.module:factory")
+    root: str = Field("./data", description="where datasets live (relative to the working directory)")
+    download: bool = True
+    batch_size: PositiveInt = Field(128, description="global batch size, split across workers")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers (factory datasets only)")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="used when dataset is synthetic")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory dataset")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _builtin_or_factory(value, BUILTIN_DATASETS)
+
+
+class OptimizerSpec(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "onecycle"] = "none"
+
+
+class TrainSpec(Section):
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = Field(None, description="optional cap on optimizer steps, for smoke runs")
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model")
+    log_every_steps: PositiveInt = 50
+
+
+class ResourcesSpec(Section):
+    gpu: str | None = Field(None, description="TYPE[:COUNT] from the GPU catalog, or cpu")
+    timeout_minutes: PositiveInt = 60
+
+    @field_validator("gpu")
+    @classmethod
+    def _catalogued(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        request = parse_gpu(value)
+        return None if request is None else str(request)
+
+    @property
+    def gpu_request(self) -> GpuRequest | None:
+        return parse_gpu(self.gpu) if self.gpu else None
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=80, description="becomes part of the run folder name")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    backend: Literal["local", "modal", "docker", "vast", "slurm"] = "local"
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- reading specs -------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, overrides: list[str] = (), **fields: Any) -> JobSpec:
+    """Read, override and validate a spec file. `fields` are dotted-path overrides
+    coming from CLI options (e.g. `backend="modal"`), applied after `--set`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise bad_input(f"cannot read spec {path}: {err.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise bad_input(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(raw, dict):
+        raise bad_input(f"{path}: a spec is a mapping of sections (name, model, data, ...)")
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_path(raw, key, value, f"--set {item}")
+    for key, value in fields.items():
+        if value is not None:
+            _set_path(raw, key, value, f"--{key.split('.')[-1]}")
+    overridden = {tuple(_parse_override(o)[0].split(".")) for o in overrides}
+    overridden |= {tuple(k.split(".")) for k, v in fields.items() if v is not None}
+    return validate_spec(raw, source=str(path), lines=lines, overridden=overridden)
+
+
+def validate_spec(raw: dict, source: str = "spec", lines: dict | None = None, overridden: set = frozenset()) -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise bad_input(_describe(err, source, lines or {}, overridden)) from None
+
+
+def _describe(err: ValidationError, source: str, lines: dict, overridden: set) -> str:
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    field = ".".join(loc) or "spec"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling; `gpujob schema` lists every field)"
+    elif first["type"] == "missing":
+        message = "required field is missing"
+    where = source
+    if not any(loc[: len(o)] == o for o in overridden):
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        if line:
+            where = f"{source}:{line}"
+    more = len(err.errors()) - 1
+    tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
+    return f"{where}: {field}: {message}{tail}"
+
+
+def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map each key path in a composed YAML document to its 1-based line."""
+    found: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = prefix + (str(key.value),)
+            found[path] = key.start_mark.line + 1
+            found.update(_key_lines(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, value in enumerate(node.value):
+            found[prefix + (str(index),)] = value.start_mark.line + 1
+            found.update(_key_lines(value, prefix + (str(index),)))
+    return found
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", key.strip()):
+        raise bad_input(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.epochs=1")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value  # not YAML: take the text as it is, validation decides
+    return key.strip(), parsed
+
+
+def _set_path(raw: dict, key: str, value: Any, origin: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise bad_input(f"{origin}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()

@@ -1,0 +1,57 @@
+"""The worker: one process of a job. `gpujob run` calls it here, in a container, on a
+SLURM node or on Modal; it trains through train.py and, on rank 0, fills the run folder."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+from runner import run_folder as rf
+from runner.distributed import WorkerContext
+from runner.errors import GpujobError, job_failed
+from runner.spec import JobSpec
+
+
+def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path("runs"),
+               ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False) -> Path | None:
+    """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0."""
+    from runner.environment import describe_environment
+    from runner.plot import plot_loss_curve
+    from runner.progress import console_listener
+    from runner.train import train
+
+    started = time.perf_counter() if started is None else started
+    ctx = ctx or WorkerContext.from_env()
+    folder = listeners = None
+    if ctx.is_main:
+        folder = rf.RunFolder.at(run_dir) if run_dir else rf.RunFolder.create(runs_dir, spec.name)
+        folder.write_text(rf.SPEC, spec.to_yaml())
+        folder.write_json(rf.ENV, describe_environment())
+        console = None if quiet else console_listener()
+        listeners = [rf.MetricsListener(folder)] + ([console] if console else [])
+    try:
+        result = train(spec, ctx, listeners or [], started=started)
+    except GpujobError as err:
+        _record_failure(folder, err.message)
+        raise
+    except Exception as err:  # the job's own failure (user code, OOM, ...): keep the traceback in the folder
+        where = _record_failure(folder, traceback.format_exc())
+        raise job_failed(f"job failed: {type(err).__name__}: {err}" + (f" (traceback in {where})" if where else "")) from err
+    finally:
+        for listener in listeners or []:
+            getattr(listener, "close", lambda: None)()
+    if not ctx.is_main:
+        return None
+    folder.write_json(rf.TIMING, result.timing)
+    plot_loss_curve(result.epochs, f"{spec.name}: {spec.model.name} on {spec.data.dataset} "
+                    f"({result.summary['device']} x{ctx.world_size})", folder.file(rf.PLOT))
+    folder.write_json(rf.SUMMARY, result.summary)  # last: its presence means the run finished
+    return folder.path
+
+
+def _record_failure(folder: rf.RunFolder | None, text: str) -> Path | None:
+    if folder is None:
+        return None
+    folder.write_text("error.log", text)
+    return folder.file("error.log")
