@@ -61,6 +61,15 @@ class RunFolder:
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
+    def discard(self) -> None:
+        """Remove a folder this process created and wrote only its own files to."""
+        for name in (SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV):
+            self.file(name).unlink(missing_ok=True)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # something else is in it: leave it alone
+
     def file(self, name: str) -> Path:
         return self.path / name
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner import run_folder as rf
 from runner.distributed import WorkerContext
-from runner.errors import GpujobError, job_failed
+from runner.errors import BAD_INPUT, GpujobError, job_failed
 from runner.spec import JobSpec
 
 
@@ -33,7 +33,10 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     try:
         result = train(spec, ctx, listeners or [], started=started)
     except GpujobError as err:
-        _record_failure(folder, err.message)
+        if err.exit_code == BAD_INPUT and folder is not None:
+            folder.discard()  # a spec mistake found at start-up leaves nothing half-written behind
+        else:
+            _record_failure(folder, err.message)
         raise
     except Exception as err:  # the job's own failure (user code, OOM, ...): keep the traceback in the folder
         where = _record_failure(folder, traceback.format_exc())

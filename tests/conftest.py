@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.fashion_idx import write_fashion_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def fashion_root(tmp_path_factory) -> Path:
+    """FashionMNIST-format IDX files (2000 train, 500 test) read by torchvision's own loader."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fashion"), 2000, 500)
+
+
+@pytest.fixture
+def write_spec(tmp_path):
+    """write_spec(name=..., model={...}, ...) -> path of a YAML spec in tmp_path."""
+
+    def write(filename: str = "job.yaml", **sections) -> Path:
+        sections = {"name": "test-job", **sections}  # name first, so section lines are predictable
+        path = tmp_path / filename
+        path.write_text(yaml.safe_dump(sections, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fashion_spec(write_spec, fashion_root):
+    def make(**overrides):
+        sections = dict(
+            model={"name": "mlp"},
+            data={"dataset": "fashion_mnist", "root": str(fashion_root), "download": False, "batch_size": 50},
+            optimizer={"name": "sgd", "lr": 0.05},
+            train={"epochs": 3, "log_every_steps": 10},
+        )
+        sections.update(overrides)
+        return write_spec(**sections)
+
+    return make
+
+
+def cli(*args: str) -> "CliResult":
+    """Run the CLI in this process, as a user would type it."""
+    from runner.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return CliResult(result.exit_code, result.stdout, result.stderr, result.exception)
+
+
+def cli_subprocess(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path | None = None):
+    """Run `gpujob` as a separate process: real exit codes, real stderr, no shared state."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "runner.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=cwd or REPO)
+
+
+class CliResult:
+    def __init__(self, exit_code, stdout, stderr, exception):
+        self.exit_code, self.stdout, self.stderr, self.exception = exit_code, stdout, stderr, exception
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.stdout.strip().splitlines()[-1])
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
