@@ -79,13 +79,34 @@ def run(
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="write the run folder exactly here (new or empty)"),
+    nproc_per_node: str = typer.Option("1", "--nproc-per-node", help="DDP workers on this machine, or 'auto' "
+                                       "(the spec's GPU count on a CUDA machine, else resources.processes)"),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="machines in the job (start `gpujob run` on each)"),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="this machine's index, 0 .. nnodes-1"),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="address of node 0, reachable from all"),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="free port on node 0 (default 29500 "
+                                              "with --nnodes > 1, any free port otherwise)"),
+    worker: bool = typer.Option(False, "--worker", hidden=True, help="internal: one rank started by the launcher"),
 ):
-    """Run the job in this process, on whatever device is here (what images and remote machines call)."""
+    """Run the job here, on whatever device is here (what images and remote machines call)."""
     started = time.perf_counter()
-    from runner.worker import run_worker
-
     job = _load(spec, set_)
-    folder = run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started)
+    if worker:
+        from runner.worker import run_worker
+
+        run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started)
+        return
+    from runner.errors import bad_input
+    from runner.launch import Topology, run_on_this_node, workers_per_node
+
+    if node_rank >= nnodes:
+        raise bad_input(f"--node-rank: {node_rank} is not below --nnodes {nnodes}")
+    if nproc_per_node != "auto" and not (nproc_per_node.isdigit() and int(nproc_per_node) > 0):
+        raise bad_input(f"--nproc-per-node: expected a positive number or 'auto', got '{nproc_per_node}'")
+    nproc = workers_per_node(job) if nproc_per_node == "auto" else int(nproc_per_node)
+    port = master_port or (29500 if nnodes > 1 else None)
+    topology = Topology(nproc, nnodes, node_rank, master_addr, port)
+    folder = run_on_this_node(job, topology, run_dir, runs_dir, started=started)
     if folder is not None:
         _finish(folder)
 

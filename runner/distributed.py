@@ -46,7 +46,9 @@ def pick_device(ctx: WorkerContext) -> "torch.device":
     return torch.device("cpu")
 
 
-def init_process_group(ctx: WorkerContext, device: "torch.device") -> None:
+def init_process_group(ctx: WorkerContext, device: "torch.device", timeout_s: float) -> None:
+    """nccl on CUDA, gloo on CPU; rendezvous from MASTER_ADDR/MASTER_PORT. A collective
+    that waits longer than `timeout_s` (a rank died or hangs) raises instead of hanging."""
     if not ctx.distributed:
         return
     import datetime
@@ -57,8 +59,50 @@ def init_process_group(ctx: WorkerContext, device: "torch.device") -> None:
         import torch
 
         torch.cuda.set_device(device)
-    timeout = datetime.timedelta(seconds=float(os.environ.get("GPUJOB_COLLECTIVE_TIMEOUT_S", 600)))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s))
+
+
+class CommTimer:
+    """Time spent in DDP's gradient all-reduces (which overlap backward) and waiting
+    for the slowest rank at epoch ends: the cost of running on more than one worker."""
+
+    def __init__(self):
+        self.allreduce_s = 0.0
+        self.barrier_s = 0.0
+
+    def attach(self, ddp_model) -> None:
+        import time
+
+        import torch.distributed as dist
+
+        def timed_allreduce(state, bucket):
+            start = time.perf_counter()
+            tensor = bucket.buffer().div_(dist.get_world_size())
+            future = dist.all_reduce(tensor, async_op=True).get_future()
+
+            def done(fut):
+                self.allreduce_s += time.perf_counter() - start
+                return fut.value()[0]
+
+            return future.then(done)
+
+        ddp_model.register_comm_hook(None, timed_allreduce)
+
+    def wait_for_all(self, ctx: WorkerContext) -> None:
+        if ctx.distributed:
+            import time
+
+            import torch.distributed as dist
+
+            start = time.perf_counter()
+            dist.barrier()
+            self.barrier_s += time.perf_counter() - start
+
+    def take(self) -> dict:
+        taken = {"allreduce_s": self.allreduce_s, "barrier_wait_s": self.barrier_s}
+        self.allreduce_s = self.barrier_s = 0.0
+        return taken
 
 
 def all_sum(values: "torch.Tensor", ctx: WorkerContext) -> "torch.Tensor":

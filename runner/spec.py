@@ -88,11 +88,15 @@ class TrainSpec(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = Field(False, description="torch.compile the model")
     log_every_steps: PositiveInt = 50
+    collective_timeout_s: PositiveInt = Field(
+        300, description="DDP: a rank that waits this long for the others fails the job (catches hung ranks)")
 
 
 class ResourcesSpec(Section):
     gpu: str | None = Field(None, description="TYPE[:COUNT] from the GPU catalog, or cpu")
     timeout_minutes: PositiveInt = 60
+    processes: PositiveInt = Field(1, description="DDP workers per node on a machine without CUDA GPUs")
+    nodes: PositiveInt = Field(1, description="machines (SLURM nodes); workers per node from gpu count or processes")
 
     @field_validator("gpu")
     @classmethod
@@ -107,6 +111,17 @@ class ResourcesSpec(Section):
         return parse_gpu(self.gpu) if self.gpu else None
 
 
+class SlurmSpec(Section):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    cpus_per_task: PositiveInt | None = None
+    mem: str | None = Field(None, description="memory per node, e.g. 32G")
+    sbatch_lines: list[str] = Field(default_factory=list, description="extra '#SBATCH ...' options, e.g. --constraint=a100")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the job, e.g. module load cuda")
+    python: str | None = Field(None, description="python on the nodes; default: the one that submits")
+
+
 class JobSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=80, description="becomes part of the run folder name")
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -115,6 +130,7 @@ class JobSpec(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     backend: Literal["local", "modal", "docker", "vast", "slurm"] = "local"
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="options for backend: slurm")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from runner.batches import LoaderBatches, Shard, TensorBatches
 from runner.datasets import dataset_info, load_factory_dataset, load_image_tensors
-from runner.distributed import WorkerContext, all_sum, destroy_process_group, init_process_group, pick_device
+from runner.distributed import (CommTimer, WorkerContext, all_sum, destroy_process_group, init_process_group,
+                                pick_device)
 from runner.errors import bad_input, job_failed
 from runner.models import build_model, parameter_count
 
@@ -145,7 +146,7 @@ def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Lis
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext()
     device = device or pick_device(ctx)
-    init_process_group(ctx, device)
+    init_process_group(ctx, device, spec.train.collective_timeout_s)
     try:
         return _train(spec, ctx, listeners, started, device, torch, F)
     finally:
@@ -165,10 +166,12 @@ def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
     optimizer, scheduler = build_optimizer(spec, model, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     step_model = torch.compile(model) if t.compile else model
+    comm = CommTimer()
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+        comm.attach(step_model)
 
     def emit(kind: str, record: dict) -> None:
         for listener in listeners:
@@ -225,6 +228,7 @@ def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
         if epoch_steps == 0:
             break  # max_steps was reached at the end of the previous epoch
         sync(device)
+        comm.wait_for_all(ctx)
         epoch_wall = time.perf_counter() - epoch_start
         train_loop_s += epoch_wall
         train_loss = all_sum(epoch_loss, ctx).item() / (epoch_steps * ctx.world_size)
@@ -240,7 +244,7 @@ def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
         epoch_records.append(record)
         epoch_timing.append({"epoch": epoch, "wall_s": epoch_wall, "data_s": data_s,
                              "compute_s": max(epoch_wall - data_s, 0.0), "eval_s": eval_s,
-                             "samples_per_s": samples_per_s})
+                             "samples_per_s": samples_per_s, **comm.take()})
         emit("epoch", record)
         if step >= total_steps:
             break

@@ -45,3 +45,30 @@ class Exploding(nn.Module):
 
 def exploding(num_classes: int, input_shape) -> nn.Module:
     return Exploding(num_classes, input_shape)
+
+
+class Saboteur(nn.Module):
+    """An MLP that, in the rank named by `rank`, raises or hangs at training step `at_step`."""
+
+    def __init__(self, num_classes: int, input_shape, rank: int, mode: str, at_step: int):
+        super().__init__()
+        import os
+
+        self.net = tiny_mlp(num_classes, input_shape)
+        self.armed = int(os.environ.get("RANK", 0)) == rank
+        self.mode, self.at_step, self.calls = mode, at_step, 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        if self.armed and self.calls == self.at_step:
+            if self.mode == "raise":
+                raise ValueError(f"planted failure at step {self.at_step}")
+            import time
+
+            time.sleep(3600)  # a hung rank: a deadlock, a stuck filesystem, a dead GPU
+        return self.net(x)
+
+
+def saboteur(num_classes: int, input_shape, rank: int = 1, mode: str = "raise", at_step: int = 3) -> nn.Module:
+    return Saboteur(num_classes, input_shape, rank, mode, at_step)

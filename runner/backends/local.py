@@ -1,4 +1,5 @@
-"""The local backend: train on this machine, in this process (CPU, MPS or CUDA)."""
+"""The local backend: train on this machine (CPU, MPS or CUDA), one worker in this
+process or several DDP workers started by the launcher."""
 
 from __future__ import annotations
 
@@ -12,14 +13,20 @@ class LocalBackend:
 
     def plan(self, spec, spec_path: Path, runs_dir: Path) -> Plan:
         from runner.hardware import local_accelerator
+        from runner.launch import workers_per_node
 
-        return Plan(self.name, spec, spec_path, runs_dir, world_size=1,
-                    details={"device here": local_accelerator()})
+        workers = workers_per_node(spec)
+        device = local_accelerator()
+        details = {"device here": device}
+        if spec.resources.gpu and device == "cpu":
+            details["note"] = (f"no CUDA GPU here: resources.gpu {spec.resources.gpu} is ignored, "
+                               f"running {workers} CPU worker(s) (resources.processes)")
+        return Plan(self.name, spec, spec_path, runs_dir, world_size=workers, details=details)
 
     def run(self, plan: Plan) -> Path:
-        from runner.worker import run_worker
+        from runner.launch import Topology, run_on_this_node
 
-        return run_worker(plan.spec, runs_dir=plan.runs_dir)
+        return run_on_this_node(plan.spec, Topology(plan.world_size), None, plan.runs_dir)
 
 
 BACKEND = LocalBackend()
