@@ -67,8 +67,9 @@ class TensorBatches:
         x = images.index_select(0, idx).float().mul_(self.scale).add_(self.shift)
         return x, labels.index_select(0, idx)
 
-    def train(self, epoch: int) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
-        for idx in train_order(len(self.train_labels), self.global_batch, self.seed, epoch, self.shard):
+    def train(self, epoch: int, skip: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+        """This epoch's batches, after the first `skip` (already trained before a resume)."""
+        for idx in train_order(len(self.train_labels), self.global_batch, self.seed, epoch, self.shard)[skip:]:
             yield self._gather(self.train_images, self.train_labels, idx)
 
     def test(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
@@ -98,8 +99,8 @@ class LoaderBatches:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def train(self, epoch: int) -> Iterator:
-        order = train_order(len(self.train_set), self.global_batch, self.seed, epoch, self.shard)
+    def train(self, epoch: int, skip: int = 0) -> Iterator:
+        order = train_order(len(self.train_set), self.global_batch, self.seed, epoch, self.shard)[skip:]
         return self._load(self.train_set, order)
 
     def test(self) -> Iterator:

@@ -51,16 +51,28 @@ def _load(spec: Path, overrides: Optional[List[str]], **fields):
 def submit(
     spec: Path = SpecArg,
     backend: Optional[str] = typer.Option(None, "--backend", help="local | modal | docker | vast | slurm"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="TYPE[:COUNT], e.g. A10G:2, or cpu"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="TYPE[:COUNT], e.g. A10G:2, or cpu; with --backend "
+                                      "docker also all or a count of this machine's GPUs"),
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, take a few CPU steps, print the plan; run nothing"),
+    detach: bool = typer.Option(False, "--detach", help="start the job and return (--backend modal); "
+                                "`gpujob status RUN` and `gpujob fetch RUN` pick it up later"),
 ):
     """Run a job on its backend and bring the run folder back."""
     from runner.backends import get_backend
+    from runner.errors import bad_input
 
-    job = _load(spec, set_, backend=backend, **{"resources.gpu": gpu})
+    docker_gpus = None
+    if gpu is not None and (gpu == "all" or gpu.isdigit()):
+        docker_gpus, gpu = gpu, None  # this machine's GPUs for the docker backend, not a catalogue type
+    job = _load(spec, set_, backend=backend, **{"resources.gpu": gpu, "docker.gpus": docker_gpus})
+    if docker_gpus is not None and job.backend != "docker":
+        raise bad_input(f"--gpu {docker_gpus}: all or a count is for --backend docker; elsewhere use TYPE[:COUNT], "
+                        "e.g. A10G:2")
     chosen = get_backend(job.backend)
+    if detach and not hasattr(chosen, "detach"):
+        raise bad_input(f"--detach: backend {job.backend} cannot leave a job running; backend modal can")
     plan = chosen.plan(job, spec, runs_dir)
     if dry_run:
         from runner.dryrun import dry_run as dry
@@ -68,8 +80,36 @@ def submit(
         _print_rows(dry(plan))
         typer.echo("dry run: nothing was submitted")
         return
+    if detach:
+        for line in chosen.detach(plan):
+            typer.echo(line)
+        return
     folder = chosen.run(plan)
     _finish(folder)
+
+
+# Only the modal backend leaves jobs running today; its `.modal.json` record names the call.
+RunArg = typer.Argument(..., help="a run folder submitted with --detach, or its name under --runs-dir",
+                        show_default=False)
+
+
+@app.command()
+@user_errors
+def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Say whether a detached run is running, finished or failed."""
+    from runner.backends.modal import BACKEND, find_run
+
+    folder = find_run(run, runs_dir)
+    typer.echo(f"{folder.name}: {BACKEND.status(folder).describe()}")
+
+
+@app.command()
+@user_errors
+def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Download a detached run's folder from Modal's volume once the job has ended."""
+    from runner.backends.modal import BACKEND, find_run
+
+    _finish(BACKEND.fetch(find_run(run, runs_dir)))
 
 
 @app.command()
@@ -86,6 +126,8 @@ def run(
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="address of node 0, reachable from all"),
     master_port: Optional[int] = typer.Option(None, "--master-port", help="free port on node 0 (default 29500 "
                                               "with --nnodes > 1, any free port otherwise)"),
+    resume: bool = typer.Option(False, "--resume", help="if --run-dir holds a run, continue it from its last "
+                                "checkpoint (what backends pass, so a restarted machine picks up where it stopped)"),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="internal: one rank started by the launcher"),
 ):
     """Run the job here, on whatever device is here (what images and remote machines call)."""
@@ -94,7 +136,7 @@ def run(
     if worker:
         from runner.worker import run_worker
 
-        run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started)
+        run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume)
         return
     from runner.errors import bad_input
     from runner.launch import Topology, run_on_this_node, workers_per_node
@@ -106,9 +148,25 @@ def run(
     nproc = workers_per_node(job) if nproc_per_node == "auto" else int(nproc_per_node)
     port = master_port or (29500 if nnodes > 1 else None)
     topology = Topology(nproc, nnodes, node_rank, master_addr, port)
-    folder = run_on_this_node(job, topology, run_dir, runs_dir, started=started)
+    folder = run_on_this_node(job, topology, run_dir, runs_dir, started=started, resume=resume)
     if folder is not None:
         _finish(folder)
+
+
+@app.command()
+@user_errors
+def resume(
+    run_dir: Path = typer.Argument(..., help="a run folder that was stopped, preempted or killed"),
+    nproc_per_node: str = typer.Option("auto", "--nproc-per-node", help="DDP workers here, or 'auto'"),
+):
+    """Continue a stopped run from its last checkpoint, into the same run folder."""
+    from runner.launch import Topology, run_on_this_node, workers_per_node
+    from runner.run_folder import SPEC, RunFolder
+
+    folder = RunFolder.existing(run_dir)
+    job = _load(folder.file(SPEC), [])
+    nproc = workers_per_node(job) if nproc_per_node == "auto" else int(nproc_per_node)
+    _finish(run_on_this_node(job, Topology(nproc), run_dir, run_dir.parent, resume=True))
 
 
 @app.command()
@@ -125,6 +183,50 @@ def schema():
     from runner.spec import json_schema
 
     typer.echo(json.dumps(json_schema(), indent=2))
+
+
+image_app = typer.Typer(no_args_is_help=True, help="Build and push gpujob's Docker image (needs Docker).")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+@user_errors
+def image_build(
+    tag: str = typer.Option("gpujob:latest", "--tag", help="NAME:TAG; for vast.ai, one in a registry it can "
+                            "pull, e.g. docker.io/YOU/gpujob:1"),
+    base_image: Optional[str] = typer.Option(None, "--base-image", help="base image with python3 >= 3.11 "
+                                             "(default: the Dockerfile's official PyTorch CUDA image)"),
+    extra_ca: Optional[Path] = typer.Option(None, "--extra-ca", help="PEM file of CA certificates to trust while "
+                                            "packages download (e.g. a corporate TLS-inspecting proxy's)"),
+    push: bool = typer.Option(False, "--push", help="docker push the tag after building"),
+):
+    """Build the image that `--backend docker` and vast.ai run, with `docker build`."""
+    from runner.image import build_image
+
+    build_image(tag, base_image, extra_ca, push)
+    typer.echo(f"built {tag}" + (" and pushed it" if push else ""))
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a job out for a service gpujob does not drive.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("kaggle")
+@user_errors
+def export_kaggle(
+    spec: Path = SpecArg,
+    out: Path = typer.Argument(..., help="new or empty folder to write the kernel into", show_default=False),
+    set_: Optional[List[str]] = SetOpt,
+    kaggle_user: Optional[str] = typer.Option(None, "--kaggle-user", envvar="KAGGLE_USERNAME",
+                                              help="your Kaggle username, for the kernel's id"),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="attach a Kaggle dataset OWNER/SLUG "
+                                                "(repeatable); kernels see it under /kaggle/input/"),
+):
+    """Write a Kaggle kernel folder that runs the job: `kaggle kernels push -p OUT`."""
+    from runner.kaggle_export import export_kernel
+
+    for line in export_kernel(_load(spec, set_), out, kaggle_user, dataset or []):
+        typer.echo(line)
 
 
 def _print_rows(rows) -> None:

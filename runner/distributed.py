@@ -114,6 +114,17 @@ def all_sum(values: "torch.Tensor", ctx: WorkerContext) -> "torch.Tensor":
     return values
 
 
+def broadcast_object(obj, ctx: WorkerContext):
+    """Rank 0's object on every rank (e.g. the checkpoint only rank 0 can read)."""
+    if not ctx.distributed:
+        return obj
+    import torch.distributed as dist
+
+    holder = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def destroy_process_group(ctx: WorkerContext) -> None:
     if ctx.distributed:
         import torch.distributed as dist

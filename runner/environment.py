@@ -10,9 +10,14 @@ import sys
 
 
 def describe_environment() -> dict:
-    import torch
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
+    import torch
+
+    try:
+        torchvision = version("torchvision")  # importing it costs seconds; its version is all we need
+    except PackageNotFoundError:
+        torchvision = None
     cuda = torch.cuda.is_available()
     return {
         "python": sys.version.split()[0],
@@ -20,7 +25,7 @@ def describe_environment() -> dict:
         "hostname": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision,
         "cuda": torch.version.cuda,
         "cuda_available": cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from runner.errors import GpujobError, JOB_FAILED
 from runner.spec import JobSpec
+from runner.stop_signals import INTERRUPTED, PREEMPTED
 
 STOP_GRACE_S = 30.0  # how long a stopped worker may take to checkpoint before SIGKILL
 # Errors a rank raises because *another* rank died or hung: reported only if nothing better is found.
@@ -58,8 +59,8 @@ def _die_with_parent() -> None:
 
 
 class Launch:
-    def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None):
-        self.spec, self.topology, self.run_dir = spec, topology, run_dir
+    def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False):
+        self.spec, self.topology, self.run_dir, self.resume = spec, topology, run_dir, resume
         self.scratch = Path(tempfile.mkdtemp(prefix="gpujob-launch-"))
         self.procs: list[subprocess.Popen] = []
         self.stop_signal: int | None = None
@@ -85,6 +86,8 @@ class Launch:
             command = [sys.executable, "-m", "runner.cli", "run", str(spec_file), "--worker"]
             if self.run_dir is not None:
                 command += ["--run-dir", str(self.run_dir)]
+            if self.resume:
+                command += ["--resume"]
             self.procs.append(subprocess.Popen(
                 command, env=self._worker_env(local_rank, port), stdin=subprocess.DEVNULL,
                 stdout=None if rank == 0 else log, stderr=log,  # rank 0's progress reaches the user
@@ -113,12 +116,17 @@ class Launch:
         while True:
             if self.stop_signal is not None:
                 self.stop_all()
-                codes = [p.returncode for p in self.procs]
-                code = 143 if self.stop_signal == signal.SIGTERM else 130
-                raise GpujobError(f"stopped by {signal.Signals(self.stop_signal).name}; workers exited {codes}", code)
+                code = PREEMPTED if self.stop_signal == signal.SIGTERM else INTERRUPTED
+                raise self._stopped(signal.Signals(self.stop_signal).name, code)
             codes = [p.poll() for p in self.procs]
-            if any(c not in (None, 0) for c in codes):
-                time.sleep(0.5)  # let a rank that failed at the same moment finish its report
+            if codes and all(c == PREEMPTED for c in codes):  # SIGTERM reached the workers directly
+                raise self._stopped("SIGTERM", PREEMPTED)
+            if any(c not in (None, 0, PREEMPTED) for c in codes):
+                # The failing rank's peers notice its closed connections and fail at once, often
+                # before it has finished exiting: give every rank a moment to end on its own.
+                settle = time.monotonic() + 3.0
+                while any(p.poll() is None for p in self.procs) and time.monotonic() < settle:
+                    time.sleep(0.05)
                 self.stop_all(grace_s=5.0)
                 raise self._failure([p.returncode for p in self.procs])
             if all(c == 0 for c in codes):
@@ -129,9 +137,16 @@ class Launch:
                                   "all workers were stopped", JOB_FAILED)
             time.sleep(0.1)
 
+    def _stopped(self, name: str, code: int) -> GpujobError:
+        resume = f"; resume with: gpujob resume {self.run_dir}" if self.run_dir else ""
+        return GpujobError(f"stopped by {name}: the workers checkpointed and exited{resume}", code)
+
     def _failure(self, codes: list[int]) -> GpujobError:
-        failed = [r for r, c in enumerate(codes) if c not in (0, None, -signal.SIGTERM, -signal.SIGKILL)]
-        reports = {r: self._last_error(r) for r in failed}
+        reports = {r: self._last_error(r) for r in range(len(codes))}
+        # A rank counts as failed by its exit code, or by the error it printed before being stopped.
+        failed = [r for r, c in enumerate(codes)
+                  if c not in (0, None, PREEMPTED, INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL)
+                  or (c != 0 and self._reported_error(r))]
         primary = [r for r in failed if not any(s in reports[r] for s in SECONDARY)] or failed or [0]
         local_rank = primary[0]
         rank = self.topology.node_rank * self.topology.nproc_per_node + local_rank
@@ -140,6 +155,11 @@ class Launch:
         where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
         return GpujobError(f"rank {rank} of {self.topology.world_size} failed: {reports.get(local_rank) or f'exit code {codes[local_rank]}'}"
                            f"{where}; the other workers were stopped", code)
+
+    def _reported_error(self, local_rank: int) -> bool:
+        """Whether a rank printed its own error line (not the one a stopped rank prints)."""
+        lines = (self.scratch / f"rank-{local_rank}.log").read_text(errors="replace").splitlines()
+        return any(line.startswith("gpujob: ") and "by signal" not in line for line in lines)
 
     def _last_error(self, local_rank: int) -> str:
         lines = (self.scratch / f"rank-{local_rank}.log").read_text(errors="replace").strip().splitlines()
@@ -157,9 +177,9 @@ class Launch:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def launch(spec: JobSpec, topology: Topology, run_dir: Path | None) -> None:
+def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False) -> None:
     """Run one node's workers to the end. Raises GpujobError on failure, timeout or signal."""
-    job = Launch(spec, topology, run_dir)
+    job = Launch(spec, topology, run_dir, resume)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def on_signal(signum, _frame):
@@ -179,19 +199,27 @@ def launch(spec: JobSpec, topology: Topology, run_dir: Path | None) -> None:
 
 
 def run_on_this_node(spec: JobSpec, topology: Topology, run_dir: Path | None, runs_dir: Path,
-                     started: float | None = None) -> Path | None:
+                     started: float | None = None, resume: bool = False) -> Path | None:
     """One worker in this process, or several through the launcher. Returns the run
-    folder on the node that holds rank 0, None on the others."""
-    from runner.run_folder import RunFolder
+    folder on the node that holds rank 0, None on the others. With `resume`, a run_dir
+    holding a run continues from its last checkpoint (and a finished one is left as is)."""
+    from runner.run_folder import SPEC, RunFolder
     from runner.worker import run_worker
 
+    resuming = resume and run_dir is not None and (Path(run_dir) / SPEC).exists()
+    if resuming and RunFolder.existing(run_dir).finished:
+        print(f"gpujob: {run_dir} already finished; nothing to resume", file=sys.stderr)
+        return Path(run_dir)
     if topology.world_size == 1:
-        return run_worker(spec, run_dir=run_dir, runs_dir=runs_dir, started=started)
+        return run_worker(spec, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume)
     folder = None
     if topology.node_rank == 0:
-        folder = (RunFolder.at(run_dir) if run_dir else RunFolder.create(runs_dir, spec.name)).path
+        if resuming:
+            folder = Path(run_dir)
+        else:
+            folder = (RunFolder.at(run_dir) if run_dir else RunFolder.create(runs_dir, spec.name)).path
     try:
-        launch(spec, topology, folder)
+        launch(spec, topology, folder, resume=resume)
     except GpujobError as err:
         if err.exit_code == 2 and folder is not None and folder.exists() and not any(folder.iterdir()):
             folder.rmdir()  # bad input found by the workers: leave nothing half-made

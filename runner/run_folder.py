@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -18,11 +19,17 @@ from runner.errors import bad_input
 
 SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV = (
     "spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json")
+JOB_FILES = "job"  # what a backend submitted to start the run (batch script, scheduler log)
+# mkstemp makes 0600 files; run folders are read by the user's other tools and, on a cluster,
+# by the submitting user from other machines: give whole-file writes the usual umask'd mode.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -54,17 +61,37 @@ class RunFolder:
 
     @classmethod
     def at(cls, path: str | Path) -> "RunFolder":
-        """A folder named by the caller (remote backends pick it); it must be new or empty."""
+        """A folder named by the caller (remote backends pick it); it must be new, or hold
+        nothing but the JOB_FILES a backend put there to start the job (e.g. a batch script)."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
+        if path.exists() and any(p.name != JOB_FILES for p in path.iterdir()):
             raise bad_input(f"--run-dir: {path} already holds a run; it is never overwritten")
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
+
+    @classmethod
+    def existing(cls, path: str | Path) -> "RunFolder":
+        """A run folder written before, to resume into."""
+        path = Path(path)
+        if not (path / SPEC).is_file():
+            raise bad_input(f"{path}: not a gpujob run folder (no {SPEC})")
+        return cls(path)
+
+    @property
+    def finished(self) -> bool:
+        return self.file(SUMMARY).exists()
+
+    def keep_metrics(self, count: int) -> None:
+        """Cut metrics.jsonl back to its first `count` records: the ones a checkpoint
+        includes. The steps after it are trained again and their lines written again."""
+        kept = self.metrics()[:count]
+        self.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
     def discard(self) -> None:
         """Remove a folder this process created and wrote only its own files to."""
         for name in (SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV):
             self.file(name).unlink(missing_ok=True)
+        shutil.rmtree(self.file("checkpoints"), ignore_errors=True)
         try:
             self.path.rmdir()
         except OSError:

@@ -88,6 +88,10 @@ class TrainSpec(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = Field(False, description="torch.compile the model")
     log_every_steps: PositiveInt = 50
+    checkpoint_every_minutes: float = Field(
+        10, ge=0, description="checkpoint at the first step boundary after this long (0: every step); "
+        "also on SIGTERM/SIGINT and at the end")
+    stop_on_nan: bool = Field(True, description="stop when the loss is NaN or infinite, keeping the last good checkpoint")
     collective_timeout_s: PositiveInt = Field(
         300, description="DDP: a rank that waits this long for the others fails the job (catches hung ranks)")
 
@@ -115,11 +119,41 @@ class SlurmSpec(Section):
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
+    gres_type: str | None = Field(None, description="GPU type as this cluster names it in --gres, e.g. a100; "
+                                  "default: any GPU")
     cpus_per_task: PositiveInt | None = None
     mem: str | None = Field(None, description="memory per node, e.g. 32G")
     sbatch_lines: list[str] = Field(default_factory=list, description="extra '#SBATCH ...' options, e.g. --constraint=a100")
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job, e.g. module load cuda")
     python: str | None = Field(None, description="python on the nodes; default: the one that submits")
+
+
+class DockerSpec(Section):
+    image: str = Field("gpujob:latest", description="image to run, built by `gpujob image build`")
+    gpus: str | None = Field(None, description="this machine's GPUs given to the container: all, a count or none; "
+                             "default: resources.gpu's count where NVIDIA's container runtime is installed, else none")
+
+    @field_validator("gpus")
+    @classmethod
+    def _all_count_or_none(cls, value: str | None) -> str | None:
+        if value is None or value in ("all", "none") or (value.isdigit() and int(value) > 0):
+            return value
+        raise ValueError(f"'{value}' is not all, a GPU count or none")
+
+
+class VastSpec(Section):
+    image: str | None = Field(None, description="your pushed image (gpujob image build --tag T --push); "
+                              "required for backend: vast")
+    max_dollars_per_hour: float | None = Field(None, gt=0, description="price cap for the whole instance "
+                                               "(all its GPUs and its disk), US$")
+    min_reliability: float = Field(0.98, ge=0, le=1, description="vast.ai's host reliability score, 0 to 1")
+    disk_gb: PositiveInt = Field(40, description="instance disk: the image, the data and the run folder")
+    interruptible: bool = Field(False, description="bid for an interruptible instance: cheaper, paused when "
+                                "outbid; the job then resumes from its last checkpoint")
+    min_cuda: float = Field(13.0, description="lowest CUDA version the host's driver must support "
+                            "(the image's torch is built for CUDA 13)")
+    extra_filters: str = Field("", description="more `vastai search offers` filters, e.g. 'geolocation=US inet_down>=200'")
+    startup_minutes: PositiveInt = Field(20, description="how long the instance may take to pull the image and start")
 
 
 class JobSpec(Section):
@@ -131,6 +165,8 @@ class JobSpec(Section):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     backend: Literal["local", "modal", "docker", "vast", "slurm"] = "local"
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="options for backend: slurm")
+    docker: DockerSpec = Field(default_factory=DockerSpec, description="options for backend: docker")
+    vast: VastSpec = Field(default_factory=VastSpec, description="options for backend: vast")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

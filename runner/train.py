@@ -1,26 +1,30 @@
 """The one training function. Every backend ends up here, on whatever device it has.
 
-Read top to bottom: device, seed, data, model, optimizer, then the loop (step,
-periodic log, per-epoch evaluation), with honest timing. It knows nothing of Modal,
-Docker or SLURM, and writes nothing itself: it hands records to listeners (the run
-folder, the console), which exist on rank 0 only.
+Read top to bottom: device, seed, data, model, optimizer, then the loop (step, periodic
+log, checkpoint, per-epoch evaluation), with honest timing. It knows nothing of Modal,
+Docker or SLURM, and writes nothing but checkpoints: it hands records to listeners (the
+run folder, the console), which exist on rank 0 only.
+
+Resuming is exact: a checkpoint holds the model, optimizer, scheduler, scaler, RNG
+states, the position in the epoch's fixed batch order and every running sum, so a run
+killed and resumed takes the same steps on the same batches as one that never stopped.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from runner.batches import LoaderBatches, Shard, TensorBatches
-from runner.datasets import dataset_info, load_factory_dataset, load_image_tensors
-from runner.distributed import (CommTimer, WorkerContext, all_sum, destroy_process_group, init_process_group,
-                                pick_device)
-from runner.errors import bad_input, job_failed
+from runner.checkpoint import CheckpointStore, restore_rng_states, rng_states
+from runner.distributed import (CommTimer, WorkerContext, all_sum, broadcast_object, destroy_process_group,
+                                init_process_group, pick_device)
+from runner.errors import job_failed
 from runner.models import build_model, parameter_count
+from runner.stop_signals import StopRequest, Stopped
+from runner.train_setup import (autocast_for, build_optimizer, device_name, prepare_batches, seed_everything,
+                                sync)
 
 if TYPE_CHECKING:
     import torch
@@ -41,83 +45,26 @@ class TrainResult:
     epochs: list[dict] = field(default_factory=list)  # the per-epoch metric records
 
 
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
+@dataclass
+class LoopState:
+    """Where the loop is and what it has summed so far; saved whole in every checkpoint."""
 
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def autocast_for(precision: str, device: "torch.device"):
-    """The autocast context for `train.precision`, or a clear error where the device lacks it."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "fp16" and device.type == "cpu":
-        raise bad_input("train.precision: fp16 needs a CUDA or MPS GPU; use bf16 or fp32 on the CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        name = torch.cuda.get_device_name(device)
-        raise bad_input(f"train.precision: {name} has no bf16; use fp16 or fp32")
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def build_optimizer(spec: "JobSpec", model, total_steps: int):
-    import torch
-
-    o = spec.optimizer
-    params = model.parameters()
-    if o.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    elif o.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
-    elif o.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=max(total_steps, 1))
-    else:
-        scheduler = None
-    return optimizer, scheduler
-
-
-def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
-    """The fast tensor path for builtin datasets, the DataLoader path for factories.
-    Returns (batches, shape, num_classes, source) where source says what was read."""
-    d = spec.data
-    shard = Shard(ctx.rank, ctx.world_size)
-    local_batch = d.batch_size // ctx.world_size
-    if local_batch * ctx.world_size != d.batch_size:
-        raise bad_input(f"data.batch_size: {d.batch_size} does not split evenly over {ctx.world_size} workers")
-    info = dataset_info(d)
-    if info is not None:
-        train_set, test_set = load_image_tensors(d, train=True), load_image_tensors(d, train=False)
-        batches = TensorBatches(train_set, test_set, info.mean, info.std, device, d.batch_size, spec.train.seed, shard)
-        shape, classes = info.shape, info.num_classes
-    else:
-        train_set, test_set = load_factory_dataset(d, train=True), load_factory_dataset(d, train=False)
-        batches = LoaderBatches(train_set, test_set, device, d.batch_size, spec.train.seed, shard, d.num_workers)
-        shape = tuple(train_set[0][0].shape)
-        classes = getattr(train_set, "num_classes", None) or spec.model.num_classes
-        if classes is None:
-            raise bad_input("model.num_classes: required for a factory dataset without a num_classes attribute")
-    if batches.steps_per_epoch == 0:
-        raise bad_input(f"data.batch_size: {d.batch_size} is larger than the training set ({len(train_set)} samples)")
-    return batches, shape, spec.model.num_classes or classes
-
-
-def sync(device) -> None:
-    """Wait for queued device work, so a clock read after it is honest (CUDA is async)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
+    epoch: int = 1
+    batches_done: int = 0  # of this epoch's fixed batch order
+    step: int = 0
+    epoch_loss: float = 0.0  # sums of per-step mean losses (float64, so resumed sums are exact)
+    epoch_steps: int = 0
+    window_loss: float = 0.0
+    window_steps: int = 0
+    epoch_train_s: float = 0.0  # training time of this epoch before an interruption
+    epoch_data_s: float = 0.0
+    train_loop_s: float = 0.0
+    time_to_first_step_s: float | None = None
+    records_emitted: int = 0  # metrics.jsonl lines written up to this checkpoint
+    epoch_records: list = field(default_factory=list)
+    epoch_timing: list = field(default_factory=list)
+    resumed: int = 0
+    interruptions: list = field(default_factory=list)
 
 
 def evaluate(model, batches, autocast, ctx: WorkerContext, device) -> tuple[float, float]:
@@ -139,21 +86,25 @@ def evaluate(model, batches, autocast, ctx: WorkerContext, device) -> tuple[floa
 
 
 def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Listener] = (),
-          started: float | None = None, device: "torch.device | None" = None) -> TrainResult:
-    import torch
-    import torch.nn.functional as F
-
+          started: float | None = None, checkpoints: CheckpointStore | None = None,
+          resume_from: dict | None = None, device: "torch.device | None" = None) -> TrainResult:
+    """Train `spec`. `checkpoints` (rank 0) is where checkpoints go; `resume_from` (rank 0)
+    a loaded checkpoint to continue from: every rank receives it from rank 0."""
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext()
     device = device or pick_device(ctx)
     init_process_group(ctx, device, spec.train.collective_timeout_s)
     try:
-        return _train(spec, ctx, listeners, started, device, torch, F)
+        with StopRequest() as stop:
+            return _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop)
     finally:
         destroy_process_group(ctx)
 
 
-def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
+def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop) -> TrainResult:
+    import torch
+    import torch.nn.functional as F
+
     t = spec.train
     seed_everything(t.seed)
     autocast = autocast_for(t.precision, device)
@@ -165,6 +116,22 @@ def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
     total_steps = min(t.max_steps or math.inf, t.epochs * steps_per_epoch)
     optimizer, scheduler = build_optimizer(spec, model, total_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+
+    state = LoopState()
+    resume_from = broadcast_object(resume_from, ctx)  # every rank loads what rank 0 read
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume_from["scheduler"])
+        scaler.load_state_dict(resume_from["scaler"])
+        restore_rng_states(resume_from["rng"])
+        state = LoopState(**resume_from["loop"])
+        if not ctx.is_main:  # the checkpoint holds every rank's loss sums on rank 0
+            state.epoch_loss = state.window_loss = 0.0
+        state.resumed += 1
+        state.interruptions.append({"resumed_at_step": state.step, "epoch": state.epoch})
+
     step_model = torch.compile(model) if t.compile else model
     comm = CommTimer()
     if ctx.distributed:
@@ -174,25 +141,63 @@ def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
         comm.attach(step_model)
 
     def emit(kind: str, record: dict) -> None:
+        state.records_emitted += 1
         for listener in listeners:
             getattr(listener, f"on_{kind}")(record)
 
-    emit("start", {"epochs": t.epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                   "device": str(device), "world_size": ctx.world_size, "parameters": params})
-    local_batch = spec.data.batch_size // ctx.world_size
-    step, time_to_first_step = 0, None
-    epoch_records, epoch_timing = [], []
-    train_loop_s = 0.0
+    def save_checkpoint() -> None:
+        if checkpoints is None:
+            return
+        checkpoints.save({
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(), "rng": rng_states(), "loop": asdict(state),
+            "world_size": ctx.world_size,
+        }, state.step)
+
+    def check_finite(value: float, what: str) -> None:
+        if t.stop_on_nan and not math.isfinite(value):
+            kept = checkpoints.paths()[0].name if checkpoints and checkpoints.paths() else "none yet"
+            raise job_failed(f"{what} became {value} by step {state.step} (epoch {state.epoch}); "
+                             f"stopped (train.stop_on_nan). Last good checkpoint: {kept}. Try a lower optimizer.lr")
+
+    for listener in listeners:
+        listener.on_start({"epochs": t.epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+                           "device": str(device), "world_size": ctx.world_size, "parameters": params,
+                           "resumed_at_step": state.step if state.resumed else None})
+    checkpoint_every_s = t.checkpoint_every_minutes * 60
+    last_checkpoint = time.perf_counter()
+    # In DDP every rank must agree to stop (or checkpoint) at the same step; asking costs a sync,
+    # so ask every few steps.
+    decide_every = 1 if not ctx.distributed else 10
+
+    def decide() -> tuple[bool, bool]:
+        """(stop, checkpoint now), the same on every rank: rank 0's clock says when one is due."""
+        due = ctx.is_main and time.perf_counter() - last_checkpoint >= checkpoint_every_s
+        if not ctx.distributed:
+            return stop.requested, due
+        flags = all_sum(torch.tensor([float(stop.requested), float(due)], device=device), ctx)
+        return flags[0].item() > 0, flags[1].item() > 0
+
+    def sums_onto_main(*sums: "torch.Tensor") -> list[float]:
+        """Move every rank's running loss sums onto rank 0 (the total is unchanged), so the
+        checkpoint rank 0 writes holds all of them and a resumed run continues the same sums."""
+        totals = all_sum(torch.stack(sums), ctx)
+        check_finite(totals[-1].item() / max(state.window_steps * ctx.world_size, 1), "the training loss")
+        local = totals if ctx.is_main else torch.zeros_like(totals)
+        for tensor, value in zip(sums, local):
+            tensor.copy_(value)
+        return local.tolist()
     model.train()
-    for epoch in range(1, t.epochs + 1):
-        epoch_start = time.perf_counter()
-        data_s = 0.0
-        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-        window_loss = torch.zeros((), dtype=torch.float64, device=device)
-        epoch_steps = window_steps = 0
-        window_start = epoch_start
-        batch_iter = iter(batches.train(epoch))
-        while step < total_steps:
+    while state.epoch <= t.epochs and state.step < total_steps:
+        epoch = state.epoch
+        epoch_start = time.perf_counter() - state.epoch_train_s
+        window_start = time.perf_counter()
+        data_s = state.epoch_data_s
+        epoch_loss = torch.tensor(state.epoch_loss, dtype=torch.float64, device=device)
+        window_loss = torch.tensor(state.window_loss, dtype=torch.float64, device=device)
+        batch_iter = iter(batches.train(epoch, skip=state.batches_done))
+        while state.step < total_steps:
             fetch_start = time.perf_counter()
             batch = next(batch_iter, None)
             data_s += time.perf_counter() - fetch_start
@@ -210,68 +215,93 @@ def _train(spec, ctx, listeners, started, device, torch, F) -> TrainResult:
             detached = loss.detach()
             epoch_loss += detached
             window_loss += detached
-            step += 1
-            epoch_steps += 1
-            window_steps += 1
-            if time_to_first_step is None:
+            state.step += 1
+            state.batches_done += 1
+            state.epoch_steps += 1
+            state.window_steps += 1
+            if state.time_to_first_step_s is None:
                 sync(device)
-                time_to_first_step = time.perf_counter() - started
-            if step % t.log_every_steps == 0:
+                state.time_to_first_step_s = time.perf_counter() - started
+            if state.step % t.log_every_steps == 0:
                 # A sync point: reading the loss waits for the device (and, in DDP, the other ranks).
-                loss_now = all_sum(window_loss.clone(), ctx).item() / (window_steps * ctx.world_size)
+                loss_now = all_sum(window_loss.clone(), ctx).item() / (state.window_steps * ctx.world_size)
+                check_finite(loss_now, "the training loss")
                 now = time.perf_counter()
-                emit("step", {"kind": "step", "step": step, "epoch": epoch, "loss": loss_now,
+                emit("step", {"kind": "step", "step": state.step, "epoch": epoch, "loss": loss_now,
                               "lr": optimizer.param_groups[0]["lr"],
-                              "samples_per_s": window_steps * spec.data.batch_size / max(now - window_start, 1e-9)})
+                              "samples_per_s": state.window_steps * spec.data.batch_size / max(now - window_start, 1e-9)})
                 window_loss.zero_()
-                window_steps, window_start = 0, now
-        if epoch_steps == 0:
-            break  # max_steps was reached at the end of the previous epoch
+                state.window_steps, window_start = 0, now
+            stopping, due = decide() if state.step % decide_every == 0 else (False, False)
+            if stopping or due:
+                state.epoch_loss, state.window_loss = sums_onto_main(epoch_loss, window_loss)
+                state.epoch_train_s, state.epoch_data_s = time.perf_counter() - epoch_start, data_s
+                save_checkpoint()
+                last_checkpoint = time.perf_counter()
+                if stopping:
+                    raise Stopped(stop.signum or 15, state.step)
+        if state.epoch_steps == 0:
+            break
         sync(device)
         comm.wait_for_all(ctx)
         epoch_wall = time.perf_counter() - epoch_start
-        train_loop_s += epoch_wall
-        train_loss = all_sum(epoch_loss, ctx).item() / (epoch_steps * ctx.world_size)
-        if not math.isfinite(train_loss):
-            raise job_failed(f"training diverged: loss is {train_loss} in epoch {epoch}; lower optimizer.lr")
+        state.train_loop_s += epoch_wall
+        train_loss = all_sum(epoch_loss, ctx).item() / (state.epoch_steps * ctx.world_size)
+        check_finite(train_loss, "the epoch's training loss")
         eval_start = time.perf_counter()
         test_loss, test_accuracy = evaluate(model, batches, autocast, ctx, device)
         eval_s = time.perf_counter() - eval_start
-        samples_per_s = epoch_steps * spec.data.batch_size / epoch_wall
-        record = {"kind": "epoch", "step": step, "epoch": epoch, "loss": train_loss,
+        samples_per_s = state.epoch_steps * spec.data.batch_size / epoch_wall
+        record = {"kind": "epoch", "step": state.step, "epoch": epoch, "loss": train_loss,
                   "lr": optimizer.param_groups[0]["lr"], "samples_per_s": samples_per_s,
                   "test_loss": test_loss, "test_accuracy": test_accuracy, "wall_s": epoch_wall}
-        epoch_records.append(record)
-        epoch_timing.append({"epoch": epoch, "wall_s": epoch_wall, "data_s": data_s,
-                             "compute_s": max(epoch_wall - data_s, 0.0), "eval_s": eval_s,
-                             "samples_per_s": samples_per_s, **comm.take()})
+        state.epoch_records.append(record)
+        state.epoch_timing.append({"epoch": epoch, "wall_s": epoch_wall, "data_s": data_s,
+                                   "compute_s": max(epoch_wall - data_s, 0.0), "eval_s": eval_s,
+                                   "samples_per_s": samples_per_s, **comm.take()})
         emit("epoch", record)
-        if step >= total_steps:
-            break
+        # The next epoch starts from zero; a checkpoint taken now resumes there.
+        state.epoch, state.batches_done = epoch + 1, 0
+        state.epoch_loss, state.epoch_steps, state.epoch_train_s, state.epoch_data_s = 0.0, 0, 0.0, 0.0
+        state.window_loss = window_loss.item()
+        if decide()[1]:
+            (state.window_loss,) = sums_onto_main(window_loss)
+            save_checkpoint()
+            last_checkpoint = time.perf_counter()
 
+    if not state.epoch_records:
+        raise job_failed("no epoch finished: nothing to report")
+    save_checkpoint()  # the final state: resuming a finished run has nothing left to do
     total_s = time.perf_counter() - started
-    last = epoch_records[-1]
-    samples_per_s = step * spec.data.batch_size / max(train_loop_s, 1e-9)
+    last = state.epoch_records[-1]
+    samples_per_s = state.step * spec.data.batch_size / max(state.train_loop_s, 1e-9)
     summary = {
         "name": spec.name, "model": spec.model.name, "dataset": spec.data.dataset,
         "train_loss": last["loss"], "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"],
-        "epochs": len(epoch_records), "steps": step, "wall_s": total_s, "samples_per_s": samples_per_s,
+        "epochs": len(state.epoch_records), "steps": state.step, "wall_s": total_s, "samples_per_s": samples_per_s,
         "per_worker_samples_per_s": samples_per_s / ctx.world_size, "device": str(device),
         "device_name": device_name(device), "world_size": ctx.world_size, "precision": t.precision,
-        "parameters": params, "global_batch_size": spec.data.batch_size, "local_batch_size": local_batch,
+        "parameters": params, "global_batch_size": spec.data.batch_size,
+        "local_batch_size": spec.data.batch_size // ctx.world_size, "resumed": state.resumed,
     }
-    timing = {"time_to_first_step_s": time_to_first_step, "total_s": total_s,
-              "train_loop_s": train_loop_s, "epochs": epoch_timing}
-    return TrainResult(summary, timing, epoch_records)
+    timing = {"time_to_first_step_s": state.time_to_first_step_s, "total_s": total_s,
+              "train_loop_s": state.train_loop_s, "epochs": state.epoch_timing,
+              "interruptions": state.interruptions}
+    if ctx.is_main:
+        _save_weights(model, checkpoints)
+    return TrainResult(summary, timing, state.epoch_records)
 
 
-def device_name(device) -> str:
-    import platform
+def _save_weights(model, checkpoints: CheckpointStore | None) -> None:
+    """model.pt beside the run's other artifacts: the final weights, loadable with torch.load."""
+    if checkpoints is None:
+        return
+    import io
 
     import torch
 
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple MPS"
-    return platform.processor() or platform.machine()
+    from runner.run_folder import atomic_write
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write(checkpoints.dir.parent / "model.pt", buffer.getvalue())

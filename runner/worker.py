@@ -9,13 +9,17 @@ from pathlib import Path
 
 from runner import run_folder as rf
 from runner.distributed import WorkerContext
+from runner.checkpoint import CheckpointStore
 from runner.errors import BAD_INPUT, GpujobError, job_failed
+from runner.stop_signals import Stopped
 from runner.spec import JobSpec
 
 
 def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path("runs"),
-               ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False) -> Path | None:
-    """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0."""
+               ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False,
+               resume: bool = False) -> Path | None:
+    """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0.
+    With `resume`, a run_dir that holds a run continues from its last checkpoint."""
     from runner.environment import describe_environment
     from runner.plot import plot_loss_curve
     from runner.progress import console_listener
@@ -23,17 +27,29 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
 
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext.from_env()
-    folder = listeners = None
+    folder = listeners = store = resume_from = None
+    resuming = resume and run_dir is not None and (Path(run_dir) / rf.SPEC).exists()
     if ctx.is_main:
-        folder = rf.RunFolder.at(run_dir) if run_dir else rf.RunFolder.create(runs_dir, spec.name)
-        folder.write_text(rf.SPEC, spec.to_yaml())
-        folder.write_json(rf.ENV, describe_environment())
+        if resuming:
+            folder = rf.RunFolder.existing(run_dir)
+            store = CheckpointStore(folder.path)
+            resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
+            folder.keep_metrics(resume_from["loop"]["records_emitted"] if resume_from else 0)
+        else:
+            folder = rf.RunFolder.at(run_dir) if run_dir else rf.RunFolder.create(runs_dir, spec.name)
+            folder.write_text(rf.SPEC, spec.to_yaml())
+            folder.write_json(rf.ENV, describe_environment())
+            store = CheckpointStore(folder.path)
         console = None if quiet else console_listener()
         listeners = [rf.MetricsListener(folder)] + ([console] if console else [])
     try:
-        result = train(spec, ctx, listeners or [], started=started)
+        result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from)
+    except Stopped as stop:
+        where = f"; resume with: gpujob resume {folder.path}" if folder else ""
+        raise GpujobError(f"stopped at step {stop.step} by signal {stop.signum}, checkpoint saved{where}",
+                          stop.exit_code) from None
     except GpujobError as err:
-        if err.exit_code == BAD_INPUT and folder is not None:
+        if err.exit_code == BAD_INPUT and folder is not None and not resuming:
             folder.discard()  # a spec mistake found at start-up leaves nothing half-written behind
         else:
             _record_failure(folder, err.message)

@@ -56,10 +56,13 @@ def test_fashion_mlp_learns_and_writes_every_artifact(fashion_spec, tmp_path):
 def test_a_second_run_never_reuses_the_first_folder(fashion_spec, tmp_path):
     spec = fashion_spec(train={"epochs": 1, "max_steps": 3})
     first = cli("submit", spec, "--runs-dir", tmp_path).run_dir
-    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    def contents(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+    before = contents(first)
     second = cli("submit", spec, "--runs-dir", tmp_path).run_dir
     assert first != second
-    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert contents(first) == before
 
 
 def test_run_refuses_a_run_dir_that_holds_a_run(fashion_spec, tmp_path):

@@ -1,0 +1,117 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+A file is `checkpoints/step-NNNNNNNN.pt`: a SHA-256 digest followed by a torch.save
+payload, written to a temp file, fsynced and renamed, so a kill mid-write leaves the
+previous checkpoint whole. The last two are kept. Loading verifies the digest and falls
+back to the older file when the newest is damaged, saying so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+from runner.errors import job_failed
+
+KEEP = 2
+NAME = re.compile(r"^step-(\d{8,})\.pt$")
+
+
+class CheckpointStore:
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "checkpoints"
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, newest first."""
+        if not self.dir.exists():
+            return []
+        found = [p for p in self.dir.iterdir() if NAME.match(p.name)]
+        return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)), reverse=True)
+
+    def save(self, state: dict, step: int) -> Path:
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        payload = buffer.getvalue()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step-{step:08d}.pt"
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".step-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(hashlib.sha256(payload).digest())
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.dir)  # the rename itself survives a power cut
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        for old in self.paths()[KEEP:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_latest(self) -> dict | None:
+        """The newest intact checkpoint, or None if there is none. A damaged newest file
+        is reported and skipped; if every file is damaged the run cannot continue."""
+        for stale in self.dir.glob(".step-*.tmp") if self.dir.exists() else []:
+            stale.unlink(missing_ok=True)  # a write cut short by a kill
+        paths = self.paths()
+        for path in paths:
+            try:
+                return read_checkpoint(path)
+            except ValueError as err:
+                print(f"gpujob: warning: {err}; falling back to the previous checkpoint", file=sys.stderr)
+        if paths:
+            raise job_failed(f"every checkpoint in {self.dir} is damaged; cannot resume")
+        return None
+
+
+def read_checkpoint(path: Path) -> dict:
+    import torch
+
+    data = Path(path).read_bytes()
+    digest, payload = data[:32], data[32:]
+    if len(data) <= 32 or hashlib.sha256(payload).digest() != digest:
+        raise ValueError(f"checkpoint {path} is damaged (truncated or corrupted)")
+    # Our own file, digest-checked: it holds RNG states (numpy arrays), so not weights_only.
+    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_states() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,109 @@
+"""What the training loop is built from: seeds, precision, optimizer and schedule, the
+batches, and the device's clock. Kept apart so train.py reads as the loop alone."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import TYPE_CHECKING
+
+from runner.batches import LoaderBatches, Shard, TensorBatches
+from runner.datasets import dataset_info, load_factory_dataset, load_image_tensors
+from runner.distributed import WorkerContext
+from runner.errors import bad_input
+
+if TYPE_CHECKING:
+    import torch
+
+    from runner.spec import JobSpec
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(precision: str, device: "torch.device"):
+    """The autocast context for `train.precision`, or a clear error where the device lacks it."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    if precision == "fp16" and device.type == "cpu":
+        raise bad_input("train.precision: fp16 needs a CUDA or MPS GPU; use bf16 or fp32 on the CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(device)
+        raise bad_input(f"train.precision: {name} has no bf16; use fp16 or fp32")
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def build_optimizer(spec: "JobSpec", model, total_steps: int):
+    import torch
+
+    o = spec.optimizer
+    params = model.parameters()
+    if o.name == "sgd":
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    elif o.name == "adam":
+        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    if o.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
+    elif o.schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=max(total_steps, 1))
+    else:
+        scheduler = None
+    return optimizer, scheduler
+
+
+def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
+    """The fast tensor path for builtin datasets, the DataLoader path for factories.
+    Returns (batches, shape, num_classes, source) where source says what was read."""
+    d = spec.data
+    shard = Shard(ctx.rank, ctx.world_size)
+    local_batch = d.batch_size // ctx.world_size
+    if local_batch * ctx.world_size != d.batch_size:
+        raise bad_input(f"data.batch_size: {d.batch_size} does not split evenly over {ctx.world_size} workers")
+    info = dataset_info(d)
+    if info is not None:
+        train_set, test_set = load_image_tensors(d, train=True), load_image_tensors(d, train=False)
+        batches = TensorBatches(train_set, test_set, info.mean, info.std, device, d.batch_size, spec.train.seed, shard)
+        shape, classes = info.shape, info.num_classes
+    else:
+        train_set, test_set = load_factory_dataset(d, train=True), load_factory_dataset(d, train=False)
+        batches = LoaderBatches(train_set, test_set, device, d.batch_size, spec.train.seed, shard, d.num_workers)
+        shape = tuple(train_set[0][0].shape)
+        classes = getattr(train_set, "num_classes", None) or spec.model.num_classes
+        if classes is None:
+            raise bad_input("model.num_classes: required for a factory dataset without a num_classes attribute")
+    if batches.steps_per_epoch == 0:
+        raise bad_input(f"data.batch_size: {d.batch_size} is larger than the training set ({len(train_set)} samples)")
+    return batches, shape, spec.model.num_classes or classes
+
+
+def sync(device) -> None:
+    """Wait for queued device work, so a clock read after it is honest (CUDA is async)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def device_name(device) -> str:
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return platform.processor() or platform.machine()

@@ -1,0 +1,73 @@
+"""Kill -9 a training run at random moments and resume it, many times over.
+
+Run as `python -m tests.kill_resume_driver SPEC OUT TRIES SEED`. torch and the runner
+are imported once here, then every run is a fork() of this process, so a try costs
+milliseconds of start-up rather than seconds. This process itself runs no torch ops
+(forking after OpenMP threads exist is unsafe). Prints one JSON report on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import sklearn.datasets  # noqa: F401  (imported before forking, like torch)
+import torch  # noqa: F401
+import torch._dynamo  # noqa: F401  (every optimizer imports it: seconds, paid once here)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot  # noqa: E402,F401
+
+from runner.spec import load_spec
+from runner.worker import run_worker
+
+
+def _fork_run(spec, run_dir: Path, resume: bool) -> int:
+    pid = os.fork()
+    if pid == 0:  # the child: train, then leave without running the parent's cleanup
+        code = 0
+        try:
+            run_worker(spec, run_dir=run_dir, quiet=True, resume=resume)
+        except BaseException as err:  # noqa: BLE001 - report any failure as an exit code
+            print(f"child failed: {err!r}", file=sys.stderr)
+            code = 1
+        os._exit(code)
+    return pid
+
+
+def _wait(pid: int) -> int:
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def main(spec_path: str, out: str, tries: int, seed: int) -> None:
+    spec = load_spec(spec_path)
+    out_dir = Path(out)
+    rng = random.Random(seed)
+    start = time.monotonic()
+    assert _wait(_fork_run(spec, out_dir / "reference", resume=False)) == 0, "reference run failed"
+    duration = time.monotonic() - start
+    report = {"reference_s": duration, "tries": []}
+    for attempt in range(tries):
+        run_dir = out_dir / f"try-{attempt:02d}"
+        pid = _fork_run(spec, run_dir, resume=False)
+        delay = rng.uniform(0.02, 1.0) * duration
+        time.sleep(delay)
+        os.kill(pid, signal.SIGKILL)
+        killed = _wait(pid) == -signal.SIGKILL
+        leftovers = [p.name for p in (run_dir / "checkpoints").glob(".step-*.tmp")] if killed else []
+        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))
+        code = _wait(_fork_run(spec, run_dir, resume=True))
+        report["tries"].append({"dir": run_dir.name, "delay_s": round(delay, 3), "killed": killed,
+                                "mid_write": bool(leftovers), "checkpoints_at_kill": checkpoints[-1:],
+                                "resume_exit": code})
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
