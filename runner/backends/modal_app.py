@@ -1,0 +1,97 @@
+"""The Modal App: the image, the volume and the one function Modal runs for gpujob.
+
+Modal imports this module again inside its containers, so everything here is defined at
+import time and nothing runs: the image is Debian with the project's pinned requirements
+(images/requirements.txt, the list the Dockerfile installs too) and gpujob's own code; the
+volume holds run folders at /runs; and `train_remote` is a thin launcher for the worker
+every backend runs, `gpujob run SPEC --run-dir /runs/NAME --nproc-per-node auto --resume`,
+called in-process so that Modal's stop signals reach the launcher directly.
+
+The GPU, timeout and retries of one job come from its spec through `train_remote.with_options`
+(runner/backends/modal.py): Modal's documented way to configure a function per call
+(https://modal.com/docs/guide/dynamic-function-config).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import modal
+
+APP_NAME = "gpujob"
+VOLUME_NAME = "gpujob-runs"
+VOLUME_MOUNT = "/runs"
+VOLUME_PATH_ENV = "GPUJOB_VOLUME_PATH"  # where train_remote finds the volume; tests point it at a folder
+PYTHON_VERSION = "3.11"  # the version uv.lock resolves images/requirements.txt for
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "images" / "requirements.txt"
+LOCAL_SOURCES = ("runner",)
+TIMEOUT_GRACE_S = 600  # past resources.timeout_minutes: image pull, data download, the final save
+DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job sets its own
+# Modal restarts a preempted input by itself; these retries also cover a crashed container.
+# Every attempt resumes from the run folder's last checkpoint.
+RETRIES = 3
+
+# The requirements file is read on this machine when the image is built, never in the container.
+image = (modal.Image.debian_slim(python_version=PYTHON_VERSION)
+         .uv_pip_install(requirements=[str(REQUIREMENTS)])
+         .add_local_python_source(*LOCAL_SOURCES))
+volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+app = modal.App(APP_NAME)
+
+
+def retry_policy(max_retries: int = RETRIES) -> modal.Retries:
+    # A fixed short delay: a retry is a restart from a checkpoint, nothing to back off from.
+    return modal.Retries(max_retries=max_retries, backoff_coefficient=1.0, initial_delay=10.0)
+
+
+@app.function(image=image, volumes={VOLUME_MOUNT: volume}, timeout=DEFAULT_TIMEOUT_S, retries=retry_policy(),
+              include_source=False)  # the image adds runner/ itself (LOCAL_SOURCES)
+def train_remote(spec_yaml: str, run_name: str) -> dict:
+    """Run one job into VOLUME/run_name, resuming what an earlier attempt left there."""
+    return run_job(spec_yaml, run_name)
+
+
+def run_job(spec_yaml: str, run_name: str) -> dict:
+    """`gpujob run SPEC --run-dir RUNS/run_name --nproc-per-node auto --resume`, in this process.
+
+    Returns {"exit_code", "message"} for an outcome a retry would not change (done, bad spec,
+    the job's own failure); raises when the job was stopped by a signal, so that Modal runs
+    it again and it resumes from its checkpoint.
+    """
+    from runner.errors import GpujobError
+    from runner.launch import Topology, run_on_this_node, workers_per_node
+    from runner.spec import load_spec
+    from runner.stop_signals import INTERRUPTED, PREEMPTED
+
+    in_container = not modal.is_local()
+    runs_root = Path(os.environ.get(VOLUME_PATH_ENV, VOLUME_MOUNT))
+    if in_container:
+        volume.reload()  # a restarted attempt must see the checkpoints the last one committed
+        _workers_import_this_runner()
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpujob-modal-") as scratch:
+            spec_file = Path(scratch, "spec.yaml")
+            spec_file.write_text(spec_yaml)
+            spec = load_spec(spec_file)  # validated exactly as `gpujob run SPEC` would
+        run_on_this_node(spec, Topology(workers_per_node(spec)), runs_root / run_name, runs_root, resume=True)
+    except GpujobError as err:
+        if err.exit_code in (PREEMPTED, INTERRUPTED):
+            raise RuntimeError(f"{err.message} (Modal starts it again; it resumes from the checkpoint)") from None
+        return {"exit_code": err.exit_code, "message": err.message}
+    finally:
+        if in_container:
+            volume.commit()  # background commits may lag; the client reads the folder right after
+    return {"exit_code": 0, "message": ""}
+
+
+def _workers_import_this_runner() -> None:
+    """The launcher starts workers as `python -m runner.cli`; make sure they find the runner
+    package this container was given (Modal puts it under /root), whatever their directory."""
+    import runner
+
+    root = str(Path(runner.__file__).resolve().parents[1])
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *paths])

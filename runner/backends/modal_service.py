@@ -1,0 +1,212 @@
+"""Talking to Modal: the only code that touches Modal's servers, and the one place that
+turns what Modal raises into gpujob's errors.
+
+Credentials are checked here, without the network, before anything else: a missing token,
+a missing `modal` package, a rejected token or an unreachable server each end as exit 3
+with one line saying what to do. Tokens are only ever read by Modal's own client; nothing
+here prints or stores them. Tests replace ModalService with a local stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
+from runner.stop_signals import INTERRUPTED
+
+NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
+              "(or `pip install 'gpujob[modal]'`)")
+NO_CREDENTIALS = "modal: no credentials; run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)"
+
+
+def import_modal():
+    try:
+        import modal
+    except ImportError:
+        raise missing_backend(NO_PACKAGE) from None
+    except Exception as err:  # modal reads ~/.modal.toml when imported: a broken file fails here
+        raise missing_backend(f"modal: cannot load Modal's client: {_first_line(err)}") from None
+    return modal
+
+
+def credentials_source() -> str | None:
+    """Where Modal's client will find a token (never the token itself), or None."""
+    import_modal()
+    from modal.config import config, user_config_path
+
+    def given(*keys: str) -> bool:
+        return all(config.get(key) for key in keys)
+
+    if given("token_id", "token_secret"):
+        env = os.environ.get("MODAL_TOKEN_ID") and os.environ.get("MODAL_TOKEN_SECRET")
+        return "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET" if env else user_config_path
+    if given("oauth_refresh_token", "oauth_client_id") and (config.get("oauth_client_secret")
+                                                            or config.get("oauth_jwt_key")):
+        return "MODAL_OAUTH_* variables"
+    return None
+
+
+def require_credentials() -> None:
+    if credentials_source() is None:
+        raise missing_backend(NO_CREDENTIALS)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    import modal.exception
+    from grpclib.exceptions import StreamTerminatedError
+
+    return (modal.exception.ConnectionError, ConnectionError, socket.gaierror, StreamTerminatedError)
+
+
+@contextmanager
+def modal_errors(doing: str):
+    """Turn what Modal raises while `doing` something into one-line GpujobErrors."""
+    import modal.exception
+
+    try:
+        yield
+    except GpujobError:
+        raise
+    except modal.exception.AuthError as err:
+        raise missing_backend(f"modal: Modal refused your credentials while {doing} ({_first_line(err)}); "
+                              "run `modal token new`") from None
+    except _network_errors() as err:
+        raise missing_backend(f"modal: cannot reach Modal while {doing} ({type(err).__name__}: {_first_line(err)}); "
+                              "check your network connection and try again") from None
+    except modal.exception.Error as err:
+        raise job_failed(f"modal: {doing} failed: {type(err).__name__}: {_first_line(err)}") from None
+
+
+@dataclass(frozen=True)
+class CallState:
+    """Where a remote call stands. exit_code: gpujob's, once the job has ended and it is known."""
+
+    state: str  # running | finished | failed | ended (Modal no longer keeps the result)
+    exit_code: int | None = None
+    message: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def describe(self) -> str:
+        return {"running": "running on Modal", "finished": "finished",
+                "ended": "ended; Modal no longer keeps its result (`gpujob fetch` downloads what it wrote)",
+                }.get(self.state, f"failed (exit {self.exit_code}): {self.message}")
+
+
+def outcome(result: dict) -> CallState:
+    """The state of a call that returned `result` (train_remote's {"exit_code", "message"})."""
+    code = int(result["exit_code"])
+    return CallState("finished" if code == 0 else "failed", code, result.get("message", ""))
+
+
+class ModalService:
+    """Modal's servers, as the modal backend needs them."""
+
+    def __init__(self):
+        self.modal = import_modal()
+
+    def run_names(self) -> set[str]:
+        """The run folders on the volume: a new run's name must be none of them."""
+        from runner.backends.modal_app import VOLUME_NAME
+
+        volume = self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+        return {PurePosixPath(entry.path.lstrip("/")).name for entry in volume.listdir("/")}
+
+    def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None]) -> CallState | None:
+        """Spawn the job on an ephemeral app, streaming its logs here. Detached: return once it
+        has started (the app outlives this process). Else wait for it; Ctrl-C cancels it."""
+        from runner.backends.modal_app import app
+
+        interrupted = False
+        with self.modal.enable_output(), app.run(detach=detach):
+            call = request.function().spawn(request.spec_yaml, run_name)
+            spawned(call.object_id)
+            if detach:
+                return None
+            try:
+                state = self._wait(call, timeout=None)
+            except KeyboardInterrupt:
+                # app.run() would swallow the interrupt; cancel the call and re-raise it outside.
+                interrupted = True
+                call.cancel()
+        if interrupted:
+            raise KeyboardInterrupt
+        return state
+
+    def poll(self, call_id: str) -> CallState:
+        return self._wait(self.modal.FunctionCall.from_id(call_id), timeout=0)
+
+    def _wait(self, call, timeout: float | None) -> CallState:
+        import modal.exception
+
+        try:
+            return outcome(call.get(timeout=timeout))
+        except modal.exception.OutputExpiredError:
+            return CallState("ended")
+        except TimeoutError:  # the builtin one: no result yet
+            return CallState("running")
+        except modal.exception.InputCancellation:
+            return CallState("failed", INTERRUPTED, "the call was cancelled")
+        except modal.exception.FunctionTimeoutError as err:
+            return CallState("failed", JOB_FAILED, f"it ran past its Modal timeout ({_first_line(err)})")
+        except (modal.exception.AuthError, *_network_errors()):
+            raise  # about this machine, not the job: modal_errors says what to do
+        except Exception as err:  # what train_remote raised on its last attempt
+            return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {_first_line(err)}")
+
+    def download(self, run_name: str, dest: Path) -> list[Path]:
+        import modal.exception
+        from runner.backends.modal_app import VOLUME_NAME
+
+        volume = self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+        try:
+            return copy_run_folder(volume, run_name, dest)
+        except (modal.exception.NotFoundError, FileNotFoundError):
+            return []  # the job never wrote its folder (it failed at start-up)
+
+
+def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
+    """Copy VOLUME/run_name/** into dest, file by file, each written whole or not at all.
+    A file that is already in dest is left as it is: a local folder is never overwritten."""
+    from modal.volume import FileEntryType
+
+    copied = []
+    for entry in volume.iterdir(run_name, recursive=True):
+        if entry.type != FileEntryType.FILE:
+            continue
+        relative = PurePosixPath(entry.path.lstrip("/")).relative_to(run_name)
+        if relative.name.startswith(".") and relative.name.endswith(".tmp"):
+            continue  # a write in progress when the job stopped
+        target = dest.joinpath(*relative.parts)
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_chunks(target, volume.read_file(entry.path))
+        copied.append(target)
+    return copied
+
+
+def _write_chunks(path: Path, chunks) -> None:
+    """Stream chunks into a temp file beside `path`, then rename: checkpoints can be large."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
