@@ -1,0 +1,29 @@
+#!/bin/bash
+# vast.ai on-start: runs one gpujob job on a rented instance. The image installs it as
+# `gpujob-vast-start`; gpujob's vast backend makes it the container's main process (vast.ai's
+# "args" launch mode), and it works the same as the on-start command of the ssh/jupyter modes.
+#
+# The job comes in the environment: GPUJOB_SPEC_B64 (the resolved spec, base64) and
+# GPUJOB_RUN_NAME (the run folder's name, picked on the user's machine). It always runs with
+# --resume, so an instance that is stopped and started again (an interruptible one that was
+# outbid, a host reboot) continues from its last checkpoint. The backend follows `vastai logs`
+# and reads the last `gpujob-vast: exit CODE` line, then copies $RUNS/$GPUJOB_RUN_NAME back.
+set -u
+: "${GPUJOB_SPEC_B64:?is set by gpujob's vast backend}" "${GPUJOB_RUN_NAME:?is set by gpujob's vast backend}"
+# Not the image's /runs volume: vast.ai copies files out of the container's own disk.
+RUNS=${GPUJOB_RUNS_DIR:-/workspace/runs}
+JOB=${GPUJOB_JOB_DIR:-/workspace/job}
+cd /workspace 2>/dev/null || cd "$HOME"   # a spec's relative data.root (./data) means /data
+mkdir -p "$RUNS" "$JOB"
+printf '%s' "$GPUJOB_SPEC_B64" | base64 -d >"$JOB/spec.yaml" || { echo "gpujob-vast: exit 2"; exit 2; }
+
+echo "gpujob-vast: start $GPUJOB_RUN_NAME"
+gpujob run "$JOB/spec.yaml" --run-dir "$RUNS/$GPUJOB_RUN_NAME" --nproc-per-node auto --resume &
+child=$!
+# As PID 1, bash ignores SIGTERM unless it is trapped: pass it on, so the job checkpoints
+# before vast.ai stops the container.
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+wait "$child"; code=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done   # wait returns early on a trapped signal
+echo "gpujob-vast: exit $code"
+exit "$code"

@@ -1,0 +1,135 @@
+"""The vast.ai calls gpujob makes, behind one small class (VastApi), so tests can put a fake
+object with the same methods in its place. Wraps the `vastai` SDK (gpujob's `vast` extra).
+
+Copying the run folder back is vast.ai's own `vastai copy INSTANCE:/path local/path`: the API
+opens an rsync endpoint on the host, and rsync over ssh fetches from it, authenticated by an
+ssh key registered with the account (`vastai create ssh-key`). It works on a stopped instance
+too, which is what the container is once the job has exited.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+from runner.errors import GpujobError, job_failed, missing_backend
+
+NO_API_KEY = "vast: no API key; run `vastai set api-key KEY` or set VAST_API_KEY"
+
+
+def find_api_key() -> str | None:
+    """The key the vastai CLI and SDK would use, looked up in their order: VAST_API_KEY, then
+    $XDG_CONFIG_HOME/vastai/vast_api_key (default ~/.config/...), then ~/.vast_api_key."""
+    if os.environ.get("VAST_API_KEY"):
+        return os.environ["VAST_API_KEY"]
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    for path in (config / "vastai" / "vast_api_key", Path.home() / ".vast_api_key"):
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+    return None
+
+
+def _require_copy_tools() -> None:
+    for tool, package in (("rsync", "rsync"), ("ssh", "openssh-client")):
+        if shutil.which(tool) is None:
+            raise missing_backend(f"vast: copying the run folder back needs {tool} here; install it "
+                                  f"(e.g. apt install {package})")
+
+
+@contextmanager
+def _calling(what: str):
+    """vast.ai's HTTP and SDK errors, as one line naming the call that failed."""
+    import requests
+
+    try:
+        yield
+    except requests.HTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            raise missing_backend(f"vast: the API key was refused ({status}) while {what}; "
+                                  "set a valid one with `vastai set api-key KEY`") from None
+        raise job_failed(f"vast: {what} failed: {err}") from None
+    except (requests.RequestException, TimeoutError, ValueError) as err:
+        raise job_failed(f"vast: {what} failed: {err}") from None
+
+
+class VastApi:
+    def __init__(self, sdk):
+        self.sdk = sdk
+
+    @classmethod
+    def connect(cls) -> "VastApi":
+        key = find_api_key()
+        if not key:
+            raise missing_backend(NO_API_KEY)
+        try:
+            from vastai import VastAI
+        except ImportError:
+            raise missing_backend("vast: the vastai package is not installed; pip install 'gpujob[vast]'") from None
+        return cls(VastAI(api_key=key, quiet=True))
+
+    def search_offers(self, query: str, offer_type: str, disk_gb: float) -> list[dict]:
+        with _calling("searching offers"):
+            # storage: the disk to price into dph_total; the order is only the server's cut-off.
+            return list(self.sdk.search_offers(query=query, type=offer_type, order="dph_total",
+                                               limit=200, storage=disk_gb))
+
+    def check_can_copy(self) -> None:
+        """Before renting anything: copying the run folder back needs rsync and ssh here and an
+        ssh key on the account (vast.ai puts the account's keys on an instance when it is made)."""
+        _require_copy_tools()
+        with _calling("listing your ssh keys"):
+            keys = self.sdk.show_ssh_keys()
+        if isinstance(keys, dict):  # some API versions wrap the list
+            keys = next((value for value in keys.values() if isinstance(value, list)), [])
+        if not keys:
+            raise missing_backend("vast: your vast.ai account has no ssh key, and copying the run folder back "
+                                  "needs one; add yours first: vastai create ssh-key ~/.ssh/id_ed25519.pub")
+
+    def create_instance(self, offer_id: int, request: dict) -> int:
+        with _calling(f"renting offer {offer_id}"):
+            reply = self.sdk.create_instance(id=offer_id, **request)
+        if not isinstance(reply, dict) or not reply.get("success") or "new_contract" not in reply:
+            message = reply.get("msg") or reply.get("error") if isinstance(reply, dict) else reply
+            raise job_failed(f"vast: renting offer {offer_id} failed: {message}")
+        return int(reply["new_contract"])
+
+    def instances_labelled(self, label: str) -> list[int]:
+        with _calling("listing your instances"):
+            rows = self.sdk.show_instances()
+        return [int(row["id"]) for row in rows or [] if row.get("label") == label]
+
+    def show_instance(self, instance_id: int) -> dict:
+        with _calling(f"reading instance {instance_id}"):
+            return self.sdk.show_instance(id=instance_id) or {}
+
+    def logs(self, instance_id: int, tail: int = 1000) -> str:
+        """The container's last `tail` lines of output; empty while vast.ai has none to give."""
+        with _calling(f"reading the logs of instance {instance_id}"):
+            text = self.sdk.logs(instance_id, tail=str(tail))
+        return text if isinstance(text, str) else ""  # a dict is a "not ready" reply
+
+    def copy_back(self, instance_id: int, remote_dir: str, local_dir: Path) -> None:
+        """Fetch remote_dir's contents into local_dir, as `vastai copy` does."""
+        _require_copy_tools()
+        local_dir.mkdir(parents=True, exist_ok=True)
+        with _calling(f"opening a copy from instance {instance_id}"):
+            reply = self.sdk.copy(f"{instance_id}:{remote_dir.rstrip('/')}/", str(local_dir.resolve()))
+        if not reply.get("success"):
+            raise job_failed(f"vast: copying from instance {instance_id} was refused: {reply.get('msg', reply)}")
+        ssh = f"ssh -p {reply['src_port']} -o StrictHostKeyChecking=no -o BatchMode=yes"
+        source = f"vastai_kaalia@{reply['src_addr']}::{instance_id}/{remote_dir.rstrip('/')}/"
+        out = subprocess.run(["rsync", "-arz", "-e", ssh, source, f"{local_dir.resolve()}/"],
+                             capture_output=True, text=True, timeout=3600)
+        if out.returncode != 0:
+            raise job_failed(f"vast: rsync from instance {instance_id} failed (exit {out.returncode}): "
+                             f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'no message'}")
+
+    def destroy_instance(self, instance_id: int) -> None:
+        with _calling(f"destroying instance {instance_id}"):
+            reply = self.sdk.destroy_instance(id=instance_id)
+        if isinstance(reply, dict) and reply.get("success") is False:
+            raise GpujobError(f"vast: destroying instance {instance_id} was refused: {reply.get('msg', reply)}", 1)

@@ -1,0 +1,101 @@
+"""vast.ai's market as a spec sees it: the offer query it asks for, and which offer to take.
+
+Pure functions over plain data: offers are the dicts `vastai search offers --raw` returns
+(id, gpu_name, num_gpus, dph_total, min_bid, reliability, disk_space, cuda_max_good, ...),
+so tests hand in offer lists as data. Query terms are vast.ai's `search offers` syntax, in
+which an underscore stands for a space in a value (gpu_name=RTX_4090).
+"""
+
+from __future__ import annotations
+
+import math
+
+from runner.errors import bad_input
+from runner.spec import JobSpec
+
+ON_DEMAND, INTERRUPTIBLE = "on-demand", "bid"
+# An interruptible instance runs while its bid is the host's highest: bid a little above the
+# lowest accepted one, so a slightly higher bidder does not pause it at once.
+BID_MARGIN = 1.10
+
+
+def vast_gpu_name(spec: JobSpec) -> str:
+    """resources.gpu's name on vast.ai, from the GPU catalog."""
+    request = spec.resources.gpu_request
+    if request is None:
+        raise bad_input("resources.gpu: backend vast rents GPUs; give a type and count, e.g. RTX4090:1")
+    try:
+        return request.on("vast")
+    except ValueError as err:
+        raise bad_input(f"resources.gpu: {err}") from None
+
+
+def offer_type(spec: JobSpec) -> str:
+    return INTERRUPTIBLE if spec.vast.interruptible else ON_DEMAND
+
+
+def price(offer: dict, interruptible: bool) -> float | None:
+    """US$ per hour for the whole instance: the on-demand price, or the lowest bid accepted."""
+    value = offer.get("min_bid" if interruptible else "dph_total")
+    return float(value) if value is not None else None
+
+
+def reliability(offer: dict) -> float:
+    return float(offer.get("reliability", offer.get("reliability2")) or 0.0)
+
+
+def offer_query(spec: JobSpec) -> str:
+    """The `vastai search offers` query for the spec's GPUs, price cap and host requirements."""
+    v = spec.vast
+    terms = [f"gpu_name={vast_gpu_name(spec).replace(' ', '_')}", f"num_gpus={spec.resources.gpu_request.count}",
+             f"reliability>={v.min_reliability}", f"disk_space>={v.disk_gb}", f"cuda_max_good>={v.min_cuda}",
+             "rentable=true", "verified=true"]
+    if v.max_dollars_per_hour is not None:
+        terms.append(f"{'min_bid' if v.interruptible else 'dph_total'}<={v.max_dollars_per_hour}")
+    return " ".join(terms + ([v.extra_filters.strip()] if v.extra_filters.strip() else []))
+
+
+def fits(offer: dict, spec: JobSpec) -> bool:
+    """Whether an offer meets the spec, checked again here: the query is only what we asked for."""
+    v = spec.vast
+    cost = price(offer, v.interruptible)
+    return (offer.get("gpu_name") == vast_gpu_name(spec)
+            and offer.get("num_gpus") == spec.resources.gpu_request.count
+            and offer.get("rentable", True) is not False
+            and reliability(offer) >= v.min_reliability
+            and float(offer.get("disk_space") or 0) >= v.disk_gb
+            and float(offer.get("cuda_max_good") or 0) >= v.min_cuda
+            and cost is not None
+            and (v.max_dollars_per_hour is None or cost <= v.max_dollars_per_hour))
+
+
+def choose_offer(offers: list[dict], spec: JobSpec) -> dict | None:
+    """The cheapest offer that fits (the same GPUs run the job at the same speed anywhere);
+    among equal prices the more reliable host. None when nothing fits."""
+    interruptible = spec.vast.interruptible
+    fitting = [offer for offer in offers if fits(offer, spec)]
+    return min(fitting, key=lambda o: (price(o, interruptible), -reliability(o), o.get("id", 0)), default=None)
+
+
+def bid_price(offer: dict, spec: JobSpec) -> float | None:
+    """What to bid for an interruptible instance (None for on-demand), rounded up to a tenth of a
+    cent, never above vast.max_dollars_per_hour."""
+    if not spec.vast.interruptible:
+        return None
+    bid = math.ceil(price(offer, True) * BID_MARGIN * 1000) / 1000
+    cap = spec.vast.max_dollars_per_hour
+    return min(bid, cap) if cap is not None else bid
+
+
+def describe_offer(offer: dict, spec: JobSpec) -> str:
+    where = offer.get("geolocation") or "unknown location"
+    return (f"#{offer.get('id')}: {offer.get('num_gpus')}x {offer.get('gpu_name')} in {where}, "
+            f"reliability {reliability(offer):.3f}, driver CUDA {offer.get('cuda_max_good')}, "
+            f"{float(offer.get('disk_space') or 0):.0f} GB disk free")
+
+
+def describe_price(offer: dict, spec: JobSpec) -> str:
+    if spec.vast.interruptible:
+        return (f"bid ${bid_price(offer, spec):.3f}/hour, interruptible (lowest accepted bid "
+                f"${price(offer, True):.3f}; on-demand ${float(offer.get('dph_total') or 0):.3f})")
+    return f"${price(offer, False):.3f}/hour on-demand, {spec.vast.disk_gb} GB disk included"

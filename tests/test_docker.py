@@ -1,0 +1,195 @@
+"""The Docker image and the docker backend, for real where an engine runs here.
+
+The image is built from a base made on this machine (images/base/build-base.sh: debootstrap +
+`docker import`; no registry is reachable), with the host's CA bundle as the build's extra CA
+(downloads go through a TLS-inspecting proxy). Then a tiny job runs in it and its artifacts are
+checked on the host. Without a Docker engine those tests skip, saying so; the command and
+exit-code tests below them run everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.backends.docker import container_run, docker_run_command
+from runner.backends.exit_codes import remote_exit_error
+from runner.image import build_command, engine_available
+from runner.spec import load_spec
+from tests.conftest import REPO, cli_subprocess
+
+TAG = "gpujob:test"
+BASE = os.environ.get("GPUJOB_TEST_BASE_IMAGE", "gpujob-base:bookworm")
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json", "model.pt")
+
+needs_engine = pytest.mark.skipif(not engine_available(), reason="no Docker engine answers here "
+                                  "(.ci/start-docker.sh starts one)")
+
+
+def _build(tag: str = TAG) -> tuple[subprocess.CompletedProcess, float]:
+    args = ["image", "build", "--tag", tag, "--base-image", BASE] + (["--extra-ca", HOST_CA] if HOST_CA.exists() else [])
+    started = time.perf_counter()
+    out = cli_subprocess(*args, timeout=1800)
+    return out, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode != 0:
+        made = subprocess.run(["bash", str(REPO / "images" / "base" / "build-base.sh"), BASE],
+                              capture_output=True, text=True, timeout=1800)
+        assert made.returncode == 0, f"building the base image failed:\n{made.stdout}\n{made.stderr}"
+    out, seconds = _build()
+    assert out.returncode == 0, f"gpujob image build failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    print(f"\nimage build: {seconds:.1f} s")
+    return TAG
+
+
+def _digits_spec(write_spec, **overrides):
+    sections = dict(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                    optimizer={"name": "adam", "lr": 0.01}, train={"epochs": 2, "log_every_steps": 5},
+                    docker={"image": TAG})
+    sections.update(overrides)
+    return write_spec(**sections)
+
+
+# ---- for real, in the engine -----------------------------------------------------------
+
+
+@needs_engine
+def test_a_job_runs_in_the_image_and_its_artifacts_land_on_the_host(image, write_spec, tmp_path):
+    out = cli_subprocess("submit", _digits_spec(write_spec), "--backend", "docker", "--runs-dir", tmp_path / "runs",
+                         timeout=600)
+    assert out.returncode == 0, out.stderr + out.stdout[-2000:]
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert folder.parent == tmp_path / "runs"
+    for name in ARTIFACTS:
+        assert (folder / name).is_file(), name
+        assert (folder / name).stat().st_uid == os.getuid()  # the user's files, not root's
+    assert list((folder / "checkpoints").iterdir())
+    env = json.loads((folder / "env.json").read_text())
+    assert env["gpujob_image"] == TAG and env["torch"].startswith("2.")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["test_accuracy"] > 0.5
+
+
+@needs_engine
+def test_a_spec_error_inside_the_container_is_exit_2_with_one_line(image, write_spec, tmp_path):
+    spec = _digits_spec(write_spec, data={"dataset": "mnist", "root": str(tmp_path / "data"), "download": False})
+    out = cli_subprocess("submit", spec, "--backend", "docker", "--runs-dir", tmp_path / "runs", timeout=600)
+    assert out.returncode == 2, out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpujob: docker: data.root") and "mnist" in last
+
+
+@needs_engine
+def test_the_image_is_lean_non_root_and_keeps_no_build_secret(image):
+    config = json.loads(subprocess.run(["docker", "image", "inspect", image], capture_output=True,
+                                       text=True, check=True).stdout)[0]["Config"]
+    assert config["User"] == "gpujob" and config["Entrypoint"] == ["gpujob", "run"]
+    assert set(config["Volumes"]) == {"/runs", "/data"}
+    # BuildKit leaves its mount points as empty folders; nothing may be in them.
+    look = ("find /root/.cache /tmp/gpujob /run/secrets -type f 2>/dev/null | wc -l; "
+            "for tool in gcc cc uv; do command -v $tool; done | wc -l; "
+            "ls /opt/gpujob/bin | grep -c -E '^(pip|uv)'; test -x /usr/local/bin/gpujob-vast-start && echo vast-start")
+    found = subprocess.run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c", look],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert found == ["0", "0", "0", "vast-start"], found  # no caches, secrets, compilers or installers left
+    history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True).stdout
+    assert "BEGIN CERTIFICATE" not in history
+
+
+@needs_engine
+def test_a_second_build_comes_from_the_cache(image):
+    out, seconds = _build()
+    assert out.returncode == 0, out.stderr[-2000:]
+    print(f"\ncached image build: {seconds:.1f} s")
+    assert seconds < 120
+
+
+# ---- the command, without an engine ------------------------------------------------------
+
+
+def _spec(write_spec, **sections):
+    return load_spec(write_spec(**sections))
+
+
+def test_the_container_runs_the_same_worker_command_as_the_user(write_spec, tmp_path):
+    spec = _spec(write_spec, data={"dataset": "fashion_mnist", "root": "data"})
+    run = container_run(spec, tmp_path / "runs", nvidia=False, cwd=tmp_path)
+    command = docker_run_command(run, "job-1", "/tmp/spec-dir", 1000, 100)
+    assert command[-7:] == ["gpujob:latest", "/job/spec.yaml", "--run-dir", "/runs/job-1", "--nproc-per-node", "auto",
+                            "--resume"]
+    assert command[command.index("--user") + 1] == "1000:100" and "--ipc=host" in command and "--gpus" not in command
+    volumes = [command[i + 1] for i, arg in enumerate(command) if arg == "--volume"]
+    assert volumes == [f"{tmp_path / 'runs'}:/runs:rw", f"{tmp_path / 'data'}:/data:rw", "/tmp/spec-dir:/job:ro"]
+    assert run.spec.data.root == "/data" and spec.data.root == "data"  # the container's view, not the user's spec
+
+
+def test_gpus_go_to_the_container_only_with_nvidias_runtime(write_spec, tmp_path):
+    spec = _spec(write_spec, resources={"gpu": "A10G:2"})
+    assert container_run(spec, tmp_path, nvidia=True, cwd=tmp_path).gpus == "2"
+    cpu = container_run(spec, tmp_path, nvidia=False, cwd=tmp_path)
+    assert cpu.gpus is None and "running on the CPU" in cpu.note
+    counted = _spec(write_spec, docker={"gpus": "3"})  # `--gpu 3`: no type, so one worker per GPU
+    run = container_run(counted, tmp_path, nvidia=True, cwd=tmp_path)
+    assert run.gpus == "3" and run.spec.resources.processes == 3
+    assert "--gpus" in docker_run_command(run, "j", "/s", 0, 0)
+    assert container_run(_spec(write_spec, docker={"gpus": "all"}), tmp_path, True, tmp_path).gpus == "all"
+
+
+def test_a_factory_in_the_spec_makes_this_folder_importable(write_spec, tmp_path):
+    spec = _spec(write_spec, model={"name": "mypkg.models:build"})
+    run = container_run(spec, tmp_path, nvidia=False, cwd=tmp_path)
+    assert (tmp_path.resolve(), "/src", "ro") in run.mounts and run.env["PYTHONPATH"] == "/src"
+
+
+def test_container_exit_codes_mean_what_local_ones_do(tmp_path):
+    assert remote_exit_error(0, [], "docker", tmp_path) is None
+    bad = remote_exit_error(2, ["training...", "gpujob: data.root: mnist not found"], "docker", tmp_path)
+    assert bad.exit_code == 2 and bad.message == "docker: data.root: mnist not found"
+    stopped = remote_exit_error(143, [], "docker", tmp_path)
+    assert stopped.exit_code == 143 and f"gpujob resume {tmp_path}" in stopped.message
+    failed = remote_exit_error(137, ["step 1", "Killed"], "docker", tmp_path)
+    assert failed.exit_code == 1 and "Killed" in failed.message
+
+
+def test_the_build_takes_the_base_and_the_ca_as_a_secret(tmp_path):
+    command = build_command("me/gpujob:1", "gpujob-base:bookworm", tmp_path / "ca.pem", REPO)
+    assert command[:4] == ["docker", "build", "--tag", "me/gpujob:1"]
+    assert "BASE_IMAGE=gpujob-base:bookworm" in command and f"id=extra_ca,src={tmp_path / 'ca.pem'}" in command
+    assert [arg for arg in command if "ca.pem" in arg] == [f"id=extra_ca,src={tmp_path / 'ca.pem'}"]
+
+
+@pytest.fixture
+def fake_docker(tmp_path):
+    """A `docker` command first on PATH: `info` answers with FAKE_INFO's code, images are missing."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "docker").write_text('#!/bin/sh\ncase "$1" in info) exit "${FAKE_INFO:-1}";; *) exit 1;; esac\n')
+    (bin_dir / "docker").chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_no_engine_is_exit_3_with_what_to_do(write_spec, fake_docker):
+    out = cli_subprocess("submit", write_spec(), "--backend", "docker", env=fake_docker)
+    assert out.returncode == 3 and out.stderr.strip().count("\n") == 0
+    assert "start Docker (sudo systemctl start docker)" in out.stderr
+    assert cli_subprocess("image", "build", env=fake_docker).returncode == 3
+
+
+def test_a_missing_image_is_exit_3_naming_the_build_command(write_spec, fake_docker):
+    out = cli_subprocess("submit", write_spec(), "--backend", "docker", env={**fake_docker, "FAKE_INFO": "0"})
+    assert out.returncode == 3 and "gpujob image build --tag gpujob:latest" in out.stderr
+
+
+def test_bad_build_and_gpu_options_are_exit_2(write_spec, tmp_path):
+    assert cli_subprocess("image", "build", "--extra-ca", tmp_path / "nope.pem").returncode == 2
+    out = cli_subprocess("submit", write_spec(), "--gpu", "2")  # a bare count is for --backend docker
+    assert out.returncode == 2 and "--backend docker" in out.stderr

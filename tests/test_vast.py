@@ -1,0 +1,435 @@
+"""The vast.ai backend against a fake vast.ai: the offer query a spec builds, the offer it picks,
+the instance it asks for, and that the instance is destroyed on every way out. The fake has
+VastApi's methods and records each call; offers and the instance's life are given as data."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+
+import pytest
+
+from runner.backends import vast as vast_backend
+from runner.backends.vast import EXIT_MARK, START_MARK, VastBackend, exit_code, instance_request, new_lines
+from runner.errors import GpujobError, job_failed, missing_backend
+from runner.spec import load_spec
+from runner.vast_api import NO_API_KEY, find_api_key
+from runner.vast_offers import bid_price, choose_offer, offer_query
+from tests.conftest import REPO, cli
+
+IMAGE = "docker.io/alice/gpujob:1"
+
+
+def offer(id, gpu="A10", n=2, dph=1.0, min_bid=0.5, reliability=0.995, disk=100.0, cuda=13.2, **extra):
+    return {"id": id, "gpu_name": gpu, "num_gpus": n, "dph_total": dph, "min_bid": min_bid, "reliability": reliability,
+            "disk_space": disk, "cuda_max_good": cuda, "rentable": True, "geolocation": "Oregon, US", **extra}
+
+
+GOOD = [offer(11, dph=0.90), offer(12, dph=0.80, reliability=0.99), offer(13, dph=0.80, reliability=0.999)]
+
+
+class FakeVast:
+    """VastApi's methods over a scripted instance life: each show_instance() is one tick of
+    `timeline`, a list of (actual_status, log lines so far); the last tick repeats."""
+
+    def __init__(self, offers=GOOD, timeline=(), fail=(), run_files=None, interrupt_at=None):
+        self.offers, self.timeline, self.fail = list(offers), list(timeline), set(fail)
+        summary = {"test_accuracy": 0.9, "test_loss": 0.3, "wall_s": 60.0, "device": "cuda", "world_size": 2}
+        self.run_files = {"summary.json": json.dumps(summary), "spec.yaml": "name: x\n"} if run_files is None else run_files
+        self.calls: list[tuple] = []
+        self.tick, self.now, self.interrupt_at = -1, 0.0, interrupt_at
+        self.made: dict[int, str] = {}  # instance id -> label
+
+    def _maybe_fail(self, name):
+        if name in self.fail:
+            raise job_failed(f"vast: {name} failed (fake)")
+
+    def names(self):
+        return [call[0] for call in self.calls]
+
+    def search_offers(self, query, offer_type, disk_gb):
+        self.calls.append(("search", query, offer_type, disk_gb))
+        return self.offers
+
+    def check_can_copy(self):
+        self.calls.append(("check copy",))
+        if "no ssh key" in self.fail:
+            raise missing_backend("vast: your vast.ai account has no ssh key ...: vastai create ssh-key")
+
+    def create_instance(self, offer_id, request):
+        self.calls.append(("create", offer_id, request))
+        if "create after making it" in self.fail:  # the reply was lost, the instance exists
+            self.made[42] = request["label"]
+        self._maybe_fail("create")
+        self._maybe_fail("create after making it")
+        self.made[42] = request["label"]
+        return 42
+
+    def instances_labelled(self, label):
+        self.calls.append(("list", label))
+        return [i for i, lab in self.made.items() if lab == label]
+
+    def show_instance(self, instance_id):
+        self.tick = min(self.tick + 1, len(self.timeline) - 1)
+        self.calls.append(("show", instance_id))
+        return {"actual_status": self.timeline[self.tick][0], "status_msg": ""}
+
+    def logs(self, instance_id):
+        self.calls.append(("logs", instance_id))
+        return "\n".join(self.timeline[self.tick][1])
+
+    def copy_back(self, instance_id, remote_dir, local_dir):
+        self.calls.append(("copy", instance_id, remote_dir, str(local_dir)))
+        self._maybe_fail("copy")
+        for name, text in self.run_files.items():
+            (local_dir / name).write_text(text)
+
+    def destroy_instance(self, instance_id):
+        self.calls.append(("destroy", instance_id))
+        self._maybe_fail("destroy")
+        self.made.pop(instance_id, None)
+
+    def sleep(self, seconds):
+        self.now += seconds
+        if self.interrupt_at is not None and self.tick >= self.interrupt_at:
+            raise KeyboardInterrupt
+
+    def clock(self):
+        return self.now
+
+
+@pytest.fixture
+def vast_spec(write_spec):
+    def make(gpu="A10G:2", **vast):
+        return write_spec(resources={"gpu": gpu, "timeout_minutes": 5}, backend="vast",
+                          vast={"image": IMAGE, **vast})
+    return make
+
+
+def backend_with(fake):
+    return VastBackend(connect=lambda: fake, sleep=fake.sleep, clock=fake.clock, poll_s=10)
+
+
+def run_with(fake, spec_path, tmp_path):
+    backend = backend_with(fake)
+    plan = backend.plan(load_spec(spec_path), spec_path, tmp_path / "runs")
+    return backend.run(plan)
+
+
+def started(*lines, code=None):
+    body = [f"{START_MARK}run", *lines]
+    return body + ([f"{EXIT_MARK}{code}"] if code is not None else [])
+
+
+DONE = [("loading", []), ("running", started("step 1/2")), ("running", started("step 1/2", "step 2/2", code=0))]
+
+
+# ---- the offer query, the choice, the request ----------------------------------------
+
+
+def test_offer_query_is_built_from_the_spec_and_parses_as_vast_syntax(vast_spec):
+    from vastai.api.query import offers_alias, offers_fields, offers_mult, parse_query
+
+    spec = load_spec(vast_spec(max_dollars_per_hour=1.5, min_reliability=0.99, disk_gb=50,
+                               extra_filters="geolocation=US"))
+    query = offer_query(spec)
+    assert query == ("gpu_name=A10 num_gpus=2 reliability>=0.99 disk_space>=50 cuda_max_good>=13.0 "
+                     "rentable=true verified=true dph_total<=1.5 geolocation=US")
+    parsed = parse_query(query, {}, offers_fields, offers_alias, offers_mult)  # the SDK's own parser
+    assert parsed["gpu_name"] == {"eq": "A10"} and parsed["dph_total"] == {"lte": "1.5"}
+    spec = load_spec(vast_spec(gpu="H100:8", interruptible=True, max_dollars_per_hour=9))
+    assert "gpu_name=H100_SXM num_gpus=8" in offer_query(spec) and "min_bid<=9.0" in offer_query(spec)
+
+
+def test_the_gpu_name_comes_from_the_catalog_and_a_missing_gpu_is_bad_input(vast_spec, write_spec):
+    assert offer_query(load_spec(vast_spec(gpu="RTX4090:1"))).startswith("gpu_name=RTX_4090 num_gpus=1 ")
+    with pytest.raises(GpujobError) as err:
+        offer_query(load_spec(write_spec(backend="vast", vast={"image": IMAGE})))
+    assert err.value.exit_code == 2 and "resources.gpu" in err.value.message
+
+
+def test_the_cheapest_offer_that_fits_is_chosen(vast_spec):
+    spec = load_spec(vast_spec(max_dollars_per_hour=1.0, min_reliability=0.98, disk_gb=40))
+    unfit = [offer(1, gpu="A100 PCIE", dph=0.1), offer(2, n=1, dph=0.1), offer(3, reliability=0.9, dph=0.1),
+             offer(4, disk=20, dph=0.1), offer(5, cuda=12.4, dph=0.1), offer(6, dph=1.2), offer(7, dph=0.1, rentable=False)]
+    assert choose_offer(unfit, spec) is None
+    assert choose_offer(unfit + GOOD, spec)["id"] == 13  # 0.80 like #12, and more reliable
+
+
+def test_interruptible_chooses_by_lowest_bid_and_bids_a_little_above_it(vast_spec):
+    spec = load_spec(vast_spec(interruptible=True, max_dollars_per_hour=0.6))
+    offers = [offer(1, dph=0.5, min_bid=0.55), offer(2, dph=2.0, min_bid=0.3), offer(3, min_bid=0.7)]
+    chosen = choose_offer(offers, spec)
+    assert chosen["id"] == 2 and bid_price(chosen, spec) == 0.33
+    assert bid_price(offer(4, min_bid=0.58), spec) == 0.6  # never above the cap
+    assert bid_price(chosen, load_spec(vast_spec())) is None  # on-demand: no bid
+
+
+def test_the_instance_request_carries_the_job_and_the_sdk_accepts_it(vast_spec):
+    from vastai.api.instances import build_create_instance_payload
+
+    spec = load_spec(vast_spec(disk_gb=60))
+    request = instance_request(spec, "test-job-20260101-000000", GOOD[0])
+    assert request["image"] == IMAGE and request["disk"] == 60 and request["bid_price"] is None
+    assert base64.b64decode(request["env"]["GPUJOB_SPEC_B64"]).decode() == spec.to_yaml()
+    assert request["env"]["GPUJOB_RUN_NAME"] == "test-job-20260101-000000"
+    payload = build_create_instance_payload(**request)  # what the SDK would PUT to /asks/ID/
+    assert payload["runtype"] == "args" and payload["onstart"] == "gpujob-vast-start"
+    assert payload["cancel_unavail"] is True and payload["price"] is None and payload["label"].startswith("gpujob ")
+    interruptible = instance_request(load_spec(vast_spec(interruptible=True)), "x", GOOD[0])
+    assert build_create_instance_payload(**interruptible)["price"] == 0.55
+
+
+def test_the_on_start_script_runs_the_backends_worker_command():
+    script = (REPO / "images" / "vast-start.sh").read_text()
+    assert "gpujob run \"$JOB/spec.yaml\" --run-dir \"$RUNS/$GPUJOB_RUN_NAME\" --nproc-per-node auto --resume" in script
+    assert 'echo "gpujob-vast: exit $code"' in script and "/workspace/runs" in script
+    assert "gpujob-vast-start" in (REPO / "Dockerfile").read_text()
+
+
+# ---- the whole flow, and clean-up on every way out --------------------------------------
+
+
+def test_a_run_follows_the_job_copies_the_folder_back_and_destroys_the_instance(vast_spec, tmp_path, capsys):
+    fake = FakeVast(timeline=DONE)
+    folder = run_with(fake, vast_spec(), tmp_path)
+    assert fake.names()[:2] == ["search", "check copy"] and fake.calls[2][:2] == ("create", 13)
+    copy = next(c for c in fake.calls if c[0] == "copy")
+    assert copy[2] == f"/workspace/runs/{folder.name}" and copy[3] == str(folder)
+    assert fake.names()[-1] == "destroy" and fake.names().count("destroy") == 1
+    assert (folder / "summary.json").exists() and "step 2/2" in (folder / "vast.log").read_text()
+    out = capsys.readouterr()
+    assert out.out.count("step 1/2") == 1  # each log line shown once, though every poll returns it again
+    assert "destroyed instance 42" in out.err
+
+
+def test_create_failing_after_the_instance_was_made_still_destroys_it(vast_spec, tmp_path):
+    fake = FakeVast(timeline=DONE, fail={"create after making it"})
+    with pytest.raises(GpujobError):
+        run_with(fake, vast_spec(), tmp_path)
+    assert ("destroy", 42) in fake.calls and not fake.made
+
+
+def test_a_failed_job_brings_its_error_back_and_destroys(vast_spec, tmp_path):
+    lines = started("gpujob: job failed: RuntimeError: CUDA out of memory", code=1)
+    fake = FakeVast(timeline=[("running", lines)], run_files={"error.log": "Traceback ..."})
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert err.value.exit_code == 1 and "CUDA out of memory" in err.value.message
+    assert fake.names()[-2:] == ["copy", "destroy"]
+    assert list((tmp_path / "runs").glob("*/error.log"))
+
+
+def test_a_bad_spec_found_in_the_container_is_exit_2(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("running", started("gpujob: data.root: mnist not found under /data", code=2))])
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert err.value.exit_code == 2 and "mnist not found" in err.value.message and ("destroy", 42) in fake.calls
+
+
+def test_ctrl_c_copies_what_is_there_and_destroys(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))], interrupt_at=1)
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert err.value.exit_code == 130 and "destroyed" in err.value.message
+    assert fake.names()[-2:] == ["copy", "destroy"]
+
+
+def test_an_instance_that_never_starts_is_destroyed_without_copying(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("loading", [])])
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(startup_minutes=2), tmp_path)
+    assert err.value.exit_code == 1 and "did not start within vast.startup_minutes (2 min)" in err.value.message
+    assert "copy" not in fake.names() and fake.names()[-1] == "destroy"
+    assert not list((tmp_path / "runs").iterdir())  # no empty run folder left behind
+
+
+def test_a_job_past_its_timeout_is_stopped_and_destroyed(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("running", started("step 1/9"))])
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert "timeout_minutes (5 min)" in err.value.message
+    assert fake.now >= 5 * 60 and fake.names()[-2:] == ["copy", "destroy"]
+
+
+def test_copy_back_failing_still_destroys(vast_spec, tmp_path):
+    fake = FakeVast(timeline=DONE, fail={"copy"})
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert "copy failed" in err.value.message and fake.names()[-1] == "destroy"
+
+
+def test_a_destroy_that_keeps_failing_is_loud(vast_spec, tmp_path, capsys):
+    fake = FakeVast(timeline=DONE, fail={"destroy"})
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert fake.names().count("destroy") == 3
+    assert "vastai destroy instance 42" in err.value.message and "still billed" in err.value.message
+
+
+def test_a_container_that_dies_without_finishing_is_a_failure(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("running", started("step 1/9")), ("exited", started("step 1/9", "Killed"))])
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert "exited and the job did not finish: Killed" in err.value.message and fake.names()[-1] == "destroy"
+
+
+def test_an_outbid_interruptible_instance_resumes_and_finishes(vast_spec, tmp_path):
+    first = started("step 3/9", "gpujob: stopped at step 3 by signal 15", code=143)
+    timeline = [("running", first), ("stopped", first), ("running", first + started("step 4/9")),
+                ("running", first + started("step 4/9", "step 9/9", code=0))]
+    fake = FakeVast(timeline=timeline)
+    folder = run_with(fake, vast_spec(interruptible=True), tmp_path)
+    assert (folder / "summary.json").exists() and fake.names().count("destroy") == 1
+
+
+def test_an_on_demand_instance_stopped_by_sigterm_is_reported_as_preempted(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("running", started("step 3/9", code=143))])
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert err.value.exit_code == 143 and "gpujob resume" in err.value.message
+
+
+# ---- the command line ------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_vast(monkeypatch):
+    def install(fake):
+        monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: fake)
+        monkeypatch.setattr(vast_backend.BACKEND, "sleep", fake.sleep)
+        monkeypatch.setattr(vast_backend.BACKEND, "clock", fake.clock)
+        return fake
+    return install
+
+
+def test_dry_run_shows_the_offer_and_the_price_and_rents_nothing(vast_spec, fake_vast):
+    fake = fake_vast(FakeVast())
+    result = cli("submit", vast_spec(), "--dry-run")
+    assert result.exit_code == 0, result.stderr
+    assert "#13: 2x A10 in Oregon, US" in result.stdout and "$0.800/hour on-demand" in result.stdout
+    assert "dry run: nothing was submitted" in result.stdout and fake.names() == ["search"]
+
+
+def test_submit_runs_the_whole_flow(vast_spec, fake_vast, tmp_path):
+    fake = fake_vast(FakeVast(timeline=DONE))
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    assert (result.run_dir / "summary.json").exists() and fake.names()[-1] == "destroy"
+
+
+def test_no_offer_that_fits_says_what_to_change(vast_spec, fake_vast):
+    fake_vast(FakeVast(offers=[offer(1, dph=5.0)]))
+    result = cli("submit", vast_spec(max_dollars_per_hour=1))
+    assert result.exit_code == 1 and "max_dollars_per_hour" in result.stderr
+
+
+def test_vast_image_is_required(write_spec, fake_vast):
+    fake_vast(FakeVast())
+    result = cli("submit", write_spec(resources={"gpu": "A10G:1"}, backend="vast"), "--dry-run")
+    assert result.exit_code == 2 and "vast.image" in result.stderr
+
+
+def test_no_ssh_key_stops_before_renting(vast_spec, fake_vast):
+    fake = fake_vast(FakeVast(fail={"no ssh key"}))
+    result = cli("submit", vast_spec())
+    assert result.exit_code == 3 and "vastai create ssh-key" in result.stderr and "create" not in fake.names()
+
+
+def test_without_an_api_key_exit_3_and_one_line(vast_spec, tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"), "VAST_API_KEY": ""}
+    out = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(vast_spec()), "--dry-run"],
+                         capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**{k: v for k, v in __import__("os").environ.items() if k != "VAST_API_KEY"}, **env})
+    assert out.returncode == 3, out.stderr
+    assert out.stderr.strip() == f"gpujob: {NO_API_KEY}"
+
+
+def test_the_api_key_is_found_where_the_vastai_cli_keeps_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("VAST_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert find_api_key() is None
+    (tmp_path / ".vast_api_key").write_text("legacy\n")
+    assert find_api_key() == "legacy"
+    (tmp_path / "xdg" / "vastai").mkdir(parents=True)
+    (tmp_path / "xdg" / "vastai" / "vast_api_key").write_text("xdg\n")
+    assert find_api_key() == "xdg"
+    monkeypatch.setenv("VAST_API_KEY", "env")
+    assert find_api_key() == "env"
+
+
+# ---- following the log -------------------------------------------------------------------
+
+
+def test_new_lines_finds_where_a_later_log_window_continues():
+    assert new_lines([], ["a", "b"]) == ["a", "b"]
+    assert new_lines(["a", "b", "c"], ["b", "c", "d", "e"]) == ["d", "e"]
+    assert new_lines(["a", "b"], ["a", "b"]) == []
+    assert new_lines(["x"], ["y", "z"]) == ["y", "z"]  # no overlap: the window moved past everything seen
+
+
+def test_exit_code_reads_the_last_attempt():
+    assert exit_code(started("step")) is None
+    assert exit_code(started(code=0)) == 0
+    assert exit_code(started(code=143) + started("step")) is None
+    assert exit_code(started(code=143) + started(code=1)) == 1
+
+
+# ---- VastApi over the SDK's replies ---------------------------------------------------------
+
+
+class StubSdk:
+    """The few `vastai.VastAI` methods VastApi calls, answering as the SDK does."""
+
+    def __init__(self, **replies):
+        self.replies = replies
+
+    def __getattr__(self, name):
+        reply = self.replies[name]
+        return lambda *args, **kwargs: reply(*args, **kwargs) if callable(reply) else reply
+
+
+def test_vast_api_reads_the_sdks_replies(tmp_path):
+    from runner.vast_api import VastApi
+
+    api = VastApi(StubSdk(create_instance={"success": True, "new_contract": 7835610},
+                          logs={"success": False, "msg": "not ready"}, show_instance=None,
+                          show_instances=[{"id": 1, "label": "gpujob a"}, {"id": 2, "label": "other"}]))
+    assert api.create_instance(5, {"image": IMAGE}) == 7835610
+    assert api.logs(1) == "" and api.show_instance(1) == {} and api.instances_labelled("gpujob a") == [1]
+    refused = VastApi(StubSdk(create_instance={"success": False, "msg": "no_such_ask"}))
+    with pytest.raises(GpujobError) as err:
+        refused.create_instance(5, {})
+    assert err.value.exit_code == 1 and "no_such_ask" in err.value.message
+
+
+def test_vast_api_turns_http_errors_into_one_line(monkeypatch):
+    import requests
+
+    from runner.vast_api import VastApi
+
+    def refuse(*args, **kwargs):
+        response = requests.Response()
+        response.status_code = 401
+        raise requests.HTTPError("401 Client Error: Unauthorized", response=response)
+
+    with pytest.raises(GpujobError) as err:
+        VastApi(StubSdk(search_offers=refuse)).search_offers("num_gpus=1", "on-demand", 40)
+    assert err.value.exit_code == 3 and "vastai set api-key" in err.value.message
+
+
+def test_copying_back_needs_rsync_ssh_and_an_account_ssh_key(tmp_path, monkeypatch):
+    from runner.vast_api import VastApi
+
+    monkeypatch.setattr("runner.vast_api.shutil.which", lambda tool: f"/usr/bin/{tool}")
+    with pytest.raises(GpujobError) as err:
+        VastApi(StubSdk(show_ssh_keys=[])).check_can_copy()
+    assert err.value.exit_code == 3 and "vastai create ssh-key" in err.value.message
+    VastApi(StubSdk(show_ssh_keys=[{"id": 1, "public_key": "ssh-ed25519 AAAA"}])).check_can_copy()
+    monkeypatch.setattr("runner.vast_api.shutil.which", lambda tool: None if tool == "rsync" else f"/usr/bin/{tool}")
+    with pytest.raises(GpujobError) as err:
+        VastApi(StubSdk(show_ssh_keys=[{"id": 1}])).check_can_copy()
+    assert "needs rsync" in err.value.message
