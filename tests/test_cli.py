@@ -30,10 +30,16 @@ def test_unknown_option_and_missing_file_exit_2(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
-def test_a_backend_not_built_yet_exits_3(write_spec):
-    out = cli_subprocess("submit", write_spec(), "--backend", "vast")
+def test_a_backend_without_its_credentials_exits_3(write_spec):
+    out = cli_subprocess("submit", write_spec(), "--backend", "vast", env={"VAST_API_KEY": ""})
     assert out.returncode == 3
     assert "vast" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_more_than_one_node_is_not_for_the_local_backend(write_spec, tmp_path):
+    result = cli("submit", write_spec(resources={"nodes": 2}), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("gpujob: resources.nodes:") and "--backend slurm" in result.stderr
 
 
 def test_bad_backend_name_exits_2(write_spec):

@@ -20,7 +20,7 @@ from runner.errors import missing_backend
 if TYPE_CHECKING:
     from runner.spec import JobSpec
 
-AVAILABLE = ("local",)
+AVAILABLE = ("local", "modal", "docker", "vast", "slurm")
 
 
 @dataclass

@@ -12,9 +12,13 @@ class LocalBackend:
     name = "local"
 
     def plan(self, spec, spec_path: Path, runs_dir: Path) -> Plan:
+        from runner.errors import bad_input
         from runner.hardware import local_accelerator
         from runner.launch import workers_per_node
 
+        if spec.resources.nodes > 1:
+            raise bad_input(f"resources.nodes: backend local runs on this one machine; for {spec.resources.nodes} "
+                            "use --backend slurm, or start `gpujob run --nnodes N --node-rank R` on each machine")
         workers = workers_per_node(spec)
         device = local_accelerator()
         details = {"device here": device}

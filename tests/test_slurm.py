@@ -1,0 +1,160 @@
+"""backend: slurm against a real one-node SLURM cluster (.ci/start-slurm.sh makes one here).
+
+The script tests need no cluster; the job tests submit through `gpujob submit --backend slurm`
+and skip, saying why, where SLURM is not installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.backends.slurm import sbatch_script
+from runner.checkpoint import CheckpointStore
+from runner.spec import load_spec
+from tests.conftest import REPO, cli, cli_subprocess, read_jsonl
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A SLURM controller that answers; started with .ci/start-slurm.sh when it is installed but down."""
+    if shutil.which("sbatch") is None:
+        pytest.skip("SLURM is not installed here (sbatch not found); .ci/start-slurm.sh installs and starts it")
+
+    def up() -> bool:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+        return "UP" in ping.stdout
+
+    if not up():
+        if os.geteuid() != 0:
+            pytest.skip("SLURM is installed but its controller is down, and starting it needs root")
+        started = subprocess.run(["bash", str(REPO / ".ci/start-slurm.sh")], capture_output=True, text=True,
+                                 timeout=300)
+        assert started.returncode == 0 and up(), f"could not start SLURM:\n{started.stderr[-2000:]}"
+
+
+def _options(script: str) -> list[str]:
+    return [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
+
+
+def test_the_batch_script_asks_slurm_for_what_the_spec_says(write_spec, tmp_path):
+    spec = load_spec(write_spec(
+        resources={"gpu": "A100:4", "nodes": 2, "timeout_minutes": 90},
+        slurm={"partition": "gpu", "account": "lab", "qos": "high", "cpus_per_task": 8, "mem": "64G",
+               "gres_type": "a100", "sbatch_lines": ["--constraint=ib"], "setup": ["module load cuda/12"]}))
+    script = sbatch_script(spec, tmp_path / "run", "/opt/py/bin/python", tmp_path)
+    options = _options(script)
+    for expected in ("--nodes=2", "--ntasks-per-node=4", "--time=90", "--gres=gpu:a100:4", "--partition=gpu",
+                     "--account=lab", "--qos=high", "--cpus-per-task=8", "--mem=64G", "--constraint=ib",
+                     "--requeue", f"--chdir={tmp_path}", f"--output={tmp_path}/run/job/slurm-%j.out"):
+        assert expected in options
+    body = script.split("\n\n", 1)[1]
+    assert body.index("module load cuda/12") < body.index("srun")
+    assert "srun --kill-on-bad-exit=1" in body and "RANK=$SLURM_PROCID" in body
+    assert f"/opt/py/bin/python -m runner.cli run {tmp_path}/run/job/spec.yaml --run-dir {tmp_path}/run " \
+           "--worker --resume" in body
+
+
+def test_a_cpu_job_asks_for_one_task_per_process_and_no_gpus(write_spec, tmp_path):
+    spec = load_spec(write_spec(resources={"processes": 3}))
+    options = _options(sbatch_script(spec, tmp_path / "run", sys.executable, tmp_path))
+    assert "--ntasks-per-node=3" in options and "--nodes=1" in options
+    assert not any(option.startswith("--gres") for option in options)
+
+
+def test_dry_run_prints_the_batch_script_and_submits_nothing(fashion_spec, tmp_path):
+    result = cli("submit", fashion_spec(resources={"processes": 2}), "--backend", "slurm", "--dry-run",
+                 "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    assert "#SBATCH --ntasks-per-node=2" in result.stdout and "nothing was submitted" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_without_slurm_commands_it_exits_3_and_says_what_to_do(fashion_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    result = cli("submit", fashion_spec(), "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 3
+    assert "not found" in result.stderr and "login node" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_dead_controller_exits_3_at_once(fashion_spec, tmp_path, slurm_cluster):
+    # The same cluster's config, but its controller at a port where nothing listens.
+    conf = Path("/etc/slurm/slurm.conf").read_text()
+    (tmp_path / "slurm.conf").write_text(conf + "\nSlurmctldPort=9\n")
+    start = time.monotonic()
+    out = cli_subprocess("submit", fashion_spec(), "--backend", "slurm", "--runs-dir", tmp_path / "runs",
+                         env={"SLURM_CONF": str(tmp_path / "slurm.conf")}, timeout=120)
+    assert out.returncode == 3, out.stderr
+    assert len(out.stderr.strip().splitlines()) <= 2 and "controller" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.monotonic() - start < 90
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_tasks_on_slurm_train_like_two_local_workers(fashion_spec, tmp_path, slurm_cluster):
+    spec = fashion_spec(resources={"processes": 2}, train={"epochs": 2, "log_every_steps": 10})
+    local = cli("submit", spec, "--runs-dir", tmp_path / "local")
+    assert local.exit_code == 0, local.stderr
+    on_slurm = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "slurm")
+    assert on_slurm.exit_code == 0, on_slurm.stderr
+    run = on_slurm.run_dir
+    for name in ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json",
+                 "job/job.sbatch"):
+        assert (run / name).is_file(), name
+    summary = (run / "summary.json").read_text()
+    assert '"world_size": 2' in summary
+    ours, theirs = read_jsonl(run / "metrics.jsonl"), read_jsonl(local.run_dir / "metrics.jsonl")
+    assert [(m["kind"], m["step"]) for m in ours] == [(m["kind"], m["step"]) for m in theirs]
+    for a, b in zip(ours, theirs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+    assert os.stat(run / "summary.json").st_mode & 0o044 == 0o044, "readable by the user's other tools"
+
+
+def test_a_refused_request_names_the_field_and_leaves_nothing(fashion_spec, tmp_path, slurm_cluster):
+    result = cli("submit", fashion_spec(slurm={"partition": "no-such-partition"}), "--backend", "slurm",
+                 "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("gpujob: slurm.partition: sbatch refused the job")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_a_failing_rank_fails_the_slurm_job_with_its_error(write_spec, tmp_path, slurm_cluster):
+    spec = write_spec(model={"name": "tests.plugins:saboteur", "args": {"rank": 1, "mode": "raise", "at_step": 3}},
+                      data={"dataset": "digits", "batch_size": 32}, resources={"processes": 2},
+                      train={"epochs": 1})
+    result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert "planted failure at step 3" in result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert not (run / "summary.json").exists()
+    leftover = subprocess.run(["pgrep", "-f", f"--run-dir {run}"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""
+
+
+def test_ctrl_c_checkpoints_cancels_the_job_and_resume_finishes_it(fashion_spec, tmp_path, slurm_cluster):
+    spec = fashion_spec(resources={"processes": 2}, train={"epochs": 30, "log_every_steps": 5})
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--backend", "slurm",
+                             "--runs-dir", str(tmp_path / "runs")], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            (run / "metrics.jsonl").exists() for run in (tmp_path / "runs").glob("*")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"gpujob resume {run}" in stderr
+    assert CheckpointStore(run).paths(), "the workers checkpointed before the job was cancelled"
+    squeue = subprocess.run(["squeue", "-h", "-n", "gpujob-test-job"], capture_output=True, text=True)
+    assert squeue.stdout.strip() == ""
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert '"resumed": 1' in (run / "summary.json").read_text()
