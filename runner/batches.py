@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     import torch
 
 EVAL_BATCH = 1024
+# Training batches are gathered and normalised this many samples at a time, then split: a few
+# large device ops per epoch instead of four small ones per step (about 5% of a CPU epoch of
+# the seeds' MLP), with the extra memory bounded to one chunk.
+GATHER_SAMPLES = 8192
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,15 @@ class TensorBatches:
 
     def train(self, epoch: int, skip: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
         """This epoch's batches, after the first `skip` (already trained before a resume)."""
-        for idx in train_order(len(self.train_labels), self.global_batch, self.seed, epoch, self.shard)[skip:]:
-            yield self._gather(self.train_images, self.train_labels, idx)
+        import torch
+
+        order = train_order(len(self.train_labels), self.global_batch, self.seed, epoch, self.shard)[skip:]
+        per_chunk = max(1, GATHER_SAMPLES // max(len(order[0]), 1)) if order else 1
+        for start in range(0, len(order), per_chunk):
+            chunk = order[start : start + per_chunk]
+            x, y = self._gather(self.train_images, self.train_labels, torch.cat(chunk))
+            sizes = [len(idx) for idx in chunk]
+            yield from zip(x.split(sizes), y.split(sizes))
 
     def test(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
         for idx in eval_order(len(self.test_labels), self.shard):
