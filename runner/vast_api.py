@@ -68,7 +68,7 @@ class VastApi:
         try:
             from vastai import VastAI
         except ImportError:
-            raise missing_backend("vast: the vastai package is not installed; pip install 'gpujob[vast]'") from None
+            raise missing_backend("vast: the vastai package is not installed; install it with: uv sync --extra vast") from None
         return cls(VastAI(api_key=key, quiet=True))
 
     def search_offers(self, query: str, offer_type: str, disk_gb: float) -> list[dict]:
