@@ -85,9 +85,14 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError:
+        pass  # some network file systems (NFS, a Modal volume) cannot fsync a folder; the file itself was fsynced
     finally:
         os.close(fd)
 

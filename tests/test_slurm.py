@@ -5,6 +5,7 @@ and skip, saying why, where SLURM is not installed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -158,3 +159,37 @@ def test_ctrl_c_checkpoints_cancels_the_job_and_resume_finishes_it(fashion_spec,
     resumed = cli("resume", run)
     assert resumed.exit_code == 0, resumed.stderr
     assert '"resumed": 1' in (run / "summary.json").read_text()
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_spec, tmp_path, slurm_cluster):
+    """What SLURM does to a preempted job: stop it (SIGTERM), put it back in the queue, start it again."""
+    spec = write_spec(name="requeue-test", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                      optimizer={"name": "sgd", "lr": 0.05}, resources={"processes": 2},
+                      train={"epochs": 40, "log_every_steps": 20})
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--backend", "slurm",
+                             "--runs-dir", str(tmp_path / "runs")], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(
+            '"kind": "epoch"' in (run / "metrics.jsonl").read_text()
+            for run in (tmp_path / "runs").glob("*") if (run / "metrics.jsonl").exists()):
+        time.sleep(0.2)
+    job_id = subprocess.run(["squeue", "-h", "-n", "gpujob-requeue-test", "-o", "%i"], capture_output=True,
+                            text=True).stdout.strip()
+    assert job_id, "the job is running"
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    # A requeued job waits two minutes before it may start again; a test need not.
+    for _ in range(100):
+        if "PENDING" in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout:
+            break
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert stdout.strip().splitlines()[-1] == str(run)
+    assert "checkpoint saved" in stdout + stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] == 1 and summary["epochs"] == 40
+    steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "step"]
+    assert steps == sorted(set(steps)) and len(steps) == 40 * 44 // 20

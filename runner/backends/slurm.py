@@ -155,6 +155,8 @@ class OutputFollower:
         """Show the lines written since the last poll; with `final`, an unfinished last line too."""
         if not self.path.exists():
             return
+        if self.path.stat().st_size < self.offset:
+            self.offset = 0  # a requeued job's output file starts again
         with self.path.open("rb") as handle:
             handle.seek(self.offset)
             data = handle.read()
@@ -225,7 +227,7 @@ class SlurmBackend:
                 time.sleep(POLL_S)  # the last lines may reach the file just after the state changes
                 follower.poll(final=True)
                 return state, follower
-            if state == "PENDING" and reason != said:
+            if state == "PENDING" and reason not in (said, "None"):
                 print(f"gpujob: SLURM job {job_id} is waiting: {reason}", file=sys.stderr)
                 said = reason
             time.sleep(POLL_S)
