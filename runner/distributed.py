@@ -114,6 +114,22 @@ def all_sum(values: "torch.Tensor", ctx: WorkerContext) -> "torch.Tensor":
     return values
 
 
+def in_turns(ctx: WorkerContext, work):
+    """Run `work()` on rank 0 first, then on each other node's first rank, then on the rest,
+    and return its result. For what may download into a shared folder (a dataset): parallel
+    downloads into one place corrupt it; a second turn finds the files there."""
+    if not ctx.distributed:
+        return work()
+    import torch.distributed as dist
+
+    result = None
+    for my_turn in (ctx.rank == 0, ctx.rank != 0 and ctx.local_rank == 0, ctx.local_rank != 0):
+        if my_turn:
+            result = work()
+        dist.barrier()
+    return result
+
+
 def broadcast_object(obj, ctx: WorkerContext):
     """Rank 0's object on every rank (e.g. the checkpoint only rank 0 can read)."""
     if not ctx.distributed:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from runner.batches import LoaderBatches, Shard, TensorBatches
 from runner.datasets import dataset_info, load_factory_dataset, load_image_tensors
-from runner.distributed import WorkerContext
+from runner.distributed import WorkerContext, in_turns
 from runner.errors import bad_input
 
 if TYPE_CHECKING:
@@ -72,11 +72,13 @@ def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
         raise bad_input(f"data.batch_size: {d.batch_size} does not split evenly over {ctx.world_size} workers")
     info = dataset_info(d)
     if info is not None:
-        train_set, test_set = load_image_tensors(d, train=True), load_image_tensors(d, train=False)
+        train_set, test_set = in_turns(ctx, lambda: (load_image_tensors(d, train=True),
+                                                     load_image_tensors(d, train=False)))
         batches = TensorBatches(train_set, test_set, info.mean, info.std, device, d.batch_size, spec.train.seed, shard)
         shape, classes = info.shape, info.num_classes
     else:
-        train_set, test_set = load_factory_dataset(d, train=True), load_factory_dataset(d, train=False)
+        train_set, test_set = in_turns(ctx, lambda: (load_factory_dataset(d, train=True),
+                                                     load_factory_dataset(d, train=False)))
         batches = LoaderBatches(train_set, test_set, device, d.batch_size, spec.train.seed, shard, d.num_workers)
         shape = tuple(train_set[0][0].shape)
         classes = getattr(train_set, "num_classes", None) or spec.model.num_classes

@@ -72,3 +72,20 @@ class Saboteur(nn.Module):
 
 def saboteur(num_classes: int, input_shape, rank: int = 1, mode: str = "raise", at_step: int = 3) -> nn.Module:
     return Saboteur(num_classes, input_shape, rank, mode, at_step)
+
+
+def turn_recorder(train: bool, root: str, samples: int = 256) -> Dataset:
+    """Blobs that note in ROOT/turns.log when each rank starts and ends loading them, slowly,
+    like a download: shows whether ranks load one after another or all at once."""
+    import os
+    import time
+    from pathlib import Path
+
+    log = Path(root) / "turns.log"
+    rank = os.environ.get("RANK", "0")
+    with log.open("a") as handle:
+        handle.write(f"start {rank}\n")
+    time.sleep(0.3)
+    with log.open("a") as handle:
+        handle.write(f"end {rank}\n")
+    return Blobs(train, root, samples)

@@ -104,3 +104,15 @@ def test_run_spans_two_nodes_started_by_hand(fashion_spec, tmp_path):
     assert not (tmp_path / "node1").exists()  # only rank 0's node writes a run folder
     single = cli("submit", spec, "--runs-dir", tmp_path / "single").run_dir
     assert _epochs(run)[-1]["loss"] == pytest.approx(_epochs(single)[-1]["loss"], rel=1e-4)
+
+
+def test_rank_0_loads_the_data_before_the_others_so_downloads_never_overlap(write_spec, tmp_path):
+    spec = write_spec(model={"name": "tests.plugins:tiny_mlp"},
+                      data={"dataset": "tests.plugins:turn_recorder", "root": str(tmp_path), "batch_size": 32,
+                            "num_workers": 0},
+                      resources={"processes": 2}, train={"epochs": 1})
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    turns = (tmp_path / "turns.log").read_text().split("\n")[:-1]
+    # train and test split each: rank 0 starts and ends both before rank 1 starts
+    assert turns == ["start 0", "end 0", "start 0", "end 0", "start 1", "end 1", "start 1", "end 1"]
