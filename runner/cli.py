@@ -158,12 +158,24 @@ def run(
 def resume(
     run_dir: Path = typer.Argument(..., help="a run folder that was stopped, preempted or killed"),
     nproc_per_node: str = typer.Option("auto", "--nproc-per-node", help="DDP workers here, or 'auto'"),
+    here: bool = typer.Option(False, "--here", help="resume a SLURM run on this machine instead of "
+                              "submitting it to SLURM again"),
 ):
-    """Continue a stopped run from its last checkpoint, into the same run folder."""
+    """Continue a stopped run from its last checkpoint, into the same run folder (a SLURM run
+    is submitted to SLURM again)."""
     from runner.launch import Topology, run_on_this_node, workers_per_node
-    from runner.run_folder import SPEC, RunFolder
+    from runner.run_folder import JOB_FILES, SPEC, RunFolder
 
     folder = RunFolder.existing(run_dir)
+    if folder.finished:
+        typer.echo(f"gpujob: {run_dir} already finished; nothing to resume", err=True)
+        _finish(folder.path)
+        return
+    if not here and folder.file(JOB_FILES).joinpath("job.sbatch").exists():
+        from runner.backends.slurm import BACKEND as slurm
+
+        _finish(slurm.resume(folder.path))
+        return
     job = _load(folder.file(SPEC), [])
     nproc = workers_per_node(job) if nproc_per_node == "auto" else int(nproc_per_node)
     _finish(run_on_this_node(job, Topology(nproc), run_dir, run_dir.parent, resume=True))

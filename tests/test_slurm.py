@@ -156,8 +156,10 @@ def test_ctrl_c_checkpoints_cancels_the_job_and_resume_finishes_it(fashion_spec,
     assert CheckpointStore(run).paths(), "the workers checkpointed before the job was cancelled"
     squeue = subprocess.run(["squeue", "-h", "-n", "gpujob-test-job"], capture_output=True, text=True)
     assert squeue.stdout.strip() == ""
-    resumed = cli("resume", run)
+    resumed = cli("resume", run)  # submitted to SLURM again, not run on this (login) node
     assert resumed.exit_code == 0, resumed.stderr
+    assert "submitted SLURM job" in resumed.stderr
+    assert len(list((run / "job").glob("slurm-*.out"))) == 2
     assert '"resumed": 1' in (run / "summary.json").read_text()
 
 

@@ -10,7 +10,8 @@ runs with `srun --kill-on-bad-exit`, so one failing rank stops the job:
 `--resume` makes a requeued job (SLURM preemption) continue from its last checkpoint into the
 same run folder. The run folder must be on a file system the nodes share with this machine
 (the usual home or project directory on a cluster); this process follows the job with
-`scontrol`, streams its output, and `scancel`s it on Ctrl-C after letting it checkpoint.
+`scontrol`, streams its output, and `scancel`s it on Ctrl-C after letting it checkpoint;
+`gpujob resume RUN` submits the same script again, which continues from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -209,14 +210,28 @@ class SlurmBackend:
         except GpujobError:
             _remove_unused(folder)
             raise
-        print(f"gpujob: submitted SLURM job {job_id}; output: {job_dir}/slurm-{job_id}.out", file=sys.stderr)
+        return self._follow_to_end(plan.spec, folder, job_id)
+
+    def resume(self, folder: Path) -> Path:
+        """Submit a stopped run's batch script again: its workers run with --resume, so the job
+        continues from the last checkpoint into the same folder (`gpujob resume RUN`)."""
+        from runner.spec import load_spec
+
+        require_controller()
+        folder = folder.resolve()
+        spec = load_spec(folder / JOB_FILES / "spec.yaml")
+        return self._follow_to_end(spec, folder, submit(folder / JOB_FILES / "job.sbatch"))
+
+    def _follow_to_end(self, spec: JobSpec, folder: Path, job_id: str) -> Path:
+        output = folder / JOB_FILES / f"slurm-{job_id}.out"
+        print(f"gpujob: submitted SLURM job {job_id}; output: {output}", file=sys.stderr)
         try:
-            state, follower = self._follow(job_id, job_dir / f"slurm-{job_id}.out")
+            state, follower = self._follow(job_id, output)
         except KeyboardInterrupt:
-            self._stop(job_id, job_dir / f"slurm-{job_id}.out")
+            self._stop(job_id, output)
             raise GpujobError(f"slurm: interrupted; job {job_id} checkpointed and was cancelled; its run folder is "
                               f"{folder}; continue it with: gpujob resume {folder}", INTERRUPTED) from None
-        return self._outcome(plan.spec, folder, job_id, state, follower)
+        return self._outcome(spec, folder, job_id, state, follower)
 
     def _follow(self, job_id: str, output: Path) -> tuple[str, OutputFollower]:
         follower, said = OutputFollower(output), None
