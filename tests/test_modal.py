@@ -295,6 +295,9 @@ def test_submit_brings_the_run_folder_back_into_runs(modal_spec, local_modal, tm
     assert record["call_id"] == "fc-local-1" and record["volume"] == "gpujob-runs" and record["gpu"] == "A10G:1"
     assert not any("token" in key for key in record)
     assert read_jsonl(run / "metrics.jsonl") == read_jsonl(tmp_path / "volume" / run.name / "metrics.jsonl")
+    cost, summary = (json.loads((run / name).read_text()) for name in ("cost.json", "summary.json"))
+    assert cost["price_per_hour_usd"] == 1.10 and cost["billed_s"] == round(summary["wall_s"], 1)
+    assert cost["estimated_usd"] == round(1.10 * summary["wall_s"] / 3600, 4)
 
 
 def test_detach_then_status_then_fetch(modal_spec, local_modal, tmp_path):

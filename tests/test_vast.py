@@ -203,6 +203,9 @@ def test_a_run_follows_the_job_copies_the_folder_back_and_destroys_the_instance(
     out = capsys.readouterr()
     assert out.out.count("step 1/2") == 1  # each log line shown once, though every poll returns it again
     assert "destroyed instance 42" in out.err
+    cost = json.loads((folder / "cost.json").read_text())  # offer 13 at $0.80/h, rented for two 10 s polls
+    assert (cost["price_per_hour_usd"], cost["billed_s"], cost["estimated_usd"]) == (0.8, 20.0, 0.0044)
+    assert "cost: about $0.00" in out.err
 
 
 def test_create_failing_after_the_instance_was_made_still_destroys_it(vast_spec, tmp_path):
@@ -235,6 +238,8 @@ def test_ctrl_c_copies_what_is_there_and_destroys(vast_spec, tmp_path):
         run_with(fake, vast_spec(), tmp_path)
     assert err.value.exit_code == 130 and "destroyed" in err.value.message
     assert fake.names()[-2:] == ["copy", "destroy"]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "cost.json").read_text())["billed_s"] > 0  # what was spent, even on Ctrl-C
 
 
 def test_an_instance_that_never_starts_is_destroyed_without_copying(vast_spec, tmp_path):

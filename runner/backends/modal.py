@@ -210,6 +210,7 @@ class ModalBackend:
         with modal_errors("downloading the run folder"):
             copied = service.download(folder.name, folder)
         print(f"modal: copied {len(copied)} file(s) from the volume into {folder}", file=sys.stderr)
+        _record_cost(folder)
         code = state.exit_code
         if code is None:  # Modal forgot the outcome: the folder tells
             code = 0 if (folder / "summary.json").exists() else None
@@ -218,6 +219,26 @@ class ModalBackend:
         if code is None:
             raise job_failed(f"modal: {folder.name} ended without a summary.json; see {folder}")
         raise GpujobError(f"modal: {state.message}; run folder: {folder}", code)
+
+
+def _record_cost(folder: Path) -> None:
+    """cost.json from Modal's GPU list price and the job's own wall time (in summary.json)."""
+    from runner.cost import describe, estimate, write_cost
+    from runner.spec import load_spec
+
+    summary, spec_file = folder / "summary.json", folder / "spec.yaml"
+    if not (summary.exists() and spec_file.exists()):
+        return
+    request = load_spec(spec_file).resources.gpu_request
+    if request is None:
+        return  # CPU and memory are billed by the second; not estimated here
+    record = estimate("modal", f"{request.count}x {request.type.name}",
+                        request.count * request.type.price_per_hour["modal"],
+                        json.loads(summary.read_text())["wall_s"],
+                        f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
+                        "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
+    write_cost(folder, record)
+    print(f"modal: {describe(record)}", file=sys.stderr)
 
 
 def new_run_folder(runs_dir: Path, name: str, taken: set[str]) -> Path:

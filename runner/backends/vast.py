@@ -23,7 +23,7 @@ from runner.errors import GpujobError, bad_input, job_failed
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 from runner.vast_offers import (bid_price, choose_offer, describe_offer, describe_price, fits, offer_query,
-                                offer_type)
+                                offer_type, price)
 
 ENTRYPOINT = "gpujob-vast-start"
 REMOTE_RUNS = "/workspace/runs"  # vast-start.sh's default: on the container's disk, which `vastai copy` reads
@@ -134,7 +134,7 @@ class VastBackend:
         api.check_can_copy()  # before paying for anything
         folder = RunFolder.create(plan.runs_dir, spec.name).path
         request = instance_request(spec, folder.name, plan.offer)
-        instance_id, watch = None, Watch()
+        instance_id, watch, rented_at = None, Watch(), self.clock()
         try:
             instance_id = self._create(api, plan.offer["id"], request)
             print(f"vast: rented instance {instance_id}, {plan.details['price']}; it pulls {spec.vast.image} first",
@@ -149,14 +149,17 @@ class VastBackend:
         except KeyboardInterrupt:
             self._destroy(api, instance_id, must=False)
             _keep_log(folder, watch)
+            self._record_cost(folder, plan, instance_id, rented_at)
             raise GpujobError(f"vast: interrupted; the instance was destroyed; what the job had written is in "
                               f"{folder}", INTERRUPTED) from None
         except BaseException:
             self._destroy(api, instance_id, must=False)
             _keep_log(folder, watch)
+            self._record_cost(folder, plan, instance_id, rented_at)
             raise
         self._destroy(api, instance_id, must=True)
         _keep_log(folder, watch)
+        self._record_cost(folder, plan, instance_id, rented_at)
         error = remote_exit_error(code, watch.lines, f"vast (instance {instance_id})", folder)
         if error is not None:
             raise error
@@ -218,6 +221,24 @@ class VastBackend:
             else:
                 exited_since = None
             self.sleep(self.poll_s)
+
+    def _record_cost(self, folder: Path, plan: VastPlan, instance_id: int | None, rented_at: float) -> None:
+        """cost.json, on every way out that rented something: the offer's price per hour times
+        the time from the rent request to the destroy (vast.ai bills by the second)."""
+        from runner.cost import describe, estimate, write_cost
+
+        if instance_id is None:
+            return
+        spec, offer = plan.spec, plan.offer
+        hourly = bid_price(offer, spec) if spec.vast.interruptible else price(offer, False)
+        record = estimate("vast", f"instance {instance_id}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
+                            hourly, self.clock() - rented_at,
+                            ("your bid" if spec.vast.interruptible else "the offer's on-demand price (dph_total, disk "
+                             "included)") + " x the time from renting to destroying, measured here; "
+                            "vast.ai also bills network traffic")
+        if folder.exists():  # gone when the job never started: the line below still says what it cost
+            write_cost(folder, record)
+        print(f"vast: {describe(record)}", file=sys.stderr)
 
     def _salvage(self, api, instance_id: int, folder: Path) -> None:
         """On the way out after a failure: fetch what the job wrote (its error.log, checkpoints)."""

@@ -1,0 +1,30 @@
+"""cost.json: what a run on rented GPUs cost, beside its summary.json.
+
+An estimate, not the provider's invoice: a price per hour times the seconds billed, with where
+the price came from and what the time covers, so a user can compare it with the bill. Written
+by the backends that rent (modal, vast); runs on the user's own hardware have none.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+COST = "cost.json"
+
+
+def estimate(backend: str, what: str, price_per_hour: float, billed_s: float, basis: str) -> dict:
+    return {"backend": backend, "rented": what, "price_per_hour_usd": round(price_per_hour, 4),
+            "billed_s": round(billed_s, 1), "estimated_usd": round(price_per_hour * billed_s / 3600, 4),
+            "basis": basis}
+
+
+def write_cost(folder: Path, record: dict) -> None:
+    from runner.run_folder import atomic_write
+
+    atomic_write(Path(folder) / COST, (json.dumps(record, indent=2) + "\n").encode())
+
+
+def describe(record: dict) -> str:
+    return (f"cost: about ${record['estimated_usd']:.2f} ({record['rented']} at ${record['price_per_hour_usd']:.2f}/h "
+            f"for {record['billed_s'] / 60:.1f} min)")
