@@ -233,10 +233,10 @@ def _record_cost(folder: Path) -> None:
     if request is None:
         return  # CPU and memory are billed by the second; not estimated here
     record = estimate("modal", f"{request.count}x {request.type.name}",
-                        request.count * request.type.price_per_hour["modal"],
-                        json.loads(summary.read_text())["wall_s"],
-                        f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
-                        "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
+                      request.count * request.type.price_per_hour["modal"],
+                      json.loads(summary.read_text())["wall_s"],
+                      f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
+                      "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
     write_cost(folder, record)
     print(f"modal: {describe(record)}", file=sys.stderr)
 

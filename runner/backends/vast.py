@@ -231,11 +231,11 @@ class VastBackend:
             return
         spec, offer = plan.spec, plan.offer
         hourly = bid_price(offer, spec) if spec.vast.interruptible else price(offer, False)
+        basis = ("your bid" if spec.vast.interruptible else "the offer's on-demand price (dph_total, disk included)")
         record = estimate("vast", f"instance {instance_id}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
-                            hourly, self.clock() - rented_at,
-                            ("your bid" if spec.vast.interruptible else "the offer's on-demand price (dph_total, disk "
-                             "included)") + " x the time from renting to destroying, measured here; "
-                            "vast.ai also bills network traffic")
+                          hourly, self.clock() - rented_at,
+                          f"{basis} x the time from renting to destroying, measured here; "
+                          "vast.ai also bills network traffic")
         if folder.exists():  # gone when the job never started: the line below still says what it cost
             write_cost(folder, record)
         print(f"vast: {describe(record)}", file=sys.stderr)
