@@ -195,3 +195,12 @@ def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_s
     assert summary["resumed"] == 1 and summary["epochs"] == 40
     steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "step"]
     assert steps == sorted(set(steps)) and len(steps) == 40 * 44 // 20
+
+
+def test_a_runs_dir_the_nodes_do_not_share_is_named_in_the_error(write_spec, tmp_path, slurm_cluster):
+    # Stand-in for a cluster whose nodes cannot see --runs-dir: SLURM's output goes elsewhere.
+    spec = write_spec(data={"dataset": "digits", "batch_size": 64}, train={"epochs": 1},
+                      slurm={"sbatch_lines": [f"--output={tmp_path}/elsewhere-%j.out"]})
+    result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert "must be on a file system the compute nodes share" in result.stderr

@@ -262,6 +262,9 @@ class SlurmBackend:
             raise job_failed(f"slurm: job {job_id} ran past resources.timeout_minutes "
                              f"({spec.resources.timeout_minutes} min) and was stopped; its last checkpoint is in "
                              f"{folder}; continue it with: gpujob resume {folder}")
+        if not list(job_dir.glob(f"slurm-{job_id}.out")) and state != "CANCELLED":
+            raise job_failed(f"slurm: job {job_id} ended {state}, but nothing it wrote is visible here; --runs-dir "
+                             f"({folder.parent}) must be on a file system the compute nodes share with this machine")
         if not (job_dir / EXIT_CODE_FILE).exists():
             raise job_failed(f"slurm: job {job_id} ended {state} before its script finished; see "
                              f"{job_dir}/slurm-{job_id}.out")
