@@ -13,10 +13,10 @@ import io
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 from runner.errors import job_failed
+from runner.run_folder import atomic_write
 
 KEEP = 2
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
@@ -41,18 +41,8 @@ class CheckpointStore:
         payload = buffer.getvalue()
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step-{step:08d}.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".step-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(hashlib.sha256(payload).digest())
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(self.dir)  # the rename itself survives a power cut
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, hashlib.sha256(payload).digest(), payload)  # temp file .step-*.tmp until renamed
+        _fsync_dir(self.dir)  # the rename itself survives a power cut
         for old in self.paths()[KEEP:]:
             old.unlink(missing_ok=True)
         return path

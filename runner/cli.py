@@ -167,11 +167,8 @@ def resume(
     from runner.run_folder import JOB_FILES, SPEC, RunFolder
 
     folder = RunFolder.existing(run_dir)
-    if folder.finished:
-        typer.echo(f"gpujob: {run_dir} already finished; nothing to resume", err=True)
-        _finish(folder.path)
-        return
-    if not here and folder.file(JOB_FILES).joinpath("job.sbatch").exists():
+    # A finished run takes the local path too, where run_on_this_node says so and submits nothing.
+    if not here and not folder.finished and folder.file(JOB_FILES).joinpath("job.sbatch").exists():
         from runner.backends.slurm import BACKEND as slurm
 
         _finish(slurm.resume(folder.path))

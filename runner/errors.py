@@ -30,3 +30,10 @@ def missing_backend(message: str) -> GpujobError:
 
 def job_failed(message: str) -> GpujobError:
     return GpujobError(message, JOB_FAILED)
+
+
+def last_error_line(lines: list[str]) -> str:
+    """From a worker's output, its own one-line error (the `gpujob: ...` the CLI prints) if it
+    printed one, else its last line: how a launcher or backend reports a worker's failure."""
+    mine = [line.removeprefix("gpujob: ") for line in lines if line.startswith("gpujob: ")]
+    return (mine or [line for line in lines if line.strip()] or [""])[-1].strip()

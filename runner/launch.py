@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import GpujobError, JOB_FAILED
+from runner.errors import JOB_FAILED, GpujobError, last_error_line
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 
@@ -48,6 +48,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def failed_ranks(codes: dict[int, int | None], lines: dict[int, list[str]]) -> list[int]:
+    """The ranks that failed, the one whose failure ended the job first: a rank failed by its
+    exit code, or by printing its own error before it was stopped; ranks that only lost their
+    peers (SECONDARY errors) come after the others."""
+
+    def own_error(rank: int) -> bool:  # not the line a rank stopped by a signal prints
+        return any(line.startswith("gpujob: ") and "by signal" not in line for line in lines.get(rank, []))
+
+    stopped = (0, None, PREEMPTED, INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL)
+    failed = [r for r, c in sorted(codes.items()) if c not in stopped or (c != 0 and own_error(r))]
+    secondary = [r for r in failed if any(s in last_error_line(lines.get(r, [])) for s in SECONDARY)]
+    return [r for r in failed if r not in secondary] + secondary
 
 
 def _die_with_parent() -> None:
@@ -142,29 +156,17 @@ class Launch:
         return GpujobError(f"stopped by {name}: the workers checkpointed and exited{resume}", code)
 
     def _failure(self, codes: list[int]) -> GpujobError:
-        reports = {r: self._last_error(r) for r in range(len(codes))}
-        # A rank counts as failed by its exit code, or by the error it printed before being stopped.
-        failed = [r for r, c in enumerate(codes)
-                  if c not in (0, None, PREEMPTED, INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL)
-                  or (c != 0 and self._reported_error(r))]
-        primary = [r for r in failed if not any(s in reports[r] for s in SECONDARY)] or failed or [0]
-        local_rank = primary[0]
+        lines = {r: (self.scratch / f"rank-{r}.log").read_text(errors="replace").splitlines()
+                 for r in range(len(codes))}
+        failed = failed_ranks(dict(enumerate(codes)), lines)
+        local_rank = failed[0] if failed else 0
         rank = self.topology.node_rank * self.topology.nproc_per_node + local_rank
         self._keep_logs(failed)
         code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
         where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
-        return GpujobError(f"rank {rank} of {self.topology.world_size} failed: {reports.get(local_rank) or f'exit code {codes[local_rank]}'}"
+        report = last_error_line(lines[local_rank]) or f"exit code {codes[local_rank]}"
+        return GpujobError(f"rank {rank} of {self.topology.world_size} failed: {report}"
                            f"{where}; the other workers were stopped", code)
-
-    def _reported_error(self, local_rank: int) -> bool:
-        """Whether a rank printed its own error line (not the one a stopped rank prints)."""
-        lines = (self.scratch / f"rank-{local_rank}.log").read_text(errors="replace").splitlines()
-        return any(line.startswith("gpujob: ") and "by signal" not in line for line in lines)
-
-    def _last_error(self, local_rank: int) -> str:
-        lines = (self.scratch / f"rank-{local_rank}.log").read_text(errors="replace").strip().splitlines()
-        mine = [line.removeprefix("gpujob: ") for line in lines if line.startswith("gpujob: ")]
-        return (mine or lines or [""])[-1].strip()
 
     def _keep_logs(self, local_ranks: list[int]) -> None:
         if self.run_dir is None or not self.run_dir.exists():

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError
+from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, last_error_line
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 
 TAIL_LINES = 12
-
-
-def last_error_line(lines: list[str]) -> str:
-    """The worker's own one-line error (`gpujob: ...`) if it printed one, else its last line."""
-    mine = [line.removeprefix("gpujob: ") for line in lines if line.startswith("gpujob: ")]
-    return (mine or [line for line in lines if line.strip()] or [""])[-1].strip()
 
 
 def remote_exit_error(code: int, lines: list[str], where: str, run_dir: Path) -> GpujobError | None:

@@ -283,18 +283,12 @@ class SlurmBackend:
 def failed_rank(job_dir: Path, output: OutputFollower) -> tuple[int, list[str]] | None:
     """(exit code, its lines) of the rank whose failure ended the job, if one failed: not one of
     those that srun stopped afterwards, nor one that failed only because another rank died."""
-    from runner.backends.exit_codes import last_error_line
-    from runner.launch import SECONDARY
-    from runner.stop_signals import INTERRUPTED as STOPPED_BY_INT, PREEMPTED
+    from runner.launch import failed_ranks
 
     codes = {int(path.stem.removeprefix("rank-")): int(path.read_text())
              for path in job_dir.glob("rank-*.exit")}
-    failed = sorted(rank for rank, code in codes.items() if code not in (0, PREEMPTED, STOPPED_BY_INT))
-    if not failed:
-        return None
-    primary = [r for r in failed if not any(s in last_error_line(output.lines(r)) for s in SECONDARY)]
-    rank = (primary or failed)[0]
-    return codes[rank], output.lines(rank)
+    failed = failed_ranks(codes, {rank: output.lines(rank) for rank in codes})
+    return (codes[failed[0]], output.lines(failed[0])) if failed else None
 
 
 def _remove_unused(folder: Path) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from runner.backends import Plan
-from runner.backends.exit_codes import last_error_line, remote_exit_error
-from runner.errors import GpujobError, bad_input, job_failed
+from runner.backends.exit_codes import remote_exit_error
+from runner.errors import GpujobError, bad_input, job_failed, last_error_line
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 from runner.vast_offers import (bid_price, choose_offer, describe_offer, describe_price, fits, offer_query,
