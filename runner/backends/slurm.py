@@ -34,8 +34,9 @@ COMMAND_TIMEOUT_S = 30  # for sbatch/scontrol/scancel: a dead controller must no
 POLL_S = 0.5
 STOP_GRACE_S = 60  # after Ctrl-C: time for the workers to checkpoint before scancel kills them
 # Job states after which SLURM runs nothing more for this job (a requeued job goes PENDING again).
+# GONE is ours: `scontrol` no longer knows the job (it ended a while ago).
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT"}
+                "BOOT_FAIL", "DEADLINE", "PREEMPTED", "SPECIAL_EXIT", "GONE"}
 EXIT_CODE_FILE = "exit-code"
 
 
@@ -238,7 +239,7 @@ class SlurmBackend:
         while True:
             state, reason = job_state(job_id)
             follower.poll()
-            if state in FINAL_STATES or state == "GONE":
+            if state in FINAL_STATES:
                 time.sleep(POLL_S)  # the last lines may reach the file just after the state changes
                 follower.poll(final=True)
                 return state, follower
@@ -251,7 +252,7 @@ class SlurmBackend:
         print(f"\ngpujob: stopping SLURM job {job_id} (the workers save a checkpoint first)", file=sys.stderr)
         _slurm_command(["scancel", "--signal=TERM", job_id], "stopping the job")  # the workers, not srun
         follower, deadline = OutputFollower(output, skip_existing=True), time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and job_state(job_id)[0] not in FINAL_STATES | {"GONE"}:
+        while time.monotonic() < deadline and job_state(job_id)[0] not in FINAL_STATES:
             follower.poll()
             time.sleep(POLL_S)
         _slurm_command(["scancel", job_id], "cancelling the job")
@@ -262,7 +263,7 @@ class SlurmBackend:
             raise job_failed(f"slurm: job {job_id} ran past resources.timeout_minutes "
                              f"({spec.resources.timeout_minutes} min) and was stopped; its last checkpoint is in "
                              f"{folder}; continue it with: gpujob resume {folder}")
-        if not list(job_dir.glob(f"slurm-{job_id}.out")) and state != "CANCELLED":
+        if not output.path.exists() and state != "CANCELLED":
             raise job_failed(f"slurm: job {job_id} ended {state}, but nothing it wrote is visible here; --runs-dir "
                              f"({folder.parent}) must be on a file system the compute nodes share with this machine")
         if not (job_dir / EXIT_CODE_FILE).exists():
@@ -295,7 +296,9 @@ def _remove_unused(folder: Path) -> None:
     """A run folder gpujob made that never held a run: take it away, job files included."""
     import shutil
 
-    if not (folder / "spec.yaml").exists():
+    from runner.run_folder import SPEC
+
+    if not (folder / SPEC).exists():
         shutil.rmtree(folder, ignore_errors=True)
 
 
