@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 from runner.errors import bad_input
 
@@ -28,12 +29,17 @@ os.umask(_UMASK)
 
 def atomic_write(path: Path, *parts: bytes) -> None:
     """Write `parts` one after another to `path` through a temp file, fsync and rename."""
+    atomic_write_chunks(path, parts)
+
+
+def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """atomic_write for data that arrives in chunks (a download): never all in memory at once."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
-            for part in parts:
-                handle.write(part)
+            for chunk in chunks:
+                handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

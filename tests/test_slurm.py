@@ -40,6 +40,21 @@ def slurm_cluster():
         assert started.returncode == 0 and up(), f"could not start SLURM:\n{started.stderr[-2000:]}"
 
 
+def _submit_in_background(spec: Path, runs: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--backend", "slurm",
+                             "--runs-dir", str(runs)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_metrics(runs: Path, containing: str = "", timeout_s: float = 120) -> None:
+    """Until a run folder under `runs` has a metrics.jsonl holding `containing` (or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not any(
+            containing in (run / "metrics.jsonl").read_text()
+            for run in runs.glob("*") if (run / "metrics.jsonl").exists()):
+        time.sleep(0.2)
+
+
 def _options(script: str) -> list[str]:
     return [line.removeprefix("#SBATCH ") for line in script.splitlines() if line.startswith("#SBATCH ")]
 
@@ -141,13 +156,8 @@ def test_a_failing_rank_fails_the_slurm_job_with_its_error(write_spec, tmp_path,
 
 def test_ctrl_c_checkpoints_cancels_the_job_and_resume_finishes_it(fashion_spec, tmp_path, slurm_cluster):
     spec = fashion_spec(resources={"processes": 2}, train={"epochs": 30, "log_every_steps": 5})
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--backend", "slurm",
-                             "--runs-dir", str(tmp_path / "runs")], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-            (run / "metrics.jsonl").exists() for run in (tmp_path / "runs").glob("*")):
-        time.sleep(0.2)
+    proc = _submit_in_background(spec, tmp_path / "runs")
+    _wait_for_metrics(tmp_path / "runs")
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 130, stderr
@@ -168,14 +178,8 @@ def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_s
     spec = write_spec(name="requeue-test", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
                       optimizer={"name": "sgd", "lr": 0.05}, resources={"processes": 2},
                       train={"epochs": 40, "log_every_steps": 20})
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--backend", "slurm",
-                             "--runs-dir", str(tmp_path / "runs")], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any(
-            '"kind": "epoch"' in (run / "metrics.jsonl").read_text()
-            for run in (tmp_path / "runs").glob("*") if (run / "metrics.jsonl").exists()):
-        time.sleep(0.2)
+    proc = _submit_in_background(spec, tmp_path / "runs")
+    _wait_for_metrics(tmp_path / "runs", containing='"kind": "epoch"')
     job_id = subprocess.run(["squeue", "-h", "-n", "gpujob-requeue-test", "-o", "%i"], capture_output=True,
                             text=True).stdout.strip()
     assert job_id, "the job is running"

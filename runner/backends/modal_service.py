@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -183,6 +182,8 @@ def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
     A file that is already in dest is left as it is: a local folder is never overwritten."""
     from modal.volume import FileEntryType
 
+    from runner.run_folder import atomic_write_chunks
+
     copied = []
     for entry in volume.iterdir(run_name, recursive=True):
         if entry.type != FileEntryType.FILE:
@@ -194,19 +195,8 @@ def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
         if target.exists():
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_chunks(target, volume.read_file(entry.path))
+        atomic_write_chunks(target, volume.read_file(entry.path))  # checkpoints can be large
         copied.append(target)
     return copied
 
 
-def _write_chunks(path: Path, chunks) -> None:
-    """Stream chunks into a temp file beside `path`, then rename: checkpoints can be large."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
