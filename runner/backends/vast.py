@@ -146,20 +146,13 @@ class VastBackend:
                     self._salvage(api, instance_id, folder)
                 raise
             api.copy_back(instance_id, f"{REMOTE_RUNS}/{folder.name}", folder)
-        except KeyboardInterrupt:
-            self._destroy(api, instance_id, must=False)
-            _keep_log(folder, watch)
-            self._record_cost(folder, plan, instance_id, rented_at)
-            raise GpujobError(f"vast: interrupted; the instance was destroyed; what the job had written is in "
-                              f"{folder}", INTERRUPTED) from None
-        except BaseException:
-            self._destroy(api, instance_id, must=False)
-            _keep_log(folder, watch)
-            self._record_cost(folder, plan, instance_id, rented_at)
+        except BaseException as err:
+            self._end_rental(api, instance_id, must=False, folder=folder, watch=watch, plan=plan, rented_at=rented_at)
+            if isinstance(err, KeyboardInterrupt):
+                raise GpujobError(f"vast: interrupted; the instance was destroyed; what the job had written is in "
+                                  f"{folder}", INTERRUPTED) from None
             raise
-        self._destroy(api, instance_id, must=True)
-        _keep_log(folder, watch)
-        self._record_cost(folder, plan, instance_id, rented_at)
+        self._end_rental(api, instance_id, must=True, folder=folder, watch=watch, plan=plan, rented_at=rented_at)
         error = remote_exit_error(code, watch.lines, f"vast (instance {instance_id})", folder)
         if error is not None:
             raise error
@@ -221,6 +214,13 @@ class VastBackend:
             else:
                 exited_since = None
             self.sleep(self.poll_s)
+
+    def _end_rental(self, api, instance_id: int | None, must: bool, folder: Path, watch: Watch, plan: VastPlan,
+                    rented_at: float) -> None:
+        """On every way out: destroy the instance, keep its log, record what it cost."""
+        self._destroy(api, instance_id, must=must)
+        _keep_log(folder, watch)
+        self._record_cost(folder, plan, instance_id, rented_at)
 
     def _record_cost(self, folder: Path, plan: VastPlan, instance_id: int | None, rented_at: float) -> None:
         """cost.json, on every way out that rented something: the offer's price per hour times
