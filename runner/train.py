@@ -189,7 +189,9 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
             tensor.copy_(value)
         return local.tolist()
     model.train()
-    while state.epoch <= t.epochs and state.step < total_steps:
+    # An epoch whose steps are all taken is still closed (evaluated, recorded) after a resume from
+    # a checkpoint written between its last step and its end.
+    while state.epoch <= t.epochs and (state.step < total_steps or state.epoch_steps > 0):
         epoch = state.epoch
         epoch_start = time.perf_counter() - state.epoch_train_s
         window_start = time.perf_counter()

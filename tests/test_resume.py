@@ -57,6 +57,35 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(digits_cnn, tmp_p
     print(f"kills mid-checkpoint-write: {sum(a['mid_write'] for a in report['tries'])} of {tries}")
 
 
+def test_a_kill_after_the_last_step_but_before_the_epoch_closed_resumes_to_the_same_end(digits_cnn, tmp_path,
+                                                                                         monkeypatch):
+    """The window the random kills found once: the last step's checkpoint is on disk, the epoch's
+    record is written, and the process dies before the next checkpoint lands."""
+    from runner.spec import load_spec
+    from runner.worker import run_worker
+
+    spec = load_spec(digits_cnn())
+    reference = run_worker(spec, run_dir=tmp_path / "reference", quiet=True)
+
+    class Killed(BaseException):
+        pass
+
+    real_save = CheckpointStore.save
+
+    def save_or_die(self, state, step):
+        if state["loop"]["epoch"] > spec.train.epochs:  # the last epoch is closed: die before this one lands
+            raise Killed
+        return real_save(self, state, step)
+
+    monkeypatch.setattr(CheckpointStore, "save", save_or_die)
+    with pytest.raises(Killed):
+        run_worker(spec, run_dir=tmp_path / "run", quiet=True)
+    monkeypatch.undo()
+    run = run_worker(spec, run_dir=tmp_path / "run", quiet=True, resume=True)
+    assert _same_weights(reference, run)
+    assert _curve(run) == _curve(reference)
+
+
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(digits_cnn, tmp_path):
     spec = digits_cnn(epochs=1, max_steps=20)
     reference = cli("run", spec, "--run-dir", tmp_path / "reference").run_dir
