@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from runner.errors import job_failed
-from runner.run_folder import atomic_write
+from runner.run_folder import atomic_write, remove_interrupted_writes
 
 KEEP = 2
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
@@ -50,8 +50,7 @@ class CheckpointStore:
     def load_latest(self) -> dict | None:
         """The newest intact checkpoint, or None if there is none. A damaged newest file
         is reported and skipped; if every file is damaged the run cannot continue."""
-        for stale in self.dir.glob(".step-*.tmp") if self.dir.exists() else []:
-            stale.unlink(missing_ok=True)  # a write cut short by a kill
+        remove_interrupted_writes(self.dir)
         paths = self.paths()
         for path in paths:
             try:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+from runner.run_folder import atomic_write
 
 
 def plot_loss_curve(epochs: list[dict], title: str, path: Path) -> None:
@@ -28,7 +31,7 @@ def plot_loss_curve(epochs: list[dict], title: str, path: Path) -> None:
     ax.legend(lines[0] + more[0], lines[1] + more[1], loc="center right")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
-    tmp.replace(path)
+    atomic_write(path, image.getvalue())

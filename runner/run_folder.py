@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable
 
 from runner.errors import bad_input
@@ -27,6 +27,20 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+_TEMP_SUFFIX = ".tmp"
+
+
+def is_interrupted_write(path: PurePath) -> bool:
+    """A temp file of atomic_write's that a kill left behind: never part of a run."""
+    return path.name.startswith(".") and path.name.endswith(_TEMP_SUFFIX)
+
+
+def remove_interrupted_writes(folder: Path) -> None:
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if is_interrupted_write(path):
+            path.unlink(missing_ok=True)
+
+
 def atomic_write(path: Path, *parts: bytes) -> None:
     """Write `parts` one after another to `path` through a temp file, fsync and rename."""
     atomic_write_chunks(path, parts)
@@ -34,7 +48,7 @@ def atomic_write(path: Path, *parts: bytes) -> None:
 
 def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
     """atomic_write for data that arrives in chunks (a download): never all in memory at once."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
@@ -70,11 +84,13 @@ class RunFolder:
     @classmethod
     def at(cls, path: str | Path) -> "RunFolder":
         """A folder named by the caller (remote backends pick it); it must be new, or hold
-        nothing but the JOB_FILES a backend put there to start the job (e.g. a batch script)."""
+        nothing but the JOB_FILES a backend put there to start the job (e.g. a batch script)
+        and the temp files of a start that was killed before it wrote the spec."""
         path = Path(path)
-        if path.exists() and any(p.name != JOB_FILES for p in path.iterdir()):
+        if path.exists() and any(p.name != JOB_FILES and not is_interrupted_write(p) for p in path.iterdir()):
             raise bad_input(f"--run-dir: {path} already holds a run; it is never overwritten")
         path.mkdir(parents=True, exist_ok=True)
+        remove_interrupted_writes(path)
         return cls(path)
 
     @classmethod

@@ -32,6 +32,9 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     if ctx.is_main:
         if resuming:
             folder = rf.RunFolder.existing(run_dir)
+            rf.remove_interrupted_writes(folder.path)
+            if not folder.file(rf.ENV).exists():  # the first start was killed before it got this far
+                folder.write_json(rf.ENV, describe_environment())
             store = CheckpointStore(folder.path)
             resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
             folder.keep_metrics(resume_from["loop"]["records_emitted"] if resume_from else 0)

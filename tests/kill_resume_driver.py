@@ -35,10 +35,14 @@ def _fork_run(spec, run_dir: Path, resume: bool) -> int:
         try:
             run_worker(spec, run_dir=run_dir, quiet=True, resume=resume)
         except BaseException as err:  # noqa: BLE001 - report any failure as an exit code
-            print(f"child failed: {err!r}", file=sys.stderr)
+            _error_file(run_dir).write_text(repr(err))  # for the report: the test shows it
             code = 1
         os._exit(code)
     return pid
+
+
+def _error_file(run_dir: Path) -> Path:
+    return run_dir.with_name(f"{run_dir.name}.error")
 
 
 def _wait(pid: int) -> int:
@@ -65,7 +69,8 @@ def main(spec_path: str, out: str, tries: int, seed: int) -> None:
         code = _wait(_fork_run(spec, run_dir, resume=True))
         report["tries"].append({"dir": run_dir.name, "delay_s": round(delay, 3), "killed": killed,
                                 "mid_write": bool(leftovers), "checkpoints_at_kill": checkpoints[-1:],
-                                "resume_exit": code})
+                                "resume_exit": code,
+                                "error": _error_file(run_dir).read_text() if code else None})
     print(json.dumps(report))
 
 

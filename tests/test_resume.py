@@ -46,6 +46,7 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(digits_cnn, tmp_p
     for attempt in report["tries"]:
         run = tmp_path / attempt["dir"]
         assert attempt["resume_exit"] == 0, attempt
+        assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in reference.iterdir()), attempt
         assert _same_weights(reference, run), attempt
         assert _curve(run) == _curve(reference), attempt  # no duplicated or missing steps
         summary, ref = (json.loads((d / "summary.json").read_text()) for d in (run, reference))
@@ -84,6 +85,39 @@ def test_a_kill_after_the_last_step_but_before_the_epoch_closed_resumes_to_the_s
     run = run_worker(spec, run_dir=tmp_path / "run", quiet=True, resume=True)
     assert _same_weights(reference, run)
     assert _curve(run) == _curve(reference)
+
+
+@pytest.mark.parametrize("killed_in", ["spec.yaml", "env.json"])
+def test_a_kill_while_the_run_folder_is_being_started_resumes_to_a_whole_folder(digits_cnn, tmp_path,
+                                                                               monkeypatch, killed_in):
+    """The windows the random kills found next: dead with spec.yaml still a temp file, or with
+    spec.yaml written and env.json not. Resuming must finish the run with every file in place."""
+    from runner import run_folder
+    from runner.spec import load_spec
+    from runner.worker import run_worker
+
+    spec = load_spec(digits_cnn(epochs=1, max_steps=6))
+    reference = run_worker(spec, run_dir=tmp_path / "reference", quiet=True)
+
+    class Killed(BaseException):
+        pass
+
+    real_write = run_folder.atomic_write_chunks
+
+    def write_or_die(path, chunks):
+        if path.name == killed_in:  # die after the temp file is made, before it is renamed
+            real_write(path.with_name(f".{path.name}.cut.tmp"), chunks)
+            raise Killed
+        return real_write(path, chunks)
+
+    monkeypatch.setattr(run_folder, "atomic_write_chunks", write_or_die)
+    with pytest.raises(Killed):
+        run_worker(spec, run_dir=tmp_path / "run", quiet=True)
+    monkeypatch.undo()
+    run = run_worker(spec, run_dir=tmp_path / "run", quiet=True, resume=True)
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in reference.iterdir())
+    assert json.loads((run / "env.json").read_text())["python"]
+    assert _same_weights(reference, run) and _curve(run) == _curve(reference)
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(digits_cnn, tmp_path):

@@ -182,14 +182,14 @@ def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
     A file that is already in dest is left as it is: a local folder is never overwritten."""
     from modal.volume import FileEntryType
 
-    from runner.run_folder import atomic_write_chunks
+    from runner.run_folder import atomic_write_chunks, is_interrupted_write
 
     copied = []
     for entry in volume.iterdir(run_name, recursive=True):
         if entry.type != FileEntryType.FILE:
             continue
         relative = PurePosixPath(entry.path.lstrip("/")).relative_to(run_name)
-        if relative.name.startswith(".") and relative.name.endswith(".tmp"):
+        if is_interrupted_write(relative):
             continue  # a write in progress when the job stopped
         target = dest.joinpath(*relative.parts)
         if target.exists():
