@@ -139,13 +139,11 @@ def run(
         run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume)
         return
     from runner.errors import bad_input
-    from runner.launch import Topology, run_on_this_node, workers_per_node
+    from runner.launch import Topology, run_on_this_node
 
     if node_rank >= nnodes:
         raise bad_input(f"--node-rank: {node_rank} is not below --nnodes {nnodes}")
-    if nproc_per_node != "auto" and not (nproc_per_node.isdigit() and int(nproc_per_node) > 0):
-        raise bad_input(f"--nproc-per-node: expected a positive number or 'auto', got '{nproc_per_node}'")
-    nproc = workers_per_node(job) if nproc_per_node == "auto" else int(nproc_per_node)
+    nproc = _workers_here(job, nproc_per_node)
     port = master_port or (29500 if nnodes > 1 else None)
     topology = Topology(nproc, nnodes, node_rank, master_addr, port)
     folder = run_on_this_node(job, topology, run_dir, runs_dir, started=started, resume=resume)
@@ -163,7 +161,7 @@ def resume(
 ):
     """Continue a stopped run from its last checkpoint, into the same run folder (a SLURM run
     is submitted to SLURM again)."""
-    from runner.launch import Topology, run_on_this_node, workers_per_node
+    from runner.launch import Topology, run_on_this_node
     from runner.run_folder import JOB_FILES, SPEC, RunFolder
 
     folder = RunFolder.existing(run_dir)
@@ -174,7 +172,7 @@ def resume(
         _finish(slurm.resume(folder.path))
         return
     job = _load(folder.file(SPEC), [])
-    nproc = workers_per_node(job) if nproc_per_node == "auto" else int(nproc_per_node)
+    nproc = _workers_here(job, nproc_per_node)
     _finish(run_on_this_node(job, Topology(nproc), run_dir, run_dir.parent, resume=True))
 
 
@@ -236,6 +234,18 @@ def export_kaggle(
 
     for line in export_kernel(_load(spec, set_), out, kaggle_user, dataset or []):
         typer.echo(line)
+
+
+def _workers_here(job, nproc_per_node: str) -> int:
+    """--nproc-per-node as a worker count: 'auto' asks the spec and this machine."""
+    from runner.errors import bad_input
+    from runner.launch import workers_per_node
+
+    if nproc_per_node == "auto":
+        return workers_per_node(job)
+    if not (nproc_per_node.isdigit() and int(nproc_per_node) > 0):
+        raise bad_input(f"--nproc-per-node: expected a positive number or 'auto', got '{nproc_per_node}'")
+    return int(nproc_per_node)
 
 
 def _print_rows(rows) -> None:

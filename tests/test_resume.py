@@ -144,6 +144,20 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(digits_cnn, tmp_
     assert result.exit_code == 1 and "every checkpoint" in result.stderr and "damaged" in result.stderr
 
 
+@pytest.mark.parametrize("count", ["abc", "0"])
+def test_resume_refuses_a_bad_worker_count_and_leaves_the_run_as_it_was(digits_cnn, tmp_path, count):
+    spec = digits_cnn(epochs=1, max_steps=6)
+    run = tmp_path / "run"
+    assert cli("run", spec, "--run-dir", run).exit_code == 0
+    (run / "summary.json").unlink()  # as if it died just before its end
+    before = {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    result = cli("resume", run, "--nproc-per-node", count)
+    assert result.exit_code == 2 and "--nproc-per-node" in result.stderr, result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert {p.name: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert cli("resume", run).exit_code == 0 and (run / "summary.json").exists()
+
+
 def _start(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "runner.cli", *map(str, args)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
