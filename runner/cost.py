@@ -7,7 +7,6 @@ by the backends that rent (modal, vast); runs on the user's own hardware have no
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 COST = "cost.json"
@@ -20,9 +19,9 @@ def estimate(backend: str, what: str, price_per_hour: float, billed_s: float, ba
 
 
 def write_cost(folder: Path, record: dict) -> None:
-    from runner.run_folder import atomic_write
+    from runner.run_folder import RunFolder
 
-    atomic_write(Path(folder) / COST, (json.dumps(record, indent=2) + "\n").encode())
+    RunFolder(folder).write_json(COST, record)
 
 
 def describe(record: dict) -> str:

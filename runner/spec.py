@@ -114,6 +114,13 @@ class ResourcesSpec(Section):
     def gpu_request(self) -> GpuRequest | None:
         return parse_gpu(self.gpu) if self.gpu else None
 
+    @property
+    def workers_per_node(self) -> int:
+        """As the spec asks: one per GPU, or `processes` without GPUs. (launch.workers_per_node
+        also checks the GPUs of the machine it runs on.)"""
+        request = self.gpu_request
+        return request.count if request else self.processes
+
 
 class SlurmSpec(Section):
     partition: str | None = None

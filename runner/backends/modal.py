@@ -84,8 +84,7 @@ def modal_request(spec: JobSpec) -> ModalRequest:
     if timeout_s > MAX_TIMEOUT_S:
         raise bad_input(f"resources.timeout_minutes: Modal stops a call after 24 h; at most "
                         f"{(MAX_TIMEOUT_S - TIMEOUT_GRACE_S) // 60} minutes")
-    world = request.count if request else spec.resources.processes
-    return ModalRequest(gpu, timeout_s, RETRIES, world, spec.to_yaml())
+    return ModalRequest(gpu, timeout_s, RETRIES, spec.resources.workers_per_node, spec.to_yaml())
 
 
 def describe_image() -> str:
@@ -260,13 +259,13 @@ def new_run_folder(runs_dir: Path, name: str, taken: set[str]) -> Path:
 
 def write_record(folder: Path, call_id: str, request: ModalRequest, detached: bool) -> None:
     from runner.backends.modal_app import APP_NAME, VOLUME_NAME
-    from runner.run_folder import atomic_write
+    from runner.run_folder import RunFolder
 
     record = {"backend": "modal", "app": APP_NAME, "function": "train_remote", "call_id": call_id,
               "volume": VOLUME_NAME, "volume_path": f"/{folder.name}", "gpu": request.gpu,
               "world_size": request.world_size, "detached": detached,
               "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write(folder / RECORD, (json.dumps(record, indent=2) + "\n").encode())
+    RunFolder(folder).write_json(RECORD, record)
 
 
 def read_record(folder: Path) -> dict:

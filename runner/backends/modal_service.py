@@ -117,12 +117,14 @@ class ModalService:
     def __init__(self):
         self.modal = import_modal()
 
-    def run_names(self) -> set[str]:
-        """The run folders on the volume: a new run's name must be none of them."""
+    def _volume(self):
         from runner.backends.modal_app import VOLUME_NAME
 
-        volume = self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
-        return {PurePosixPath(entry.path.lstrip("/")).name for entry in volume.listdir("/")}
+        return self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+
+    def run_names(self) -> set[str]:
+        """The run folders on the volume: a new run's name must be none of them."""
+        return {PurePosixPath(entry.path.lstrip("/")).name for entry in self._volume().listdir("/")}
 
     def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None]) -> CallState | None:
         """Spawn the job on an ephemeral app, streaming its logs here. Detached: return once it
@@ -168,11 +170,9 @@ class ModalService:
 
     def download(self, run_name: str, dest: Path) -> list[Path]:
         import modal.exception
-        from runner.backends.modal_app import VOLUME_NAME
 
-        volume = self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
         try:
-            return copy_run_folder(volume, run_name, dest)
+            return copy_run_folder(self._volume(), run_name, dest)
         except (modal.exception.NotFoundError, FileNotFoundError):
             return []  # the job never wrote its folder (it failed at start-up)
 

@@ -40,14 +40,9 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
 EXIT_CODE_FILE = "exit-code"
 
 
-def workers_per_node(spec: JobSpec) -> int:
-    request = spec.resources.gpu_request
-    return request.count if request else spec.resources.processes
-
-
 def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> str:
     """The batch script for `spec`, writing into `run_dir` (absolute). Pure: --dry-run shows it."""
-    s, tasks = spec.slurm, workers_per_node(spec)
+    s, tasks = spec.slurm, spec.resources.workers_per_node
     job_dir = run_dir / JOB_FILES
     options = [f"--job-name=gpujob-{spec.name}", f"--nodes={spec.resources.nodes}",
                f"--ntasks-per-node={tasks}", f"--time={spec.resources.timeout_minutes}",
@@ -191,8 +186,8 @@ class SlurmBackend:
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path) -> Plan:
         placeholder = Path(runs_dir).resolve() / f"{spec.name}-DATE-TIME"
         script = sbatch_script(spec, placeholder, self._python(spec), Path.cwd())
-        world = spec.resources.nodes * workers_per_node(spec)
-        details = {"nodes": spec.resources.nodes, "tasks per node": workers_per_node(spec),
+        world = spec.resources.nodes * spec.resources.workers_per_node
+        details = {"nodes": spec.resources.nodes, "tasks per node": spec.resources.workers_per_node,
                    "sbatch script": "\n" + script}
         return Plan(self.name, spec, spec_path, runs_dir, world_size=world, details=details)
 
