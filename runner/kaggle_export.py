@@ -88,9 +88,10 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
     if not REQUIREMENTS.is_file():
         raise missing_backend(f"export kaggle: {REQUIREMENTS} is missing; run it from a gpujob checkout")
     metadata = kernel_metadata(spec, user, datasets)
+    script = render_script(spec, REQUIREMENTS.read_text())  # before writing: no half-made folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-    (out / CODE_FILE).write_text(render_script(spec, REQUIREMENTS.read_text()))
+    (out / CODE_FILE).write_text(script)
     kernel = metadata["id"]
     lines = [f"wrote {out / 'kernel-metadata.json'} and {out / CODE_FILE} (kernel {kernel}, GPU T4 x{KAGGLE_GPUS})"]
     if not user:

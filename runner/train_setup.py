@@ -64,7 +64,7 @@ def build_optimizer(spec: "JobSpec", model, total_steps: int):
 
 def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
     """The fast tensor path for builtin datasets, the DataLoader path for factories.
-    Returns (batches, shape, num_classes, source) where source says what was read."""
+    Returns (batches, shape, num_classes)."""
     d = spec.data
     shard = Shard(ctx.rank, ctx.world_size)
     local_batch = d.batch_size // ctx.world_size
