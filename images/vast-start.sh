@@ -17,6 +17,17 @@ cd /workspace 2>/dev/null || cd "$HOME"   # a spec's relative data.root (./data)
 mkdir -p "$RUNS" "$JOB"
 printf '%s' "$GPUJOB_SPEC_B64" | base64 -d >"$JOB/spec.yaml" || { echo "gpujob-vast: exit 2"; exit 2; }
 
+# A resumed run (`gpujob resume`) sends its folder, checkpoint included, once the instance
+# runs; the job starts when the last piece, the mark, has arrived.
+if [ "${GPUJOB_WAIT_FOR_UPLOAD:-0}" = 1 ]; then
+  echo "gpujob-vast: waiting for the run folder to be sent"
+  waited=0
+  until [ -e "$RUNS/$GPUJOB_RUN_NAME/.gpujob-uploaded" ]; do
+    sleep 2; waited=$((waited + 2))
+    [ "$waited" -lt "${GPUJOB_UPLOAD_WAIT_S:-1800}" ] || { echo "gpujob: the run folder never arrived"; echo "gpujob-vast: exit 3"; exit 3; }
+  done
+fi
+
 echo "gpujob-vast: start $GPUJOB_RUN_NAME"
 gpujob run "$JOB/spec.yaml" --run-dir "$RUNS/$GPUJOB_RUN_NAME" --nproc-per-node auto --resume &
 child=$!

@@ -1,6 +1,10 @@
 """The `gpujob` command. Heavy imports (torch, the backends' SDKs) happen inside the
 commands, so `gpujob --help` answers at once. Every GpujobError is printed here, once,
-as one line, with its exit code; users never see a traceback for their own mistakes."""
+as one line, with its exit code; users never see a traceback for their own mistakes.
+
+The commands name no backend: `submit` asks runner/backends/auto.py where a job goes, and the
+lifecycle commands (status, logs, cancel, fetch, resume) ask the backend its record names.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,17 @@ from typing import List, Optional
 
 import typer
 
+from runner.backends import AUTO, NAMES
 from runner.errors import GpujobError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Run PyTorch training jobs from YAML specs on CPU or rented GPUs.")
 
 SpecArg = typer.Argument(..., help="job spec (YAML)", show_default=False)
 SetOpt = typer.Option(None, "--set", help="override a field by dotted path, e.g. train.epochs=1 (repeatable)")
 RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders are created")
+RunArg = typer.Argument(..., help="a run folder, or its name under --runs-dir", show_default=False)
 
 
 def user_errors(command):
@@ -40,6 +47,23 @@ def user_errors(command):
     return wrapper
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"gpujob {version('gpujob')}")
+        except PackageNotFoundError:
+            typer.echo("gpujob (not installed as a package)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(_version_: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                                help="print gpujob's version and exit")):
+    """Run PyTorch training jobs from YAML specs on CPU or rented GPUs."""
+
+
 def _load(spec: Path, overrides: Optional[List[str]], **fields):
     from runner.spec import load_spec
 
@@ -50,66 +74,98 @@ def _load(spec: Path, overrides: Optional[List[str]], **fields):
 @user_errors
 def submit(
     spec: Path = SpecArg,
-    backend: Optional[str] = typer.Option(None, "--backend", help="local | modal | docker | vast | slurm"),
+    backend: Optional[str] = typer.Option(None, "--backend", help=f"{' | '.join((AUTO, *NAMES))} (default: the "
+                                          "spec's; auto: here if this machine has the GPU, else Modal)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="TYPE[:COUNT], e.g. A10G:2, or cpu; with --backend "
                                       "docker also all or a count of this machine's GPUs"),
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="validate, take a few CPU steps, print the plan; run nothing"),
-    detach: bool = typer.Option(False, "--detach", help="start the job and return (--backend modal); "
-                                "`gpujob status RUN` and `gpujob fetch RUN` pick it up later"),
+    detach: bool = typer.Option(False, "--detach", help="start the job and return; `gpujob status|logs|cancel|"
+                                "fetch RUN` pick it up from any terminal"),
 ):
     """Run a job on its backend and bring the run folder back."""
     from runner.backends import get_backend
-    from runner.errors import bad_input
+    from runner.backends.auto import MACHINE_GPUS, choose_backend, gpu_option
 
-    docker_gpus = None
-    if gpu is not None and (gpu == "all" or gpu.isdigit()):
-        docker_gpus, gpu = gpu, None  # this machine's GPUs for the docker backend, not a catalogue type
-    job = _load(spec, set_, backend=backend, **{"resources.gpu": gpu, "docker.gpus": docker_gpus})
-    if docker_gpus is not None and job.backend != "docker":
-        raise bad_input(f"--gpu {docker_gpus}: all or a count is for --backend docker; elsewhere use TYPE[:COUNT], "
-                        "e.g. A10G:2")
-    chosen = get_backend(job.backend)
-    if detach and not hasattr(chosen, "detach"):
-        raise bad_input(f"--detach: backend {job.backend} cannot leave a job running; backend modal can")
-    plan = chosen.plan(job, spec, runs_dir)
+    fields = gpu_option(gpu)
+    job = _load(spec, set_, backend=backend, **fields)
+    name, why = choose_backend(job, machine_gpus=bool(fields.get(MACHINE_GPUS)))
+    chosen = get_backend(name)
+    plan = _plan(chosen, job, spec, runs_dir)
+    if why and not dry_run:  # after planning: a spec the backend refuses gets its one line alone
+        typer.echo(f"gpujob: backend {name} (auto): {why}", err=True)
     if dry_run:
         from runner.dryrun import dry_run as dry
 
-        _print_rows(dry(plan))
+        rows = dry(plan)
+        _print_rows(rows[:1] + ([("why this backend", why)] if why else []) + rows[1:])
         typer.echo("dry run: nothing was submitted")
         return
+    run = _start_run(chosen, plan, spec, detach)
     if detach:
-        for line in chosen.detach(plan):
-            typer.echo(line)
+        _detached_lines(run, "submitted")
         return
-    folder = chosen.run(plan)
-    _finish(folder)
+    _finish(run.folder)
 
 
-# Only the modal backend leaves jobs running today; its `.modal.json` record names the call.
-RunArg = typer.Argument(..., help="a run folder submitted with --detach, or its name under --runs-dir",
-                        show_default=False)
+def _plan(chosen, job, spec_path: Path, runs_dir: Path):
+    from runner.run_folder import RunFolder
+
+    return chosen.plan(job, spec_path, runs_dir, RunFolder.free_name(runs_dir, job.name))
 
 
-@app.command()
-@user_errors
-def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
-    """Say whether a detached run is running, finished or failed."""
-    from runner.backends.modal import BACKEND, find_run
+def _start_run(chosen, plan, spec_path: Path, detach: bool):
+    """Make the run folder (its record first), then hand the plan to the backend. A submission
+    that fails before the job started leaves no folder behind."""
+    from runner.backends import Run
+    from runner.lifecycle import acting_on
+    from runner.run_folder import RunFolder
+    from runner.run_record import new_submission
 
-    folder = find_run(run, runs_dir)
-    typer.echo(f"{folder.name}: {BACKEND.status(folder).describe()}")
+    made_runs_dir = not plan.runs_dir.exists()
+    for _ in range(3):
+        record = new_submission(plan.backend, plan.run_name, plan.spec, spec_path, detach, plan.world_size)
+        try:
+            folder = RunFolder.start(plan.folder, record)
+            break
+        except FileExistsError:  # another run took the name since the plan was made: plan again
+            plan = _plan(chosen, plan.spec, spec_path, plan.runs_dir)
+    else:
+        raise GpujobError(f"--runs-dir: could not make a new run folder under {plan.runs_dir}")
+    run = Run(folder.path, record)
+    try:
+        with acting_on(run, "submitting"):
+            chosen.submit(plan, run, detach)
+    except (GpujobError, KeyboardInterrupt) as err:
+        from runner.errors import BAD_INPUT
+        from runner.run_record import read
+
+        # Bad input leaves nothing; otherwise a folder that names a started job is its only handle,
+        # and it keeps what was seen for `gpujob status` and `gpujob runs`.
+        if getattr(err, "exit_code", None) == BAD_INPUT or not read(folder.path).handles:
+            folder.remove_if_unstarted()
+        if folder.path.is_dir():
+            from runner.lifecycle import record_state, state_of_error
+
+            record_state(Run(folder.path, read(folder.path)), state_of_error(err))
+        if made_runs_dir and plan.runs_dir.is_dir() and not any(plan.runs_dir.iterdir()):
+            plan.runs_dir.rmdir()  # made for this run alone
+        raise
+    return run
 
 
-@app.command()
-@user_errors
-def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
-    """Download a detached run's folder from Modal's volume once the job has ended."""
-    from runner.backends.modal import BACKEND, find_run
+def _detached_lines(run, what: str) -> None:
+    from runner.backends import get_backend
 
-    _finish(BACKEND.fetch(find_run(run, runs_dir)))
+    backend = get_backend(run.record.backend)
+    note = getattr(backend, "detached_note", None)
+    typer.echo(f"{what} {run.folder.name} to {run.record.backend}; it runs without this terminal"
+               + (f". {note(run)}" if note else ""))
+    typer.echo(f"  follow it:  gpujob logs {run.folder} --follow")
+    typer.echo(f"  its state:  gpujob status {run.folder}")
+    typer.echo(f"  stop it:    gpujob cancel {run.folder}")
+    typer.echo(str(run.folder))  # last line: the run folder, for scripts
 
 
 @app.command()
@@ -154,26 +210,92 @@ def run(
 @app.command()
 @user_errors
 def resume(
-    run_dir: Path = typer.Argument(..., help="a run folder that was stopped, preempted or killed"),
-    nproc_per_node: str = typer.Option("auto", "--nproc-per-node", help="DDP workers here, or 'auto'"),
-    here: bool = typer.Option(False, "--here", help="resume a SLURM run on this machine instead of "
-                              "submitting it to SLURM again"),
+    run: str = RunArg,
+    runs_dir: Path = RunsDirOpt,
+    detach: bool = typer.Option(False, "--detach", help="start it again and return"),
+    here: bool = typer.Option(False, "--here", help="continue it on this machine, whichever backend ran it"),
+    nproc_per_node: str = typer.Option("auto", "--nproc-per-node", help="DDP workers when it continues here, "
+                                       "or 'auto'"),
 ):
-    """Continue a stopped run from its last checkpoint, into the same run folder (a SLURM run
-    is submitted to SLURM again)."""
-    from runner.launch import Topology, run_on_this_node
-    from runner.run_folder import JOB_FILES, SPEC, RunFolder
+    """Continue a stopped, cancelled or preempted run from its last checkpoint, into the same
+    run folder, on the backend that ran it (a SLURM run goes back to SLURM)."""
+    from runner.lifecycle import find_run, resume_run
 
-    folder = RunFolder.existing(run_dir)
-    # A finished run takes the local path too, where run_on_this_node says so and submits nothing.
-    if not here and not folder.finished and folder.file(JOB_FILES).joinpath("job.sbatch").exists():
-        from runner.backends.slurm import BACKEND as slurm
-
-        _finish(slurm.resume(folder.path))
+    found = find_run(run, runs_dir)
+    if not resume_run(found, detach, here, lambda spec: _workers_here(spec, nproc_per_node)):
+        typer.echo(f"gpujob: {found.folder} already finished; nothing to resume", err=True)
+        _finish(found.folder)
         return
-    job = _load(folder.file(SPEC), [])
-    nproc = _workers_here(job, nproc_per_node)
-    _finish(run_on_this_node(job, Topology(nproc), run_dir, run_dir.parent, resume=True))
+    if detach:
+        _detached_lines(found, "resumed")
+        return
+    _finish(found.folder)
+
+
+@app.command()
+@user_errors
+def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Say whether a run is pending, running, finished, failed, cancelled or preempted."""
+    from runner.backends import get_backend
+    from runner.lifecycle import find_run, record_state
+
+    found = find_run(run, runs_dir)
+    state = get_backend(found.record.backend).status(found)
+    record_state(found, state)
+    typer.echo(f"{found.folder.name}: {state.describe()}")
+
+
+@app.command()
+@user_errors
+def logs(run: str = RunArg, runs_dir: Path = RunsDirOpt,
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends")):
+    """Print a run's output (and, with --follow, what it prints next, until it ends)."""
+    from runner.backends import get_backend
+    from runner.lifecycle import find_run
+
+    found = find_run(run, runs_dir)
+    for line in get_backend(found.record.backend).logs(found, follow):
+        typer.echo(line)
+
+
+@app.command()
+@user_errors
+def cancel(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Stop a run, letting it checkpoint first where its backend can; `gpujob resume` continues it."""
+    from runner.backends import get_backend
+    from runner.lifecycle import find_run, record_state
+
+    found = find_run(run, runs_dir)
+    backend = get_backend(found.record.backend)
+    typer.echo(backend.cancel(found))
+    record_state(found, backend.status(found))
+
+
+@app.command()
+@user_errors
+def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Bring a run's folder to this machine (from Modal's volume, a vast.ai instance)."""
+    from runner.backends import get_backend
+    from runner.lifecycle import find_run
+
+    found = find_run(run, runs_dir)
+    typer.echo(get_backend(found.record.backend).fetch(found), err=True)
+    _finish(found.folder)
+
+
+@app.command("runs")
+@user_errors
+def list_runs(runs_dir: Path = RunsDirOpt,
+              as_json: bool = typer.Option(False, "--json", help="one JSON object per run, for scripts")):
+    """List the runs under --runs-dir, newest first (states as gpujob last saw them)."""
+    from runner.runs_table import collect, table
+
+    rows = collect(runs_dir)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for line in table(rows):
+            typer.echo(line)
 
 
 @app.command()
@@ -208,7 +330,7 @@ def image_build(
     push: bool = typer.Option(False, "--push", help="docker push the tag after building"),
 ):
     """Build the image that `--backend docker` and vast.ai run, with `docker build`."""
-    from runner.image import build_image
+    from runner.backends.docker.image import build_image
 
     build_image(tag, base_image, extra_ca, push)
     typer.echo(f"built {tag}" + (" and pushed it" if push else ""))

@@ -21,21 +21,31 @@ class GpuType:
     provider_names: dict[str, str] = field(default_factory=dict)
     price_per_hour: dict[str, float] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    # How CUDA names this card (torch.cuda.get_device_name), and the memory that tells apart
+    # two cards of one name (A100 40 GB / 80 GB): how `backend: auto` knows it is here.
+    device_pattern: str = ""
+    min_memory_gb: float = 0
+
+    def is_device(self, device_name: str, memory_gb: float) -> bool:
+        return bool(re.search(self.device_pattern, device_name, re.I)) and memory_gb >= self.min_memory_gb
 
 
 CATALOG: tuple[GpuType, ...] = (
-    GpuType("T4", 16, False, {"modal": "T4", "vast": "Tesla T4"}, {"modal": 0.59}),
-    GpuType("L4", 24, True, {"modal": "L4", "vast": "L4"}, {"modal": 0.80}),
-    GpuType("A10G", 24, True, {"modal": "A10G", "vast": "A10"}, {"modal": 1.10}, ("A10",)),
-    GpuType("A100-40GB", 40, True, {"modal": "A100-40GB", "vast": "A100 PCIE"}, {"modal": 2.10}, ("A100",)),
-    GpuType("A100-80GB", 80, True, {"modal": "A100-80GB", "vast": "A100 SXM4"}, {"modal": 2.50}),
-    GpuType("L40S", 48, True, {"modal": "L40S", "vast": "L40S"}, {"modal": 1.95}),
-    GpuType("H100", 80, True, {"modal": "H100", "vast": "H100 SXM"}, {"modal": 3.95}),
-    GpuType("H200", 141, True, {"modal": "H200", "vast": "H200"}, {"modal": 4.54}),
-    GpuType("B200", 180, True, {"modal": "B200", "vast": "B200"}, {"modal": 6.25}),
-    GpuType("RTX4090", 24, True, {"vast": "RTX 4090"}, {}, ("RTX-4090",)),
-    GpuType("RTX3090", 24, True, {"vast": "RTX 3090"}, {}, ("RTX-3090",)),
-    GpuType("V100", 16, False, {"vast": "Tesla V100"}, {}),
+    GpuType("T4", 16, False, {"modal": "T4", "vast": "Tesla T4"}, {"modal": 0.59}, device_pattern=r"\bT4\b"),
+    GpuType("L4", 24, True, {"modal": "L4", "vast": "L4"}, {"modal": 0.80}, device_pattern=r"\bL4\b"),
+    GpuType("A10G", 24, True, {"modal": "A10G", "vast": "A10"}, {"modal": 1.10}, ("A10",),
+            device_pattern=r"\bA10G?\b"),
+    GpuType("A100-40GB", 40, True, {"modal": "A100-40GB", "vast": "A100 PCIE"}, {"modal": 2.10}, ("A100",),
+            device_pattern=r"\bA100\b", min_memory_gb=35),
+    GpuType("A100-80GB", 80, True, {"modal": "A100-80GB", "vast": "A100 SXM4"}, {"modal": 2.50},
+            device_pattern=r"\bA100\b", min_memory_gb=70),
+    GpuType("L40S", 48, True, {"modal": "L40S", "vast": "L40S"}, {"modal": 1.95}, device_pattern=r"\bL40S\b"),
+    GpuType("H100", 80, True, {"modal": "H100", "vast": "H100 SXM"}, {"modal": 3.95}, device_pattern=r"\bH100\b"),
+    GpuType("H200", 141, True, {"modal": "H200", "vast": "H200"}, {"modal": 4.54}, device_pattern=r"\bH200\b"),
+    GpuType("B200", 180, True, {"modal": "B200", "vast": "B200"}, {"modal": 6.25}, device_pattern=r"\bB200\b"),
+    GpuType("RTX4090", 24, True, {"vast": "RTX 4090"}, {}, ("RTX-4090",), device_pattern=r"\b4090\b"),
+    GpuType("RTX3090", 24, True, {"vast": "RTX 3090"}, {}, ("RTX-3090",), device_pattern=r"\b3090\b"),
+    GpuType("V100", 16, False, {"vast": "Tesla V100"}, {}, device_pattern=r"\bV100\b"),
 )
 
 _BY_NAME = {key.upper(): gpu for gpu in CATALOG for key in (gpu.name, *gpu.aliases)}

@@ -1,13 +1,34 @@
-"""What this machine can train on, asked without importing torch where possible."""
+"""What this machine can train on. Asked without importing torch where the answer is plainly
+"no CUDA GPU" (no NVIDIA driver loaded), so choosing a backend stays quick on a laptop."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 
-def local_accelerator() -> str:
+
+def nvidia_driver_loaded() -> bool:
+    return Path("/proc/driver/nvidia/gpus").is_dir() or shutil.which("nvidia-smi") is not None
+
+
+def cuda_gpus() -> list[tuple[str, float]]:
+    """(name, memory in GB) of each CUDA GPU here; [] without any."""
+    if not nvidia_driver_loaded():
+        return []
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda x{torch.cuda.device_count()} ({torch.cuda.get_device_name(0)})"
+    if not torch.cuda.is_available():
+        return []
+    return [(torch.cuda.get_device_name(i), torch.cuda.get_device_properties(i).total_memory / 1e9)
+            for i in range(torch.cuda.device_count())]
+
+
+def local_accelerator() -> str:
+    gpus = cuda_gpus()
+    if gpus:
+        return f"cuda x{len(gpus)} ({gpus[0][0]})"
+    import torch
+
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import JOB_FAILED, GpujobError, last_error_line
+from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, last_error_line
+from runner.run_lock import INHERITED
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 
@@ -86,6 +87,8 @@ class Launch:
                    WORLD_SIZE=str(t.world_size), LOCAL_WORLD_SIZE=str(t.nproc_per_node),
                    GROUP_RANK=str(t.node_rank), MASTER_ADDR=t.master_addr, MASTER_PORT=str(port),
                    PYTHONUNBUFFERED="1")
+        if self.run_dir is not None:  # node 0: the workers run under this launcher's lock on the folder
+            env[INHERITED] = str(Path(self.run_dir).resolve())
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // t.nproc_per_node)))
         return env
@@ -161,10 +164,12 @@ class Launch:
         failed = failed_ranks(dict(enumerate(codes)), lines)
         local_rank = failed[0] if failed else 0
         rank = self.topology.node_rank * self.topology.nproc_per_node + local_rank
-        self._keep_logs(failed)
         code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
-        where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
         report = last_error_line(lines[local_rank]) or f"exit code {codes[local_rank]}"
+        if code == BAD_INPUT:  # the spec's fault, said in one line; the run folder is taken back
+            return GpujobError(report, code)
+        self._keep_logs(failed)
+        where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
         return GpujobError(f"rank {rank} of {self.topology.world_size} failed: {report}"
                            f"{where}; the other workers were stopped", code)
 
@@ -204,39 +209,44 @@ def run_on_this_node(spec: JobSpec, topology: Topology, run_dir: Path | None, ru
                      started: float | None = None, resume: bool = False) -> Path | None:
     """One worker in this process, or several through the launcher. Returns the run
     folder on the node that holds rank 0, None on the others. With `resume`, a run_dir
-    holding a run continues from its last checkpoint (and a finished one is left as is)."""
-    from runner.run_folder import SPEC, RunFolder
+    holding a run continues from its last checkpoint (and a finished one is left as is).
+    Node 0 opens and locks the run folder before anything else (torch is not even imported)."""
+    from runner.run_lock import release
+    from runner.worker import open_run_folder
+
+    opened = open_run_folder(spec, run_dir, runs_dir, resume) if topology.node_rank == 0 else None
+    try:
+        return _run_opened(spec, topology, opened, runs_dir, started, resume)
+    finally:
+        if opened:
+            release(opened[0].path)
+
+
+def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | None:
     from runner.worker import run_worker
 
-    resuming = resume and run_dir is not None and (Path(run_dir) / SPEC).exists()
-    if resuming and RunFolder.existing(run_dir).finished:
-        print(f"gpujob: {run_dir} already finished; nothing to resume", file=sys.stderr)
-        return Path(run_dir)
+    folder = opened[0] if opened else None
+    if opened and opened[1] and folder.finished:
+        print(f"gpujob: {folder.path} already finished; nothing to resume", file=sys.stderr)
+        return folder.path
     if topology.world_size == 1:
-        return run_worker(spec, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume)
-    folder = None
-    if topology.node_rank == 0:
-        if resuming:
-            folder = Path(run_dir)
-        else:
-            folder = (RunFolder.at(run_dir) if run_dir else RunFolder.create(runs_dir, spec.name)).path
+        return run_worker(spec, runs_dir=runs_dir, started=started, resume=resume, opened=opened)
     try:
-        launch(spec, topology, folder, resume=resume)
+        launch(spec, topology, folder.path if folder else None, resume=resume)
     except GpujobError as err:
-        if err.exit_code == 2 and folder is not None and folder.exists() and not any(folder.iterdir()):
-            folder.rmdir()  # bad input found by the workers: leave nothing half-made
+        if err.exit_code == 2 and folder is not None and not opened[1]:
+            folder.discard()  # bad input found by the workers: leave nothing half-made
         raise
-    return folder
+    return folder.path if folder else None
 
 
 def workers_per_node(spec: JobSpec) -> int:
     """World size on one node: the spec's GPU count on a CUDA machine, else resources.processes."""
-    import torch
-
     from runner.errors import bad_input
+    from runner.hardware import cuda_gpus
 
     request = spec.resources.gpu_request
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = len(cuda_gpus())
     if visible and request:
         if request.count > visible:
             raise bad_input(f"resources.gpu: asks for {request.count} GPUs per node; this machine has {visible}")

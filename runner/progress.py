@@ -11,9 +11,16 @@ def console_listener(stream=None):
     return RichProgress() if stream.isatty() else PlainProgress(stream)
 
 
-def _epoch_line(r: dict, epochs: int) -> str:
-    return (f"epoch {r['epoch']}/{epochs}  train_loss {r['loss']:.4f}  test_loss {r['test_loss']:.4f}  "
+def epoch_line(r: dict, epochs: int | None = None) -> str:
+    of = f"/{epochs}" if epochs else ""
+    return (f"epoch {r['epoch']}{of}  train_loss {r['loss']:.4f}  test_loss {r['test_loss']:.4f}  "
             f"test_accuracy {100 * r['test_accuracy']:.2f}%  {r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s")
+
+
+def step_line(r: dict, total: int | None = None) -> str:
+    of = f"/{total}" if total else ""
+    return (f"step {r['step']}{of}  epoch {r['epoch']}  loss {r['loss']:.4f}  "
+            f"lr {r['lr']:.3g}  {r['samples_per_s']:.0f} samples/s")
 
 
 class PlainProgress:
@@ -29,11 +36,10 @@ class PlainProgress:
                     f"{plan['epochs']} epoch(s) of {plan['steps_per_epoch']} steps")
 
     def on_step(self, r: dict) -> None:
-        self._print(f"step {r['step']}/{self.total}  epoch {r['epoch']}  loss {r['loss']:.4f}  "
-                    f"lr {r['lr']:.3g}  {r['samples_per_s']:.0f} samples/s")
+        self._print(step_line(r, self.total))
 
     def on_epoch(self, r: dict) -> None:
-        self._print(_epoch_line(r, self.epochs))
+        self._print(epoch_line(r, self.epochs))
 
     def close(self) -> None:
         pass
@@ -62,7 +68,7 @@ class RichProgress:
 
     def on_epoch(self, r: dict) -> None:
         self.bar.update(self.task, completed=r["step"])
-        self.bar.console.print(_epoch_line(r, self.epochs))
+        self.bar.console.print(epoch_line(r, self.epochs))
 
     def close(self) -> None:
         self.bar.stop()

@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path, PurePath
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
+from runner import run_lock, run_record
 from runner.errors import bad_input
+
+if TYPE_CHECKING:
+    from runner.run_record import Submission
 
 SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV = (
     "spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json")
 JOB_FILES = "job"  # what a backend submitted to start the run (batch script, scheduler log)
+# What a folder holds before its job starts: nothing a user made, and nothing of a run's results.
+PRE_RUN = {run_record.RECORD, run_lock.LOCK, JOB_FILES}
 # mkstemp makes 0600 files; run folders are read by the user's other tools and, on a cluster,
 # by the submitting user from other machines: give whole-file writes the usual umask'd mode.
 _UMASK = os.umask(0o022)
@@ -28,17 +35,32 @@ os.umask(_UMASK)
 
 
 _TEMP_SUFFIX = ".tmp"
+# atomic_write's temp files: mkstemp's ".NAME.XXXXXXXX.tmp", eight random [a-z0-9_] characters.
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def is_interrupted_write(path: PurePath) -> bool:
-    """A temp file of atomic_write's that a kill left behind: never part of a run."""
-    return path.name.startswith(".") and path.name.endswith(_TEMP_SUFFIX)
+    """A temp file of atomic_write's that a kill left behind: never part of a run (and never a
+    user's own `.draft.tmp`, which does not have mkstemp's shape)."""
+    return bool(_TEMP_NAME.match(path.name))
 
 
 def remove_interrupted_writes(folder: Path) -> None:
     for path in folder.iterdir() if folder.is_dir() else []:
         if is_interrupted_write(path):
             path.unlink(missing_ok=True)
+
+
+def _make_parent(path: Path) -> None:
+    """mkdir -p, with one line naming the path when it cannot be made."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise bad_input(f"--runs-dir: {path} is a file, not a folder") from None
+    except NotADirectoryError:
+        raise bad_input(f"--runs-dir: {path} is under a file, not a folder") from None
+    except PermissionError:
+        raise bad_input(f"--runs-dir: cannot create {path}: permission denied") from None
 
 
 def atomic_write(path: Path, *parts: bytes) -> None:
@@ -63,43 +85,79 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
 
 
 class RunFolder:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, made_here: bool = False):
         self.path = Path(path)
+        self.made_here = made_here  # this process made the folder: it may take it away again
 
-    @classmethod
-    def create(cls, runs_dir: str | Path, name: str) -> "RunFolder":
-        """A new folder `runs_dir/NAME-YYYYmmdd-HHMMSS[-N]`; never one that exists."""
-        runs_dir = Path(runs_dir)
-        runs_dir.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def free_name(runs_dir: str | Path, name: str) -> str:
+        """`NAME-YYYYmmdd-HHMMSS[-N]`, not yet taken under runs_dir (a backend's plan names its
+        run before anything is made, so that --dry-run shows the very request submit sends)."""
         stem = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         for attempt in range(1, 1000):
-            path = runs_dir / (stem if attempt == 1 else f"{stem}-{attempt}")
+            candidate = stem if attempt == 1 else f"{stem}-{attempt}"
+            if not (Path(runs_dir) / candidate).exists():
+                return candidate
+        raise bad_input(f"--runs-dir: no free run folder name under {runs_dir}")
+
+    @classmethod
+    def start(cls, path: str | Path, submission: "Submission") -> "RunFolder":
+        """Make the run folder `path` (it must not exist) with its submission record first,
+        before anything else: a folder becomes a run only this way. FileExistsError if taken."""
+        path = Path(path)
+        _make_parent(path.parent)
+        path.mkdir()  # exclusive: never an earlier run's folder
+        run_record.write(path, submission)
+        return cls(path, made_here=True)
+
+    @classmethod
+    def create(cls, runs_dir: str | Path, name: str, backend: str = "local") -> "RunFolder":
+        """A new folder `runs_dir/NAME-YYYYmmdd-HHMMSS[-N]`; never one that exists."""
+        for _ in range(1000):
+            run_name = cls.free_name(runs_dir, name)
             try:
-                path.mkdir()  # exclusive: fails if another run took this name
-                return cls(path)
+                return cls.start(Path(runs_dir) / run_name, run_record.new_submission(backend, run_name))
             except FileExistsError:
-                continue
+                continue  # another run took the name in between
         raise bad_input(f"--runs-dir: no free run folder name under {runs_dir}")
 
     @classmethod
     def at(cls, path: str | Path) -> "RunFolder":
-        """A folder named by the caller (remote backends pick it); it must be new, or hold
-        nothing but the JOB_FILES a backend put there to start the job (e.g. a batch script)
+        """A folder named by the caller (a backend's worker, `--run-dir`): new, or holding only
+        what a backend put there to start the job (its submission record, job/ files, the lock)
         and the temp files of a start that was killed before it wrote the spec."""
         path = Path(path)
-        if path.exists() and any(p.name != JOB_FILES and not is_interrupted_write(p) for p in path.iterdir()):
-            raise bad_input(f"--run-dir: {path} already holds a run; it is never overwritten")
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise bad_input(f"--run-dir: {path} is a file, not a folder")
+        if path.exists() and any(p.name not in PRE_RUN and not is_interrupted_write(p) for p in path.iterdir()):
+            if run_record.is_run(path):
+                raise bad_input(f"--run-dir: {path} already holds a run; it is never overwritten "
+                                f"(`gpujob resume {path}` continues it)")
+            raise bad_input(f"--run-dir: {path} holds files gpujob did not make; give a new or empty folder")
+        if not path.exists():
+            return cls.start(path, run_record.new_submission("local", path.name))
+        if not run_record.is_run(path):
+            if any(path.iterdir()):
+                raise bad_input(f"--run-dir: {path} holds files gpujob did not make; give a new or empty folder")
+            run_record.write(path, run_record.new_submission("local", path.name))
         remove_interrupted_writes(path)
         return cls(path)
 
     @classmethod
     def existing(cls, path: str | Path) -> "RunFolder":
-        """A run folder written before, to resume into."""
+        """A run folder written before, to resume into: gpujob made it and its job started."""
         path = Path(path)
+        run_record.read(path)  # exit 2 unless gpujob made this folder
         if not (path / SPEC).is_file():
-            raise bad_input(f"{path}: not a gpujob run folder (no {SPEC})")
+            raise bad_input(f"{path}: the run never started (no {SPEC}); nothing to resume")
         return cls(path)
+
+    def remove_if_unstarted(self) -> None:
+        """Take away a folder whose job never started (bad input, a refused submission): it holds
+        only what gpujob put there to start it."""
+        if self.path.is_dir() and not (self.path / SPEC).exists() and all(
+                p.name in PRE_RUN or is_interrupted_write(p) for p in self.path.iterdir()):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     @property
     def finished(self) -> bool:
@@ -112,14 +170,13 @@ class RunFolder:
         self.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
     def discard(self) -> None:
-        """Remove a folder this process created and wrote only its own files to."""
+        """Take back what a start that found bad input wrote: the run's files, and the folder
+        itself when this process made it. What a backend put there is the backend's to remove."""
         for name in (SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV):
             self.file(name).unlink(missing_ok=True)
         shutil.rmtree(self.file("checkpoints"), ignore_errors=True)
-        try:
-            self.path.rmdir()
-        except OSError:
-            pass  # something else is in it: leave it alone
+        if self.made_here:
+            self.remove_if_unstarted()
 
     def file(self, name: str) -> Path:
         return self.path / name

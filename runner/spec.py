@@ -14,12 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from runner.backends import AUTO, NAMES
 from runner.errors import bad_input
 from runner.gpus import GpuRequest, parse_gpu
 
 BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
 BUILTIN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits", "synthetic")
-BACKENDS = ("local", "modal", "docker", "vast", "slurm")
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -170,7 +170,8 @@ class JobSpec(Section):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    backend: Literal["local", "modal", "docker", "vast", "slurm"] = "local"
+    backend: Literal[(AUTO, *NAMES)] = Field(AUTO, description="auto: here when this machine has resources.gpu "
+                                             "(or none is asked for), else a service that rents it (Modal)")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="options for backend: slurm")
     docker: DockerSpec = Field(default_factory=DockerSpec, description="options for backend: docker")
     vast: VastSpec = Field(default_factory=VastSpec, description="options for backend: vast")

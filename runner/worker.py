@@ -8,18 +8,37 @@ import traceback
 from pathlib import Path
 
 from runner import run_folder as rf
+from runner import run_lock
 from runner.distributed import WorkerContext
 from runner.checkpoint import CheckpointStore
-from runner.errors import BAD_INPUT, GpujobError, job_failed
+from runner.errors import BAD_INPUT, GpujobError, bad_input, job_failed
 from runner.stop_signals import Stopped
 from runner.spec import JobSpec
 
 
+def open_run_folder(spec: JobSpec, run_dir: Path | None, runs_dir: Path, resume: bool) -> tuple[rf.RunFolder, bool]:
+    """The run folder rank 0 writes, locked for this process (until run_lock.release): a new
+    one, or with `resume` the run already in run_dir (then True). Exit 2, touching nothing,
+    when another process has it."""
+    if resume and run_dir is not None and (Path(run_dir) / rf.SPEC).exists():
+        folder, resuming = rf.RunFolder.existing(run_dir), True
+    else:
+        folder = rf.RunFolder.at(run_dir) if run_dir else rf.RunFolder.create(runs_dir, spec.name)
+        resuming = False
+    try:
+        run_lock.acquire(folder.path)
+    except run_lock.LockHeld as held:
+        raise bad_input(f"{folder.path} is live: {run_lock.describe(held.owner)} is running it; follow it with "
+                        f"`gpujob logs {folder.path} --follow`, stop it with `gpujob cancel {folder.path}`") from None
+    return folder, resuming
+
+
 def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path("runs"),
                ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False,
-               resume: bool = False) -> Path | None:
+               resume: bool = False, opened: tuple[rf.RunFolder, bool] | None = None) -> Path | None:
     """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0.
-    With `resume`, a run_dir that holds a run continues from its last checkpoint."""
+    With `resume`, a run_dir that holds a run continues from its last checkpoint. `opened` is
+    the folder open_run_folder already gave the caller."""
     from runner.environment import describe_environment
     from runner.plot import plot_loss_curve
     from runner.progress import console_listener
@@ -28,10 +47,17 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext.from_env()
     folder = listeners = store = resume_from = None
-    resuming = resume and run_dir is not None and (Path(run_dir) / rf.SPEC).exists()
+    resuming = False
+    if ctx.is_main and opened is None:
+        opened = open_run_folder(spec, run_dir, runs_dir, resume)
+        try:
+            return run_worker(spec, runs_dir=runs_dir, ctx=ctx, started=started, quiet=quiet, resume=resume,
+                              opened=opened)
+        finally:
+            run_lock.release(opened[0].path)
     if ctx.is_main:
+        folder, resuming = opened
         if resuming:
-            folder = rf.RunFolder.existing(run_dir)
             rf.remove_interrupted_writes(folder.path)
             if not folder.file(rf.ENV).exists():  # the first start was killed before it got this far
                 folder.write_json(rf.ENV, describe_environment())
@@ -39,7 +65,6 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
             resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
             folder.keep_metrics(resume_from["loop"]["records_emitted"] if resume_from else 0)
         else:
-            folder = rf.RunFolder.at(run_dir) if run_dir else rf.RunFolder.create(runs_dir, spec.name)
             folder.write_text(rf.SPEC, spec.to_yaml())
             folder.write_json(rf.ENV, describe_environment())
             store = CheckpointStore(folder.path)

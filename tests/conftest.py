@@ -75,3 +75,43 @@ class CliResult:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def read_jsonl_if(path: Path) -> list[dict]:
+    """read_jsonl of a file a job is still writing: [] before it exists, whole lines only."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+    return records
+
+
+def wait_for(condition, what: str, timeout: float = 180, poll: float = 0.1) -> None:
+    """Wait until condition() holds; fail loudly, naming `what`, when the wait runs out (a loaded
+    2-core machine is slow, never a reason to pass or to hang)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(poll)
+
+
+GOLDEN = REPO / "tests" / "golden"
+
+
+def assert_golden(name: str, text: str) -> None:
+    """`text` equals the recorded tests/golden/NAME: what a backend sends, compared in review.
+    GPUJOB_UPDATE_GOLDEN=1 rewrites the file (then read its diff before committing it)."""
+    path = GOLDEN / name
+    if os.environ.get("GPUJOB_UPDATE_GOLDEN") == "1" or not path.exists():
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text)
+        if os.environ.get("GPUJOB_UPDATE_GOLDEN") != "1":
+            raise AssertionError(f"{path} did not exist: written now; check it and commit it")
+    assert text == path.read_text(), f"what is sent changed: compare with {path} (GPUJOB_UPDATE_GOLDEN=1 rewrites it)"

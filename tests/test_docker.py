@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.backends.docker import container_run, docker_run_command
+from runner.backends.docker.backend import container_run, docker_run_command
 from runner.backends.exit_codes import remote_exit_error
-from runner.image import build_command, engine_available
+from runner.backends.docker.image import build_command, engine_available
 from runner.spec import load_spec
-from tests.conftest import REPO, cli_subprocess
+from tests.conftest import REPO, assert_golden, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 TAG = "gpujob:test"
 BASE = os.environ.get("GPUJOB_TEST_BASE_IMAGE", "gpujob-base:bookworm")
@@ -193,3 +193,46 @@ def test_bad_build_and_gpu_options_are_exit_2(write_spec, tmp_path):
     assert cli_subprocess("image", "build", "--extra-ca", tmp_path / "nope.pem").returncode == 2
     out = cli_subprocess("submit", write_spec(), "--gpu", "2")  # a bare count is for --backend docker
     assert out.returncode == 2 and "--backend docker" in out.stderr
+
+
+def test_the_docker_run_sent_is_the_recorded_one(write_spec):
+    """Golden file: a change to what is sent to the engine shows in review."""
+    spec = _spec(write_spec, data={"dataset": "fashion_mnist", "root": "data"}, model={"name": "pkg.models:net"},
+                 resources={"gpu": "A10G:2"})
+    run = container_run(spec, Path("/home/me/project/runs"), nvidia=True, cwd=Path("/home/me/project"))
+    command = docker_run_command(run, "golden-20260101-000000", "/home/me/project/runs/golden-20260101-000000/job",
+                                 1000, 1000)
+    assert_golden("docker_run.txt", "\n".join(command) + "\n")
+
+
+@needs_engine
+def test_detach_status_logs_cancel_and_resume_in_docker(image, write_spec, tmp_path):
+    runs = tmp_path / "runs"
+    spec = _digits_spec(write_spec, model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                        train={"epochs": 100, "max_steps": 800, "log_every_steps": 10})
+    submitted = cli_subprocess("submit", spec, "--backend", "docker", "--detach", "--runs-dir", runs, cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
+    run = Path(submitted.stdout.strip().splitlines()[-1])
+    run = run if run.is_absolute() else tmp_path / run
+    handles = json.loads((run / "submission.json").read_text())["handles"]
+    assert handles["container"] == f"gpujob-{run.name}"
+    wait_for(lambda: len(read_jsonl_if(run / "metrics.jsonl")) >= 3, "the container's steps", timeout=300)
+    assert cli_subprocess("status", run).stdout.startswith(f"{run.name}: running: in container gpujob-{run.name}")
+    assert "step 10/800" in cli_subprocess("logs", run).stdout  # the container's output, in job/output.log
+    assert cli_subprocess("resume", run).returncode == 2  # live: never a second container on one folder
+
+    cancelled = cli_subprocess("cancel", run)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()
+    assert cli_subprocess("status", run).stdout.startswith(f"{run.name}: cancelled")
+    gone = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"name=gpujob-{run.name}"], capture_output=True,
+                          text=True)
+    assert gone.stdout.strip() == ""
+
+    resumed = cli_subprocess("resume", run, cwd=tmp_path, timeout=600)  # the same docker run again, --resume inside
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] == 1 and summary["steps"] == 800
+    steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "step"]
+    assert steps == sorted(set(steps))
+    assert cli_subprocess("status", run).stdout.startswith(f"{run.name}: finished")

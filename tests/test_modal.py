@@ -10,6 +10,7 @@ failures are checked through the CLI as a user meets them. tests/remote/ runs a 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,13 +27,14 @@ import pytest
 
 pytest.importorskip("modal", reason="the modal extra is not installed (uv sync --extra modal)")
 
-from runner.backends import modal as modal_backend  # noqa: E402
-from runner.backends.modal import RECORD, modal_request  # noqa: E402
-from runner.backends.modal_app import REQUIREMENTS, VOLUME_PATH_ENV  # noqa: E402
-from runner.backends.modal_service import CallState, copy_run_folder, modal_errors, outcome  # noqa: E402
+from runner.backends.modal import backend as modal_backend  # noqa: E402
+from runner.backends.modal.backend import modal_request  # noqa: E402
+from runner.backends.modal.app import REQUIREMENTS, VOLUME_PATH_ENV  # noqa: E402
+from runner.backends.modal.service import modal_errors  # noqa: E402
 from runner.errors import GpujobError  # noqa: E402
 from runner.spec import load_spec  # noqa: E402
-from tests.conftest import REPO, cli, read_jsonl  # noqa: E402
+from tests.conftest import REPO, assert_golden, cli, read_jsonl, read_jsonl_if, wait_for  # noqa: E402
+from tests.modal_standin import ContainerModal  # noqa: E402
 
 ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json")
 pytestmark = pytest.mark.filterwarnings("ignore:The train_remote function is executing locally")
@@ -58,51 +60,40 @@ def volume(tmp_path, monkeypatch) -> Path:
     return path
 
 
-def _internal(obj):
-    """Modal's objects behind their synchronous wrappers, to read what they hold."""
-    from modal._utils.async_utils import synchronizer
-
-    return synchronizer._translate_in(obj)
-
-
 # ---- what would be shipped ------------------------------------------------------------
 
 
-def test_the_function_takes_gpu_timeout_and_retries_from_the_spec(modal_spec):
-    from runner.backends import modal_app
-
-    request = modal_request(load_spec(modal_spec(gpu="A10G:2", processes=2)))
+def test_the_call_takes_gpu_timeout_and_retries_from_the_spec(modal_spec):
+    request = modal_request(load_spec(modal_spec(gpu="A10G:2", processes=2)), "run-1")
     assert (request.gpu, request.world_size, request.timeout_s, request.retries) == ("A10G:2", 2, 20 * 60 + 600, 3)
-    options = _internal(request.function())._options
-    assert options.resources.gpu_config.gpu_type == "A10G" and options.resources.gpu_config.count == 2
-    assert options.timeout_secs == 1800
-    assert options.retry_policy.retries == 3 and options.retry_policy.backoff_coefficient == 1.0
-
-    base = _internal(modal_app.train_remote)
-    assert base._app is _internal(modal_app.app) and modal_app.app.name == "gpujob"
-    (mount_path, vol), = base._spec_.volumes.items()
-    assert mount_path == "/runs" and _internal(vol)._name == "gpujob-runs"
-    assert base._spec_.image is _internal(modal_app.image)
-
-    cpu = modal_request(load_spec(modal_spec(gpu="cpu", processes=3)))
+    options = request.options()
+    assert options["gpu"] == "A10G:2" and options["timeout"] == 1800
+    retries = options["retries"]
+    assert (retries.max_retries, retries.backoff_coefficient, retries.initial_delay.total_seconds()) == (3, 1.0, 10.0)
+    request.function()  # Modal accepts these options for the shipped function
+    cpu = modal_request(load_spec(modal_spec(gpu="cpu", processes=3)), "run-2")
     assert cpu.gpu is None and cpu.world_size == 3 and "gpu" not in cpu.options()
 
 
-def test_the_image_is_the_pinned_requirements_plus_gpujobs_own_code():
-    from runner.backends import modal_app
+def test_the_call_sent_is_the_recorded_one(modal_spec):
+    """Golden file: a change to what is sent to Modal shows in review."""
+    spec = load_spec(modal_spec(gpu="A10G:2", processes=2))
+    request = modal_request(spec, "golden-20260101-000000")
+    sent = {**dataclasses.asdict(request), "spec_yaml": "<the resolved spec>"}
+    assert request.spec_yaml == spec.to_yaml()
+    assert_golden("modal_call.txt", request.call() + "\n" + json.dumps(sent, indent=2, sort_keys=True) + "\n")
 
-    image = _internal(modal_app.image)
-    base, source = image._deps()
-    cells = dict(zip(base._load.__code__.co_freevars, (c.cell_contents for c in base._load.__closure__)))
-    dockerfile = cells["dockerfile_function"]("2025.06")
-    assert list(dockerfile.context_files.values()) == [str(REQUIREMENTS)]
-    assert any("uv pip install" in c and "--requirements" in c for c in dockerfile.commands)
+
+def test_the_app_ships_the_pinned_requirements_and_gpujobs_own_code():
+    from runner.backends.modal import app as modal_app
+    from runner.backends.modal.backend import APP, VOLUME, describe_image
+
+    assert (modal_app.APP_NAME, modal_app.VOLUME_NAME) == (APP, VOLUME) == ("gpujob", "gpujob-runs")
+    assert modal_app.app.name == "gpujob" and modal_app.VOLUME_MOUNT == "/runs"
+    assert modal_app.REQUIREMENTS == REPO / "images" / "requirements.txt" and modal_app.LOCAL_SOURCES == ("runner",)
     assert modal_app.PYTHON_VERSION == "3.11"
-
-    added = {str(remote) for entry in source._entries for _, remote in entry.get_files_to_upload()}
-    assert {"/root/runner/backends/modal_app.py", "/root/runner/cli.py", "/root/runner/launch.py",
-            "/root/runner/worker.py", "/root/runner/train.py"} <= added
-    assert all(path.startswith("/root/runner/") and path.endswith(".py") for path in added)
+    image = describe_image()
+    assert "images/requirements.txt" in image and "torch 2." in image and "local source of: runner" in image
 
 
 def test_requirements_file_is_a_fresh_export_of_uv_lock(tmp_path):
@@ -124,8 +115,10 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
     assert rows["timeout"].startswith("1800 s per attempt")
     assert rows["retries"].startswith("3")
     assert "gpujob-runs at /runs" in rows["volume"]
+    run_name = rows["run folder"].split("/")[-1]
+    assert re.fullmatch(r"test-job-\d{8}-\d{6}", run_name)
     assert rows["call"] == ("app 'gpujob': train_remote.with_options(gpu='A10G:2', timeout=1800, retries=3)"
-                            ".spawn(<spec yaml>, 'test-job-DATE-TIME')")
+                            f".spawn(<spec yaml>, '{run_name}')")
     from runner.gpus import PRICES_READ_ON
 
     assert rows["cost"].startswith("$2.20/h for A10G:2") and f"read {PRICES_READ_ON}" in rows["cost"]
@@ -152,7 +145,7 @@ def test_what_modal_cannot_run_is_exit_2_before_anything_starts(modal_spec, tmp_
 
 
 def test_the_shipped_function_trains_into_the_volume_and_a_rerun_resumes_nothing(modal_spec, volume):
-    request = modal_request(load_spec(modal_spec()))
+    request = modal_request(load_spec(modal_spec()), "tiny-1")
     assert request.function().local(request.spec_yaml, "tiny-1") == {"exit_code": 0, "message": ""}
     run = volume / "tiny-1"
     assert all((run / name).is_file() for name in ARTIFACTS)
@@ -165,7 +158,7 @@ def test_the_shipped_function_trains_into_the_volume_and_a_rerun_resumes_nothing
 
 
 def test_two_gpus_start_two_ddp_workers_through_the_launcher(modal_spec, volume):
-    request = modal_request(load_spec(modal_spec(gpu="A10G:2", processes=2)))
+    request = modal_request(load_spec(modal_spec(gpu="A10G:2", processes=2)), "ddp-1")
     assert request.world_size == 2
     assert request.function().local(request.spec_yaml, "ddp-1")["exit_code"] == 0
     summary = json.loads((volume / "ddp-1" / "summary.json").read_text())
@@ -176,15 +169,15 @@ def test_two_gpus_start_two_ddp_workers_through_the_launcher(modal_spec, volume)
 def test_a_job_error_is_returned_not_raised_so_modal_does_not_retry_it(modal_spec, volume):
     spec = load_spec(modal_spec(optimizer={"name": "sgd", "lr": 1e12},
                                 train={"epochs": 2, "log_every_steps": 1, "checkpoint_every_minutes": 0}))
-    result = modal_request(spec).function().local(spec.to_yaml(), "nan-1")
+    result = modal_request(spec, "nan-1").function().local(spec.to_yaml(), "nan-1")
     assert result["exit_code"] == 1 and "nan" in result["message"].lower()
 
 
 DRIVER = """
 import sys
-from runner.backends.modal import modal_request
+from runner.backends.modal.backend import modal_request
 from runner.spec import load_spec  # noqa: E402
-request = modal_request(load_spec(sys.argv[1]))
+request = modal_request(load_spec(sys.argv[1]), sys.argv[2])
 print(request.function().local(request.spec_yaml, sys.argv[2]), flush=True)
 """
 
@@ -204,7 +197,7 @@ def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes
     assert list((volume / "long-1" / "checkpoints").glob("step-*.pt"))
     assert not (volume / "long-1" / "summary.json").exists()
 
-    restarted = modal_request(load_spec(spec)).function().local(load_spec(spec).to_yaml(), "long-1")
+    restarted = modal_request(load_spec(spec), "long-1").function().local(load_spec(spec).to_yaml(), "long-1")
     assert restarted["exit_code"] == 0
     assert json.loads((volume / "long-1" / "summary.json").read_text())["resumed"] == 1
 
@@ -212,121 +205,99 @@ def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes
 # ---- the client's flow, against Modal's servers stood in for by this machine ---------
 
 
-class FolderVolume:
-    """modal.Volume's iterdir() and read_file() over a local folder."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def iterdir(self, path: str, recursive: bool = True):
-        from modal.volume import FileEntry, FileEntryType
-
-        base = self.root / path.lstrip("/")
-        if not base.exists():
-            raise FileNotFoundError(path)
-        for p in sorted(base.rglob("*")):
-            kind = FileEntryType.DIRECTORY if p.is_dir() else FileEntryType.FILE
-            yield FileEntry(path=str(p.relative_to(self.root)), type=kind, mtime=0, size=p.stat().st_size)
-
-    def read_file(self, path: str):
-        data = (self.root / path).read_bytes()
-        for start in range(0, len(data), 4096):
-            yield data[start:start + 4096]
-
-
-class LocalModal:
-    """ModalService's methods over this machine: a call runs the shipped function with .local()
-    against the volume folder. `later=True` keeps detached calls pending until finish()."""
-
-    def __init__(self, volume: Path, later: bool = False, interrupt: bool = False):
-        self.volume, self.later, self.interrupt = volume, later, interrupt
-        self.results: dict[str, dict] = {}
-        self.pending: dict[str, tuple] = {}
-
-    def run_names(self) -> set[str]:
-        return {p.name for p in self.volume.iterdir()} if self.volume.exists() else set()
-
-    def start(self, request, run_name, detach, spawned):
-        call_id = f"fc-local-{len(self.results) + len(self.pending) + 1}"
-        spawned(call_id)
-        if self.interrupt:
-            raise KeyboardInterrupt
-        if detach and self.later:
-            self.pending[call_id] = (request, run_name)
-            return None
-        self.results[call_id] = request.function().local(request.spec_yaml, run_name)
-        return None if detach else outcome(self.results[call_id])
-
-    def finish(self):
-        for call_id, (request, run_name) in self.pending.items():
-            self.results[call_id] = request.function().local(request.spec_yaml, run_name)
-        self.pending.clear()
-
-    def poll(self, call_id):
-        return CallState("running") if call_id in self.pending else outcome(self.results[call_id])
-
-    def download(self, run_name, dest):
-        try:
-            return copy_run_folder(FolderVolume(self.volume), run_name, dest)
-        except FileNotFoundError:
-            return []
-
-
 @pytest.fixture
-def local_modal(volume, monkeypatch):
-    def use(**options) -> LocalModal:
-        service = LocalModal(volume, **options)
+def container_modal(volume, tmp_path, monkeypatch):
+    def use(**options) -> ContainerModal:
+        service = ContainerModal(volume, tmp_path / "modal-calls", **options)
         monkeypatch.setattr(modal_backend.BACKEND, "connect", lambda: service)
         return service
 
-    return use
+    yield use
 
 
-def test_submit_brings_the_run_folder_back_into_runs(modal_spec, local_modal, tmp_path):
-    local_modal()
+def test_submit_brings_the_run_folder_back_into_runs(modal_spec, container_modal, tmp_path):
+    container_modal()
     result = cli("submit", modal_spec(), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.stderr
     run = result.run_dir
     assert run.parent == tmp_path / "runs" and run.name.startswith("test-job-")
     assert all((run / name).is_file() for name in ARTIFACTS)
     assert list((run / "checkpoints").glob("step-*.pt"))
-    assert "done: test_accuracy" in result.stdout
-    record = json.loads((run / RECORD).read_text())
-    assert record["call_id"] == "fc-local-1" and record["volume"] == "gpujob-runs" and record["gpu"] == "A10G:1"
-    assert not any("token" in key for key in record)
+    assert "done: test_accuracy" in result.stdout and "training on cpu" in result.stdout  # its logs, streamed
+    record = json.loads((run / "submission.json").read_text())
+    assert record["backend"] == "modal" and record["handles"]["modal_call_id"] == "fc-test-1"
+    assert record["handles"]["modal_volume"] == "gpujob-runs" and record["asks"]["gpu"] == "A10G:1"
+    assert not any("token" in key for key in record["handles"])
     assert read_jsonl(run / "metrics.jsonl") == read_jsonl(tmp_path / "volume" / run.name / "metrics.jsonl")
     cost, summary = (json.loads((run / name).read_text()) for name in ("cost.json", "summary.json"))
     assert cost["price_per_hour_usd"] == 1.10 and cost["billed_s"] == round(summary["wall_s"], 1)
     assert cost["estimated_usd"] == round(1.10 * summary["wall_s"] / 3600, 4)
 
 
-def test_detach_then_status_then_fetch(modal_spec, local_modal, tmp_path):
-    service = local_modal(later=True)
+def test_detach_status_logs_cancel_resume_and_runs(modal_spec, container_modal, tmp_path):
+    service = container_modal()
     runs = tmp_path / "runs"
-    submitted = cli("submit", modal_spec(), "--detach", "--runs-dir", runs)
+    spec = modal_spec(train={"epochs": 400, "log_every_steps": 5, "checkpoint_every_minutes": 10})
+    submitted = cli("submit", spec, "--detach", "--runs-dir", runs)
     assert submitted.exit_code == 0, submitted.stderr
-    assert "call fc-local-1" in submitted.stdout
     run = submitted.run_dir
-    assert sorted(p.name for p in run.iterdir()) == [RECORD]
+    assert "submitted" in submitted.stdout and f"gpujob cancel {run}" in submitted.stdout
+    assert sorted(p.name for p in run.iterdir()) == ["job", "submission.json"]
 
-    assert cli("status", run.name, "--runs-dir", runs).stdout.strip() == f"{run.name}: running on Modal"
+    wait_for(lambda: len(read_jsonl_if(tmp_path / "volume" / run.name / "metrics.jsonl")) >= 3, "the job's steps")
+    assert cli("status", run.name, "--runs-dir", runs).stdout.strip() == f"{run.name}: running: on Modal (call fc-test-1)"
+    shown = cli("logs", run)
+    assert shown.exit_code == 0 and "training on cpu" in shown.stdout and "step 5/" in shown.stdout
     early = cli("fetch", run)
     assert early.exit_code == 2 and "still running" in early.stderr
+    assert cli("resume", run).exit_code == 2  # a live run is never started twice
 
-    service.finish()
-    assert cli("status", run).stdout.strip() == f"{run.name}: finished"
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    assert service.cancels == ["fc-test-1"]  # FunctionCall.cancel, which Modal delivers as SIGUSR1
+    status = cli("status", run).stdout
+    assert status.startswith(f"{run.name}: cancelled") and "gpujob resume" in status
+    remote = tmp_path / "volume" / run.name
+    assert list((remote / "checkpoints").glob("step-*.pt")) and not (remote / "summary.json").exists()
+    assert cli("runs", "--runs-dir", runs).stdout.splitlines()[1].split()[:3] == [run.name, "modal", "cancelled"]
+
     fetched = cli("fetch", run)
-    assert fetched.exit_code == 0, fetched.stderr
-    assert fetched.run_dir == run and all((run / name).is_file() for name in ARTIFACTS)
+    assert fetched.exit_code == 0 and list((run / "checkpoints").glob("step-*.pt"))
+    steps_before = len(read_jsonl(run / "metrics.jsonl"))
 
-    (run / "summary.json").write_text("{\"kept\": true}")  # a local file is never overwritten
-    again = cli("fetch", run)
-    assert "copied 0 file(s)" in again.stderr
-    assert json.loads((run / "summary.json").read_text()) == {"kept": True}
+    # The same call again, under the same name: it continues from the volume's checkpoint.
+    resumed = cli("resume", run, "--detach")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads((run / "submission.json").read_text())["handles"]["modal_call_id"] == "fc-test-2"
+    wait_for(lambda: len(read_jsonl_if(remote / "metrics.jsonl")) > steps_before, "the resumed job's steps")
+    assert cli("status", run).stdout.strip() == f"{run.name}: running: on Modal (call fc-test-2)"
+    assert cli("cancel", run).exit_code == 0
+    record = json.loads((run / "submission.json").read_text())
+    assert [e["event"] for e in record["events"]] == ["submitted", "cancel asked", "resumed", "cancel asked"]
+    assert cli("fetch", run).exit_code == 0
+    assert len(read_jsonl(run / "metrics.jsonl")) > steps_before  # fetch brings the resumed call's steps
 
 
-def test_a_failed_remote_job_comes_back_with_its_error_and_folder(modal_spec, local_modal, tmp_path):
-    local_modal()
+def test_a_cancelled_job_resumes_to_the_end_with_every_step_once(modal_spec, container_modal, tmp_path):
+    service = container_modal()
+    runs = tmp_path / "runs"
+    spec = modal_spec(train={"epochs": 3, "max_steps": 60, "log_every_steps": 5, "checkpoint_every_minutes": 10})
+    run = cli("submit", spec, "--detach", "--runs-dir", runs).run_dir
+    wait_for(lambda: len(read_jsonl_if(tmp_path / "volume" / run.name / "metrics.jsonl")) >= 2, "the job's steps")
+    assert cli("cancel", run).exit_code == 0
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.run_dir == run and (run / "summary.json").exists()
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # every step logged once, to the end
+    assert json.loads((run / "summary.json").read_text())["resumed"] == 1
+    assert cli("status", run).stdout.startswith(f"{run.name}: finished")
+    assert cli("runs", "--runs-dir", runs, "--json").stdout.count('"finished"') == 1
+    assert service.cancels == ["fc-test-1"]
+
+
+def test_a_failed_remote_job_comes_back_with_its_error_and_folder(modal_spec, container_modal, tmp_path):
+    container_modal()
     spec = modal_spec(optimizer={"name": "sgd", "lr": 1e12},
                       train={"epochs": 2, "log_every_steps": 1, "checkpoint_every_minutes": 0})
     result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
@@ -334,25 +305,37 @@ def test_a_failed_remote_job_comes_back_with_its_error_and_folder(modal_spec, lo
     assert "nan" in result.stderr.lower() and "run folder: " in result.stderr
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "metrics.jsonl").exists() and not (run / "summary.json").exists()
+    assert cli("status", run).stdout.startswith(f"{run.name}: failed")
 
 
-def test_ctrl_c_stops_the_remote_job_and_says_how_to_get_its_folder(modal_spec, local_modal, tmp_path):
-    local_modal(interrupt=True)
-    result = cli("submit", modal_spec(), "--runs-dir", tmp_path / "runs")
+def test_ctrl_c_cancels_the_remote_call_which_checkpoints(modal_spec, container_modal, tmp_path):
+    service = container_modal(interrupt_after=6)
+    spec = modal_spec(train={"epochs": 400, "log_every_steps": 5, "checkpoint_every_minutes": 10})
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 130
     assert "the remote job was stopped" in result.stderr and "gpujob fetch" in result.stderr
+    assert service.cancels == ["fc-test-1"]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert list((tmp_path / "volume" / run.name / "checkpoints").glob("step-*.pt"))  # SIGUSR1 became a checkpoint
 
 
-def test_detach_is_only_for_backends_that_can(modal_spec, tmp_path):
-    result = cli("submit", modal_spec(), "--backend", "local", "--detach", "--runs-dir", tmp_path / "runs")
-    assert result.exit_code == 2 and "--detach" in result.stderr
-
-
-def test_status_of_a_folder_that_is_not_a_modal_run_is_exit_2(tmp_path):
+def test_status_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
     (tmp_path / "plain").mkdir()
     result = cli("status", tmp_path / "plain")
-    assert result.exit_code == 2 and RECORD in result.stderr
+    assert result.exit_code == 2 and "submission.json" in result.stderr
     assert cli("fetch", "nowhere", "--runs-dir", tmp_path).exit_code == 2
+
+
+def test_a_folder_from_before_the_record_is_read_through_its_modal_json(tmp_path, container_modal, modal_spec):
+    container_modal()
+    old = tmp_path / "runs" / "old-20250101-000000"
+    old.mkdir(parents=True)
+    (old / ".modal.json").write_text(json.dumps({"backend": "modal", "call_id": "fc-old", "app": "gpujob",
+                                                  "volume": "gpujob-runs", "gpu": "T4:1", "world_size": 1}))
+    from runner.run_record import read
+
+    record = read(old)
+    assert record.backend == "modal" and record.handles["modal_call_id"] == "fc-old" and record.asks["gpu"] == "T4:1"
 
 
 # ---- credentials, the package, the network --------------------------------------------

@@ -106,7 +106,7 @@ def test_a_kill_while_the_run_folder_is_being_started_resumes_to_a_whole_folder(
 
     def write_or_die(path, chunks):
         if path.name == killed_in:  # die after the temp file is made, before it is renamed
-            real_write(path.with_name(f".{path.name}.cut.tmp"), chunks)
+            real_write(path.with_name(f".{path.name}.cut_0001.tmp"), chunks)  # mkstemp's shape
             raise Killed
         return real_write(path, chunks)
 

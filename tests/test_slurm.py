@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from runner.backends.slurm import sbatch_script
+from runner.backends.slurm.script import sbatch_script
 from runner.checkpoint import CheckpointStore
 from runner.spec import load_spec
-from tests.conftest import REPO, cli, cli_subprocess, read_jsonl
+from tests.conftest import REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +138,7 @@ def test_a_refused_request_names_the_field_and_leaves_nothing(fashion_spec, tmp_
                  "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 2
     assert result.stderr.startswith("gpujob: slurm.partition: sbatch refused the job")
-    assert list((tmp_path / "runs").iterdir()) == []
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_failing_rank_fails_the_slurm_job_with_its_error(write_spec, tmp_path, slurm_cluster):
@@ -208,3 +208,52 @@ def test_a_runs_dir_the_nodes_do_not_share_is_named_in_the_error(write_spec, tmp
     result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 1
     assert "must be on a file system the compute nodes share" in result.stderr
+
+
+def test_the_batch_script_sent_is_the_recorded_one(write_spec):
+    """Golden file: a change to what is sent to SLURM shows in review."""
+    spec = load_spec(write_spec(resources={"gpu": "A100:4", "nodes": 2, "timeout_minutes": 90},
+                                slurm={"partition": "gpu", "account": "lab", "gres_type": "a100", "mem": "64G",
+                                       "cpus_per_task": 8, "setup": ["module load cuda"]}))
+    script = sbatch_script(spec, Path("/shared/runs/golden-20260101-000000"), "/opt/venv/bin/python",
+                           Path("/shared/project"))
+    assert_golden("slurm_job.sbatch", script)
+
+
+# ---- the lifecycle -------------------------------------------------------------------
+
+
+def test_detach_status_logs_cancel_and_resume_on_slurm(write_spec, tmp_path, slurm_cluster):
+    runs = tmp_path / "runs"
+    spec = write_spec(name="lifecycle", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                      optimizer={"name": "sgd", "lr": 0.05}, resources={"processes": 2},
+                      train={"epochs": 40, "max_steps": 600, "log_every_steps": 10})
+    submitted = cli("submit", spec, "--backend", "slurm", "--detach", "--runs-dir", runs)
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir.resolve()
+    job_id = json.loads((run / "submission.json").read_text())["handles"]["slurm_job_id"]
+    assert f"submitted SLURM job {job_id}" in submitted.stderr
+    wait_for(lambda: len(read_jsonl_if(run / "metrics.jsonl")) >= 3, "the SLURM job's steps")
+    assert cli("status", run).stdout.startswith(f"{run.name}: running: SLURM job {job_id}")
+    logs = cli("logs", run).stdout
+    assert "step 10/600" in logs and "training on cpu x2" in logs
+    refused = cli("resume", run)
+    assert refused.exit_code == 2 and "is still running" in refused.stderr  # never a second copy of a live job
+
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0 and f"SLURM job {job_id}" in cancelled.stdout, cancelled.stderr
+    assert CheckpointStore(run).paths(), "the workers checkpointed before the job was cancelled"
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
+    kept = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "step"]
+
+    resumed = cli("resume", run, "--detach")
+    assert resumed.exit_code == 0, resumed.stderr
+    new_id = json.loads((run / "submission.json").read_text())["handles"]["slurm_job_id"]
+    assert new_id != job_id
+    followed = cli_subprocess("logs", run, "--follow", timeout=600)
+    assert followed.returncode == 0 and "step 600/600" in followed.stdout
+    assert cli("status", run).stdout.startswith(f"{run.name}: finished")
+    steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[: len(kept)] == kept and steps[-1] == 600
+    listed = json.loads(cli("runs", "--runs-dir", runs, "--json").stdout)
+    assert [(r["backend"], r["state"]) for r in listed] == [("slurm", "finished")]

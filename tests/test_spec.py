@@ -14,7 +14,7 @@ def test_a_short_spec_gets_defaults(write_spec):
     assert spec.model.name == "mlp"
     assert spec.data.dataset == "digits"
     assert spec.train.precision == "fp32"
-    assert spec.backend == "local"
+    assert spec.backend == "auto"
     assert spec.resources.gpu is None
 
 

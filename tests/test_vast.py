@@ -11,12 +11,12 @@ import sys
 
 import pytest
 
-from runner.backends import vast as vast_backend
-from runner.backends.vast import EXIT_MARK, START_MARK, VastBackend, exit_code, instance_request, new_lines
+from runner.backends.vast import backend as vast_backend
+from runner.backends.vast.backend import EXIT_MARK, START_MARK, VastBackend, exit_code, instance_request, new_lines
 from runner.errors import GpujobError, job_failed, missing_backend
 from runner.spec import load_spec
-from runner.vast_api import NO_API_KEY, find_api_key
-from runner.vast_offers import bid_price, choose_offer, offer_query
+from runner.backends.vast.api import NO_API_KEY, find_api_key
+from runner.backends.vast.offers import bid_price, choose_offer, offer_query
 from tests.conftest import REPO, cli
 
 IMAGE = "docker.io/alice/gpujob:1"
@@ -80,8 +80,9 @@ class FakeVast:
         self.calls.append(("logs", instance_id))
         return "\n".join(self.timeline[self.tick][1])
 
-    def copy_back(self, instance_id, remote_dir, local_dir):
+    def copy_back(self, instance_id, remote_dir, local_dir, exclude=()):
         self.calls.append(("copy", instance_id, remote_dir, str(local_dir)))
+        assert "submission.json" in exclude  # this side's record is never replaced by the instance's
         self._maybe_fail("copy")
         for name, text in self.run_files.items():
             (local_dir / name).write_text(text)
@@ -113,9 +114,17 @@ def backend_with(fake):
 
 
 def run_with(fake, spec_path, tmp_path):
+    """What `gpujob submit` does: plan, make the run folder (its record first), submit attached."""
+    from runner.backends import Run
+    from runner.run_folder import RunFolder
+    from runner.run_record import new_submission
+
     backend = backend_with(fake)
-    plan = backend.plan(load_spec(spec_path), spec_path, tmp_path / "runs")
-    return backend.run(plan)
+    spec = load_spec(spec_path)
+    plan = backend.plan(spec, spec_path, tmp_path / "runs", RunFolder.free_name(tmp_path / "runs", spec.name))
+    folder = RunFolder.start(plan.folder, new_submission("vast", plan.run_name, spec, spec_path))
+    backend.submit(plan, Run(folder.path, new_submission("vast", plan.run_name)), detach=False)
+    return folder.path
 
 
 def started(*lines, code=None):
@@ -248,7 +257,9 @@ def test_an_instance_that_never_starts_is_destroyed_without_copying(vast_spec, t
         run_with(fake, vast_spec(startup_minutes=2), tmp_path)
     assert err.value.exit_code == 1 and "did not start within vast.startup_minutes (2 min)" in err.value.message
     assert "copy" not in fake.names() and fake.names()[-1] == "destroy"
-    assert not list((tmp_path / "runs").iterdir())  # no empty run folder left behind
+    (run,) = (tmp_path / "runs").iterdir()  # what the rental cost is kept, though nothing ran
+    assert json.loads((run / "cost.json").read_text())["billed_s"] == 130.0
+    assert json.loads((run / "submission.json").read_text())["handles"]["destroyed"] is True
 
 
 def test_a_job_past_its_timeout_is_stopped_and_destroyed(vast_spec, tmp_path):
@@ -398,7 +409,7 @@ class StubSdk:
 
 
 def test_vast_api_reads_the_sdks_replies(tmp_path):
-    from runner.vast_api import VastApi
+    from runner.backends.vast.api import VastApi
 
     api = VastApi(StubSdk(create_instance={"success": True, "new_contract": 7835610},
                           logs={"success": False, "msg": "not ready"}, show_instance=None,
@@ -414,7 +425,7 @@ def test_vast_api_reads_the_sdks_replies(tmp_path):
 def test_vast_api_turns_http_errors_into_one_line(monkeypatch):
     import requests
 
-    from runner.vast_api import VastApi
+    from runner.backends.vast.api import VastApi
 
     def refuse(*args, **kwargs):
         response = requests.Response()
@@ -427,14 +438,86 @@ def test_vast_api_turns_http_errors_into_one_line(monkeypatch):
 
 
 def test_copying_back_needs_rsync_ssh_and_an_account_ssh_key(tmp_path, monkeypatch):
-    from runner.vast_api import VastApi
+    from runner.backends.vast.api import VastApi
 
-    monkeypatch.setattr("runner.vast_api.shutil.which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr("runner.backends.vast.api.shutil.which", lambda tool: f"/usr/bin/{tool}")
     with pytest.raises(GpujobError) as err:
         VastApi(StubSdk(show_ssh_keys=[])).check_can_copy()
     assert err.value.exit_code == 3 and "vastai create ssh-key" in err.value.message
     VastApi(StubSdk(show_ssh_keys=[{"id": 1, "public_key": "ssh-ed25519 AAAA"}])).check_can_copy()
-    monkeypatch.setattr("runner.vast_api.shutil.which", lambda tool: None if tool == "rsync" else f"/usr/bin/{tool}")
+    monkeypatch.setattr("runner.backends.vast.api.shutil.which", lambda tool: None if tool == "rsync" else f"/usr/bin/{tool}")
     with pytest.raises(GpujobError) as err:
         VastApi(StubSdk(show_ssh_keys=[{"id": 1}])).check_can_copy()
     assert "needs rsync" in err.value.message
+
+
+# ---- the lifecycle, with the image's start script as the instance ------------------------
+
+
+@pytest.fixture
+def local_vast(tmp_path, monkeypatch):
+    from tests.vast_standin import LocalVast
+
+    fake = LocalVast(tmp_path / "vast", GOOD)
+    monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: fake)
+    monkeypatch.setattr(vast_backend.BACKEND, "poll_s", 0.2)
+    yield fake
+    for instance_id, inst in fake.instances.items():
+        if not inst["destroyed"]:
+            fake.destroy_instance(instance_id)
+
+
+def _digits_vast(vast_spec_path):
+    text = vast_spec_path.read_text() + ("model: {name: cnn}\ndata: {dataset: digits, batch_size: 32}\n"
+                                         "train: {epochs: 3, log_every_steps: 5, checkpoint_every_minutes: 10}\n")
+    vast_spec_path.write_text(text)
+    return vast_spec_path
+
+
+def test_detach_status_logs_cancel_then_resume_on_a_new_instance(vast_spec, local_vast, tmp_path):
+    from tests.conftest import read_jsonl, wait_for
+
+    runs = tmp_path / "runs"
+    spec = _digits_vast(vast_spec(gpu="A10G:2"))
+    submitted = cli("submit", spec, "--detach", "--runs-dir", runs)
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir
+    assert "bills until the job ends" in submitted.stdout and f"gpujob cancel {run}" in submitted.stdout
+    handles = json.loads((run / "submission.json").read_text())["handles"]
+    assert handles["vast_instance_id"] == 101 and handles["vast_label"] == f"gpujob {run.name}"
+    assert "destroy" not in local_vast.names()  # detached: the instance keeps running
+
+    wait_for(lambda: "step 10/" in local_vast.logs(101), "the job's steps on the instance")
+    assert cli("status", run).stdout.startswith(f"{run.name}: running: on instance 101")
+    assert "step 5/" in cli("logs", run).stdout
+
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0 and "instance 101 destroyed" in cancelled.stdout, cancelled.stderr
+    names = local_vast.names()
+    assert names.index("stop") < names.index("copy") < names.index("destroy")  # checkpoint, bring back, destroy
+    assert "gpujob-vast: exit 143" in (run / "vast.log").read_text()  # it checkpointed on SIGTERM, then exited
+    assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
+    assert json.loads((run / "cost.json").read_text())["billed_s"] > 0
+
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert ("upload", 102, f"/workspace/runs/{run.name}") in local_vast.calls  # the checkpoint went with it
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] == 1 and summary["epochs"] == 3
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # every step logged once
+    assert local_vast.instances[102]["destroyed"] and cli("status", run).stdout.startswith(f"{run.name}: finished")
+    assert json.loads((run / "submission.json").read_text())["backend"] == "vast"
+    listed = json.loads(cli("runs", "--runs-dir", runs, "--json").stdout)
+    assert [(r["run"], r["backend"], r["state"]) for r in listed] == [(run.name, "vast", "finished")]
+
+
+def test_an_attached_run_of_the_start_script_comes_back_whole(vast_spec, local_vast, tmp_path):
+    spec = _digits_vast(vast_spec(gpu="A10G:2"))
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    run = result.run_dir
+    assert all((run / name).is_file() for name in ("summary.json", "metrics.jsonl", "model.pt", "vast.log", "cost.json"))
+    record = json.loads((run / "submission.json").read_text())
+    assert record["backend"] == "vast" and record["handles"]["destroyed"] is True  # this side's record kept

@@ -1,10 +1,17 @@
-"""Backends: where a job runs. Each is a module here exposing `BACKEND`, an object with
+"""Backends: where a job runs, behind one interface (TorchX's Scheduler and submitit's Job are
+the models). Each backend is a module or package here whose `BACKEND` has
 
-    plan(spec, spec_path, runs_dir) -> Plan   # pure: what would be done; --dry-run prints it
-    run(plan) -> Path                         # does it, and brings the run folder back
+    plan(spec, spec_path, runs_dir, run_name) -> Plan  # pure: the exact request; --dry-run prints it
+    submit(plan, run, detach)     # sends plan.request, records its handles; attached, follows it to the end
+    status(run) -> RunState       # pending | running | finished | failed | cancelled | preempted
+    logs(run, follow) -> lines    # the job's output so far (and as it comes, with follow)
+    cancel(run) -> str            # stop it, letting it checkpoint first where the backend can
+    fetch(run) -> str             # bring the run folder here
+    resume(run, detach)           # submit it again: it continues from its last checkpoint
 
-and each ends up running the same worker (`gpujob run`) on the same spec. Modules are
-imported only when their backend is used, so `gpujob --help` stays instant and a
+and each ends up running the same worker (`gpujob run`) on the same spec. A `run` is a run
+folder with its submission record (runner/run_record.py), which holds the backend's handles.
+Modules are imported only when their backend is used, so `gpujob --help` stays instant and a
 missing SDK only matters to the backend that needs it.
 """
 
@@ -13,14 +20,22 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol
 
-from runner.errors import missing_backend
+from runner.errors import bad_input
 
 if TYPE_CHECKING:
+    from runner.run_record import Submission
     from runner.spec import JobSpec
 
-AVAILABLE = ("local", "modal", "docker", "vast", "slurm")
+# The one list of backend names: the spec's `backend` field, --backend and the registry read it.
+NAMES = ("local", "modal", "docker", "vast", "slurm")
+AUTO = "auto"
+
+# One vocabulary of states for every backend.
+PENDING, RUNNING, FINISHED, FAILED, CANCELLED, PREEMPTED = (
+    "pending", "running", "finished", "failed", "cancelled", "preempted")
+LIVE = (PENDING, RUNNING)
 
 
 @dataclass
@@ -29,25 +44,68 @@ class Plan:
     spec: "JobSpec"
     spec_path: Path
     runs_dir: Path
+    run_name: str
     world_size: int
-    details: dict[str, object] = field(default_factory=dict)  # backend-specific, printed by --dry-run
+    request: object = None  # the backend's exact request: what submit sends, nothing rebuilt
+    rows: list[tuple[str, str]] = field(default_factory=list)  # the request, as --dry-run prints it
+    notes: list[str] = field(default_factory=list)  # said before the job starts
+
+    @property
+    def folder(self) -> Path:
+        return self.runs_dir / self.run_name
 
     def describe(self) -> list[tuple[str, str]]:
         gpu = self.spec.resources.gpu or "none (cpu)"
-        rows = [("backend", self.backend), ("gpu", gpu), ("world size", str(self.world_size))]
-        return rows + [(key, str(value)) for key, value in self.details.items()]
+        rows = [("backend", self.backend), ("gpu", gpu), ("world size", str(self.world_size)),
+                ("run folder", str(self.folder))]
+        return rows + self.rows + [("note", note) for note in self.notes]
+
+
+@dataclass
+class RunState:
+    state: str
+    detail: str = ""  # one line: where it runs, why it ended
+    exit_code: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def describe(self) -> str:
+        return f"{self.state}" + (f": {self.detail}" if self.detail else "")
+
+
+@dataclass
+class Run:
+    """A run folder and its submission record: what every lifecycle command hands a backend."""
+
+    folder: Path
+    record: "Submission"
+
+    @property
+    def handles(self) -> dict:
+        return self.record.handles
 
 
 class Backend(Protocol):
-    name: str
+    name: ClassVar[str]
 
-    def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path) -> Plan: ...
+    def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path, run_name: str) -> Plan: ...
 
-    def run(self, plan: Plan) -> Path: ...
+    def submit(self, plan: Plan, run: Run, detach: bool) -> None: ...
+
+    def status(self, run: Run) -> RunState: ...
+
+    def logs(self, run: Run, follow: bool) -> Iterator[str]: ...
+
+    def cancel(self, run: Run) -> str: ...
+
+    def fetch(self, run: Run) -> str: ...
+
+    def resume(self, run: Run, detach: bool) -> None: ...
 
 
 def get_backend(name: str) -> Backend:
-    if name not in AVAILABLE:
-        raise missing_backend(f"backend '{name}' is not available yet in this version of gpujob; "
-                              f"available: {', '.join(AVAILABLE)}")
+    if name not in NAMES:
+        raise bad_input(f"--backend: '{name}' is not a backend; pick one of {AUTO}, {', '.join(NAMES)}")
     return importlib.import_module(f"runner.backends.{name}").BACKEND

@@ -70,7 +70,7 @@ def test_a_detached_job_is_followed_and_fetched_later(write_spec, tmp_path):
             break
         assert time.monotonic() < deadline, "still running after 30 minutes"
         time.sleep(15)
-    assert status.stdout.strip().endswith(": finished"), status.stdout
+    assert f"{run.name}: finished" in status.stdout, status.stdout
     fetched = cli_subprocess("fetch", run, timeout=600)
     assert fetched.returncode == 0, fetched.stderr
     _check_run(run)

@@ -26,7 +26,7 @@ pytestmark = [
 
 @pytest.mark.timeout(3600)
 def test_a_job_runs_on_a_rented_instance_and_comes_back(write_spec, tmp_path):
-    from runner.vast_api import VastApi
+    from runner.backends.vast.api import VastApi
 
     spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
                       optimizer={"name": "adam", "lr": 0.01}, train={"epochs": 2, "log_every_steps": 5},

@@ -14,13 +14,14 @@ import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
 from runner.stop_signals import INTERRUPTED
 
 NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
               "(or `pip install 'gpujob[modal]'`)")
+LOG_TAIL = 1000  # lines `gpujob logs` shows of a call without --follow
 NO_CREDENTIALS = "modal: no credentials; run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)"
 
 
@@ -118,7 +119,7 @@ class ModalService:
         self.modal = import_modal()
 
     def _volume(self):
-        from runner.backends.modal_app import VOLUME_NAME
+        from runner.backends.modal.app import VOLUME_NAME
 
         return self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 
@@ -129,7 +130,7 @@ class ModalService:
     def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None]) -> CallState | None:
         """Spawn the job on an ephemeral app, streaming its logs here. Detached: return once it
         has started (the app outlives this process). Else wait for it; Ctrl-C cancels it."""
-        from runner.backends.modal_app import app
+        from runner.backends.modal.app import app
 
         interrupted = False
         with self.modal.enable_output(), app.run(detach=detach):
@@ -150,6 +151,22 @@ class ModalService:
     def poll(self, call_id: str) -> CallState:
         return self._wait(self.modal.FunctionCall.from_id(call_id), timeout=0)
 
+    def cancel(self, call_id: str) -> None:
+        """Cancel the call without killing its container: Modal sends the function SIGUSR1, which
+        train_remote turns into a checkpoint and a clean return (runner/backends/modal/app.py)."""
+        self.modal.FunctionCall.from_id(call_id).cancel(terminate_containers=False)
+
+    def logs(self, call_id: str, follow: bool) -> Iterator[str]:
+        """The call's output lines: the latest ones, and with `follow` the rest as they come."""
+        call = self.modal.FunctionCall.from_id(call_id)
+        entries = call.logs.stream() if follow else call.logs.tail(LOG_TAIL)
+        partial = ""
+        for entry in entries:
+            *lines, partial = (partial + entry.message).split("\n")
+            yield from lines
+        if partial:
+            yield partial
+
     def _wait(self, call, timeout: float | None) -> CallState:
         import modal.exception
 
@@ -169,6 +186,7 @@ class ModalService:
             return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {_first_line(err)}")
 
     def download(self, run_name: str, dest: Path) -> list[Path]:
+        """Bring the volume's copy of the run folder into `dest`: what is new or changed there."""
         import modal.exception
 
         try:
@@ -178,22 +196,24 @@ class ModalService:
 
 
 def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
-    """Copy VOLUME/run_name/** into dest, file by file, each written whole or not at all.
-    A file that is already in dest is left as it is: a local folder is never overwritten."""
+    """Copy VOLUME/run_name/** into dest, file by file, each written whole or not at all: the
+    files the job wrote that dest lacks or holds in another version (a resumed run's metrics,
+    its summary). Nothing in dest is deleted, and what only this side keeps (the submission
+    record, job/) is never touched."""
     from modal.volume import FileEntryType
 
-    from runner.run_folder import atomic_write_chunks, is_interrupted_write
+    from runner.run_folder import PRE_RUN, atomic_write_chunks, is_interrupted_write
 
     copied = []
     for entry in volume.iterdir(run_name, recursive=True):
         if entry.type != FileEntryType.FILE:
             continue
         relative = PurePosixPath(entry.path.lstrip("/")).relative_to(run_name)
-        if is_interrupted_write(relative):
-            continue  # a write in progress when the job stopped
+        if is_interrupted_write(relative) or relative.parts[0] in PRE_RUN:
+            continue  # a write in progress when the job stopped; the remote side's own bookkeeping
         target = dest.joinpath(*relative.parts)
-        if target.exists():
-            continue
+        if target.exists() and target.stat().st_size == entry.size and target.stat().st_mtime >= entry.mtime:
+            continue  # fetched before
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_chunks(target, volume.read_file(entry.path))  # checkpoints can be large
         copied.append(target)

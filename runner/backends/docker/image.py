@@ -15,7 +15,7 @@ from pathlib import Path
 from runner.errors import GpujobError, bad_input, job_failed, missing_backend
 
 DEFAULT_TAG = "gpujob:latest"
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 NO_ENGINE = ("docker: no Docker engine answers here; start Docker (sudo systemctl start docker) "
              "or make sure you may use it (the docker group), then try again")
 

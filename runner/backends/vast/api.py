@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.errors import GpujobError, job_failed, missing_backend
 
+RSYNC_TIMEOUT_S = 3600
 NO_API_KEY = "vast: no API key; run `vastai set api-key KEY` or set VAST_API_KEY"
 
 
@@ -112,21 +113,50 @@ class VastApi:
             text = self.sdk.logs(instance_id, tail=str(tail))
         return text if isinstance(text, str) else ""  # a dict is a "not ready" reply
 
-    def copy_back(self, instance_id: int, remote_dir: str, local_dir: Path) -> None:
-        """Fetch remote_dir's contents into local_dir, as `vastai copy` does."""
-        _require_copy_tools()
+    def copy_back(self, instance_id: int, remote_dir: str, local_dir: Path, exclude: tuple[str, ...] = ()) -> None:
+        """Fetch remote_dir's contents into local_dir, as `vastai copy` does; top-level names in
+        `exclude` are left alone on this side."""
         local_dir.mkdir(parents=True, exist_ok=True)
-        with _calling(f"opening a copy from instance {instance_id}"):
-            reply = self.sdk.copy(f"{instance_id}:{remote_dir.rstrip('/')}/", str(local_dir.resolve()))
-        if not reply.get("success"):
-            raise job_failed(f"vast: copying from instance {instance_id} was refused: {reply.get('msg', reply)}")
-        ssh = f"ssh -p {reply['src_port']} -o StrictHostKeyChecking=no -o BatchMode=yes"
+        reply = self._open_copy(instance_id, f"{instance_id}:{remote_dir.rstrip('/')}/", str(local_dir.resolve()))
         source = f"vastai_kaalia@{reply['src_addr']}::{instance_id}/{remote_dir.rstrip('/')}/"
-        out = subprocess.run(["rsync", "-arz", "-e", ssh, source, f"{local_dir.resolve()}/"],
-                             capture_output=True, text=True, timeout=3600)
+        self._rsync(instance_id, reply["src_port"], source, f"{local_dir.resolve()}/", exclude)
+
+    def copy_to(self, instance_id: int, local_path: Path, remote_path: str, exclude: tuple[str, ...] = ()) -> None:
+        """Send a local folder's contents (or one file) to remote_path on the instance."""
+        source = f"{Path(local_path).resolve()}/" if Path(local_path).is_dir() else str(Path(local_path).resolve())
+        remote = f"{remote_path.rstrip('/')}/" if Path(local_path).is_dir() else remote_path
+        reply = self._open_copy(instance_id, f"local:{source}", f"C.{instance_id}:{remote}")
+        target = f"vastai_kaalia@{reply['dst_addr']}::{instance_id}/{remote}"
+        self._rsync(instance_id, reply["dst_port"], source, target, exclude)
+
+    def _open_copy(self, instance_id: int, src: str, dst: str) -> dict:
+        _require_copy_tools()
+        with _calling(f"opening a copy with instance {instance_id}"):
+            reply = self.sdk.copy(src, dst)
+        if not isinstance(reply, dict) or not reply.get("success"):
+            message = reply.get("msg", reply) if isinstance(reply, dict) else reply
+            raise job_failed(f"vast: copying with instance {instance_id} was refused: {message}")
+        return reply
+
+    def _rsync(self, instance_id: int, port: int, source: str, target: str, exclude: tuple[str, ...]) -> None:
+        ssh = f"ssh -p {port} -o StrictHostKeyChecking=no -o BatchMode=yes"
+        skips = [f"--exclude=/{name}" for name in exclude]
+        try:
+            out = subprocess.run(["rsync", "-arz", *skips, "-e", ssh, source, target],
+                                 capture_output=True, text=True, timeout=RSYNC_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise job_failed(f"vast: rsync with instance {instance_id} took more than {RSYNC_TIMEOUT_S // 60} min "
+                             "and was stopped") from None
         if out.returncode != 0:
-            raise job_failed(f"vast: rsync from instance {instance_id} failed (exit {out.returncode}): "
+            raise job_failed(f"vast: rsync with instance {instance_id} failed (exit {out.returncode}): "
                              f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'no message'}")
+
+    def stop_instance(self, instance_id: int) -> None:
+        """Stop the container (SIGTERM, then SIGKILL after docker's grace): the job checkpoints."""
+        with _calling(f"stopping instance {instance_id}"):
+            reply = self.sdk.stop_instance(id=instance_id)
+        if isinstance(reply, dict) and reply.get("success") is False:
+            raise job_failed(f"vast: stopping instance {instance_id} was refused: {reply.get('msg', reply)}")
 
     def destroy_instance(self, instance_id: int) -> None:
         with _calling(f"destroying instance {instance_id}"):

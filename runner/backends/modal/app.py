@@ -15,7 +15,9 @@ The GPU, timeout and retries of one job come from its spec through `train_remote
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import modal
@@ -25,7 +27,7 @@ VOLUME_NAME = "gpujob-runs"
 VOLUME_MOUNT = "/runs"
 VOLUME_PATH_ENV = "GPUJOB_VOLUME_PATH"  # where train_remote finds the volume; tests point it at a folder
 PYTHON_VERSION = "3.11"  # the version uv.lock resolves images/requirements.txt for
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "images" / "requirements.txt"
+REQUIREMENTS = Path(__file__).resolve().parents[3] / "images" / "requirements.txt"
 LOCAL_SOURCES = ("runner",)
 TIMEOUT_GRACE_S = 600  # past resources.timeout_minutes: image pull, data download, the final save
 DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job sets its own
@@ -70,20 +72,51 @@ def run_job(spec_yaml: str, run_name: str) -> dict:
     if in_container:
         volume.reload()  # a restarted attempt must see the checkpoints the last one committed
         _workers_import_this_runner()
+    cancelled: list[bool] = []
+    previous = _cancel_becomes_a_stop(cancelled)
     try:
         with tempfile.TemporaryDirectory(prefix="gpujob-modal-") as scratch:
             spec_file = Path(scratch, "spec.yaml")
             spec_file.write_text(spec_yaml)
             spec = load_spec(spec_file)  # validated exactly as `gpujob run SPEC` would
         run_on_this_node(spec, Topology(workers_per_node(spec)), runs_root / run_name, runs_root, resume=True)
+    except _CancelledBeforeTraining:
+        return {"exit_code": INTERRUPTED, "message": "cancelled before training started"}
     except GpujobError as err:
         if err.exit_code in (PREEMPTED, INTERRUPTED):
+            if cancelled:  # `gpujob cancel`: checkpointed, and Modal does not retry a cancelled input
+                return {"exit_code": INTERRUPTED, "message": f"cancelled: {err.message}"}
             raise RuntimeError(f"{err.message} (Modal starts it again; it resumes from the checkpoint)") from None
         return {"exit_code": err.exit_code, "message": err.message}
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGUSR1, previous)
         if in_container:
             volume.commit()  # background commits may lag; the client reads the folder right after
     return {"exit_code": 0, "message": ""}
+
+
+class _CancelledBeforeTraining(Exception):
+    pass
+
+
+def _cancel_becomes_a_stop(cancelled: list):
+    """Modal cancels a running call (FunctionCall.cancel, what `gpujob cancel` sends) with SIGUSR1,
+    which its own handler turns into an exception wherever the function is: mid-step, with no
+    checkpoint. Here it becomes the stop that SIGTERM asks for (the training loop, or the launcher
+    and its workers, checkpoint and exit), or, before anything is trained, a quick way out.
+    Returns the handler it replaced (None off the main thread, where signals cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def on_cancel(signum, frame):
+        cancelled.append(True)
+        stop = signal.getsignal(signal.SIGTERM)
+        if not callable(stop):
+            raise _CancelledBeforeTraining()
+        stop(signal.SIGTERM, frame)
+
+    return signal.signal(signal.SIGUSR1, on_cancel)
 
 
 def _workers_import_this_runner() -> None:

@@ -1,0 +1,273 @@
+"""The docker backend: run the job in gpujob's image on this machine.
+
+The run folder is picked here, like a local run's, and the host's runs folder is mounted at
+/runs, so the artifacts land straight in it; the container runs as the host user, so they are
+the user's files. Inside, the same worker command as every backend:
+`gpujob run /job/spec.yaml --run-dir /runs/NAME --nproc-per-node auto --resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from runner import run_lock, run_record
+from runner.backends import PENDING, RUNNING, Plan, Run, RunState
+from runner.backends.detached import EXIT_CODE, OUTPUT, exit_code, start_detached, tail_lines
+from runner.backends.exit_codes import remote_exit_error
+from runner.errors import GpujobError, bad_input, job_failed
+from runner.run_folder import JOB_FILES
+from runner.spec import JobSpec
+from runner.stop_signals import INTERRUPTED
+
+# Datasets that read data.root: the host folder is mounted at /data for them.
+ROOT_DATASETS = ("fashion_mnist", "mnist", "cifar10")
+STOP_GRACE_S = 30  # what `docker stop` gives the job to checkpoint before SIGKILL
+TIMEOUT_GRACE_S = 120  # past resources.timeout_minutes: start-up, data download, the final save
+REQUEST_FILE = "docker-run.json"  # in job/: the request as sent, for `gpujob resume`
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    """Everything about one `docker run` except the run's name: what --dry-run shows."""
+
+    image: str
+    spec: JobSpec  # as the container sees it (data.root rewritten to the mount)
+    gpus: str | None  # docker's --gpus value; None runs on the CPU
+    mounts: list[tuple[Path, str, str]] = field(default_factory=list)  # host path, container path, ro|rw
+    env: dict[str, str] = field(default_factory=dict)
+    note: str | None = None
+
+
+def _uses_factory(spec: JobSpec) -> bool:
+    return ":" in spec.model.name or ":" in spec.data.dataset
+
+
+def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> ContainerRun:
+    if spec.resources.nodes > 1:
+        raise bad_input("resources.nodes: backend docker runs on this one machine; set nodes: 1")
+    request = spec.resources.gpu_request
+    wanted = spec.docker.gpus or (str(request.count) if request else "none")
+    gpus, note = (wanted if wanted != "none" else None), None
+    if gpus and not nvidia:
+        gpus, note = None, (f"NVIDIA's container runtime is not installed here: running on the CPU "
+                            f"({spec.resources.processes} worker(s), resources.processes)")
+    if gpus and gpus.isdigit() and request is None:
+        # `--gpu N` names no GPU type; on a CUDA machine `--nproc-per-node auto` then runs
+        # resources.processes workers, so make that one per GPU.
+        spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"processes": int(gpus)})})
+    mounts = [(runs_dir.resolve(), "/runs", "rw")]
+    env: dict[str, str] = {"HOME": "/tmp"}  # the host uid has no home in the image
+    if spec.data.dataset in ROOT_DATASETS or ":" in spec.data.dataset:
+        mounts.append(((cwd / spec.data.root).resolve(), "/data", "rw"))
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": "/data"})})
+    if _uses_factory(spec):
+        # A `package.module:factory` is the user's code: make this folder importable, read-only.
+        mounts.append((cwd.resolve(), "/src", "ro"))
+        env["PYTHONPATH"] = "/src"
+    return ContainerRun(spec.docker.image, spec, gpus, mounts, env, note)
+
+
+def docker_run_command(run: ContainerRun, run_name: str, job_dir: str, uid: int, gid: int) -> list[str]:
+    command = ["docker", "run", "--rm", "--init", "--name", f"gpujob-{run_name}",
+               "--user", f"{uid}:{gid}",
+               # DataLoader workers and NCCL share tensors through /dev/shm; docker's default is 64 MB.
+               "--ipc=host"]
+    if run.gpus:
+        command += ["--gpus", run.gpus]
+    for host, inside, mode in [*run.mounts, (Path(job_dir), "/job", "ro")]:
+        command += ["--volume", f"{host}:{inside}:{mode}"]
+    for key, value in run.env.items():
+        command += ["--env", f"{key}={value}"]
+    return command + [run.image, "/job/spec.yaml", "--run-dir", f"/runs/{run_name}",
+                      "--nproc-per-node", "auto", "--resume"]
+
+
+@dataclass(frozen=True)
+class DockerRequest:
+    """The `docker run` that starts the job: sent as it is, kept in job/docker-run.json, and sent
+    again as it is by `gpujob resume` (its worker runs with --resume)."""
+
+    container: str
+    argv: list[str]
+    run: ContainerRun
+    limit_s: float  # attached: past this, the container is stopped
+
+
+class DockerBackend:
+    name = "docker"
+
+    def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
+        from runner.backends.docker.image import nvidia_runtime_available, require_engine, require_image
+
+        require_engine()
+        require_image(spec.docker.image)
+        run = container_run(spec, Path(runs_dir), nvidia_runtime_available(), Path.cwd())
+        request = spec.resources.gpu_request
+        world = request.count if run.gpus and request else run.spec.resources.processes
+        job_dir = (Path(runs_dir) / run_name / JOB_FILES).resolve()
+        argv = docker_run_command(run, run_name, str(job_dir), os.getuid(), os.getgid())
+        limit_s = spec.resources.timeout_minutes * 60 + TIMEOUT_GRACE_S
+        plan = Plan(self.name, spec, spec_path, runs_dir, run_name, world,
+                    DockerRequest(f"gpujob-{run_name}", argv, run, limit_s),
+                    rows=[("image", run.image), ("docker gpus", run.gpus or "none (cpu)"),
+                          ("mounts", ", ".join(f"{host}:{inside}" for host, inside, _ in run.mounts)),
+                          ("command", shlex.join(argv))])
+        if run.note:
+            plan.notes.append(run.note)
+        return plan
+
+    def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+        request: DockerRequest = plan.request
+        for note in plan.notes:
+            print(f"gpujob: {note}", file=sys.stderr)
+        for host, inside, mode in request.run.mounts:
+            if mode == "rw":
+                host.mkdir(parents=True, exist_ok=True)  # made by the user, not by docker as root
+        job_dir = run.folder / JOB_FILES
+        job_dir.mkdir(exist_ok=True)
+        (job_dir / "spec.yaml").write_text(request.run.spec.to_yaml())  # what the container reads at /job
+        (job_dir / REQUEST_FILE).write_text(json.dumps({"container": request.container, "argv": request.argv,
+                                                         "limit_s": request.limit_s}, indent=2) + "\n")
+        self._send(run, request.container, request.argv, request.limit_s, detach)
+
+    def _send(self, run: Run, container: str, argv: list[str], limit_s: float, detach: bool) -> None:
+        job_dir = run.folder / JOB_FILES
+        if detach:
+            pid = start_detached(argv, job_dir)
+            run.record = run_record.update(run.folder, handles={"container": container, "client_pid": pid})
+            return
+        run.record = run_record.update(run.folder, handles={"container": container})
+        (job_dir / EXIT_CODE).unlink(missing_ok=True)
+        try:
+            code, lines, timed_out = _run_streaming(argv, container, limit_s, job_dir / OUTPUT)
+        except KeyboardInterrupt:
+            (job_dir / EXIT_CODE).write_text(f"{INTERRUPTED}\n")
+            raise GpujobError(f"docker: interrupted; the job saved a checkpoint in {run.folder}; continue it "
+                              f"with: gpujob resume {run.folder}", INTERRUPTED) from None
+        (job_dir / EXIT_CODE).write_text(f"{code}\n")
+        if timed_out:
+            raise job_failed(f"docker: the job ran past resources.timeout_minutes "
+                             f"({limit_s / 60 - TIMEOUT_GRACE_S / 60:g} min); the container was stopped; "
+                             f"its last checkpoint is in {run.folder}")
+        if code == 125:  # docker's own failure: the container never started
+            raise job_failed(f"docker: the container did not start: {lines[-1] if lines else 'no output'}")
+        error = remote_exit_error(code, lines, "docker", run.folder)
+        if error is not None:
+            raise error
+
+    def status(self, run: Run) -> RunState:
+        from runner.lifecycle import ended_state
+
+        owner = run_lock.holder(run.folder)
+        if owner is not None:
+            return RunState(RUNNING, f"in container {run.handles.get('container')}")
+        state, code = container_state(run.handles.get("container"))
+        if state in ("running", "restarting", "paused"):
+            return RunState(RUNNING, f"container {run.handles['container']} is {state}")
+        if state == "created":
+            return RunState(PENDING, f"container {run.handles['container']} is being created")
+        known = exit_code(run.folder / JOB_FILES)
+        code = known if known is not None else code
+        return ended_state(run, code, "" if code is not None else "the container is gone")
+
+    def logs(self, run: Run, follow: bool) -> Iterator[str]:
+        yield from tail_lines(run.folder / JOB_FILES / OUTPUT, (lambda: self.status(run).live) if follow else None)
+
+    def cancel(self, run: Run) -> str:
+        from runner.lifecycle import resume_hint
+
+        state = self.status(run)
+        if not state.live:
+            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
+        run.record.note("cancel asked")
+        run_record.write(run.folder, run.record)
+        _stop(run.handles["container"])  # SIGTERM: the job checkpoints, then the container exits
+        deadline = time.monotonic() + STOP_GRACE_S + 30
+        while self.status(run).live and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return f"cancelled {run.folder.name}; {resume_hint(run.folder)}"
+
+    def fetch(self, run: Run) -> str:
+        return f"{run.folder.name} ran in a container on this machine: its folder is already here"
+
+    def resume(self, run: Run, detach: bool) -> None:
+        """Send the very `docker run` again: its worker runs with --resume, so it continues."""
+        from runner.backends.docker.image import require_engine
+
+        require_engine()
+        try:
+            sent = json.loads((run.folder / JOB_FILES / REQUEST_FILE).read_text())
+        except (OSError, ValueError) as err:
+            raise bad_input(f"{run.folder}: its docker request ({JOB_FILES}/{REQUEST_FILE}) is unreadable ({err}); "
+                            f"resume it here with: gpujob resume {run.folder} --here") from None
+        self._send(run, sent["container"], sent["argv"], sent["limit_s"], detach)
+
+
+def container_state(container: str | None) -> tuple[str | None, int | None]:
+    """(docker's state, exit code) of a container; (None, None) once it is gone (--rm)."""
+    from runner.backends.docker.image import require_engine
+
+    if not container:
+        return None, None
+    require_engine()
+    out = subprocess.run(["docker", "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container],
+                         capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        return None, None
+    state, code = out.stdout.split()
+    return state, int(code)
+
+
+def _run_streaming(command: list[str], container: str, limit_s: float, log: Path) -> tuple[int, list[str], bool]:
+    """Run `docker run`, echoing its output and keeping it in `log`; stop the container past
+    `limit_s` or on Ctrl-C. Returns the exit code, the last lines of output and whether the
+    time limit stopped it."""
+    tail: deque[str] = deque(maxlen=200)
+    # Its own session: Ctrl-C reaches only gpujob, which stops the container with a grace period.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, start_new_session=True)
+    timed_out = threading.Event()
+
+    def stop_for_time() -> None:
+        timed_out.set()
+        _stop(container)
+
+    timer = threading.Timer(limit_s, stop_for_time)
+    timer.daemon = True
+    timer.start()
+    try:
+        with open(log, "a") as kept:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                kept.write(line)
+                kept.flush()
+                tail.append(line.rstrip("\n"))
+        code = proc.wait()
+    except KeyboardInterrupt:
+        print(f"\ngpujob: stopping container {container} (it saves a checkpoint first)", file=sys.stderr)
+        _stop(container)
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+    return code, list(tail), timed_out.is_set()
+
+
+def _stop(container: str) -> None:
+    # Not checked: the container may have exited (and been removed) in the meantime.
+    subprocess.run(["docker", "stop", "--time", str(STOP_GRACE_S), container],
+                   capture_output=True, text=True, timeout=STOP_GRACE_S + 60)
+
+
+BACKEND = DockerBackend()

@@ -1,0 +1,307 @@
+"""The modal backend: run a job on Modal's GPUs and bring its run folder back.
+
+`plan` turns the spec into a ModalRequest, the exact call that will be made: the GPU in
+Modal's syntax (checked against the types Modal offers), the timeout, the retry policy, the
+world size and the run's name, with the image and a cost per hour; `--dry-run` prints it.
+`submit` checks credentials before anything touches the network, starts
+runner/backends/modal/app.py's `train_remote` on an ephemeral app (its logs stream to this
+terminal) and, when the job ends, copies its folder from the volume into runs/. The call id
+goes into the run's submission record (never a token), which is how `status`, `logs`,
+`cancel`, `fetch` and `resume` find a run later, from any terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from runner import run_record
+from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Plan, Run, RunState
+from runner.errors import BAD_INPUT, GpujobError, bad_input, job_failed
+from runner.gpus import PRICES_READ_ON
+from runner.lifecycle import summary_line
+from runner.run_folder import JOB_FILES, SUMMARY
+from runner.spec import JobSpec
+from runner.stop_signals import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
+
+APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
+
+MAX_TIMEOUT_S = 24 * 60 * 60  # Modal's limit for one function call
+MAX_GPUS = {"A10G": 4}  # per container, where Modal allows fewer than the catalog's 8
+KEY_PINS = ("torch", "torchvision")
+
+
+@dataclass(frozen=True)
+class ModalRequest:
+    """One job as Modal will run it: train_remote.with_options(**options).spawn(spec_yaml, NAME)."""
+
+    gpu: str | None  # Modal's syntax, e.g. "A10G:2"; None runs on CPU
+    timeout_s: int
+    retries: int
+    world_size: int
+    spec_yaml: str
+    run_name: str  # the run folder's name, locally and on the volume
+
+    def options(self) -> dict:
+        from runner.backends.modal.app import retry_policy
+
+        gpu = {"gpu": self.gpu} if self.gpu else {}  # with_options cannot unset a GPU; the base has none
+        return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries)}
+
+    def function(self):
+        """The very Modal function that is shipped, configured for this job."""
+        from runner.backends.modal.app import train_remote
+
+        return train_remote.with_options(**self.options())
+
+    def call(self) -> str:
+        gpu = f"gpu={self.gpu!r}, " if self.gpu else ""
+        return (f"app {APP!r}: train_remote.with_options({gpu}timeout={self.timeout_s}, "
+                f"retries={self.retries}).spawn(<spec yaml>, {self.run_name!r})")
+
+
+def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
+    from runner.backends.modal.app import RETRIES, TIMEOUT_GRACE_S
+
+    if spec.resources.nodes > 1:
+        raise bad_input("resources.nodes: backend modal runs a job in one container (up to 8 GPUs); set nodes: 1")
+    for field, value in (("model.name", spec.model.name), ("data.dataset", spec.data.dataset)):
+        if ":" in value:  # package.module:factory is the user's code, which the image does not hold
+            raise bad_input(f"{field}: backend modal ships only gpujob's own code, not {value}; use a built-in "
+                            "one here, or --backend docker, which mounts this folder")
+    request = spec.resources.gpu_request
+    gpu = None
+    if request is not None:
+        try:
+            name = request.on("modal")
+        except ValueError as err:
+            raise bad_input(f"resources.gpu: {err}") from None
+        most = MAX_GPUS.get(request.type.name, 8)
+        if request.count > most:
+            raise bad_input(f"resources.gpu: Modal attaches at most {most} {name} GPUs to a container")
+        gpu = f"{name}:{request.count}"
+    timeout_s = spec.resources.timeout_minutes * 60 + TIMEOUT_GRACE_S
+    if timeout_s > MAX_TIMEOUT_S:
+        raise bad_input(f"resources.timeout_minutes: Modal stops a call after 24 h; at most "
+                        f"{(MAX_TIMEOUT_S - TIMEOUT_GRACE_S) // 60} minutes")
+    return ModalRequest(gpu, timeout_s, RETRIES, spec.resources.workers_per_node, spec.to_yaml(), run_name)
+
+
+def describe_image() -> str:
+    from runner.backends.modal.app import LOCAL_SOURCES, PYTHON_VERSION, REQUIREMENTS
+    from runner.errors import missing_backend
+
+    if not REQUIREMENTS.is_file():
+        raise missing_backend(f"modal: {REQUIREMENTS} is missing; submit from a gpujob checkout")
+    pins = dict(line.split(";")[0].strip().split("==", 1) for line in REQUIREMENTS.read_text().splitlines()
+                if "==" in line and not line.startswith((" ", "#")))
+    key = ", ".join(f"{name} {pins[name]}" for name in KEY_PINS if name in pins)
+    return (f"debian_slim + python {PYTHON_VERSION}, {len(pins)} pinned packages from images/requirements.txt "
+            f"({key}) installed with uv, plus the local source of: {', '.join(LOCAL_SOURCES)}")
+
+
+def describe_cost(spec: JobSpec, timeout_s: int) -> str:
+    request = spec.resources.gpu_request
+    if request is None:
+        return "CPU only: Modal bills CPU and memory by the second (not estimated here)"
+    per_gpu = request.type.price_per_hour["modal"]
+    hourly = per_gpu * request.count
+    return (f"${hourly:.2f}/h for {request} (${per_gpu:.2f} per GPU-hour, Modal's list price read {PRICES_READ_ON}; "
+            f"CPU and memory extra), at most ${hourly * timeout_s / 3600:.2f} per attempt")
+
+
+REQUEST_FILE = "modal-call.json"  # in job/: the call as sent, for `gpujob resume`
+CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint to the volume and return
+
+
+class ModalBackend:
+    name = "modal"
+
+    def __init__(self, connect=None):
+        self.connect = connect  # tests: a stand-in for ModalService
+
+    def _service(self):
+        if self.connect is not None:
+            return self.connect()
+        from runner.backends.modal.service import ModalService, require_credentials
+
+        require_credentials()  # before anything touches the network
+        return ModalService()
+
+    def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
+        from runner.backends.modal.service import NO_CREDENTIALS, credentials_source, import_modal
+
+        import_modal()  # first: the App is built with Modal's client
+        from runner.backends.modal.app import VOLUME_MOUNT, VOLUME_NAME
+
+        request = modal_request(spec, run_name)
+        request.function()  # the call must be constructible before anything is paid for
+        source = credentials_source()
+        rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
+                ("timeout", f"{request.timeout_s} s per attempt ({spec.resources.timeout_minutes} min job "
+                            f"+ {request.timeout_s // 60 - spec.resources.timeout_minutes} min start-up and save)"),
+                ("retries", f"{request.retries}; a restarted attempt resumes from the last checkpoint"),
+                ("volume", f"{VOLUME_NAME} at {VOLUME_MOUNT}; the run folder is {VOLUME_MOUNT}/{run_name}"),
+                ("call", request.call()),
+                ("cost", describe_cost(spec, request.timeout_s)),
+                ("credentials", f"from {source}" if source else NO_CREDENTIALS.removeprefix("modal: "))]
+        return Plan(self.name, spec, spec_path, runs_dir, run_name, request.world_size, request, rows=rows)
+
+    def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+        from runner.backends.modal.service import modal_errors
+
+        request: ModalRequest = plan.request
+        service = self._service()
+        with modal_errors("looking up the volume"):
+            taken = request.run_name in service.run_names()
+        if taken:
+            raise bad_input(f"modal: a run named {request.run_name} is already on the volume; submit again")
+        job_dir = run.folder / JOB_FILES
+        job_dir.mkdir(exist_ok=True)
+        (job_dir / REQUEST_FILE).write_text(json.dumps(asdict(request), indent=2) + "\n")
+        self._send(service, run, request, detach)
+
+    def _send(self, service, run: Run, request: "ModalRequest", detach: bool) -> None:
+        from runner.backends.modal.service import modal_errors
+
+        def spawned(call_id: str) -> None:
+            run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,
+                                                                "modal_volume": VOLUME})
+            print(f"modal: started {run.folder.name} (call {call_id})", file=sys.stderr)
+
+        try:
+            with modal_errors("running the job"):
+                state = service.start(request, run.folder.name, detach, spawned)
+        except KeyboardInterrupt:
+            started = "modal_call_id" in run_record.read(run.folder).handles
+            what = (f"the remote job was stopped; download what it wrote with: gpujob fetch {run.folder}"
+                    if started else "nothing was started")
+            raise GpujobError(f"modal: interrupted; {what}", INTERRUPTED) from None
+        if not detach:
+            self._bring_back(service, run.folder, state)
+
+    def status(self, run: Run) -> RunState:
+        from runner.lifecycle import ended_state
+
+        state = self._call_state(run)
+        if state.running:
+            return RunState(RUNNING, f"on Modal (call {run.handles['modal_call_id']})")
+        if state.state == "finished":
+            here = (run.folder / SUMMARY).exists()
+            return RunState(FINISHED, summary_line(run.folder) if here else
+                            f"on Modal's volume; `gpujob fetch {run.folder}` brings it here", 0)
+        if state.state == "ended":  # Modal forgot the outcome: the folder tells, where it was fetched
+            return ended_state(run, None, "Modal no longer keeps its result; `gpujob fetch` downloads what it wrote")
+        if state.exit_code in (INTERRUPTED, PREEMPTED_CODE) or run.record.cancel_asked:
+            kind = CANCELLED if run.record.cancel_asked else PREEMPTED
+            return RunState(kind, f"{state.message}; its checkpoint is on Modal's volume: `gpujob resume "
+                                  f"{run.folder}` continues it", state.exit_code)
+        return RunState(FAILED, state.message, state.exit_code)
+
+    def _call_state(self, run: Run):
+        from runner.backends.modal.service import modal_errors
+
+        service = self._service()
+        with modal_errors("asking Modal about the job"):
+            return service.poll(_call_id(run))
+
+    def logs(self, run: Run, follow: bool) -> Iterator[str]:
+        from runner.backends.modal.service import modal_errors
+
+        service = self._service()
+        with modal_errors("reading the job's logs"):
+            yield from service.logs(_call_id(run), follow)
+
+    def cancel(self, run: Run) -> str:
+        from runner.backends.modal.service import modal_errors
+
+        state = self.status(run)
+        if not state.live:
+            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
+        run.record.note("cancel asked")
+        run_record.write(run.folder, run.record)
+        service = self._service()
+        with modal_errors("cancelling the job"):
+            service.cancel(_call_id(run))  # the job checkpoints to the volume and returns
+            deadline = time.monotonic() + CANCEL_WAIT_S
+            while service.poll(_call_id(run)).running and time.monotonic() < deadline:
+                time.sleep(1)
+        return (f"cancelled {run.folder.name}; its checkpoint is on Modal's volume: `gpujob fetch {run.folder}` "
+                f"downloads the folder, `gpujob resume {run.folder}` continues it")
+
+    def fetch(self, run: Run) -> str:
+        """Download a run that has ended into its local folder."""
+        state = self._call_state(run)
+        if state.running:
+            raise bad_input(f"{run.folder.name} is still running on Modal; `gpujob status {run.folder}` says when "
+                            "it has ended")
+        try:
+            self._bring_back(self._service(), run.folder, state)
+        except GpujobError as err:
+            if err.exit_code == BAD_INPUT:
+                raise
+            return f"modal: the job did not finish ({err.message})"
+        return f"modal: {run.folder.name} is here"
+
+    def resume(self, run: Run, detach: bool) -> None:
+        """Spawn the same call again under the same run name: the volume's folder holds the
+        checkpoint, so the job continues from it; then its folder is brought back."""
+        try:
+            sent = json.loads((run.folder / JOB_FILES / REQUEST_FILE).read_text())
+            request = ModalRequest(**sent)
+        except (OSError, ValueError, TypeError) as err:
+            raise bad_input(f"{run.folder}: its Modal call ({JOB_FILES}/{REQUEST_FILE}) is unreadable ({err})") from None
+        self._send(self._service(), run, request, detach)
+
+    def detached_note(self, run: Run) -> str:
+        return "Modal runs it; `gpujob fetch RUN` downloads its folder once it has ended"
+
+    def _bring_back(self, service, folder: Path, state) -> None:
+        from runner.backends.modal.service import modal_errors
+
+        with modal_errors("downloading the run folder"):
+            copied = service.download(folder.name, folder)
+        print(f"modal: copied {len(copied)} new or changed file(s) from the volume into {folder}", file=sys.stderr)
+        _record_cost(folder)
+        code = state.exit_code
+        if code is None:  # Modal forgot the outcome: the folder tells
+            code = 0 if (folder / SUMMARY).exists() else None
+        if code == 0:
+            return
+        if code is None:
+            raise job_failed(f"modal: {folder.name} ended without a summary.json; see {folder}")
+        raise GpujobError(f"modal: {state.message}; run folder: {folder}", code)
+
+
+def _call_id(run: Run) -> str:
+    call_id = run.handles.get("modal_call_id")
+    if not call_id:
+        raise bad_input(f"{run.folder}: its record names no Modal call (the submission never started one)")
+    return call_id
+
+
+def _record_cost(folder: Path) -> None:
+    """cost.json from Modal's GPU list price and the job's own wall time (in summary.json)."""
+    from runner.cost import describe, estimate, write_cost
+    from runner.spec import load_spec
+
+    summary, spec_file = folder / "summary.json", folder / "spec.yaml"
+    if not (summary.exists() and spec_file.exists()):
+        return
+    request = load_spec(spec_file).resources.gpu_request
+    if request is None:
+        return  # CPU and memory are billed by the second; not estimated here
+    record = estimate("modal", f"{request.count}x {request.type.name}",
+                      request.count * request.type.price_per_hour["modal"],
+                      json.loads(summary.read_text())["wall_s"],
+                      f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
+                      "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
+    write_cost(folder, record)
+    print(f"modal: {describe(record)}", file=sys.stderr)
+
+
+BACKEND = ModalBackend()

@@ -1,0 +1,3 @@
+"""The slurm backend: see backend.py."""
+
+from runner.backends.slurm.backend import BACKEND  # noqa: F401

@@ -1,0 +1,201 @@
+"""The slurm backend: one sbatch job runs the worker on every task of `resources.nodes` nodes.
+
+The batch script (runner/backends/slurm/script.py) is kept in the run folder's job/ folder,
+with SLURM's output beside it; it asks for nodes x workers-per-node tasks (one per GPU, or
+`resources.processes` on CPU nodes) and starts the same worker every backend runs with
+`srun --kill-on-bad-exit`, so one failing rank stops the job. The run folder must be on a file
+system the nodes share with this machine (the usual home or project directory on a cluster).
+
+Attached, this process follows the job with `scontrol`, streams its output, and `scancel`s it
+on Ctrl-C after letting it checkpoint. `--detach` submits and returns; `status`, `logs` and
+`cancel` then take the job id from the run's record, and `resume` submits the same script
+again, which continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from runner import run_lock, run_record
+from runner.backends import PENDING, RUNNING, Plan, Run, RunState
+from runner.backends.exit_codes import remote_exit_error
+from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_state, require_controller, sbatch,
+                                            slurm_command)
+from runner.backends.slurm.script import EXIT_CODE_FILE, sbatch_script
+from runner.errors import GpujobError, job_failed
+from runner.run_folder import JOB_FILES
+from runner.spec import JobSpec
+from runner.stop_signals import INTERRUPTED
+
+POLL_S = 0.5
+STOP_GRACE_S = 60  # after Ctrl-C or cancel: time for the workers to checkpoint before scancel kills them
+SCRIPT = "job.sbatch"
+
+
+@dataclass(frozen=True)
+class SlurmRequest:
+    """The batch script, exactly as sbatch gets it, for the run folder it writes into."""
+
+    script: str
+    run_dir: Path
+
+
+class SlurmBackend:
+    name = "slurm"
+
+    def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
+        folder = (Path(runs_dir) / run_name).resolve()
+        script = sbatch_script(spec, folder, spec.slurm.python or sys.executable, Path.cwd())
+        world = spec.resources.nodes * spec.resources.workers_per_node
+        return Plan(self.name, spec, spec_path, runs_dir, run_name, world, SlurmRequest(script, folder),
+                    rows=[("nodes", str(spec.resources.nodes)),
+                          ("tasks per node", str(spec.resources.workers_per_node)),
+                          ("sbatch script", "\n" + script)])
+
+    def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+        require_controller()
+        job_dir = run.folder / JOB_FILES
+        job_dir.mkdir(exist_ok=True)
+        (job_dir / "spec.yaml").write_text(plan.spec.to_yaml())
+        (job_dir / SCRIPT).write_text(plan.request.script)
+        self._send(run, plan.spec, detach)
+
+    def _send(self, run: Run, spec: JobSpec, detach: bool) -> None:
+        job_id = sbatch(run.folder / JOB_FILES / SCRIPT)
+        run.record = run_record.update(run.folder, handles={"slurm_job_id": job_id})
+        output = _output(run.folder, job_id)
+        print(f"gpujob: submitted SLURM job {job_id}; output: {output}", file=sys.stderr)
+        if not detach:
+            self._follow_to_end(spec, run.folder, job_id)
+
+    def _follow_to_end(self, spec: JobSpec, folder: Path, job_id: str) -> None:
+        try:
+            state, follower = self._follow(job_id, _output(folder, job_id))
+        except KeyboardInterrupt:
+            self._stop(job_id, _output(folder, job_id))
+            raise GpujobError(f"slurm: interrupted; job {job_id} checkpointed and was cancelled; its run folder is "
+                              f"{folder}; continue it with: gpujob resume {folder}", INTERRUPTED) from None
+        self._outcome(spec, folder, job_id, state, follower)
+
+    def _follow(self, job_id: str, output: Path) -> tuple[str, OutputFollower]:
+        follower, said = OutputFollower(output), None
+        while True:
+            state, reason = job_state(job_id)
+            _echo(follower.poll())
+            if state in FINAL_STATES:
+                time.sleep(POLL_S)  # the last lines may reach the file just after the state changes
+                _echo(follower.poll(final=True))
+                return state, follower
+            if state == "PENDING" and reason not in (said, "None"):
+                print(f"gpujob: SLURM job {job_id} is waiting: {reason}", file=sys.stderr)
+                said = reason
+            time.sleep(POLL_S)
+
+    def _stop(self, job_id: str, output: Path) -> None:
+        print(f"\ngpujob: stopping SLURM job {job_id} (the workers save a checkpoint first)", file=sys.stderr)
+        slurm_command(["scancel", "--signal=TERM", job_id], "stopping the job")  # the workers, not srun
+        follower, deadline = OutputFollower(output, skip_existing=True), time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and job_state(job_id)[0] not in FINAL_STATES:
+            _echo(follower.poll())
+            time.sleep(POLL_S)
+        slurm_command(["scancel", job_id], "cancelling the job")
+
+    def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
+        job_dir = folder / JOB_FILES
+        if state == "TIMEOUT":
+            raise job_failed(f"slurm: job {job_id} ran past resources.timeout_minutes "
+                             f"({spec.resources.timeout_minutes} min) and was stopped; its last checkpoint is in "
+                             f"{folder}; continue it with: gpujob resume {folder}")
+        if not output.path.exists() and state != "CANCELLED":
+            raise job_failed(f"slurm: job {job_id} ended {state}, but nothing it wrote is visible here; --runs-dir "
+                             f"({folder.parent}) must be on a file system the compute nodes share with this machine")
+        if not (job_dir / EXIT_CODE_FILE).exists():
+            raise job_failed(f"slurm: job {job_id} ended {state} before its script finished; see "
+                             f"{_output(folder, job_id)}")
+        code, lines = int((job_dir / EXIT_CODE_FILE).read_text()), output.lines()
+        failed = failed_rank(job_dir, output)
+        if failed is not None:
+            code, lines = failed
+        error = remote_exit_error(code, lines, f"slurm job {job_id}", folder)
+        if error is not None:
+            raise error
+
+    def status(self, run: Run) -> RunState:
+        from runner.lifecycle import ended_state
+
+        job_id = run.handles.get("slurm_job_id")
+        if job_id is None:
+            return ended_state(run, None, "it was never submitted")
+        state, reason = job_state(job_id)
+        if state == "PENDING":
+            return RunState(PENDING, f"SLURM job {job_id} is waiting: {reason}")
+        if state not in FINAL_STATES or run_lock.holder(run.folder) is not None:
+            return RunState(RUNNING, f"SLURM job {job_id} is {state.lower()}")
+        code_file = run.folder / JOB_FILES / EXIT_CODE_FILE
+        code = int(code_file.read_text()) if code_file.exists() else None
+        return ended_state(run, code, f"SLURM job {job_id} ended {state}")
+
+    def logs(self, run: Run, follow: bool) -> Iterator[str]:
+        job_id = run.handles.get("slurm_job_id")
+        if job_id is None:
+            return
+        follower = OutputFollower(_output(run.folder, job_id))
+        while True:
+            final = not follow or job_state(job_id)[0] in FINAL_STATES
+            yield from follower.poll(final=final)
+            if final:
+                return
+            time.sleep(POLL_S)
+
+    def cancel(self, run: Run) -> str:
+        from runner.lifecycle import resume_hint
+
+        state = self.status(run)
+        if not state.live:
+            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
+        run.record.note("cancel asked")
+        run_record.write(run.folder, run.record)
+        job_id = run.handles["slurm_job_id"]
+        if state.state == PENDING:  # nothing ran yet: nothing to checkpoint
+            slurm_command(["scancel", job_id], "cancelling the job")
+        else:
+            self._stop(job_id, _output(run.folder, job_id))
+        return f"cancelled {run.folder.name} (SLURM job {job_id}); {resume_hint(run.folder)}"
+
+    def fetch(self, run: Run) -> str:
+        return f"{run.folder.name} ran on SLURM nodes that share this file system: its folder is already here"
+
+    def resume(self, run: Run, detach: bool) -> None:
+        """Submit the run's batch script again: its workers run with --resume, so the job
+        continues from the last checkpoint into the same folder."""
+        from runner.spec import load_spec
+
+        require_controller()
+        self._send(run, load_spec(run.folder / JOB_FILES / "spec.yaml"), detach)
+
+
+def _output(folder: Path, job_id: str) -> Path:
+    return folder / JOB_FILES / f"slurm-{job_id}.out"
+
+
+def _echo(lines: list[str]) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def failed_rank(job_dir: Path, output: OutputFollower) -> tuple[int, list[str]] | None:
+    """(exit code, its lines) of the rank whose failure ended the job, if one failed: not one of
+    those that srun stopped afterwards, nor one that failed only because another rank died."""
+    from runner.launch import failed_ranks
+
+    codes = {int(path.stem.removeprefix("rank-")): int(path.read_text())
+             for path in job_dir.glob("rank-*.exit")}
+    failed = failed_ranks(codes, {rank: output.lines(rank) for rank in codes})
+    return (codes[failed[0]], output.lines(failed[0])) if failed else None
+
+
+BACKEND = SlurmBackend()

@@ -1,0 +1,433 @@
+"""The vast.ai backend: rent the cheapest instance that fits the spec, run the job there in the
+project's image, follow it, copy the run folder back, and destroy the instance on every way
+out (done, failed, timed out, Ctrl-C), so nobody is left paying for an idle box.
+
+The instance runs the image in vast.ai's "args" launch mode with `gpujob-vast-start` (the
+image's copy of images/vast-start.sh) as its entrypoint; the spec and the run folder's name
+travel in its environment. That script runs the same worker command as every backend and ends
+its output with `gpujob-vast: exit CODE`, which is how this side learns the job's outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from runner import run_record
+from runner.backends import FINISHED, PENDING, RUNNING, Plan, Run, RunState
+from runner.backends.exit_codes import remote_exit_error
+from runner.errors import GpujobError, bad_input, job_failed, last_error_line
+from runner.run_folder import JOB_FILES
+from runner.spec import JobSpec
+from runner.stop_signals import INTERRUPTED, PREEMPTED
+from runner.backends.vast.offers import (bid_price, choose_offer, describe_offer, describe_price, offer_query,
+                                        offer_type, price)
+
+ENTRYPOINT = "gpujob-vast-start"
+REMOTE_RUNS = "/workspace/runs"  # vast-start.sh's default: on the container's disk, which `vastai copy` reads
+START_MARK, EXIT_MARK = "gpujob-vast: start ", "gpujob-vast: exit "
+POLL_S = 15.0
+RUN_GRACE_S = 600  # past resources.timeout_minutes: data download and the final checkpoint
+EXITED_GRACE_S = 90  # an exited container may take this long for its last log lines to show
+LOG_WINDOW = 2000  # log lines kept for diffing and for error messages
+DESTROY_TRIES = 3
+CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint after the instance is told to stop
+VAST_LOG = "vast.log"
+UPLOADED = ".gpujob-uploaded"  # vast-start.sh waits for it before a resumed job starts
+# What each side keeps to itself: the instance's folder needs the record (it makes the folder a
+# run), this side's record is the one that names the instance, and job/, the locks, the log and
+# the cost are this side's bookkeeping.
+UPLOAD_SKIPS = (".lock", "job", VAST_LOG, "cost.json", UPLOADED)
+COPY_BACK_SKIPS = ("submission.json", *UPLOAD_SKIPS)
+
+
+@dataclass(frozen=True)
+class VastRequest:
+    """The offer to rent and the instance to ask for (VastAI.create_instance's keyword arguments)."""
+
+    offer: dict
+    payload: dict
+
+
+@dataclass
+class Watch:
+    """What following an instance has seen so far."""
+
+    lines: list[str] = field(default_factory=list)
+    status: str | None = None
+    started: bool = False  # the container ran: from then on there may be a run folder to copy
+
+
+def instance_request(spec: JobSpec, run_name: str, offer: dict) -> dict:
+    """Keyword arguments for vastai's `VastAI.create_instance` (`vastai create instance`)."""
+    return {
+        "image": spec.vast.image,
+        "disk": spec.vast.disk_gb,
+        "label": f"gpujob {run_name}",
+        "env": {"GPUJOB_SPEC_B64": base64.b64encode(spec.to_yaml().encode()).decode(), "GPUJOB_RUN_NAME": run_name},
+        # The args launch mode runs the image as it is (ssh/jupyter modes replace its entrypoint);
+        # in it `onstart` is the entrypoint, as with the CLI's --entrypoint.
+        "runtype": "args",
+        "onstart_cmd": ENTRYPOINT,
+        "cancel_unavail": True,  # fail now rather than leave a stopped instance behind
+        "bid_price": bid_price(offer, spec),  # None: on-demand
+    }
+
+
+def new_lines(seen: list[str], current: list[str]) -> list[str]:
+    """The lines of a log tail not shown yet: `current` is a later window of the same log."""
+    for start in range(len(seen)):
+        overlap = len(seen) - start
+        if seen[start:] == current[:overlap]:
+            return current[overlap:]
+    return current
+
+
+def exit_code(lines: list[str]) -> int | None:
+    """The code of the last finished attempt, None while one is running (or none started)."""
+    for line in reversed(lines):
+        if line.startswith(EXIT_MARK):
+            return int(line[len(EXIT_MARK):].strip() or 1)
+        if line.startswith(START_MARK):
+            return None
+    return None
+
+
+def _keep_log(folder: Path, watch: Watch) -> None:
+    """The instance's output goes into the run folder as vast.log (after what earlier attempts
+    left there: a resumed run's log goes on)."""
+    if watch.lines and folder.is_dir():
+        with open(folder / VAST_LOG, "a") as kept:
+            kept.write("\n".join(watch.lines) + "\n")
+
+
+def _kept_log(folder: Path) -> list[str]:
+    path = folder / VAST_LOG
+    return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+
+def price_of(offer: dict, spec: JobSpec) -> float:
+    return bid_price(offer, spec) if spec.vast.interruptible else price(offer, False)
+
+
+def _upload_mark() -> Path:
+    """An empty file to send as the upload's last step."""
+    import tempfile
+
+    handle = tempfile.NamedTemporaryFile(prefix="gpujob-uploaded-", delete=False)
+    handle.close()
+    return Path(handle.name)
+
+
+class VastBackend:
+    name = "vast"
+
+    def __init__(self, connect: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
+        self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
+
+    def _api(self):
+        if self.connect is not None:
+            return self.connect()
+        from runner.backends.vast.api import VastApi
+
+        return VastApi.connect()
+
+    def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
+        api = self._api()  # first: without a key nothing else can be checked
+        offer = self._choose(api, spec)
+        request = VastRequest(offer, instance_request(spec, run_name, offer))
+        rows = [("offer", describe_offer(offer, spec)), ("price", describe_price(offer, spec)),
+                ("image", spec.vast.image), ("query", offer_query(spec)),
+                ("instance", f"label {request.payload['label']!r}, disk {request.payload['disk']} GB, "
+                             f"runtype {request.payload['runtype']}, on start {request.payload['onstart_cmd']}")]
+        return Plan(self.name, spec, spec_path, runs_dir, run_name, spec.resources.gpu_request.count, request,
+                    rows=rows)
+
+    def _choose(self, api, spec: JobSpec) -> dict:
+        if not spec.vast.image:
+            raise bad_input("vast.image: backend vast needs your image in a registry vast.ai can pull: "
+                            "gpujob image build --tag docker.io/YOU/gpujob:1 --push, then set vast.image to it")
+        if spec.resources.nodes > 1:
+            raise bad_input("resources.nodes: backend vast rents one instance; set nodes: 1")
+        query = offer_query(spec)
+        offers = api.search_offers(query, offer_type(spec), spec.vast.disk_gb)
+        offer = choose_offer(offers, spec)
+        if offer is None:
+            raise job_failed(f"vast: no offer fits right now ({len(offers)} found for: {query}); raise "
+                             "vast.max_dollars_per_hour, lower vast.min_reliability or pick another resources.gpu")
+        return offer
+
+    def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+        api = self._api()
+        api.check_can_copy()  # before paying for anything
+        (run.folder / JOB_FILES).mkdir(exist_ok=True)
+        (run.folder / JOB_FILES / "spec.yaml").write_text(plan.spec.to_yaml())  # what `resume` sends again
+        self._rent(api, plan.spec, run, plan.request, detach, upload=False)
+
+    def _rent(self, api, spec: JobSpec, run: Run, request: "VastRequest", detach: bool, upload: bool) -> None:
+        """Rent the instance the request names and start the job on it; attached, follow it to
+        its end. With `upload`, the run folder goes to the instance first (a resume)."""
+        folder, watch, rented_at = run.folder, Watch(), self.clock()
+        (folder / JOB_FILES).mkdir(exist_ok=True)
+        instance_id = None
+        try:
+            instance_id = self._create(api, request.offer["id"], request.payload)
+            run.record = run_record.update(folder, handles={
+                "vast_instance_id": instance_id, "vast_label": request.payload["label"], "rented_at": rented_at,
+                "price_per_hour": price_of(request.offer, spec), "interruptible": spec.vast.interruptible,
+                "destroyed": False,
+                "offer": {k: request.offer.get(k) for k in ("id", "gpu_name", "num_gpus")}})
+            print(f"vast: rented instance {instance_id}, {describe_price(request.offer, spec)}; it pulls "
+                  f"{spec.vast.image} first", file=sys.stderr)
+            if upload:
+                self._upload(api, instance_id, spec, folder, watch)
+            if detach:
+                return
+            try:
+                code = self._follow(api, instance_id, spec, watch)
+            except (GpujobError, KeyboardInterrupt):
+                if watch.started:
+                    self._salvage(api, instance_id, folder)
+                raise
+            api.copy_back(instance_id, f"{REMOTE_RUNS}/{folder.name}", folder, exclude=COPY_BACK_SKIPS)
+        except BaseException as err:
+            self._end_rental(api, run, must=False, watch=watch)
+            if isinstance(err, KeyboardInterrupt):
+                raise GpujobError(f"vast: interrupted; the instance was destroyed; what the job had written is in "
+                                  f"{folder}", INTERRUPTED) from None
+            raise
+        self._end_rental(api, run, must=True, watch=watch)
+        error = remote_exit_error(code, watch.lines, f"vast (instance {instance_id})", folder)
+        if error is not None:
+            raise error
+
+    def _upload(self, api, instance_id: int, spec: JobSpec, folder: Path, watch: Watch) -> None:
+        """A resume: wait for the instance, send it the run folder (its checkpoint), then the
+        mark that lets vast-start.sh begin (it waits for it, GPUJOB_WAIT_FOR_UPLOAD)."""
+        deadline = self.clock() + spec.vast.startup_minutes * 60
+        while (api.show_instance(instance_id) or {}).get("actual_status") != "running":
+            if self.clock() > deadline:
+                raise job_failed(f"vast: instance {instance_id} did not start within vast.startup_minutes "
+                                 f"({spec.vast.startup_minutes} min)")
+            self.sleep(self.poll_s)
+        watch.started = True
+        remote = f"{REMOTE_RUNS}/{folder.name}"
+        api.copy_to(instance_id, folder, remote, exclude=UPLOAD_SKIPS)
+        api.copy_to(instance_id, _upload_mark(), f"{remote}/{UPLOADED}")
+        print(f"vast: sent the run folder to instance {instance_id}; the job continues from its checkpoint",
+              file=sys.stderr)
+
+    def status(self, run: Run) -> RunState:
+        from runner.lifecycle import ended_state
+
+        instance_id = run.handles.get("vast_instance_id")
+        if instance_id is None or run.handles.get("destroyed"):
+            return ended_state(run, exit_code(_kept_log(run.folder)), "its instance is gone")
+        api = self._api()
+        info = api.show_instance(instance_id) or {}
+        status = info.get("actual_status")
+        if not info:
+            return ended_state(run, None, f"instance {instance_id} is gone (destroyed outside gpujob)")
+        lines = api.logs(instance_id).splitlines() if status not in (None, "loading", "created") else []
+        code = exit_code(lines)
+        if status in (None, "loading", "created", "scheduling") and code is None:
+            return RunState(PENDING, f"instance {instance_id} is {status or 'being set up'}")
+        if status == "running" and code is None:
+            return RunState(RUNNING, f"on instance {instance_id}; it bills until the job ends")
+        fetch = f"`gpujob fetch {run.folder}` copies the folder back and destroys the instance"
+        if code == 0:
+            return RunState(FINISHED, f"on instance {instance_id}, which bills storage until {fetch}", 0)
+        if code is None and run.handles.get("interruptible"):
+            return RunState(PENDING, f"instance {instance_id} is {status} (outbid?); it resumes when it runs again")
+        state = ended_state(run, code, f"instance {instance_id} is {status}")
+        state.detail += f"; {fetch}"
+        return state
+
+    def logs(self, run: Run, follow: bool) -> Iterator[str]:
+        instance_id = run.handles.get("vast_instance_id")
+        if instance_id is None or run.handles.get("destroyed"):
+            yield from _kept_log(run.folder)
+            return
+        api, seen = self._api(), []
+        while True:
+            live = follow and self.status(run).live
+            fresh = new_lines(seen, api.logs(instance_id).splitlines())
+            yield from fresh
+            seen = (seen + fresh)[-LOG_WINDOW:]
+            if not live:
+                return
+            self.sleep(self.poll_s)
+
+    def cancel(self, run: Run) -> str:
+        from runner.lifecycle import resume_hint
+
+        state = self.status(run)
+        instance_id = run.handles.get("vast_instance_id")
+        if instance_id is None or run.handles.get("destroyed"):
+            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
+        run.record.note("cancel asked")
+        run_record.write(run.folder, run.record)
+        api = self._api()
+        if state.state == RUNNING:
+            api.stop_instance(instance_id)  # the container gets SIGTERM: the job checkpoints and exits
+            deadline = self.clock() + CANCEL_WAIT_S
+            while exit_code(api.logs(instance_id).splitlines()) is None and self.clock() < deadline:
+                self.sleep(min(self.poll_s, 5))
+        self._bring_back_and_destroy(api, run)
+        return f"cancelled {run.folder.name}; instance {instance_id} destroyed; {resume_hint(run.folder)}"
+
+    def fetch(self, run: Run) -> str:
+        instance_id = run.handles.get("vast_instance_id")
+        if instance_id is None or run.handles.get("destroyed"):
+            return f"{run.folder.name}: its instance is gone and its folder is here"
+        api, state = self._api(), self.status(run)
+        if state.live:
+            api.copy_back(instance_id, f"{REMOTE_RUNS}/{run.folder.name}", run.folder, exclude=COPY_BACK_SKIPS)
+            return f"copied what {run.folder.name} has written so far; instance {instance_id} keeps running"
+        self._bring_back_and_destroy(api, run)
+        return f"copied {run.folder.name} back; instance {instance_id} destroyed"
+
+    def _bring_back_and_destroy(self, api, run: Run) -> None:
+        instance_id = run.handles["vast_instance_id"]
+        watch = Watch(lines=api.logs(instance_id).splitlines(), started=True)
+        self._salvage(api, instance_id, run.folder)
+        self._end_rental(api, run, must=True, watch=watch)
+
+    def resume(self, run: Run, detach: bool) -> None:
+        """Rent a new instance, send it the run folder (the checkpoint is in it), and continue."""
+        from runner.spec import load_spec
+
+        spec = load_spec(run.folder / JOB_FILES / "spec.yaml")
+        api = self._api()
+        api.check_can_copy()
+        offer = self._choose(api, spec)
+        payload = instance_request(spec, run.folder.name, offer)
+        payload["env"]["GPUJOB_WAIT_FOR_UPLOAD"] = "1"
+        self._rent(api, spec, run, VastRequest(offer, payload), detach, upload=True)
+
+    def detached_note(self, run: Run) -> str:
+        instance_id = run.handles.get("vast_instance_id")
+        return (f"Instance {instance_id} bills until the job ends, and its disk until `gpujob fetch RUN` copies the "
+                "folder back and destroys it; `gpujob cancel RUN` stops it at once")
+
+    def _create(self, api, offer_id: int, request: dict) -> int:
+        try:
+            return api.create_instance(offer_id, request)
+        except BaseException:
+            # The request may have failed after vast.ai made the instance (a lost reply, Ctrl-C):
+            # look for it by its label, which names this run, and destroy what is found.
+            try:
+                orphans = api.instances_labelled(request["label"])
+            except GpujobError as err:
+                print(f"gpujob: {err.message}; check for an instance left behind with: vastai show instances",
+                      file=sys.stderr)
+                orphans = []
+            for orphan in orphans:
+                self._destroy(api, orphan, must=False)
+            raise
+
+    def _follow(self, api, instance_id: int, spec: JobSpec, watch: Watch) -> int:
+        """Print the instance's state and the job's output until the job ends; its exit code."""
+        startup_deadline = self.clock() + spec.vast.startup_minutes * 60
+        run_deadline = exited_since = None
+        while True:
+            info = api.show_instance(instance_id)
+            status = info.get("actual_status")
+            if status != watch.status:
+                message = f" ({info['status_msg']})" if info.get("status_msg") else ""
+                print(f"vast: instance {instance_id} is {status or 'being set up'}{message}", file=sys.stderr)
+                watch.status = status
+            if status == "running" and not watch.started:
+                watch.started = True
+                run_deadline = self.clock() + spec.resources.timeout_minutes * 60 + RUN_GRACE_S
+            if watch.started:
+                fresh = new_lines(watch.lines, api.logs(instance_id).splitlines())
+                for line in fresh:
+                    print(line)
+                watch.lines = (watch.lines + fresh)[-LOG_WINDOW:]
+            code = exit_code(watch.lines)
+            if code is not None and not (code == PREEMPTED and spec.vast.interruptible):
+                return code
+            # An interruptible instance that was outbid gets SIGTERM (the job checkpoints, exit 143)
+            # and starts again once its bid wins: keep waiting, within the time limit.
+            now = self.clock()
+            if not watch.started and now > startup_deadline:
+                raise job_failed(f"vast: instance {instance_id} did not start within vast.startup_minutes "
+                                 f"({spec.vast.startup_minutes} min); last status: {status} "
+                                 f"{info.get('status_msg') or ''}".rstrip())
+            if run_deadline is not None and now > run_deadline:
+                raise job_failed(f"vast: the job ran past resources.timeout_minutes "
+                                 f"({spec.resources.timeout_minutes} min)")
+            if watch.started and code is None and status in ("exited", "offline", "unknown"):
+                exited_since = exited_since or now
+                if now - exited_since > EXITED_GRACE_S:
+                    raise job_failed(f"vast: instance {instance_id} is {status} and the job did not finish: "
+                                     f"{last_error_line(watch.lines) or 'no output'}")
+            else:
+                exited_since = None
+            self.sleep(self.poll_s)
+
+    def _end_rental(self, api, run: Run, must: bool, watch: Watch) -> None:
+        """On every way out: destroy the instance, keep its log, record what it cost."""
+        instance_id = run.handles.get("vast_instance_id")
+        if instance_id is None:  # nothing was rented
+            _keep_log(run.folder, watch)
+            return
+        self._destroy(api, instance_id, must=must)
+        if run.folder.exists():
+            run.record = run_record.update(run.folder, handles={"destroyed": True})
+        _keep_log(run.folder, watch)
+        self._record_cost(run)
+
+    def _record_cost(self, run: Run) -> None:
+        """cost.json, on every way out that rented something: the offer's price per hour times
+        the time from the rent request to the destroy (vast.ai bills by the second)."""
+        from runner.cost import describe, estimate, write_cost
+
+        h = run.handles
+        offer = h.get("offer", {})
+        basis = "your bid" if h.get("interruptible") else "the offer's on-demand price (dph_total, disk included)"
+        record = estimate("vast", f"instance {h['vast_instance_id']}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
+                          h["price_per_hour"], self.clock() - h["rented_at"],
+                          f"{basis} x the time from renting to destroying, measured here; "
+                          "vast.ai also bills network traffic")
+        if run.folder.exists():  # gone when the job never started: the line below still says what it cost
+            write_cost(run.folder, record)
+        print(f"vast: {describe(record)}", file=sys.stderr)
+
+    def _salvage(self, api, instance_id: int, folder: Path) -> None:
+        """On the way out after a failure: fetch what the job wrote (its error.log, checkpoints)."""
+        print(f"vast: copying what the job wrote back to {folder} before destroying the instance "
+              "(Ctrl-C skips this)", file=sys.stderr)
+        try:
+            api.copy_back(instance_id, f"{REMOTE_RUNS}/{folder.name}", folder, exclude=COPY_BACK_SKIPS)
+        except GpujobError as err:  # reported, and the failure that brought us here is raised after
+            print(f"gpujob: {err.message}", file=sys.stderr)
+
+    def _destroy(self, api, instance_id: int | None, must: bool) -> None:
+        """Destroy the instance, retrying; if it cannot be done, tell the user loudly. `must`
+        raises that failure (nothing else is being raised); otherwise the original error wins."""
+        if instance_id is None:
+            return
+        for attempt in range(DESTROY_TRIES):
+            try:
+                api.destroy_instance(instance_id)
+                print(f"vast: destroyed instance {instance_id}", file=sys.stderr)
+                return
+            except GpujobError as err:
+                failure = err
+                if attempt + 1 < DESTROY_TRIES:
+                    self.sleep(5)
+        message = (f"vast: could not destroy instance {instance_id} ({failure.message}); it is still billed: "
+                   f"destroy it now with: vastai destroy instance {instance_id}")
+        print(f"gpujob: {message}", file=sys.stderr)
+        if must:
+            raise job_failed(message)
+
+
+BACKEND = VastBackend()

@@ -1,0 +1,213 @@
+"""One job lifecycle: where a job goes, the record every run gets, and list/status/logs/cancel/
+resume on local runs for real; the rules every backend keeps (a folder is a run only through
+gpujob, a live run is never started twice, two resumes never both run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runner.backends.auto import choose_backend
+from runner.spec import load_spec
+from tests.conftest import REPO, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
+
+
+@pytest.fixture
+def long_digits(write_spec):
+    """A digits CNN long enough to be caught running: 400 epochs of 23 steps."""
+    def make(**train):
+        return write_spec(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 64},
+                          optimizer={"name": "sgd", "lr": 0.05},
+                          train={"epochs": 400, "log_every_steps": 5, "checkpoint_every_minutes": 10, **train})
+    return make
+
+
+def _steps(run):
+    return [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"]
+
+
+# ---- where a job goes --------------------------------------------------------------------
+
+
+def test_auto_trains_here_without_a_gpu_request_or_with_the_gpus_here(write_spec):
+    assert choose_backend(load_spec(write_spec()), gpus_here=[])[0] == "local"
+    a10g = load_spec(write_spec(resources={"gpu": "A10G:2"}))
+    here, why = choose_backend(a10g, gpus_here=[("NVIDIA A10G", 24.0), ("NVIDIA A10G", 24.0)])
+    assert here == "local" and "this machine has A10G:2" in why
+    a100 = load_spec(write_spec(resources={"gpu": "A100-80GB:1"}))
+    assert choose_backend(a100, gpus_here=[("NVIDIA A100-SXM4-80GB", 85.0)])[0] == "local"
+    assert choose_backend(a100, gpus_here=[("NVIDIA A100-PCIE-40GB", 42.5)])[0] == "modal"  # the 40 GB card
+
+
+def test_auto_rents_a_gpu_this_machine_lacks_and_explicit_choices_win(write_spec):
+    spec = load_spec(write_spec(resources={"gpu": "A10G:2"}))
+    name, why = choose_backend(spec, gpus_here=[("NVIDIA A10G", 24.0)])  # one, not two
+    assert name == "modal" and "asks for A10G:2 and this machine has 1 A10G" in why
+    assert choose_backend(spec, gpus_here=[])[1].endswith("this machine has no CUDA GPU: renting it on Modal")
+    assert choose_backend(load_spec(write_spec(resources={"gpu": "A10G:2"}, backend="local")), [])[0] == "local"
+    rtx = write_spec(resources={"gpu": "RTX4090:1"}, vast={"image": "docker.io/me/gpujob:1"})
+    assert choose_backend(load_spec(rtx), gpus_here=[])[0] == "vast"  # Modal has no RTX4090
+
+
+def test_the_design_cards_command_goes_to_modal_and_asks_for_a_token(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MODAL_")}
+    env = {**clean, "HOME": str(home)}
+    dry = subprocess.run([sys.executable, "-m", "runner.cli", "submit", "jobs/resnet18.yaml", "--gpu", "A10G:2",
+                          "--dry-run", "--set", "data.batch_size=16", "--runs-dir", str(tmp_path / "runs")], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in dry.stdout.splitlines()
+                if re.search(r"\S\s{2,}\S", line))
+    assert rows["backend"] == "modal"
+    assert "asks for A10G:2 and this machine has no CUDA GPU" in dry.stdout
+    out = subprocess.run([sys.executable, "-m", "runner.cli", "submit", "jobs/resnet18.yaml", "--gpu", "A10G:2",
+                          "--runs-dir", str(tmp_path / "runs")], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 3 and "modal token new" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_version_and_short_help():
+    out = cli_subprocess("--version")
+    assert out.returncode == 0 and out.stdout.startswith("gpujob 0.")
+    short = cli_subprocess("-h")
+    assert short.returncode == 0 and "submit" in short.stdout and "cancel" in short.stdout
+
+
+# ---- the record and the lock --------------------------------------------------------------
+
+
+def test_every_run_gets_its_record_first_and_never_a_credential(write_spec, tmp_path):
+    result = cli_subprocess("submit", write_spec(train={"epochs": 1, "max_steps": 3}), "--runs-dir", tmp_path / "runs",
+                            env={"MODAL_TOKEN_SECRET": "as-secret-never-kept", "VAST_API_KEY": "vast-key-never-kept"})
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "runs" / result.stdout.strip().splitlines()[-1].split("/")[-1]
+    record = json.loads((run / "submission.json").read_text())
+    assert record["backend"] == "local" and record["handles"]["pid"] > 0 and record["submitted_from"]["cwd"]
+    assert record["asks"] == {"gpu": None, "world_size": 1, "epochs": 1, "max_steps": 3, "name": "test-job"}
+    written = "".join(p.read_text(errors="replace") for p in run.rglob("*") if p.is_file() and p.suffix != ".pt")
+    assert "never-kept" not in written
+
+
+def test_resume_refuses_a_folder_gpujob_did_not_make_and_changes_nothing(tmp_path, write_spec):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "spec.yaml").write_text(write_spec().read_text())
+    (mine / "model.pt").write_bytes(b"the user's own weights")
+    (mine / "metrics.jsonl").write_text('{"mine": 1}\n')
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    for command in (["resume", mine], ["cancel", mine], ["status", mine], ["logs", mine], ["fetch", mine]):
+        out = cli_subprocess(*command)
+        assert out.returncode == 2 and "not a gpujob run" in out.stderr and out.stderr.count("\n") == 1, command
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before
+
+
+def test_a_damaged_record_is_one_line_and_nothing_changes(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "submission.json").write_text("{not json")
+    out = cli_subprocess("resume", run)
+    assert out.returncode == 2 and "damaged submission record" in out.stderr and out.stderr.count("\n") == 1
+    assert sorted(p.name for p in run.iterdir()) == ["submission.json"]
+
+
+# ---- the local lifecycle, for real -----------------------------------------------------------
+
+
+def test_detach_status_logs_cancel_resume_and_runs(long_digits, tmp_path):
+    runs = tmp_path / "runs"
+    submitted = cli("submit", long_digits(max_steps=400), "--detach", "--runs-dir", runs)
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir
+    assert f"gpujob logs {run} --follow" in submitted.stdout and f"gpujob cancel {run}" in submitted.stdout
+    wait_for(lambda: len(read_jsonl_if(run / "metrics.jsonl")) >= 4, "the detached job's steps")
+
+    status = cli("status", run.name, "--runs-dir", runs)
+    assert status.stdout.startswith(f"{run.name}: running: process ") and status.exit_code == 0
+    assert "step 5/400" in cli("logs", run).stdout  # its output, from job/output.log
+    listed = cli("runs", "--runs-dir", runs).stdout.splitlines()
+    assert listed[0].split() == ["run", "backend", "state", "gpu", "epoch", "test_acc", "wall", "cost"]
+    assert listed[1].split()[:3] == [run.name, "local", "running"]
+
+    twice = cli("resume", run)
+    assert twice.exit_code == 2 and "is still running" in twice.stderr and "gpujob cancel" in twice.stderr
+    again = cli_subprocess("run", run / "spec.yaml", "--run-dir", run, "--resume")
+    assert again.returncode == 2 and "is live" in again.stderr
+
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout and "step-" in cancelled.stdout
+    status = cli("status", run).stdout
+    assert status.startswith(f"{run.name}: cancelled") and f"gpujob resume {run}" in status
+    assert cli("cancel", run).stdout.startswith(f"{run.name} is not running")  # safe to repeat
+    kept = _steps(run)
+
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.run_dir == run and (run / "summary.json").exists()
+    assert _steps(run) == sorted(set(_steps(run))) and _steps(run)[: len(kept)] == kept  # each step once
+    assert json.loads((run / "summary.json").read_text())["resumed"] == 1
+    listed = json.loads(cli("runs", "--runs-dir", runs, "--json").stdout)
+    epochs = json.loads((run / "summary.json").read_text())["epochs"]
+    assert [(r["run"], r["state"], r["epoch"], r["epochs"]) for r in listed] == [(run.name, "finished", epochs, 400)]
+    events = [e["event"] for e in json.loads((run / "submission.json").read_text())["events"]]
+    assert events == ["submitted", "cancel asked", "resumed"]
+
+
+def test_logs_follow_reattaches_to_a_detached_run_until_it_ends(long_digits, tmp_path):
+    run = cli("submit", long_digits(max_steps=60), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    followed = cli_subprocess("logs", run, "--follow", timeout=300)
+    assert followed.returncode == 0 and "step 60/60" in followed.stdout and "done: test_accuracy" in followed.stdout
+    assert cli("status", run).stdout.startswith(f"{run.name}: finished")
+
+
+def test_two_resumes_at_once_never_both_run(long_digits, tmp_path):
+    spec = long_digits(max_steps=200)
+    run = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--run-dir", str(run)],
+                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: len(read_jsonl_if(run / "metrics.jsonl")) >= 2, "the first run's steps")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=120) == 143
+    resumes = [subprocess.Popen([sys.executable, "-m", "runner.cli", "resume", str(run)], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in resumes)
+    assert [code for code, _ in outcomes] == [0, 2], outcomes
+    assert "not resuming it twice" in outcomes[1][1] or "is still running" in outcomes[1][1] or "is live" in outcomes[1][1]
+    steps = _steps(run)
+    assert steps == sorted(set(steps)) and steps[-1] == 200  # one resume ran, nothing interleaved
+
+
+def test_a_killed_run_is_free_to_resume_once_its_process_is_gone(long_digits, tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(long_digits(max_steps=100)),
+                             "--run-dir", str(run)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: len(read_jsonl_if(run / "metrics.jsonl")) >= 2, "the run's steps")
+    assert cli("status", run).stdout.startswith(f"{run.name}: running")
+    proc.kill()
+    proc.wait()
+    wait_for(lambda: cli("status", run).stdout.startswith(f"{run.name}: preempted"), "the lock to die with it", 30)
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert _steps(run)[-1] == 100
+
+
+def test_an_attached_local_run_is_cancelled_from_another_terminal(long_digits, tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(long_digits()), "--runs-dir", str(runs)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: runs.exists() and any(len(read_jsonl_if(p / "metrics.jsonl")) >= 2 for p in runs.iterdir()),
+             "the attached run's steps")
+    (run,) = runs.iterdir()
+    time.sleep(0.2)
+    assert cli("cancel", run).exit_code == 0
+    assert proc.wait(timeout=120) == 143 and "checkpoint saved" in proc.stderr.read()
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
