@@ -25,10 +25,11 @@ NAME = re.compile(r"^step-(\d{8,})\.pt$")
 class CheckpointStore:
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir) / "checkpoints"
+        self.loaded: Path | None = None  # what load_latest read
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest first."""
-        if not self.dir.exists():
+        if not self.dir.is_dir():
             return []
         found = [p for p in self.dir.iterdir() if NAME.match(p.name)]
         return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)), reverse=True)
@@ -54,7 +55,9 @@ class CheckpointStore:
         paths = self.paths()
         for path in paths:
             try:
-                return read_checkpoint(path)
+                state = read_checkpoint(path)
+                self.loaded = path
+                return state
             except ValueError as err:
                 print(f"gpujob: warning: {err}; falling back to the previous checkpoint", file=sys.stderr)
         if paths:

@@ -138,21 +138,32 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
         with acting_on(run, "submitting"):
             chosen.submit(plan, run, detach)
     except (GpujobError, KeyboardInterrupt) as err:
-        from runner.errors import BAD_INPUT
-        from runner.run_record import read
-
-        # Bad input leaves nothing; otherwise a folder that names a started job is its only handle,
-        # and it keeps what was seen for `gpujob status` and `gpujob runs`.
-        if getattr(err, "exit_code", None) == BAD_INPUT or not read(folder.path).handles:
-            folder.remove_if_unstarted()
-        if folder.path.is_dir():
-            from runner.lifecycle import record_state, state_of_error
-
-            record_state(Run(folder.path, read(folder.path)), state_of_error(err))
+        _after_failed_submit(chosen, folder, err)
         if made_runs_dir and plan.runs_dir.is_dir() and not any(plan.runs_dir.iterdir()):
             plan.runs_dir.rmdir()  # made for this run alone
         raise
     return run
+
+
+def _after_failed_submit(chosen, folder, err: BaseException) -> None:
+    """Bad input, or a stop before anything was trained here, leaves nothing; otherwise the
+    folder stays (for a remote job it is the only handle) and keeps what was seen."""
+    from runner.backends import Run
+    from runner.errors import BAD_INPUT
+    from runner.lifecycle import record_state, state_of_error
+    from runner.run_record import is_run, read
+    from runner.stop_signals import INTERRUPTED, PREEMPTED
+
+    if not (folder.path.is_dir() and is_run(folder.path)):
+        return  # the worker already took back what it made
+    code = getattr(err, "exit_code", INTERRUPTED)
+    nothing_trained = not any((folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints"))
+    if code == BAD_INPUT or not read(folder.path).handles:
+        folder.remove_if_unstarted()
+    elif chosen.folder_is_here and nothing_trained and code in (INTERRUPTED, PREEMPTED):
+        folder.discard_unstarted()
+    if folder.path.is_dir() and is_run(folder.path):
+        record_state(Run(folder.path, read(folder.path)), state_of_error(err))
 
 
 def _detached_lines(run, what: str) -> None:

@@ -61,6 +61,11 @@ def init_process_group(ctx: WorkerContext, device: "torch.device", timeout_s: fl
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_s))
+    import sys
+
+    from runner.launch import JOINED
+
+    print(f"{JOINED} (rank {ctx.rank} of {ctx.world_size})", file=sys.stderr, flush=True)
 
 
 class CommTimer:

@@ -11,12 +11,12 @@ and each worker dies with the launcher (PR_SET_PDEATHSIG), so none is ever left 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 
 STOP_GRACE_S = 30.0  # how long a stopped worker may take to checkpoint before SIGKILL
+WAITING_EVERY_S = 10.0  # multi-node: how often to say that this node still waits for the others
 # Errors a rank raises because *another* rank died or hung: reported only if nothing better is found.
 SECONDARY = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out",
              "Broken pipe", "NCCL communicator was aborted", "recvBytes", "SIGTERM")
@@ -51,18 +52,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def failed_ranks(codes: dict[int, int | None], lines: dict[int, list[str]]) -> list[int]:
-    """The ranks that failed, the one whose failure ended the job first: a rank failed by its
-    exit code, or by printing its own error before it was stopped; ranks that only lost their
-    peers (SECONDARY errors) come after the others."""
+JOINED = "gpujob-worker: joined the job"  # a worker's stderr line once the rendezvous is done
+
+
+def failed_ranks(codes: dict[int, int | None], lines: dict[int, list[str]], signalled: set[int] | None = None,
+                 hung: tuple[int, ...] = ()) -> list[int]:
+    """The ranks to blame, the one whose failure ended the job first.
+
+    A rank failed when it exited with an error of its own, or died by a signal nobody in gpujob
+    sent (the OOM killer's SIGKILL, a SIGTERM to that one process). With `signalled` (the ranks
+    the launcher itself stopped), whatever those ranks reported is a consequence and comes last;
+    without it (SLURM's srun stops the ranks), a rank stopped by SIGTERM/SIGKILL that said
+    nothing of its own is taken for one that was stopped. Ranks whose error only says they lost
+    a peer (SECONDARY) come after the others, and `hung` ranks (alive, silent, when a peer
+    timed out waiting) come before those."""
 
     def own_error(rank: int) -> bool:  # not the line a rank stopped by a signal prints
-        return any(line.startswith("gpujob: ") and "by signal" not in line for line in lines.get(rank, []))
+        return any(line.startswith("gpujob: ") and not line.startswith("gpujob: stopped at step")
+                   for line in lines.get(rank, []))
 
-    stopped = (0, None, PREEMPTED, INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL)
-    failed = [r for r, c in sorted(codes.items()) if c not in stopped or (c != 0 and own_error(r))]
-    secondary = [r for r in failed if any(s in last_error_line(lines.get(r, [])) for s in SECONDARY)]
-    return [r for r in failed if r not in secondary] + secondary
+    def lost_a_peer(rank: int) -> bool:
+        return any(phrase in last_error_line(lines.get(rank, [])) for phrase in SECONDARY)
+
+    stop_codes = (PREEMPTED, INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL)
+    primary, secondary, consequences = [], [], []
+    for rank, code in sorted(codes.items()):
+        if code in (0, None) or rank in hung:
+            continue
+        if signalled is not None and rank in signalled:
+            consequences.append(rank)
+        elif signalled is None and code in stop_codes and not own_error(rank):
+            continue  # srun stopped it after another rank failed
+        elif lost_a_peer(rank):
+            secondary.append(rank)
+        else:
+            primary.append(rank)
+    return primary + list(hung) + secondary + consequences
 
 
 def _die_with_parent() -> None:
@@ -73,17 +98,41 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _process_state(pid: int) -> str:
+    """'stopped' (SIGSTOP), 'in uninterruptible I/O' or 'running', as Linux's /proc says."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "running"
+    return {"T": "stopped (SIGSTOP)", "t": "stopped by a debugger", "D": "stuck in uninterruptible I/O"}.get(
+        state, "still running but silent")
+
+
 class Launch:
+    """One node's workers. Nothing of it outlives it, even a SIGKILL: the spec the workers read
+    and their logs are unlinked temporary files (the workers get them as open descriptors), and
+    every worker dies with the launcher (PR_SET_PDEATHSIG)."""
+
     def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False):
         self.spec, self.topology, self.run_dir, self.resume = spec, topology, run_dir, resume
-        self.scratch = Path(tempfile.mkdtemp(prefix="gpujob-launch-"))
+        self.spec_file = tempfile.TemporaryFile()  # unlinked: it vanishes with the last descriptor
+        self.spec_file.write(spec.to_yaml().encode())
+        self.spec_file.flush()
+        self.logs = [tempfile.TemporaryFile() for _ in range(topology.nproc_per_node)]
         self.procs: list[subprocess.Popen] = []
         self.stop_signal: int | None = None
+        self.signalled: set[int] = set()  # local ranks this launcher sent a signal
+        self.tees: list[threading.Thread] = []
+        self.checkpoint_before = _newest_checkpoint(run_dir)
+        self.port: int | None = None
+
+    def _rank(self, local_rank: int) -> int:
+        return self.topology.node_rank * self.topology.nproc_per_node + local_rank
 
     def _worker_env(self, local_rank: int, port: int) -> dict:
         t = self.topology
         env = dict(os.environ)
-        env.update(RANK=str(t.node_rank * t.nproc_per_node + local_rank), LOCAL_RANK=str(local_rank),
+        env.update(RANK=str(self._rank(local_rank)), LOCAL_RANK=str(local_rank),
                    WORLD_SIZE=str(t.world_size), LOCAL_WORLD_SIZE=str(t.nproc_per_node),
                    GROUP_RANK=str(t.node_rank), MASTER_ADDR=t.master_addr, MASTER_PORT=str(port),
                    PYTHONUNBUFFERED="1")
@@ -94,27 +143,40 @@ class Launch:
         return env
 
     def start(self) -> None:
-        spec_file = self.scratch / "spec.yaml"
-        spec_file.write_text(self.spec.to_yaml())
-        port = self.topology.master_port or free_port()
-        for local_rank in range(self.topology.nproc_per_node):
-            log = open(self.scratch / f"rank-{local_rank}.log", "w")
-            rank = self.topology.node_rank * self.topology.nproc_per_node + local_rank
-            command = [sys.executable, "-m", "runner.cli", "run", str(spec_file), "--worker"]
+        self.port = self.topology.master_port or free_port()
+        spec_path = f"/dev/fd/{self.spec_file.fileno()}"
+        for local_rank, log in enumerate(self.logs):
+            command = [sys.executable, "-m", "runner.cli", "run", spec_path, "--worker"]
             if self.run_dir is not None:
                 command += ["--run-dir", str(self.run_dir)]
             if self.resume:
                 command += ["--resume"]
-            self.procs.append(subprocess.Popen(
-                command, env=self._worker_env(local_rank, port), stdin=subprocess.DEVNULL,
-                stdout=None if rank == 0 else log, stderr=log,  # rank 0's progress reaches the user
-                start_new_session=True, preexec_fn=_die_with_parent))
+            rank = self._rank(local_rank)
+            shown = local_rank == 0  # its progress (global rank 0) and its warnings reach the user
+            proc = subprocess.Popen(
+                command, env=self._worker_env(local_rank, self.port), stdin=subprocess.DEVNULL,
+                stdout=None if rank == 0 else log, stderr=subprocess.PIPE if shown else log,
+                pass_fds=(self.spec_file.fileno(),), start_new_session=True, preexec_fn=_die_with_parent)
+            self.procs.append(proc)
+            if shown:
+                self.tees.append(threading.Thread(target=_tee, args=(proc, log), daemon=True))
+                self.tees[-1].start()
+
+    def lines(self, local_rank: int) -> list[str]:
+        if local_rank == 0:
+            for tee in self.tees:
+                tee.join(timeout=5)  # everything it read is in the log once the worker has exited
+        fd = self.logs[local_rank].fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace").splitlines()
 
     def _signal_all(self, signum: int) -> None:
-        for proc in self.procs:
+        for local_rank, proc in enumerate(self.procs):
             if proc.poll() is None:
+                self.signalled.add(local_rank)
                 try:
                     os.killpg(proc.pid, signum)  # the worker and its DataLoader processes
+                    if signum == signal.SIGTERM:
+                        os.killpg(proc.pid, signal.SIGCONT)  # a stopped (SIGSTOP) worker must see it
                 except ProcessLookupError:
                     pass
 
@@ -129,65 +191,132 @@ class Launch:
 
     def watch(self, timeout_s: float) -> None:
         """Wait for every worker; raise a GpujobError for the first real failure."""
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline, said_waiting = started + timeout_s, started
         while True:
             if self.stop_signal is not None:
                 self.stop_all()
                 code = PREEMPTED if self.stop_signal == signal.SIGTERM else INTERRUPTED
-                raise self._stopped(signal.Signals(self.stop_signal).name, code)
+                raise self._stopped(f"stopped by {signal.Signals(self.stop_signal).name}", code)
             codes = [p.poll() for p in self.procs]
             if codes and all(c == PREEMPTED for c in codes):  # SIGTERM reached the workers directly
-                raise self._stopped("SIGTERM", PREEMPTED)
+                raise self._stopped("stopped by SIGTERM", PREEMPTED)
             if any(c not in (None, 0, PREEMPTED) for c in codes):
                 # The failing rank's peers notice its closed connections and fail at once, often
                 # before it has finished exiting: give every rank a moment to end on its own.
                 settle = time.monotonic() + 3.0
                 while any(p.poll() is None for p in self.procs) and time.monotonic() < settle:
                     time.sleep(0.05)
+                alive = {r: _process_state(p.pid) for r, p in enumerate(self.procs) if p.poll() is None}
                 self.stop_all(grace_s=5.0)
-                raise self._failure([p.returncode for p in self.procs])
+                raise self._failure([p.returncode for p in self.procs], alive)
             if all(c == 0 for c in codes):
                 return
             if time.monotonic() > deadline:
-                self.stop_all(grace_s=5.0)
-                raise GpujobError(f"job timed out after {timeout_s / 60:g} min (resources.timeout_minutes); "
-                                  "all workers were stopped", JOB_FAILED)
+                self.stop_all()
+                raise self._stopped(f"the job ran past resources.timeout_minutes "
+                                    f"({self.spec.resources.timeout_minutes} min) and was stopped", JOB_FAILED)
+            if self.topology.nnodes > 1 and time.monotonic() - said_waiting >= WAITING_EVERY_S:
+                said_waiting = time.monotonic()
+                self._say_waiting(said_waiting - started)
             time.sleep(0.1)
 
-    def _stopped(self, name: str, code: int) -> GpujobError:
-        resume = f"; resume with: gpujob resume {self.run_dir}" if self.run_dir else ""
-        return GpujobError(f"stopped by {name}: the workers checkpointed and exited{resume}", code)
+    def _say_waiting(self, waited_s: float) -> None:
+        """On a multi-node job, while this node's workers wait for the others to join."""
+        if all(any(line.startswith(JOINED) for line in self.lines(r)) for r in range(len(self.procs))):
+            return
+        t = self.topology
+        whom = (f"the other {t.nnodes - 1} node(s) to join" if t.node_rank == 0 else "node 0")
+        print(f"gpujob: node {t.node_rank} of {t.nnodes} waiting for {whom} at {t.master_addr}:{self.port}, "
+              f"{waited_s:.0f} s", file=sys.stderr, flush=True)
 
-    def _failure(self, codes: list[int]) -> GpujobError:
-        lines = {r: (self.scratch / f"rank-{r}.log").read_text(errors="replace").splitlines()
-                 for r in range(len(codes))}
-        failed = failed_ranks(dict(enumerate(codes)), lines)
+    def _stopped(self, what: str, code: int) -> GpujobError:
+        """Say only what happened: which checkpoint was written, if any; where to resume, if
+        anything can be resumed."""
+        newest = _newest_checkpoint(self.run_dir)
+        if self.run_dir is None:
+            return GpujobError(f"{what}; node 0 keeps the run folder and its checkpoints", code)
+        if newest is None:
+            return GpujobError(f"{what} before the first checkpoint: nothing was kept", code)
+        written = "the workers saved it" if newest != self.checkpoint_before else "no newer one was written"
+        return GpujobError(f"{what}; last checkpoint {newest} ({written}); resume with: gpujob resume "
+                           f"{self.run_dir}", code)
+
+    def _failure(self, codes: list[int], alive: dict[int, str]) -> GpujobError:
+        lines = {r: self.lines(r) for r in range(len(codes))}
+        hung = tuple(alive) if self._peers_timed_out(lines, alive) else ()
+        failed = failed_ranks(dict(enumerate(codes)), lines, self.signalled - set(hung), hung)
         local_rank = failed[0] if failed else 0
-        rank = self.topology.node_rank * self.topology.nproc_per_node + local_rank
+        rank, world = self._rank(local_rank), self.topology.world_size
         code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
-        report = last_error_line(lines[local_rank]) or f"exit code {codes[local_rank]}"
-        if code == BAD_INPUT:  # the spec's fault, said in one line; the run folder is taken back
+        report = last_error_line(lines[local_rank])
+        if code == BAD_INPUT and local_rank not in hung:  # the spec's fault, said in one line
             return GpujobError(report, code)
-        self._keep_logs(failed)
+        self._keep_log(local_rank)
         where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
-        return GpujobError(f"rank {rank} of {self.topology.world_size} failed: {report}"
-                           f"{where}; the other workers were stopped", code)
+        if local_rank in hung:
+            waiting = next((self._rank(r) for r in lines if r not in hung and codes[r] not in (0, None)), None)
+            return GpujobError(f"rank {rank} of {world} stopped answering ({alive[local_rank]}); rank {waiting} timed "
+                               f"out waiting for it after train.collective_timeout_s "
+                               f"({self.spec.train.collective_timeout_s} s){where}; the other workers were stopped",
+                               JOB_FAILED)
+        died = codes[local_rank]
+        if died is not None and died < 0 and local_rank not in self.signalled:
+            name = signal.Signals(-died).name
+            cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if died == -signal.SIGKILL else ""
+            return GpujobError(f"rank {rank} of {world} was killed by {name}, not by gpujob{cause}{where}; "
+                               "the other workers were stopped", JOB_FAILED)
+        return GpujobError(f"rank {rank} of {world} failed: {report or f'exit code {died}'}{where}; "
+                           "the other workers were stopped", code)
 
-    def _keep_logs(self, local_ranks: list[int]) -> None:
+    def _peers_timed_out(self, lines: dict[int, list[str]], alive: dict[int, str]) -> bool:
+        """Whether the ranks that ended did so waiting for one that was still alive."""
+        ended = [r for r in lines if r not in alive]
+        return bool(alive) and bool(ended) and all(
+            any(p in last_error_line(lines[r]) for p in ("Timed out", "timed out", "Timeout")) for r in ended)
+
+    def _keep_log(self, local_rank: int) -> None:
         if self.run_dir is None or not self.run_dir.exists():
             return
-        for local_rank in local_ranks:
-            rank = self.topology.node_rank * self.topology.nproc_per_node + local_rank
-            shutil.copyfile(self.scratch / f"rank-{local_rank}.log", self.run_dir / f"rank-{rank}.log")
+        from runner.run_folder import atomic_write
+
+        fd = self.logs[local_rank].fileno()
+        atomic_write(self.run_dir / f"rank-{self._rank(local_rank)}.log", os.pread(fd, os.fstat(fd).st_size, 0))
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        for handle in (self.spec_file, *self.logs):
+            handle.close()
+
+
+def _tee(proc: subprocess.Popen, log) -> None:
+    """Copy a worker's stderr to its log and to the user's terminal, except the rendezvous line
+    and its final error line, which the launcher reports itself (once, with the rank)."""
+    held = None
+    for raw in proc.stderr:
+        log.write(raw)
+        log.flush()
+        if held is not None:
+            sys.stderr.write(held.decode(errors="replace"))
+            sys.stderr.flush()
+        held = None if raw.startswith(JOINED.encode()) else raw
+    if held is not None and not (held.startswith(b"gpujob: ") and proc.wait() != 0):
+        sys.stderr.write(held.decode(errors="replace"))
+        sys.stderr.flush()
+
+
+def _newest_checkpoint(run_dir: Path | None) -> str | None:
+    if run_dir is None:
+        return None
+    from runner.checkpoint import CheckpointStore
+
+    paths = CheckpointStore(run_dir).paths()
+    return paths[0].name if paths else None
 
 
 def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False) -> None:
     """Run one node's workers to the end. Raises GpujobError on failure, timeout or signal."""
     job = Launch(spec, topology, run_dir, resume)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def on_signal(signum, _frame):
         job.stop_signal = signum
@@ -234,8 +363,12 @@ def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | Non
     try:
         launch(spec, topology, folder.path if folder else None, resume=resume)
     except GpujobError as err:
-        if err.exit_code == 2 and folder is not None and not opened[1]:
-            folder.discard()  # bad input found by the workers: leave nothing half-made
+        from runner.errors import BAD_INPUT
+
+        stopped_early = err.exit_code in (PREEMPTED, INTERRUPTED) and folder is not None and folder.made_here and not any(
+            (folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints"))
+        if folder is not None and not opened[1] and (err.exit_code == BAD_INPUT or stopped_early):
+            folder.discard()  # bad input, or stopped before anything was trained: leave nothing half-made
         raise
     return folder.path if folder else None
 

@@ -59,8 +59,8 @@ def _make_parent(path: Path) -> None:
         raise bad_input(f"--runs-dir: {path} is a file, not a folder") from None
     except NotADirectoryError:
         raise bad_input(f"--runs-dir: {path} is under a file, not a folder") from None
-    except PermissionError:
-        raise bad_input(f"--runs-dir: cannot create {path}: permission denied") from None
+    except OSError as err:
+        raise bad_input(f"--runs-dir: cannot create {path}: {err.strerror}") from None
 
 
 def atomic_write(path: Path, *parts: bytes) -> None:
@@ -106,7 +106,12 @@ class RunFolder:
         before anything else: a folder becomes a run only this way. FileExistsError if taken."""
         path = Path(path)
         _make_parent(path.parent)
-        path.mkdir()  # exclusive: never an earlier run's folder
+        try:
+            path.mkdir()  # exclusive: never an earlier run's folder
+        except FileExistsError:
+            raise
+        except OSError as err:
+            raise bad_input(f"--runs-dir: cannot create {path}: {err.strerror}") from None
         run_record.write(path, submission)
         return cls(path, made_here=True)
 
@@ -159,15 +164,43 @@ class RunFolder:
                 p.name in PRE_RUN or is_interrupted_write(p) for p in self.path.iterdir()):
             shutil.rmtree(self.path, ignore_errors=True)
 
+    def discard_unstarted(self) -> None:
+        """Take away a folder whose job was stopped before it trained anything (no metrics, no
+        checkpoint): its spec, environment and job files are all gpujob's, and nothing is lost."""
+        if (self.path / METRICS).exists() or (self.path / "checkpoints").exists():
+            return
+        for name in (SPEC, ENV, "error.log", *PRE_RUN):
+            target = self.path / name
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                target.unlink(missing_ok=True)
+        remove_interrupted_writes(self.path)
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass  # something else is in it: leave it alone
+
     @property
     def finished(self) -> bool:
         return self.file(SUMMARY).exists()
 
-    def keep_metrics(self, count: int) -> None:
-        """Cut metrics.jsonl back to its first `count` records: the ones a checkpoint
-        includes. The steps after it are trained again and their lines written again."""
-        kept = self.metrics()[:count]
-        self.write_text(METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+    def keep_metrics(self, count: int) -> list[int]:
+        """Cut metrics.jsonl back to its first `count` lines: the records a checkpoint includes
+        (the steps after it are trained again and their lines written again). Of those, a line
+        that is not whole JSON (damaged on disk) is dropped and every intact one kept; returns
+        the numbers of the lines dropped, for the caller to say so."""
+        path = self.file(METRICS)
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        kept, damaged = [], []
+        for number, line in enumerate(lines[:count], start=1):
+            try:
+                json.loads(line)
+                kept.append(line)
+            except ValueError:
+                damaged.append(number)
+        self.write_text(METRICS, "".join(line + "\n" for line in kept))
+        return damaged
 
     def discard(self) -> None:
         """Take back what a start that found bad input wrote: the run's files, and the folder
@@ -196,15 +229,17 @@ class RunFolder:
             handle.write(json.dumps(record) + "\n")
 
     def metrics(self) -> list[dict]:
+        """Every intact record of metrics.jsonl (a line damaged on disk, or cut short by a kill,
+        is left out; the others are all kept)."""
         path = self.file(METRICS)
         if not path.exists():
             return []
         records = []
-        for line in path.read_text().splitlines():
+        for line in path.read_text(errors="replace").splitlines():
             try:
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a kill: everything before it is whole
+            except ValueError:
+                continue
         return records
 
 

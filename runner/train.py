@@ -3,7 +3,7 @@
 Read top to bottom: device, seed, data, model, optimizer, then the loop (step, periodic
 log, checkpoint, per-epoch evaluation), with honest timing. It knows nothing of Modal,
 Docker or SLURM, and writes nothing but checkpoints: it hands records to listeners (the
-run folder, the console), which exist on rank 0 only.
+run folder, the console), which exist on rank 0 only, and returns the final weights.
 
 Resuming is exact: a checkpoint holds the model, optimizer, scheduler, scaler, RNG
 states, the position in the epoch's fixed batch order and every running sum, so a run
@@ -13,6 +13,7 @@ killed and resumed takes the same steps on the same batches as one that never st
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from runner.checkpoint import CheckpointStore, restore_rng_states, rng_states
 from runner.distributed import (CommTimer, WorkerContext, all_sum, broadcast_object, destroy_process_group,
                                 init_process_group, pick_device)
-from runner.errors import job_failed
+from runner.errors import bad_input, job_failed
 from runner.models import build_model, parameter_count
 from runner.stop_signals import StopRequest, Stopped
 from runner.train_setup import (autocast_for, build_optimizer, device_name, prepare_batches, seed_everything,
@@ -43,6 +44,7 @@ class TrainResult:
     summary: dict
     timing: dict
     epochs: list[dict] = field(default_factory=list)  # the per-epoch metric records
+    weights: dict | None = None  # the final model state (rank 0), for model.pt
 
 
 @dataclass
@@ -94,8 +96,10 @@ def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Lis
     ctx = ctx or WorkerContext()
     device = device or pick_device(ctx)
     init_process_group(ctx, device, spec.train.collective_timeout_s)
+    # One process alone keeps its own time limit; several are stopped by their launcher (or SLURM).
+    limit_s = None if ctx.distributed else spec.resources.timeout_minutes * 60 - (time.perf_counter() - started)
     try:
-        with StopRequest() as stop:
+        with StopRequest(limit_s) as stop:
             return _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop)
     finally:
         destroy_process_group(ctx)
@@ -120,7 +124,11 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
     state = LoopState()
     resume_from = broadcast_object(resume_from, ctx)  # every rank loads what rank 0 read
     if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
+        try:
+            model.load_state_dict(resume_from["model"])
+        except RuntimeError:  # a checkpoint from before checkpoints kept their spec
+            raise bad_input("the run's spec no longer matches its checkpoint (the model's weights do not fit "
+                            "it); put the spec back as it was, or start a new run") from None
         optimizer.load_state_dict(resume_from["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(resume_from["scheduler"])
@@ -129,6 +137,15 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
         state = LoopState(**resume_from["loop"])
         if not ctx.is_main:  # the checkpoint holds every rank's loss sums on rank 0
             state.epoch_loss = state.window_loss = 0.0
+        saved_world = resume_from.get("world_size", ctx.world_size)
+        if saved_world != ctx.world_size and ctx.is_main:
+            # The sums add each rank's mean loss per step: W of them. Rescaled to the new W, the
+            # epoch's mean comes out as if every step had been taken at this size (the global
+            # batch, and so the maths, is the same at any worker count).
+            state.epoch_loss *= ctx.world_size / saved_world
+            state.window_loss *= ctx.world_size / saved_world
+            print(f"gpujob: resuming with {ctx.world_size} worker(s), the checkpoint was written by {saved_world}: "
+                  f"the global batch stays {spec.data.batch_size}", file=sys.stderr)
         state.resumed += 1
         state.interruptions.append({"resumed_at_step": state.step, "epoch": state.epoch})
 
@@ -152,7 +169,7 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "scaler": scaler.state_dict(), "rng": rng_states(), "loop": asdict(state),
-            "world_size": ctx.world_size,
+            "world_size": ctx.world_size, "spec": spec.model_dump(mode="json"),
         }, state.step)
 
     def check_finite(value: float, what: str) -> None:
@@ -194,7 +211,9 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
     while state.epoch <= t.epochs and (state.step < total_steps or state.epoch_steps > 0):
         epoch = state.epoch
         epoch_start = time.perf_counter() - state.epoch_train_s
-        window_start = time.perf_counter()
+        # Throughput over the steps since this clock started (the loss window may span epochs,
+        # the clock restarts with each: evaluation time is not training time).
+        window_start, rate_steps = time.perf_counter(), 0
         data_s = state.epoch_data_s
         epoch_loss = torch.tensor(state.epoch_loss, dtype=torch.float64, device=device)
         window_loss = torch.tensor(state.window_loss, dtype=torch.float64, device=device)
@@ -207,7 +226,13 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
                 break
             x, y = batch
             with autocast():
-                loss = F.cross_entropy(step_model(x), y)
+                try:
+                    loss = F.cross_entropy(step_model(x), y)
+                except IndexError as err:  # a dataset whose labels could not be checked when it loaded
+                    if "out of bounds" not in str(err):
+                        raise
+                    raise bad_input(f"model.num_classes: {num_classes}, but a batch has a label past it ({err}); "
+                                    f"labels must be 0 to {num_classes - 1}") from None
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -221,6 +246,7 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
             state.batches_done += 1
             state.epoch_steps += 1
             state.window_steps += 1
+            rate_steps += 1
             if state.time_to_first_step_s is None:
                 sync(device)
                 state.time_to_first_step_s = time.perf_counter() - started
@@ -231,9 +257,9 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
                 now = time.perf_counter()
                 emit("step", {"kind": "step", "step": state.step, "epoch": epoch, "loss": loss_now,
                               "lr": optimizer.param_groups[0]["lr"],
-                              "samples_per_s": state.window_steps * spec.data.batch_size / max(now - window_start, 1e-9)})
+                              "samples_per_s": rate_steps * spec.data.batch_size / max(now - window_start, 1e-9)})
                 window_loss.zero_()
-                state.window_steps, window_start = 0, now
+                state.window_steps, window_start, rate_steps = 0, now, 0
             stopping, due = decide() if state.step % decide_every == 0 else (False, False)
             if stopping or due:
                 state.epoch_loss, state.window_loss = sums_onto_main(epoch_loss, window_loss)
@@ -289,21 +315,4 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
     timing = {"time_to_first_step_s": state.time_to_first_step_s, "total_s": total_s,
               "train_loop_s": state.train_loop_s, "epochs": state.epoch_timing,
               "interruptions": state.interruptions}
-    if ctx.is_main:
-        _save_weights(model, checkpoints)
-    return TrainResult(summary, timing, state.epoch_records)
-
-
-def _save_weights(model, checkpoints: CheckpointStore | None) -> None:
-    """model.pt beside the run's other artifacts: the final weights, loadable with torch.load."""
-    if checkpoints is None:
-        return
-    import io
-
-    import torch
-
-    from runner.run_folder import atomic_write
-
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    atomic_write(checkpoints.dir.parent / "model.pt", buffer.getvalue())
+    return TrainResult(summary, timing, state.epoch_records, model.state_dict() if ctx.is_main else None)

@@ -86,7 +86,29 @@ def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
             raise bad_input("model.num_classes: required for a factory dataset without a num_classes attribute")
     if batches.steps_per_epoch == 0:
         raise bad_input(f"data.batch_size: {d.batch_size} is larger than the training set ({len(train_set)} samples)")
-    return batches, shape, spec.model.num_classes or classes
+    classes = spec.model.num_classes or classes
+    check_labels(train_set, test_set, classes)
+    return batches, shape, classes
+
+
+def check_labels(train_set, test_set, classes: int) -> None:
+    """Labels must be 0 .. num_classes-1; found here, when the data is loaded, not as an
+    IndexError deep in a training step. Datasets that keep their labels in `labels` or
+    `targets` are checked whole."""
+    import torch
+
+    for split in (train_set, test_set):
+        labels = next((getattr(split, name) for name in ("labels", "targets") if hasattr(split, name)), None)
+        if labels is None or len(labels) == 0:
+            continue
+        labels = torch.as_tensor(labels)
+        if labels.dtype.is_floating_point:
+            continue  # not class labels: another loss's targets
+        high, low = int(labels.max()), int(labels.min())
+        if high >= classes or low < 0:
+            raise bad_input(f"model.num_classes: {classes}, but the data has label {high if high >= classes else low}; "
+                            f"labels must be 0 to {classes - 1} (raise model.num_classes, or leave it out to take "
+                            "the dataset's)")
 
 
 def sync(device) -> None:

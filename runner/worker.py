@@ -3,6 +3,8 @@ SLURM node or on Modal; it trains through train.py and, on rank 0, fills the run
 
 from __future__ import annotations
 
+import errno
+import signal
 import time
 import traceback
 from pathlib import Path
@@ -40,7 +42,6 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     With `resume`, a run_dir that holds a run continues from its last checkpoint. `opened` is
     the folder open_run_folder already gave the caller."""
     from runner.environment import describe_environment
-    from runner.plot import plot_loss_curve
     from runner.progress import console_listener
     from runner.train import train
 
@@ -57,48 +58,148 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
             run_lock.release(opened[0].path)
     if ctx.is_main:
         folder, resuming = opened
-        if resuming:
-            rf.remove_interrupted_writes(folder.path)
-            if not folder.file(rf.ENV).exists():  # the first start was killed before it got this far
+        store = CheckpointStore(folder.path)
+        try:
+            if resuming:
+                resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
+                if resume_from is not None:
+                    check_same_job(spec, resume_from, folder.file(rf.SPEC))  # before anything is touched
+                _prepare_resume(folder, store, resume_from, describe_environment)
+            else:
+                folder.write_text(rf.SPEC, spec.to_yaml())
                 folder.write_json(rf.ENV, describe_environment())
-            store = CheckpointStore(folder.path)
-            resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
-            folder.keep_metrics(resume_from["loop"]["records_emitted"] if resume_from else 0)
-        else:
-            folder.write_text(rf.SPEC, spec.to_yaml())
-            folder.write_json(rf.ENV, describe_environment())
-            store = CheckpointStore(folder.path)
+        except OSError as err:
+            raise file_error(err, folder) from None
         console = None if quiet else console_listener()
         listeners = [rf.MetricsListener(folder)] + ([console] if console else [])
     try:
         result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from)
+        if ctx.is_main:
+            _write_results(folder, spec, result, ctx.world_size)
     except Stopped as stop:
         where = f"; resume with: gpujob resume {folder.path}" if folder else ""
-        raise GpujobError(f"stopped at step {stop.step} by signal {stop.signum}, checkpoint saved{where}",
-                          stop.exit_code) from None
+        if stop.timed_out:
+            raise job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) and "
+                             f"was stopped at step {stop.step}, checkpoint saved{where}") from None
+        name = signal.Signals(stop.signum).name
+        raise GpujobError(f"stopped at step {stop.step} by {name}, checkpoint saved{where}", stop.exit_code) from None
     except GpujobError as err:
-        if err.exit_code == BAD_INPUT and folder is not None and not resuming:
+        if err.exit_code == BAD_INPUT and folder is not None and not resuming and _nothing_trained(folder):
             folder.discard()  # a spec mistake found at start-up leaves nothing half-written behind
         else:
             _record_failure(folder, err.message)
         raise
+    except OSError as err:
+        if err.filename is None and err.errno not in DISK_FULL:
+            raise _job_failure(folder, err) from err  # not the file system's: the job's own failure
+        error = file_error(err, folder)
+        _record_failure(folder, error.message)
+        raise error from None
     except Exception as err:  # the job's own failure (user code, OOM, ...): keep the traceback in the folder
-        where = _record_failure(folder, traceback.format_exc())
-        raise job_failed(f"job failed: {type(err).__name__}: {err}" + (f" (traceback in {where})" if where else "")) from err
+        raise _job_failure(folder, err) from err
     finally:
         for listener in listeners or []:
             getattr(listener, "close", lambda: None)()
-    if not ctx.is_main:
-        return None
+    return folder.path if ctx.is_main else None
+
+
+def _write_results(folder: rf.RunFolder, spec: JobSpec, result, world_size: int) -> None:
+    import io
+
+    import torch
+
+    from runner.plot import plot_loss_curve
+
+    buffer = io.BytesIO()
+    torch.save(result.weights, buffer)
+    rf.atomic_write(folder.file("model.pt"), buffer.getvalue())  # the final weights, loadable with torch.load
     folder.write_json(rf.TIMING, result.timing)
     plot_loss_curve(result.epochs, f"{spec.name}: {spec.model.name} on {spec.data.dataset} "
-                    f"({result.summary['device']} x{ctx.world_size})", folder.file(rf.PLOT))
+                    f"({result.summary['device']} x{world_size})", folder.file(rf.PLOT))
     folder.write_json(rf.SUMMARY, result.summary)  # last: its presence means the run finished
-    return folder.path
+
+
+def _nothing_trained(folder: rf.RunFolder) -> bool:
+    return not folder.metrics() and not CheckpointStore(folder.path).paths()
+
+
+def _job_failure(folder: rf.RunFolder | None, err: BaseException) -> GpujobError:
+    where = _record_failure(folder, traceback.format_exc())
+    said = (str(err).strip().splitlines() or [""])[0]  # one line: the rest is in error.log
+    return job_failed(f"job failed: {type(err).__name__}: {said}" + (f" (traceback in {where})" if where else ""))
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def file_error(err: OSError, folder: rf.RunFolder | None) -> GpujobError:
+    """What a failed write means to the user, in one line: a full disk fails the job (its last
+    good checkpoint is kept); a path that cannot be written (a file where a folder should be,
+    read-only) is the user's to fix."""
+    path = err.filename or (folder.path if folder else "the run folder")
+    if err.errno in DISK_FULL:
+        kept = CheckpointStore(folder.path).paths() if folder else []
+        last = f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written yet"
+        resume = f"; free some space, then: gpujob resume {folder.path}" if kept else ""
+        return job_failed(f"the disk is full: writing {path} failed; {last}{resume}")
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        return bad_input(f"{path}: a file is where gpujob keeps a folder; move it away, then try again")
+    if err.errno == errno.EISDIR:
+        return bad_input(f"{path}: a folder is where gpujob writes a file; move it away, then try again")
+    return bad_input(f"{path}: {err.strerror or err}; gpujob must be able to write its run folder")
+
+
+def check_same_job(spec: JobSpec, checkpoint: dict, spec_file: Path) -> None:
+    """Exit 2, naming the fields, when the run's spec was edited after its checkpoint in a way
+    the checkpoint cannot follow (another model, data or optimizer)."""
+    saved = checkpoint.get("spec")
+    if saved is None:  # written before checkpoints kept their spec: load_state_dict will tell
+        return
+    changed = [f"{key} ({before!r} -> {after!r})" for key, before, after in _differences(saved, spec.model_dump(mode="json"))
+               if key.split(".")[0] in ("model", "data", "optimizer") or key in ("train.seed", "train.precision")]
+    if changed:
+        raise bad_input(f"{spec_file}: the spec no longer matches the run's checkpoint; changed since: "
+                        f"{', '.join(changed)}; put them back, or start a new run")
+
+
+def _differences(before: dict, after: dict, prefix: str = ""):
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def _prepare_resume(folder: rf.RunFolder, store: CheckpointStore, resume_from: dict | None, environment) -> None:
+    """Say what the resume does, and set the folder back to the checkpoint: metrics cut back to
+    it, the last attempt's error.log kept in job/, a missing env.json written."""
+    import sys
+
+    if resume_from is None:
+        print("gpujob: no checkpoint yet: starting over", file=sys.stderr)
+    else:
+        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(store.loaded.stat().st_mtime))
+        print(f"gpujob: resuming from step {resume_from['loop']['step']} (checkpoint {store.loaded.name}, written "
+              f"{written})", file=sys.stderr)
+    rf.remove_interrupted_writes(folder.path)
+    damaged = folder.keep_metrics(resume_from["loop"]["records_emitted"] if resume_from else 0)
+    if damaged:
+        print(f"gpujob: warning: {rf.METRICS} line(s) {', '.join(map(str, damaged))} were damaged and are "
+              "dropped; every intact line is kept", file=sys.stderr)
+    stale = folder.file("error.log")
+    if stale.exists():  # the failed attempt's: kept, but no longer the run's
+        (folder.path / rf.JOB_FILES).mkdir(exist_ok=True)
+        stale.rename(folder.path / rf.JOB_FILES / f"error-{time.strftime('%Y%m%d-%H%M%S')}.log")
+    if not folder.file(rf.ENV).exists():  # the first start was killed before it got this far
+        folder.write_json(rf.ENV, environment())
 
 
 def _record_failure(folder: rf.RunFolder | None, text: str) -> Path | None:
     if folder is None:
         return None
-    folder.write_text("error.log", text)
+    try:
+        folder.write_text("error.log", text)
+    except OSError:
+        return None  # a full or read-only disk: the one-line message is all there is
     return folder.file("error.log")

@@ -293,7 +293,7 @@ def test_a_container_that_dies_without_finishing_is_a_failure(vast_spec, tmp_pat
 
 
 def test_an_outbid_interruptible_instance_resumes_and_finishes(vast_spec, tmp_path):
-    first = started("step 3/9", "gpujob: stopped at step 3 by signal 15", code=143)
+    first = started("step 3/9", "gpujob: stopped at step 3 by SIGTERM", code=143)
     timeline = [("running", first), ("stopped", first), ("running", first + started("step 4/9")),
                 ("running", first + started("step 4/9", "step 9/9", code=0))]
     fake = FakeVast(timeline=timeline)

@@ -89,6 +89,7 @@ class Run:
 
 class Backend(Protocol):
     name: ClassVar[str]
+    folder_is_here: ClassVar[bool]  # the job writes its run folder on this machine (local, docker, slurm)
 
     def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path, run_name: str) -> Plan: ...
 

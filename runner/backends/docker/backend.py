@@ -105,6 +105,7 @@ class DockerRequest:
 
 class DockerBackend:
     name = "docker"
+    folder_is_here = True  # the job writes its run folder here: an unstarted one can go
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.backends.docker.image import nvidia_runtime_available, require_engine, require_image

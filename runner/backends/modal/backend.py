@@ -120,6 +120,7 @@ CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint to the volume and 
 
 class ModalBackend:
     name = "modal"
+    folder_is_here = False  # the folder here is the only handle on a remote job
 
     def __init__(self, connect=None):
         self.connect = connect  # tests: a stand-in for ModalService

@@ -46,6 +46,7 @@ class SlurmRequest:
 
 class SlurmBackend:
     name = "slurm"
+    folder_is_here = True  # the job writes its run folder here: an unstarted one can go
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         folder = (Path(runs_dir) / run_name).resolve()

@@ -125,6 +125,7 @@ def _upload_mark() -> Path:
 
 class VastBackend:
     name = "vast"
+    folder_is_here = False  # the folder here is the only handle on a remote job
 
     def __init__(self, connect: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
