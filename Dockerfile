@@ -1,4 +1,4 @@
-# gpujob's image: `gpujob run` on a CUDA-capable PyTorch base. vast.ai instances, any machine
+# gpujob's image: `gpujob run` with the pinned CUDA torch stack. vast.ai instances, any machine
 # with Docker and NVIDIA GPUs, and `gpujob submit --backend docker` run it.
 #
 #   gpujob image build [--tag gpujob:latest] [--base-image IMAGE] [--extra-ca FILE] [--push]
@@ -7,20 +7,24 @@
 # purpose: that would pull a frontend image from a registry; the built-in frontend suffices.
 #
 # BASE_IMAGE: any image with python3 (3.11 or newer) and its venv module. The default is the
-#   latest official PyTorch CUDA runtime image we could verify. When its torch is the pinned
-#   version, it is used as is; otherwise the pinned torch and its CUDA wheels go into the venv
-#   (several GB more), so pick the base whose torch matches images/requirements.txt.
+#   official Python 3.11 image on Debian bookworm, which holds no torch: the image then holds
+#   exactly one torch stack, the pinned one (images/requirements.txt). Its CUDA libraries come
+#   as wheels, and NVIDIA's container runtime brings the driver, so no CUDA base is needed. A
+#   base whose torch is the pinned version is used as is; any other torch in a base stays
+#   unused in its layers (a second stack, several GB), so pick a base without torch or with
+#   the pinned one.
 # extra_ca (build secret): extra CA certificates in PEM, trusted while packages download (a
 #   TLS-inspecting proxy). It is mounted for those steps only and never stored in a layer.
-ARG BASE_IMAGE=pytorch/pytorch:2.14.1-cuda13.2-cudnn9-runtime
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ENV PATH=/opt/gpujob/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib
 
-# 1. The dependencies, from the same pinned list as the Modal image. Only a change to that list
-#    (or to install.sh) reruns this step; the cache mount keeps downloaded wheels between builds.
+# 1. The dependencies, from the same pinned list as the Modal image, compiled to bytecode. Only a
+#    change to that list (or to install.sh) reruns this step; the cache mount keeps downloaded
+#    wheels between builds.
 RUN --mount=type=bind,source=images/requirements.txt,target=/tmp/gpujob/requirements.txt \
     --mount=type=bind,source=images/install.sh,target=/tmp/gpujob/install.sh \
     --mount=type=cache,id=gpujob-build-cache,target=/root/.cache \

@@ -6,6 +6,10 @@
 #
 # Nothing it downloads or installs besides VENV stays in the image: uv and its cache live on
 # the build's cache mount (/root/.cache), and the CA bundle it may write is deleted on exit.
+# Everything installed is compiled to bytecode here, once: the image's files are read-only to
+# its non-root user, so without .pyc files every process in every container would compile
+# torch's Python again (6 s more before the first step on 2 cores, for each DDP worker and
+# each restart; benchmarks/container_first_step.py).
 set -eu
 mode=$1 src=$2 venv=$3
 cache=/root/.cache
@@ -29,6 +33,7 @@ if ! "$uv" --version >/dev/null 2>&1; then
     --cache-dir "$cache/pip" --target "$cache/gpujob-uv" uv
 fi
 export UV_CACHE_DIR=$cache/uv UV_LINK_MODE=copy UV_NO_CONFIG=1 UV_PYTHON_DOWNLOADS=never
+export UV_COMPILE_BYTECODE=1
 
 case $mode in
 deps)
@@ -41,6 +46,10 @@ deps)
     echo "install: the base image has torch $base_torch, the pinned version: using its torch stack"
     grep -v -E '^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' "$src" >"$list"
     "$uv" venv --quiet --system-site-packages --python python3 "$venv"
+    # uv compiles only the venv; the base's torch stack may ship without bytecode. Already
+    # compiled files are skipped; a package's deliberately invalid test files must not fail it.
+    base_site=$(python3 -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+    python3 -m compileall -q -j 0 "$base_site" >/dev/null || true
   else
     if [ -n "$base_torch" ]; then
       echo "install: the base image has torch $base_torch, the pin is $pinned_torch:" \

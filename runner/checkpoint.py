@@ -8,6 +8,7 @@ back to the older file when the newest is damaged, saying so.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -51,6 +52,8 @@ class CheckpointStore:
     def load_latest(self) -> dict | None:
         """The newest intact checkpoint, or None if there is none. A damaged newest file
         is reported and skipped; if every file is damaged the run cannot continue."""
+        if self.dir.exists() and not self.dir.is_dir():  # before anything is cut back to "no checkpoint"
+            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(self.dir))
         remove_interrupted_writes(self.dir)
         paths = self.paths()
         for path in paths:

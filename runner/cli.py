@@ -80,7 +80,8 @@ def submit(
                                       "docker also all or a count of this machine's GPUs"),
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
-    dry_run: bool = typer.Option(False, "--dry-run", help="validate, take a few CPU steps, print the plan; run nothing"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate, take a few CPU steps, print the plan; "
+                                 "run nothing"),
     detach: bool = typer.Option(False, "--detach", help="start the job and return; `gpujob status|logs|cancel|"
                                 "fetch RUN` pick it up from any terminal"),
 ):

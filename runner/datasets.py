@@ -8,11 +8,13 @@ training loop can batch them by index on the device (see batches.py). Datasets g
 from __future__ import annotations
 
 import importlib
+import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.errors import bad_input, job_failed
+from runner.errors import bad_input
 
 if TYPE_CHECKING:
     import torch
@@ -87,14 +89,48 @@ def _torchvision_class(data: "DataSpec"):
 def _open_torchvision(data: "DataSpec", train: bool):
     cls = _torchvision_class(data)
     try:
-        return cls(root=data.root, train=train, download=data.download)
-    except RuntimeError as err:  # torchvision's "Dataset not found ... use download=True"
-        raise bad_input(
-            f"data.root: {data.dataset} not found under {Path(data.root).resolve()}; "
-            "set data.download: true or put the files there"
-        ) from err
-    except OSError as err:  # network failure while downloading
-        raise job_failed(f"data.download: could not download {data.dataset} into {data.root}: {err}") from err
+        with _network_timeout(DOWNLOAD_TIMEOUT_S):
+            return cls(root=data.root, train=train, download=data.download)
+    except (RuntimeError, OSError) as err:  # torchvision's "Dataset not found", or the download's failure
+        put = _where_files_go(cls, data.root)
+        if not data.download:
+            raise bad_input(f"data.root: {data.dataset} not found under {Path(data.root).resolve()}; {put}, "
+                            "or set data.download: true") from None
+        raise bad_input(f"data.download: downloading {data.dataset} from {_download_source(cls)} failed "
+                        f"({_download_reason(err)}); fetch it where the internet is reachable and {put}") from None
+
+
+# torchvision's urlopen has no timeout: a network that drops packets would hang the job for minutes
+DOWNLOAD_TIMEOUT_S = 60
+
+
+@contextmanager
+def _network_timeout(seconds: float):
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def _where_files_go(cls, root: str) -> str:
+    """What to put where, in the folder torchvision reads (MNIST's ROOT/<Class>/raw, CIFAR's archive folder)."""
+    if hasattr(cls, "mirrors"):
+        names = ", ".join(Path(name).stem for name, _ in cls.resources)
+        return f"put {names} (the .gz files, unpacked) in {Path(root).resolve() / cls.__name__ / 'raw'}"
+    return f"unpack {cls.filename} in {Path(root).resolve()} (it makes {cls.base_folder}/)"
+
+
+def _download_source(cls) -> str:
+    return " or ".join(cls.mirrors) if hasattr(cls, "mirrors") else cls.url
+
+
+def _download_reason(err: Exception) -> str:
+    """The last line of torchvision's message, e.g. '<urlopen error [Errno -2] Name or service not known>'."""
+    lines = [line.strip() for line in str(getattr(err, "reason", None) or err).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(err).__name__
+    return reason.removeprefix("<urlopen error ").removesuffix(">")
 
 
 def _torchvision_idx(data: "DataSpec", train: bool) -> ImageTensors:

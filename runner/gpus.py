@@ -11,6 +11,10 @@ import re
 from dataclasses import dataclass, field
 
 PRICES_READ_ON = "2026-11-24"
+# The images gpujob ships (Docker, vast.ai, Modal) carry the pinned torch, a CUDA 13 build, whose
+# kernels start at compute capability 7.5 (Turing): older cards (V100's 7.0) cannot run it.
+IMAGE_MIN_CAPABILITY = 7.5
+IMAGE_TORCH = "torch 2.15 (CUDA 13)"
 
 
 @dataclass(frozen=True)
@@ -25,27 +29,37 @@ class GpuType:
     # two cards of one name (A100 40 GB / 80 GB): how `backend: auto` knows it is here.
     device_pattern: str = ""
     min_memory_gb: float = 0
+    compute_capability: float = 0.0  # CUDA's sm_XY as X.Y: which torch builds have kernels for it
 
     def is_device(self, device_name: str, memory_gb: float) -> bool:
         return bool(re.search(self.device_pattern, device_name, re.I)) and memory_gb >= self.min_memory_gb
 
 
 CATALOG: tuple[GpuType, ...] = (
-    GpuType("T4", 16, False, {"modal": "T4", "vast": "Tesla T4"}, {"modal": 0.59}, device_pattern=r"\bT4\b"),
-    GpuType("L4", 24, True, {"modal": "L4", "vast": "L4"}, {"modal": 0.80}, device_pattern=r"\bL4\b"),
+    GpuType("T4", 16, False, {"modal": "T4", "vast": "Tesla T4"}, {"modal": 0.59}, device_pattern=r"\bT4\b",
+            compute_capability=7.5),
+    GpuType("L4", 24, True, {"modal": "L4", "vast": "L4"}, {"modal": 0.80}, device_pattern=r"\bL4\b",
+            compute_capability=8.9),
     GpuType("A10G", 24, True, {"modal": "A10G", "vast": "A10"}, {"modal": 1.10}, ("A10",),
-            device_pattern=r"\bA10G?\b"),
-    GpuType("A100-40GB", 40, True, {"modal": "A100-40GB", "vast": "A100 PCIE"}, {"modal": 2.10}, ("A100",),
-            device_pattern=r"\bA100\b", min_memory_gb=35),
-    GpuType("A100-80GB", 80, True, {"modal": "A100-80GB", "vast": "A100 SXM4"}, {"modal": 2.50},
-            device_pattern=r"\bA100\b", min_memory_gb=70),
-    GpuType("L40S", 48, True, {"modal": "L40S", "vast": "L40S"}, {"modal": 1.95}, device_pattern=r"\bL40S\b"),
-    GpuType("H100", 80, True, {"modal": "H100", "vast": "H100 SXM"}, {"modal": 3.95}, device_pattern=r"\bH100\b"),
-    GpuType("H200", 141, True, {"modal": "H200", "vast": "H200"}, {"modal": 4.54}, device_pattern=r"\bH200\b"),
-    GpuType("B200", 180, True, {"modal": "B200", "vast": "B200"}, {"modal": 6.25}, device_pattern=r"\bB200\b"),
-    GpuType("RTX4090", 24, True, {"vast": "RTX 4090"}, {}, ("RTX-4090",), device_pattern=r"\b4090\b"),
-    GpuType("RTX3090", 24, True, {"vast": "RTX 3090"}, {}, ("RTX-3090",), device_pattern=r"\b3090\b"),
-    GpuType("V100", 16, False, {"vast": "Tesla V100"}, {}, device_pattern=r"\bV100\b"),
+            device_pattern=r"\bA10G?\b", compute_capability=8.6),
+    # vast.ai sells A100s of both memory sizes as PCIE and SXM4: the memory tells them apart.
+    GpuType("A100-40GB", 40, True, {"modal": "A100-40GB", "vast": ("A100 PCIE", "A100 SXM4")}, {"modal": 2.10},
+            ("A100",), device_pattern=r"\bA100\b", min_memory_gb=35, compute_capability=8.0),
+    GpuType("A100-80GB", 80, True, {"modal": "A100-80GB", "vast": ("A100 SXM4", "A100 PCIE")}, {"modal": 2.50},
+            device_pattern=r"\bA100\b", min_memory_gb=70, compute_capability=8.0),
+    GpuType("L40S", 48, True, {"modal": "L40S", "vast": "L40S"}, {"modal": 1.95}, device_pattern=r"\bL40S\b",
+            compute_capability=8.9),
+    GpuType("H100", 80, True, {"modal": "H100", "vast": ("H100 SXM", "H100 PCIE", "H100 NVL")}, {"modal": 3.95},
+            device_pattern=r"\bH100\b", compute_capability=9.0),
+    GpuType("H200", 141, True, {"modal": "H200", "vast": "H200"}, {"modal": 4.54}, device_pattern=r"\bH200\b",
+            compute_capability=9.0),
+    GpuType("B200", 180, True, {"modal": "B200", "vast": "B200"}, {"modal": 6.25}, device_pattern=r"\bB200\b",
+            compute_capability=10.0),
+    GpuType("RTX4090", 24, True, {"vast": "RTX 4090"}, {}, ("RTX-4090",), device_pattern=r"\b4090\b",
+            compute_capability=8.9),
+    GpuType("RTX3090", 24, True, {"vast": "RTX 3090"}, {}, ("RTX-3090",), device_pattern=r"\b3090\b",
+            compute_capability=8.6),
+    GpuType("V100", 16, False, {"vast": "Tesla V100"}, {}, device_pattern=r"\bV100\b", compute_capability=7.0),
 )
 
 _BY_NAME = {key.upper(): gpu for gpu in CATALOG for key in (gpu.name, *gpu.aliases)}
@@ -62,10 +76,23 @@ class GpuRequest:
 
     def on(self, provider: str) -> str:
         """This GPU's name at a provider, or a ValueError listing the ones it offers."""
+        return self.names_on(provider)[0]
+
+    def names_on(self, provider: str) -> tuple[str, ...]:
+        """Every name the provider sells this GPU under (vast.ai: A100 PCIE and SXM4)."""
         if provider not in self.type.provider_names:
             offered = ", ".join(g.name for g in CATALOG if provider in g.provider_names)
             raise ValueError(f"{provider} does not offer {self.type.name}; it offers: {offered}")
-        return self.type.provider_names[provider]
+        names = self.type.provider_names[provider]
+        return (names,) if isinstance(names, str) else names
+
+    def runs_the_image(self) -> bool:
+        return self.type.compute_capability >= IMAGE_MIN_CAPABILITY
+
+    def image_refusal(self) -> str:
+        return (f"resources.gpu: {self.type.name} (compute capability {self.type.compute_capability}) is too old for "
+                f"the image's {IMAGE_TORCH}, whose kernels need {IMAGE_MIN_CAPABILITY} or newer; "
+                "pick T4 or a newer card")
 
 
 def known_names() -> str:

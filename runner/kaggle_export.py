@@ -2,11 +2,19 @@
 
 A Kaggle script kernel is one file: `kaggle kernels push` uploads only the code_file's text,
 and the kernel cannot see this machine. So run_gpujob.py carries everything in itself: the
-resolved spec, gpujob's own source (a zip, put on PYTHONPATH) and the pinned requirements.
-On Kaggle it pip-installs those requirements, except the torch stack: Kaggle's torch is
-built for its GPUs' driver, and the pinned CUDA 13 build might not run on it. Then it runs
-the job with the same worker command as every backend, into /kaggle/working/runs/NAME, which
-Kaggle keeps as the kernel's output (`kaggle kernels output OWNER/SLUG -p DEST`).
+resolved spec, gpujob's own source (a zip, put on PYTHONPATH) and gpujob's requirements as
+the ranges pyproject.toml declares, not the pins of uv.lock: Kaggle's image already holds
+them all, and its torch was built against its own numpy, pillow and the rest, so pinning
+gpujob's versions over them could break it. On Kaggle the script installs only the
+requirements that no installed distribution satisfies (absent, or too old), never a torch over
+Kaggle's, and holds every other installed distribution at its version while pip works. Then
+it runs the job with the same worker command as every backend, into /kaggle/working/runs/NAME,
+which Kaggle keeps as the kernel's output (`kaggle kernels output OWNER/SLUG -p DEST`).
+
+Internet: the kernel's metadata is fixed when it is pushed, before it can look at what it
+has. So the export decides from what it knows: the kernel runs with internet off when Kaggle's
+image (as recorded in KAGGLE_IMAGE) satisfies every requirement and the job downloads no data;
+otherwise on, and the export says why.
 """
 
 from __future__ import annotations
@@ -15,8 +23,12 @@ import base64
 import io
 import json
 import re
+import tomllib
 import zipfile
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from runner.errors import bad_input, missing_backend
 from runner.spec import JobSpec
@@ -28,7 +40,20 @@ PLACEHOLDER_USER = "YOUR-KAGGLE-USERNAME"
 MACHINE_SHAPE = "NvidiaTeslaT4"
 KAGGLE_GPUS = 2
 PACKAGE = Path(__file__).resolve().parent  # runner/
-REQUIREMENTS = PACKAGE.parent / "images" / "requirements.txt"
+PYPROJECT = PACKAGE.parent / "pyproject.toml"
+# What `gpujob run` never imports: clients for other backends, and the export's own helper (the
+# kernel script falls back to pip's copy of packaging), so the kernel needs none of them.
+NOT_FOR_THE_KERNEL = {"modal", "packaging"}
+# Kaggle's torch is built for the driver of its GPUs; the kernel never installs one over it.
+KAGGLE_TORCH_STACK = ("torch", "torchvision")
+# What Kaggle's image holds of gpujob's requirements, from Kaggle/docker-python's package list
+# (installed_cpu_packages.txt, 2026-06-17; the GPU image is built from the same list, with a
+# CUDA torch). Only the internet decision reads it: the kernel checks what is really installed.
+KAGGLE_IMAGE = {"torch": "2.10.0", "torchvision": "0.25.0", "numpy": "2.4.6", "pydantic": "2.12.3",
+                "typer": "0.24.1", "pyyaml": "6.0.3", "matplotlib": "3.10.0", "rich": "13.9.4",
+                "scikit-learn": "1.6.1"}
+# torchvision downloads these when data.download is true.
+DOWNLOADED_DATASETS = {"fashion_mnist", "mnist", "cifar10"}
 
 
 def kernel_slug(title: str) -> str:
@@ -36,7 +61,36 @@ def kernel_slug(title: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
 
 
-def kernel_metadata(spec: JobSpec, user: str | None, datasets: list[str]) -> dict:
+def kernel_requirements() -> list[str]:
+    """gpujob's requirements as pyproject.toml declares them (ranges), less what the kernel never imports."""
+    if not PYPROJECT.is_file():
+        raise missing_backend(f"export kaggle: {PYPROJECT} is missing; run it from a gpujob checkout")
+    declared = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    return [line for line in declared if canonicalize_name(Requirement(line).name) not in NOT_FOR_THE_KERNEL]
+
+
+def missing_from_kaggle(requirements: list[str]) -> list[str]:
+    """The requirements that Kaggle's image, as recorded in KAGGLE_IMAGE, does not satisfy."""
+    missing = []
+    for line in requirements:
+        requirement = Requirement(line)
+        version = KAGGLE_IMAGE.get(canonicalize_name(requirement.name))
+        if version is None or not requirement.specifier.contains(version, prereleases=True):
+            missing.append(line)
+    return missing
+
+
+def internet_reasons(spec: JobSpec, requirements: list[str]) -> list[str]:
+    """Why the kernel needs the internet; none means it runs with internet off."""
+    reasons = [f"pip install {line}" for line in missing_from_kaggle(requirements)]
+    if spec.data.dataset in DOWNLOADED_DATASETS and spec.data.download:
+        reasons.append(f"data.download of {spec.data.dataset}")
+    if ":" in spec.data.dataset:  # a factory's own code may fetch anything
+        reasons.append(f"data.dataset {spec.data.dataset}")
+    return reasons
+
+
+def kernel_metadata(spec: JobSpec, user: str | None, datasets: list[str], internet: bool = True) -> dict:
     title = f"gpujob {spec.name}"
     return {
         "id": f"{user or PLACEHOLDER_USER}/{kernel_slug(title)}",
@@ -46,7 +100,7 @@ def kernel_metadata(spec: JobSpec, user: str | None, datasets: list[str]) -> dic
         "kernel_type": "script",
         "is_private": True,
         "enable_gpu": True,
-        "enable_internet": True,  # it pip-installs the requirements Kaggle lacks
+        "enable_internet": internet,  # see internet_reasons
         "machine_shape": MACHINE_SHAPE,
         "dataset_sources": datasets,
         "competition_sources": [],
@@ -64,12 +118,13 @@ def package_zip() -> bytes:
     return buffer.getvalue()
 
 
-def render_script(spec: JobSpec, requirements: str) -> str:
+def render_script(spec: JobSpec, requirements: list[str]) -> str:
     template = (Path(__file__).with_name("kaggle_kernel.py.template")).read_text()
     values = {
         "SPEC_YAML": repr(spec.to_yaml()),
         "RUN_NAME": repr(spec.name),
         "REQUIREMENTS": repr(requirements),
+        "KAGGLE_TORCH_STACK": repr(KAGGLE_TORCH_STACK),
         "PACKAGE_ZIP_B64": repr(base64.b64encode(package_zip()).decode()),
     }
     for key, value in values.items():
@@ -85,15 +140,17 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
     for dataset in datasets:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset):
             raise bad_input(f"--dataset {dataset}: expected OWNER/SLUG, e.g. zalando-research/fashionmnist")
-    if not REQUIREMENTS.is_file():
-        raise missing_backend(f"export kaggle: {REQUIREMENTS} is missing; run it from a gpujob checkout")
-    metadata = kernel_metadata(spec, user, datasets)
-    script = render_script(spec, REQUIREMENTS.read_text())  # before writing: no half-made folder
+    requirements = kernel_requirements()
+    reasons = internet_reasons(spec, requirements)
+    metadata = kernel_metadata(spec, user, datasets, internet=bool(reasons))
+    script = render_script(spec, requirements)  # before writing: no half-made folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / CODE_FILE).write_text(script)
     kernel = metadata["id"]
-    lines = [f"wrote {out / 'kernel-metadata.json'} and {out / CODE_FILE} (kernel {kernel}, GPU T4 x{KAGGLE_GPUS})"]
+    lines = [f"wrote {out / 'kernel-metadata.json'} and {out / CODE_FILE} (kernel {kernel}, GPU T4 x{KAGGLE_GPUS})",
+             f"internet on, for: {'; '.join(reasons)}" if reasons else
+             "internet off: Kaggle's image has every requirement and the job downloads nothing"]
     if not user:
         lines.append(f"edit the id in kernel-metadata.json: replace {PLACEHOLDER_USER} with your Kaggle username "
                      "(or export again with --kaggle-user or KAGGLE_USERNAME set)")

@@ -313,8 +313,10 @@ def _newest_checkpoint(run_dir: Path | None) -> str | None:
     return paths[0].name if paths else None
 
 
-def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False) -> None:
-    """Run one node's workers to the end. Raises GpujobError on failure, timeout or signal."""
+def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False,
+           timeout_s: float | None = None) -> None:
+    """Run one node's workers to the end. Raises GpujobError on failure, timeout or signal.
+    `timeout_s`: what is left of resources.timeout_minutes (all of it by default)."""
     job = Launch(spec, topology, run_dir, resume)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
@@ -325,7 +327,7 @@ def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool
         signal.signal(signum, on_signal)
     try:
         job.start()
-        job.watch(spec.resources.timeout_minutes * 60)
+        job.watch(spec.resources.timeout_minutes * 60 if timeout_s is None else timeout_s)
     finally:
         if any(p.poll() is None for p in job.procs):
             job.stop_all(grace_s=5.0)
@@ -360,13 +362,14 @@ def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | Non
         return folder.path
     if topology.world_size == 1:
         return run_worker(spec, runs_dir=runs_dir, started=started, resume=resume, opened=opened)
+    left_s = None if started is None else spec.resources.timeout_minutes * 60 - (time.perf_counter() - started)
     try:
-        launch(spec, topology, folder.path if folder else None, resume=resume)
+        launch(spec, topology, folder.path if folder else None, resume=resume, timeout_s=left_s)
     except GpujobError as err:
         from runner.errors import BAD_INPUT
 
-        stopped_early = err.exit_code in (PREEMPTED, INTERRUPTED) and folder is not None and folder.made_here and not any(
-            (folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints"))
+        stopped_early = (err.exit_code in (PREEMPTED, INTERRUPTED) and folder is not None and folder.made_here
+                         and not any((folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints")))
         if folder is not None and not opened[1] and (err.exit_code == BAD_INPUT or stopped_early):
             folder.discard()  # bad input, or stopped before anything was trained: leave nothing half-made
         raise

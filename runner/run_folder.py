@@ -141,9 +141,7 @@ class RunFolder:
             raise bad_input(f"--run-dir: {path} holds files gpujob did not make; give a new or empty folder")
         if not path.exists():
             return cls.start(path, run_record.new_submission("local", path.name))
-        if not run_record.is_run(path):
-            if any(path.iterdir()):
-                raise bad_input(f"--run-dir: {path} holds files gpujob did not make; give a new or empty folder")
+        if not run_record.is_run(path):  # what a backend put there first (job/), nothing of a user's
             run_record.write(path, run_record.new_submission("local", path.name))
         remove_interrupted_writes(path)
         return cls(path)

@@ -118,7 +118,8 @@ def _from_legacy_modal(folder: Path) -> Submission:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise bad_input(f"{path}: damaged Modal record ({err})") from None
     return Submission("modal", folder.name, submitted_at=old.get("submitted", ""), detached=bool(old.get("detached")),
-                      handles={"modal_call_id": call_id, "modal_app": old.get("app"), "modal_volume": old.get("volume")},
+                      handles={"modal_call_id": call_id, "modal_app": old.get("app"),
+                               "modal_volume": old.get("volume")},
                       asks={"gpu": old.get("gpu"), "world_size": old.get("world_size")})
 
 

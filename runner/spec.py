@@ -7,35 +7,50 @@ validation errors into one line naming the field path and, where known, the file
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
 
 from runner.backends import AUTO, NAMES
+from runner.datasets import dataset_info
 from runner.errors import bad_input
-from runner.gpus import GpuRequest, parse_gpu
+from runner.gpus import CATALOG, GpuRequest, parse_gpu
+from runner.spec_yaml import MAX_DEPTH, SpecRefused, _did_you_mean, _kind, _shown, parse_yaml, read_spec_file
 
 BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
 BUILTIN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits", "synthetic")
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # all but the tab
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # `lr: .inf` is a typo, never a setting
+
+    @field_validator("*")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        # text fields become paths, sbatch lines and shell commands: a NUL or a newline there breaks them
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and CONTROL_CHARACTER.search(text):
+                raise ValueError(f"control characters are not allowed here ({_shown(text)})")
+        return value
 
 
 def _builtin_or_factory(value: str, builtins: tuple[str, ...]) -> str:
     if value in builtins or FACTORY_PATH.match(value):
         return value
-    raise ValueError(f"'{value}' is not one of {', '.join(builtins)} or 'package.module:factory'")
+    raise ValueError(f"'{_shown(value)}' is not one of {', '.join(builtins)} or 'package.module:factory'"
+                     f"{_did_you_mean(value, builtins)}")
 
 
 class ModelSpec(Section):
     name: str = Field("mlp", description="mlp | cnn | resnet18 | resnet34 | resnet50 | package.module:factory")
-    num_classes: PositiveInt | None = Field(None, description="defaults to the dataset's class count")
+    num_classes: PositiveInt | None = Field(None, le=100_000, description="defaults to the dataset's class count")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory model")
 
     @field_validator("name")
@@ -84,7 +99,7 @@ class OptimizerSpec(Section):
 class TrainSpec(Section):
     epochs: PositiveInt = 1
     max_steps: PositiveInt | None = Field(None, description="optional cap on optimizer steps, for smoke runs")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # torch and numpy take seeds this size
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = Field(False, description="torch.compile the model")
     log_every_steps: PositiveInt = 50
@@ -93,21 +108,33 @@ class TrainSpec(Section):
         "also on SIGTERM/SIGINT and at the end")
     stop_on_nan: bool = Field(True, description="stop when the loss is NaN or infinite, keeping the last good checkpoint")
     collective_timeout_s: PositiveInt = Field(
-        300, description="DDP: a rank that waits this long for the others fails the job (catches hung ranks)")
+        300, le=7 * 24 * 3600, description="DDP: a rank that waits this long for the others fails the job "
+        "(catches hung ranks)")
 
 
 class ResourcesSpec(Section):
     gpu: str | None = Field(None, description="TYPE[:COUNT] from the GPU catalog, or cpu")
-    timeout_minutes: PositiveInt = 60
-    processes: PositiveInt = Field(1, description="DDP workers per node on a machine without CUDA GPUs")
+    timeout_minutes: PositiveInt | PositiveFloat = Field(60, le=365 * 24 * 60, description="the job is stopped "
+                                                         "(with a checkpoint) after this long; fractions allowed")
+    processes: PositiveInt = Field(1, le=256, description="DDP workers per node on a machine without CUDA GPUs")
     nodes: PositiveInt = Field(1, description="machines (SLURM nodes); workers per node from gpu count or processes")
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _number_as_written(cls, value: Any) -> Any:
+        # `gpu: 4090` arrives as a number: read it as the text written, to answer "write RTX4090"
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
     @field_validator("gpu")
     @classmethod
     def _catalogued(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        request = parse_gpu(value)
+        try:
+            request = parse_gpu(value)
+        except ValueError as err:
+            hint = _gpu_hint(value)
+            raise ValueError(f"'{_shown(value)}' is not a GPU type; write `{hint}`" if hint else str(err)) from None
         return None if request is None else str(request)
 
     @property
@@ -120,6 +147,19 @@ class ResourcesSpec(Section):
         also checks the GPUs of the machine it runs on.)"""
         request = self.gpu_request
         return request.count if request else self.processes
+
+
+def _gpu_hint(text: str) -> str | None:
+    """`4090` or `rtx 4090` -> `RTX4090`: the one catalog name the type is part of, or close to."""
+    kind, _, count = text.partition(":")
+    squashed = re.sub(r"[\s_-]", "", kind).upper()
+    names = {key.replace("-", ""): gpu.name for gpu in CATALOG for key in (gpu.name, *gpu.aliases)}
+    if squashed in names and kind.strip().upper() in names:  # a known type: the count is what is wrong
+        return None
+    within = {names[key] for key in names if len(squashed) >= 2 and (squashed in key or key in squashed)}
+    close = difflib.get_close_matches(squashed, list(names), n=1, cutoff=0.7)
+    suggestion = within.pop() if len(within) == 1 else (names[close[0]] if close else None)
+    return suggestion and suggestion + (f":{count.strip()}" if count.strip() else "")
 
 
 class SlurmSpec(Section):
@@ -176,6 +216,14 @@ class JobSpec(Section):
     docker: DockerSpec = Field(default_factory=DockerSpec, description="options for backend: docker")
     vast: VastSpec = Field(default_factory=VastSpec, description="options for backend: vast")
 
+    @model_validator(mode="after")
+    def _classes_from_the_dataset(self) -> "JobSpec":
+        # the resolved spec shows the class count the model gets; a factory dataset's is known only once loaded
+        info = dataset_info(self.data) if self.model.num_classes is None else None
+        if info is not None:
+            self.model.num_classes = info.num_classes
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -187,79 +235,42 @@ def load_spec(path: str | Path, overrides: list[str] = (), **fields: Any) -> Job
     """Read, override and validate a spec file. `fields` are dotted-path overrides
     coming from CLI options (e.g. `backend="modal"`), applied after `--set`."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise bad_input(f"cannot read spec {path}: {err.strerror}") from None
-    try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise bad_input(f"{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    raw, lines = read_spec_file(path)
+    if raw is None:
+        raise bad_input(f"{path}: empty; a spec needs at least a name, e.g. `name: my-job`")
     if not isinstance(raw, dict):
-        raise bad_input(f"{path}: a spec is a mapping of sections (name, model, data, ...)")
+        raise bad_input(f"{path}: a spec is a mapping of sections (name: ..., model: ...), not {_kind(raw)}")
+    origins: dict[tuple, str] = {}  # key path -> the option that set it: its errors are blamed on the option
     for item in overrides:
         key, value = _parse_override(item)
-        _set_path(raw, key, value, f"--set {item}")
+        origins[tuple(key.split("."))] = f"--set {_shown(item)}"
+        _set_path(raw, key, value, origins[tuple(key.split("."))])
     for key, value in fields.items():
         if value is not None:
-            _set_path(raw, key, value, f"--{key.split('.')[-1]}")
-    overridden = {tuple(_parse_override(o)[0].split(".")) for o in overrides}
-    overridden |= {tuple(k.split(".")) for k, v in fields.items() if v is not None}
-    return validate_spec(raw, source=str(path), lines=lines, overridden=overridden)
+            origins[tuple(key.split("."))] = f"--{key.split('.')[-1]} {_shown(value)}"
+            _set_path(raw, key, value, origins[tuple(key.split("."))])
+    return validate_spec(raw, source=str(path), lines=lines, origins=origins)
 
 
-def validate_spec(raw: dict, source: str = "spec", lines: dict | None = None, overridden: set = frozenset()) -> JobSpec:
+def validate_spec(raw: dict, source: str = "spec", lines: dict | None = None, origins: dict | None = None) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise bad_input(_describe(err, source, lines or {}, overridden)) from None
+        from runner.spec_errors import describe
 
-
-def _describe(err: ValidationError, source: str, lines: dict, overridden: set) -> str:
-    first = err.errors()[0]
-    loc = tuple(str(p) for p in first["loc"])
-    field = ".".join(loc) or "spec"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling; `gpujob schema` lists every field)"
-    elif first["type"] == "missing":
-        message = "required field is missing"
-    where = source
-    if not any(loc[: len(o)] == o for o in overridden):
-        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
-        if line:
-            where = f"{source}:{line}"
-    more = len(err.errors()) - 1
-    tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
-    return f"{where}: {field}: {message}{tail}"
-
-
-def _key_lines(node, prefix: tuple = ()) -> dict[tuple, int]:
-    """Map each key path in a composed YAML document to its 1-based line."""
-    found: dict[tuple, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            path = prefix + (str(key.value),)
-            found[path] = key.start_mark.line + 1
-            found.update(_key_lines(value, path))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, value in enumerate(node.value):
-            found[prefix + (str(index),)] = value.start_mark.line + 1
-            found.update(_key_lines(value, prefix + (str(index),)))
-    return found
+        raise bad_input(describe(err, source, lines or {}, origins or {})) from None
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
     key, sep, value = item.partition("=")
-    if not sep or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", key.strip()):
-        raise bad_input(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. train.epochs=1")
+    if not sep or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", key.strip()) or key.count(".") > MAX_DEPTH:
+        raise bad_input(f"--set {_shown(item)}: expected KEY=VALUE with a dotted key, e.g. train.epochs=1")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = parse_yaml(value)[0] if value.strip() else None
     except yaml.YAMLError:
         parsed = value  # not YAML: take the text as it is, validation decides
+    except SpecRefused as err:
+        raise bad_input(f"--set {_shown(item)}: {err.message}") from None
     return key.strip(), parsed
 
 

@@ -155,7 +155,12 @@ def check_same_job(spec: JobSpec, checkpoint: dict, spec_file: Path) -> None:
     saved = checkpoint.get("spec")
     if saved is None:  # written before checkpoints kept their spec: load_state_dict will tell
         return
-    changed = [f"{key} ({before!r} -> {after!r})" for key, before, after in _differences(saved, spec.model_dump(mode="json"))
+    try:  # as this version fills it in (defaults, the dataset's class count), to compare like with like
+        saved = JobSpec.model_validate(saved).model_dump(mode="json")
+    except ValueError:
+        pass
+    now = spec.model_dump(mode="json")
+    changed = [f"{key} ({before!r} -> {after!r})" for key, before, after in _differences(saved, now)
                if key.split(".")[0] in ("model", "data", "optimizer") or key in ("train.seed", "train.precision")]
     if changed:
         raise bad_input(f"{spec_file}: the spec no longer matches the run's checkpoint; changed since: "

@@ -115,3 +115,32 @@ def assert_golden(name: str, text: str) -> None:
         if os.environ.get("GPUJOB_UPDATE_GOLDEN") != "1":
             raise AssertionError(f"{path} did not exist: written now; check it and commit it")
     assert text == path.read_text(), f"what is sent changed: compare with {path} (GPUJOB_UPDATE_GOLDEN=1 rewrites it)"
+
+
+# ---- the Docker image the docker tests (and the credential tests) run ---------------------
+
+TAG = "gpujob:test"
+BASE = os.environ.get("GPUJOB_TEST_BASE_IMAGE", "gpujob-base:bookworm")
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _build(tag: str = TAG) -> tuple[subprocess.CompletedProcess, float]:
+    import time
+
+    args = ["image", "build", "--tag", tag, "--base-image", BASE] + (["--extra-ca", HOST_CA] if HOST_CA.exists() else [])
+    started = time.perf_counter()
+    out = cli_subprocess(*args, timeout=1800)
+    return out, time.perf_counter() - started
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    """gpujob's image, built once per test session on a base made here (no registry is reachable)."""
+    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode != 0:
+        made = subprocess.run(["bash", str(REPO / "images" / "base" / "build-base.sh"), BASE],
+                              capture_output=True, text=True, timeout=1800)
+        assert made.returncode == 0, f"building the base image failed:\n{made.stdout}\n{made.stderr}"
+    out, seconds = _build()
+    assert out.returncode == 0, f"gpujob image build failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    print(f"\nimage build: {seconds:.1f} s")
+    return TAG

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -21,34 +21,12 @@ from runner.backends.docker.backend import container_run, docker_run_command
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.docker.image import build_command, engine_available
 from runner.spec import load_spec
-from tests.conftest import REPO, assert_golden, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
+from tests.conftest import REPO, TAG, _build, assert_golden, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
-TAG = "gpujob:test"
-BASE = os.environ.get("GPUJOB_TEST_BASE_IMAGE", "gpujob-base:bookworm")
-HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json", "model.pt")
 
 needs_engine = pytest.mark.skipif(not engine_available(), reason="no Docker engine answers here "
                                   "(.ci/start-docker.sh starts one)")
-
-
-def _build(tag: str = TAG) -> tuple[subprocess.CompletedProcess, float]:
-    args = ["image", "build", "--tag", tag, "--base-image", BASE] + (["--extra-ca", HOST_CA] if HOST_CA.exists() else [])
-    started = time.perf_counter()
-    out = cli_subprocess(*args, timeout=1800)
-    return out, time.perf_counter() - started
-
-
-@pytest.fixture(scope="module")
-def image() -> str:
-    if subprocess.run(["docker", "image", "inspect", BASE], capture_output=True).returncode != 0:
-        made = subprocess.run(["bash", str(REPO / "images" / "base" / "build-base.sh"), BASE],
-                              capture_output=True, text=True, timeout=1800)
-        assert made.returncode == 0, f"building the base image failed:\n{made.stdout}\n{made.stderr}"
-    out, seconds = _build()
-    assert out.returncode == 0, f"gpujob image build failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    print(f"\nimage build: {seconds:.1f} s")
-    return TAG
 
 
 def _digits_spec(write_spec, **overrides):
@@ -103,6 +81,37 @@ def test_the_image_is_lean_non_root_and_keeps_no_build_secret(image):
     assert found == ["0", "0", "0", "vast-start"], found  # no caches, secrets, compilers or installers left
     history = subprocess.run(["docker", "history", "--no-trunc", image], capture_output=True, text=True).stdout
     assert "BEGIN CERTIFICATE" not in history
+
+
+# Run as root, so that Python could write any .pyc it finds missing or stale: none may appear.
+# Then count, for torch and gpujob's own package, the source files that have their .pyc.
+COMPILED = """
+import importlib.util, pathlib, torch, torchvision, runner.cli, runner.train, runner.worker
+for package in (torch, runner):
+    sources = list(pathlib.Path(package.__file__).parent.rglob("*.py"))
+    compiled = [s for s in sources if pathlib.Path(importlib.util.cache_from_source(s)).is_file()]
+    print(len(sources), len(compiled))
+"""
+
+
+@needs_engine
+def test_the_image_holds_bytecode_so_no_container_compiles_torch_again(image):
+    look = f"touch /tmp/before && python -c '{COMPILED}' && find /opt/gpujob -name '*.pyc' -newer /tmp/before | wc -l"
+    found = subprocess.run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c", look],
+                           capture_output=True, text=True)
+    assert found.returncode == 0, found.stderr
+    torch_files, runner_files, written = [line.split() for line in found.stdout.splitlines()]
+    sources, compiled = map(int, torch_files)
+    assert sources > 1000 and compiled >= sources - 5, torch_files  # a few are for newer Pythons only
+    assert runner_files[0] == runner_files[1], runner_files
+    assert written == ["0"], f"importing torch and gpujob compiled {written[0]} files in the container"
+
+
+def test_the_default_base_brings_no_second_torch_stack():
+    """A base whose torch is not the pinned one keeps its own, unused, in the image: GBs twice."""
+    default = re.search(r"^ARG BASE_IMAGE=(\S+)$", (REPO / "Dockerfile").read_text(), re.M).group(1)
+    pinned = re.search(r"^torch==([^ ;]+)", (REPO / "images" / "requirements.txt").read_text(), re.M).group(1)
+    assert "torch" not in default or f":{pinned}-" in default, (default, pinned)
 
 
 @needs_engine

@@ -9,7 +9,12 @@ import os
 import py_compile
 import subprocess
 import sys
+from importlib import metadata
 
+import pytest
+from packaging.requirements import Requirement
+
+from runner import kaggle_export
 from runner.kaggle_export import CODE_FILE, MACHINE_SHAPE, PLACEHOLDER_USER, kernel_slug
 from tests.conftest import cli, read_jsonl
 
@@ -35,7 +40,9 @@ def test_the_folder_has_what_kaggle_kernels_push_checks(write_spec, tmp_path):
     # an existing code_file, a known language and kernel type.
     assert len(meta["title"]) >= 5 and meta["id"] == f"alice/{kernel_slug(meta['title'])}" == "alice/gpujob-test-job"
     assert (out / meta["code_file"]).is_file() and meta["language"] == "python" and meta["kernel_type"] == "script"
-    assert meta["enable_gpu"] is True and meta["enable_internet"] is True and meta["is_private"] is True
+    assert meta["enable_gpu"] is True and meta["is_private"] is True
+    # Kaggle's image has every requirement and digits ship with scikit-learn: nothing to fetch.
+    assert meta["enable_internet"] is False and "internet off" in result.stdout
     assert meta["machine_shape"] == MACHINE_SHAPE and meta["dataset_sources"] == ["zalando-research/fashionmnist"]
     py_compile.compile(str(out / CODE_FILE), doraise=True)
     assert "kaggle kernels push -p" in result.stdout and "alice/gpujob-test-job" in result.stdout
@@ -59,14 +66,44 @@ def test_a_non_empty_folder_is_never_overwritten(write_spec, tmp_path):
     assert [p.name for p in (tmp_path / "k").iterdir()] == ["notes.txt"]
 
 
-def test_the_script_runs_the_job_from_its_own_copy_of_gpujob(write_spec, tmp_path):
+def test_internet_is_on_only_for_a_download_or_a_requirement_kaggles_image_lacks(write_spec, tmp_path,
+                                                                                  monkeypatch):
+    download = _spec(write_spec, data={"dataset": "fashion_mnist", "download": True})
+    result = cli("export", "kaggle", download, tmp_path / "download")
+    assert json.loads((tmp_path / "download" / "kernel-metadata.json").read_text())["enable_internet"] is True
+    assert "internet on, for: data.download of fashion_mnist" in result.stdout
+    attached = _spec(write_spec, data={"dataset": "fashion_mnist", "download": False, "root": "/kaggle/input/fm"})
+    cli("export", "kaggle", attached, tmp_path / "attached")  # a --dataset the kernel mounts
+    assert json.loads((tmp_path / "attached" / "kernel-metadata.json").read_text())["enable_internet"] is False
+
+    monkeypatch.setitem(kaggle_export.KAGGLE_IMAGE, "typer", "0.9.0")  # an image older than typer>=0.12
+    result = cli("export", "kaggle", _spec(write_spec), tmp_path / "old-image")
+    assert json.loads((tmp_path / "old-image" / "kernel-metadata.json").read_text())["enable_internet"] is True
+    assert "pip install typer>=0.12" in result.stdout
+
+
+@pytest.fixture
+def stub_pip(tmp_path):
+    """A `pip` package first on PYTHONPATH: `python -m pip ...` records its arguments and installs nothing."""
+    stub = tmp_path / "stub-pip"
+    (stub / "pip").mkdir(parents=True)
+    calls = tmp_path / "pip-calls.txt"
+    record = f"open({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"
+    (stub / "pip" / "__main__.py").write_text(f"import sys\n{record}\n")
+    return stub, calls
+
+
+def test_the_script_runs_the_job_from_its_own_copy_of_gpujob(write_spec, tmp_path, stub_pip):
     cli("export", "kaggle", _spec(write_spec), tmp_path / "kernel")
     working = tmp_path / "working"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(GPUJOB_KAGGLE_OUTPUT=str(working), GPUJOB_KAGGLE_SKIP_INSTALL="1")
+    stub, pip_calls = stub_pip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPUJOB_KAGGLE_SKIP_INSTALL")}
+    env.update(GPUJOB_KAGGLE_OUTPUT=str(working), PYTHONPATH=str(stub))
     out = subprocess.run([sys.executable, str(tmp_path / "kernel" / CODE_FILE)], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
+    # This venv has every requirement, as Kaggle's image does: pip is never called.
+    assert "installing nothing" in out.stdout and not pip_calls.exists()
     assert "gpujob-source.zip/runner/__init__.py" in out.stdout  # not the checkout's runner/
     folder = working / "runs" / "test-job"
     for name in ARTIFACTS:
@@ -77,18 +114,60 @@ def test_the_script_runs_the_job_from_its_own_copy_of_gpujob(write_spec, tmp_pat
     assert not (working / "data").exists()  # datasets stay out of the kernel's output
 
 
-def test_on_kaggle_it_installs_the_pinned_requirements_but_not_the_torch_stack(write_spec, tmp_path, monkeypatch):
-    cli("export", "kaggle", _spec(write_spec), tmp_path / "kernel")
-    loader = importlib.util.spec_from_file_location("run_gpujob", tmp_path / "kernel" / CODE_FILE)
+def _load_script(path):
+    loader = importlib.util.spec_from_file_location("run_gpujob", path)
     script = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(script)
-    commands = []
-    monkeypatch.setattr(script.subprocess, "run", lambda command, **kw: commands.append(command))
-    script.install(tmp_path)
-    assert commands == [[sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                         "--requirement", str(tmp_path / "requirements.txt")]]
-    pinned = (tmp_path / "requirements.txt").read_text().splitlines()
-    names = {line.split("==")[0] for line in pinned}
-    assert {"pydantic", "typer", "matplotlib", "scikit-learn"} <= names
-    assert not names & {"torch", "torchvision", "triton"} and not any(n.startswith(("nvidia-", "cuda-")) for n in names)
-    assert all("==" in line for line in pinned)
+    return script
+
+
+@pytest.fixture
+def kernel_script(write_spec, tmp_path, monkeypatch):
+    """The exported script as a module, its pip calls recorded in .commands instead of run."""
+    cli("export", "kaggle", _spec(write_spec), tmp_path / "kernel")
+    script = _load_script(tmp_path / "kernel" / CODE_FILE)
+    script.commands = []
+    script.pip_exit = 0
+
+    def fake_run(command, **kwargs):
+        script.commands.append(command)
+        return subprocess.CompletedProcess(command, script.pip_exit)
+
+    monkeypatch.setattr(script.subprocess, "run", fake_run)
+    return script
+
+
+def test_the_script_carries_gpujobs_ranges_not_the_lock_pins(kernel_script):
+    names = {Requirement(line).name.lower() for line in kernel_script.REQUIREMENTS}
+    assert {"torch", "torchvision", "pydantic", "typer", "matplotlib", "scikit-learn", "numpy"} <= names
+    assert "modal" not in names  # another backend's client: `gpujob run` never imports it
+    assert not any("==" in line for line in kernel_script.REQUIREMENTS)
+
+
+def test_on_kaggle_it_installs_only_what_is_missing_and_holds_the_rest(kernel_script, tmp_path):
+    kernel_script.REQUIREMENTS += ["rich>=999",  # present, too old
+                                   "gpujob-absent-dist>=1.0",  # absent
+                                   "gpujob-windows-only>=1; sys_platform == 'win32'"]  # not for this platform
+    kernel_script.install(tmp_path)
+    constraints = tmp_path / "constraints.txt"
+    assert kernel_script.commands == [[sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                                       "--constraint", str(constraints), "rich>=999", "gpujob-absent-dist>=1.0"]]
+    held = constraints.read_text().splitlines()
+    # Everything else present is held at its version: Kaggle's torch and what it was built against.
+    assert {f"torch=={metadata.version('torch')}", f"numpy=={metadata.version('numpy')}",
+            f"pydantic=={metadata.version('pydantic')}"} <= set(held)
+    assert not any(line.startswith(("rich==", "gpujob-absent-dist==")) for line in held)
+
+
+def test_a_kernel_without_a_suitable_torch_stops_before_installing_one(kernel_script, tmp_path):
+    kernel_script.REQUIREMENTS = ["torch>=999", "gpujob-absent-dist>=1.0"]
+    with pytest.raises(SystemExit, match="lacks torch>=999; gpujob runs on the kernel's own torch"):
+        kernel_script.install(tmp_path)
+    assert kernel_script.commands == []
+
+
+def test_a_failed_install_stops_the_kernel_saying_what_to_do(kernel_script, tmp_path):
+    kernel_script.REQUIREMENTS = ["gpujob-absent-dist>=1.0"]
+    kernel_script.pip_exit = 1
+    with pytest.raises(SystemExit, match="set enable_internet: true in kernel-metadata.json"):
+        kernel_script.install(tmp_path)

@@ -112,7 +112,8 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.stdout.splitlines()
                 if re.search(r"\S\s{2,}\S", line))
     assert rows["modal gpu"] == "A10G:2" and rows["world size"] == "2"
-    assert rows["timeout"].startswith("1800 s per attempt")
+    assert rows["timeout"] == ("20 min for the job across all attempts; Modal's 1800 s per attempt adds 10 min of "
+                               "start-up and save")
     assert rows["retries"].startswith("3")
     assert "gpujob-runs at /runs" in rows["volume"]
     run_name = rows["run folder"].split("/")[-1]
@@ -122,6 +123,8 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
     from runner.gpus import PRICES_READ_ON
 
     assert rows["cost"].startswith("$2.20/h for A10G:2") and f"read {PRICES_READ_ON}" in rows["cost"]
+    # 20 min of job + 4 attempts x 10 min of start-up and save = 1 h at $2.20/h, not "per attempt"
+    assert "at most $2.20 for the whole job" in rows["cost"] and "per attempt" not in rows["cost"]
     assert "images/requirements.txt" in rows["image"] and "torch 2." in rows["image"] and "runner" in rows["image"]
     assert "credentials" in rows and "dry steps" in rows
     assert not (tmp_path / "runs").exists()
@@ -397,16 +400,38 @@ def test_a_network_failure_is_exit_3_with_one_line_and_never_shows_the_token(mod
     home.mkdir()
     (home / ".modal.toml").write_text('[default]\ntoken_id = "ak-not-a-real-id"\n'
                                       'token_secret = "as-not-a-real-secret"\n')
+    started = time.monotonic()
     out = _gpujob("submit", modal_spec(), "--runs-dir", tmp_path / "runs", home=home, MODAL_SERVER_URL=dropping_server)
     assert out.returncode == 3, out.stderr
-    (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("gpujob: modal: cannot reach Modal") and "check your network" in line
+    said, line = out.stderr.strip().splitlines()  # what it tries, at once; then why it stopped
+    assert said == "modal: connecting to Modal ..."
+    assert line.startswith("gpujob: modal: ") and "check your network" in line
+    assert time.monotonic() - started < 40  # 15 s for Modal, the rest for Python and torch's imports
     assert "ak-not-a-real-id" not in out.stdout + out.stderr and "as-not-a-real-secret" not in out.stdout + out.stderr
     assert not (tmp_path / "runs").exists()
 
     dry = _gpujob("submit", modal_spec(), "--dry-run", home=home, MODAL_SERVER_URL=dropping_server)
     assert dry.returncode == 0 and f"from {home / '.modal.toml'}" in dry.stdout  # found, never shown
     assert "not-a-real" not in dry.stdout + dry.stderr
+
+
+def test_a_server_that_never_answers_is_given_up_on_within_15_s(modal_spec, tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # accepts connections, never says a word
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".modal.toml").write_text('[default]\ntoken_id = "ak-x"\ntoken_secret = "as-x"\n')
+    try:
+        started = time.monotonic()
+        out = _gpujob("submit", modal_spec(), "--runs-dir", tmp_path / "runs", home=home,
+                      MODAL_SERVER_URL=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert out.returncode == 3 and "did not answer within 15 s" in out.stderr, out.stderr
+    assert out.stderr.startswith("modal: connecting to Modal ...") and elapsed < 40
+    assert not (tmp_path / "runs").exists()
 
 
 def test_modal_errors_become_one_line_gpujob_errors():
@@ -421,3 +446,119 @@ def test_modal_errors_become_one_line_gpujob_errors():
             raise raised
         assert caught.value.exit_code == code and words in caught.value.message
         assert "\n" not in caught.value.message
+
+
+# ---- ModalService's own logic, against a Modal that misbehaves as the real one can ------------
+
+
+class FakeCall:
+    """A FunctionCall whose get() follows a script: exceptions to raise, then the result."""
+
+    def __init__(self, script, result):
+        self.script, self.result, self.cancels = list(script), result, []
+        self.object_id = "fc-fake"
+
+    def get(self, timeout=None):
+        if self.script:
+            raise self.script.pop(0)
+        return self.result
+
+    def cancel(self, terminate_containers=False):
+        self.cancels.append(terminate_containers)
+        self.result = None
+        self.script = [modal_exception().InputCancellation("cancelled")]
+
+
+def modal_exception():
+    import modal.exception
+
+    return modal.exception
+
+
+class FakeRequest:
+    spec_yaml = "name: x\n"
+
+    def __init__(self, call, on_spawn=None):
+        self.call, self.on_spawn = call, on_spawn
+
+    def function(self):
+        request = self
+
+        class Function:
+            def spawn(self, spec_yaml, run_name):
+                if request.on_spawn:
+                    request.on_spawn()
+                return request.call
+
+        return Function()
+
+
+@pytest.fixture
+def service(monkeypatch):
+    """The real ModalService, with Modal's app.run() as its runner behaves (it swallows a
+    KeyboardInterrupt raised inside its block, runner.py) and no network."""
+    from contextlib import contextmanager, nullcontext
+
+    import modal
+
+    from runner.backends.modal import app as modal_app
+    from runner.backends.modal import service as service_module
+
+    runs = []
+
+    @contextmanager
+    def run(detach=False):
+        runs.append(detach)
+        try:
+            yield
+        except KeyboardInterrupt:
+            return  # what modal/runner.py does: "Disconnecting from Modal ..."
+
+    monkeypatch.setattr(modal_app.app, "run", run)
+    monkeypatch.setattr(modal, "enable_output", nullcontext)
+    monkeypatch.setattr(service_module.time, "sleep", lambda s: None)
+    made = service_module.ModalService()
+    made.runs = runs
+    return made
+
+
+def test_modals_own_trouble_while_following_is_waited_out_never_stopping_the_job(service, capsys):
+    errors = modal_exception()
+    call = FakeCall([errors.InternalError("internal"), errors.ServiceError("unavailable"), TimeoutError()],
+                    {"exit_code": 0, "message": ""})
+    state = service.start(FakeRequest(call), "run-1", detach=False, spawned=lambda call_id: None)
+    assert state.state == "finished" and service.runs == [True]  # the app outlives the client: never stopped
+    assert capsys.readouterr().err.count("the job runs on") == 2 and call.cancels == []
+
+
+def test_ctrl_c_during_the_spawn_leaves_a_tracked_job_or_none(service):
+    import signal as signals
+
+    for detach in (False, True):
+        call = FakeCall([TimeoutError()] * 5, {"exit_code": 0, "message": ""})
+        recorded = []
+        request = FakeRequest(call, on_spawn=lambda: os.kill(os.getpid(), signals.SIGINT))
+        with pytest.raises(KeyboardInterrupt):
+            service.start(request, "run-1", detach=detach, spawned=recorded.append)
+        assert recorded == ["fc-fake"]  # the handle is kept before the interrupt is acted on
+        assert call.cancels == ([] if detach else [False])  # attached: cancelled, letting it checkpoint
+
+
+def test_a_modal_side_error_is_not_taken_for_the_job_failing(service):
+    call = FakeCall([modal_exception().ResourceExhaustedError("rate limited")], None)
+    service.modal = type("M", (), {"FunctionCall": type("F", (), {"from_id": staticmethod(lambda i: call)})})
+    with pytest.raises(GpujobError) as err, modal_errors("asking Modal about the job", "fc-fake"):
+        service.poll("fc-fake")
+    assert err.value.exit_code == 3 and "the job itself is not affected (call fc-fake)" in err.value.message
+
+
+def test_the_time_limit_holds_across_attempts(modal_spec, volume):
+    from runner.backends.modal.app import FIRST_ATTEMPT
+
+    spec = load_spec(modal_spec(resources={"timeout_minutes": 1, "gpu": "A10G:1"}))
+    request = modal_request(spec, "late-1")
+    (volume / "late-1" / "job").mkdir(parents=True)
+    (volume / "late-1" / "job" / FIRST_ATTEMPT).write_text(f"{time.time() - 90}\n")  # 90 s spent already
+    result = request.function().local(request.spec_yaml, "late-1")
+    assert result["exit_code"] == 1 and "across its attempts" in result["message"]
+    assert not (volume / "late-1" / "metrics.jsonl").exists()  # nothing trained past the limit

@@ -1,12 +1,15 @@
 """The spec contract: defaults, overrides, and one-line errors naming field and line."""
 
 import json
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from runner.errors import GpujobError
 from runner.spec import load_spec
-from tests.conftest import cli
+from tests.conftest import REPO, cli
 
 
 def test_a_short_spec_gets_defaults(write_spec):
@@ -33,8 +36,9 @@ def test_set_overrides_any_field_and_is_validated(write_spec):
     with pytest.raises(GpujobError) as err:
         load_spec(path, ["train.epochs=zero"])
     assert err.value.exit_code == 2
-    # the bad value came from --set, not from a line of the file: no line number is claimed
-    assert err.value.message.startswith(f"{path}: train.epochs:")
+    # the bad value came from --set, not from the file: the option is blamed, not the file
+    assert err.value.message.startswith("--set train.epochs=zero: train.epochs:")
+    assert str(path) not in err.value.message
 
 
 @pytest.mark.parametrize(
@@ -99,3 +103,91 @@ def test_every_shipped_job_validates():
     for path in jobs:
         load_spec(path)
     assert load_spec(Path(__file__).parents[1] / "jobs/resnet18.yaml").resources.gpu == "A10G:2"
+
+
+# ---- what a newcomer trips on: each error says what to write instead ----------------------
+
+
+@pytest.mark.parametrize(
+    "sections, says",
+    [
+        ({"slurm": {"partiton": "gpu"}}, "slurm.partiton: unknown field; did you mean `slurm.partition`?"),
+        ({"modle": {"name": "cnn"}}, "modle: unknown field; did you mean `model`?"),
+        ({"data": {"dataset": "synthetic", "synthetic": {"num_class": 3}}},
+         "data.synthetic.num_class: unknown field; did you mean `data.synthetic.num_classes`?"),
+        ({"train": {"gpu": "A10G"}}, "train.gpu: unknown field; did you mean `resources.gpu`?"),
+        ({"kubernetes": {}}, "kubernetes: unknown field; a spec has: name, model, data"),
+    ],
+)
+def test_a_misspelled_field_gets_did_you_mean(write_spec, sections, says):
+    path = write_spec(**sections)
+    result = cli("validate", path)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"gpujob: {path}:") and says in result.stderr
+
+
+def test_set_errors_are_blamed_on_the_option_not_the_file():
+    result = cli("validate", "jobs/quickstart.yaml", "--set", "train.epochs=ten")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("gpujob: --set train.epochs=ten: train.epochs: Input should be a valid integer")
+    assert "quickstart.yaml" not in result.stderr
+    result = cli("validate", "jobs/quickstart.yaml", "--set", "slurm.partiton=gpu")
+    assert result.stderr.startswith("gpujob: --set slurm.partiton=gpu: slurm.partiton: unknown field; did you mean "
+                                    "`slurm.partition`?")
+
+
+@pytest.mark.parametrize("gpu, write", [(4090, "RTX4090"), ("rtx 4090:2", "RTX4090:2"), ("3090", "RTX3090"),
+                                        ("Tesla T4", "T4"), ("h100 sxm", "H100")])
+def test_a_gpu_by_another_name_says_what_to_write(write_spec, gpu, write):
+    result = cli("validate", write_spec(resources={"gpu": gpu}))
+    assert result.exit_code == 2
+    assert f"resources.gpu: '{gpu}' is not a GPU type; write `{write}`" in result.stderr
+    assert "valid string" not in result.stderr
+
+
+def test_a_value_where_a_section_belongs_says_what_to_write(write_spec):
+    result = cli("validate", write_spec(model="cnn"))
+    assert result.exit_code == 2 and "model: a section, not a value; write `model: {name: cnn}`" in result.stderr
+    assert "ModelSpec" not in result.stderr
+    result = cli("validate", write_spec(resources=5))
+    assert "resources: a section of fields (gpu, timeout_minutes, processes, nodes), not `5`" in result.stderr
+    result = cli("validate", write_spec(data=[1, 2]))
+    assert "data: a section of fields (dataset, root," in result.stderr and "not `[1, 2]`" in result.stderr
+    result = cli("validate", write_spec(), "--set", "model=cnn")
+    assert result.stderr.startswith("gpujob: --set model=cnn: model: a section, not a value; write "
+                                    "`--set model.name=cnn`")
+
+
+@pytest.mark.parametrize(
+    "data, classes",
+    [
+        ({"dataset": "digits"}, 10),
+        ({"dataset": "fashion_mnist", "download": False}, 10),
+        ({"dataset": "synthetic", "synthetic": {"num_classes": 5}}, 5),
+        ({"dataset": "tests.plugins:blobs"}, None),  # a factory's count is known once it is loaded
+    ],
+)
+def test_validate_shows_the_class_count_the_model_gets(write_spec, data, classes):
+    result = cli("validate", write_spec(data=data))
+    assert result.exit_code == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["model"]["num_classes"] == classes
+    assert load_spec(write_spec(model={"num_classes": 3}, data=data)).model.num_classes == 3  # as written wins
+
+
+def test_validate_stays_fast_without_torch(write_spec):
+    code = ("import sys, runner.cli; sys.argv=['gpujob','validate',sys.argv[1]]\ntry:\n runner.cli.main()\n"
+            "except SystemExit as e: assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code, write_spec(data={"dataset": "cifar10"})], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "num_classes: 10" in out.stdout
+
+
+def test_good_yaml_still_reads(tmp_path):
+    # anchors and merge keys, a BOM, CRLF line ends, and YAML 1.1's dates and base-60 numbers kept as written
+    path = tmp_path / "job.yaml"
+    path.write_bytes(b"\xef\xbb\xbfname: ok\r\ntrain:\r\n  <<: &base {epochs: 2, seed: 7}\r\n  log_every_steps: 5\r\n"
+                     b"model:\r\n  args: {when: 2026-13-45, at: 1:30, again: *base}\r\n")
+    spec = load_spec(path)
+    assert (spec.name, spec.train.epochs, spec.train.seed, spec.train.log_every_steps) == ("ok", 2, 7, 5)
+    assert spec.model.args == {"when": "2026-13-45", "at": "1:30", "again": {"epochs": 2, "seed": 7}}

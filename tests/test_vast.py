@@ -15,16 +15,18 @@ from runner.backends.vast import backend as vast_backend
 from runner.backends.vast.backend import EXIT_MARK, START_MARK, VastBackend, exit_code, instance_request, new_lines
 from runner.errors import GpujobError, job_failed, missing_backend
 from runner.spec import load_spec
-from runner.backends.vast.api import NO_API_KEY, find_api_key
+from runner.backends.vast.api import NO_API_KEY, VastUnavailable, find_api_key
 from runner.backends.vast.offers import bid_price, choose_offer, offer_query
 from tests.conftest import REPO, cli
 
 IMAGE = "docker.io/alice/gpujob:1"
 
 
-def offer(id, gpu="A10", n=2, dph=1.0, min_bid=0.5, reliability=0.995, disk=100.0, cuda=13.2, **extra):
+def offer(id, gpu="A10", n=2, dph=1.0, min_bid=0.5, reliability=0.995, disk=100.0, cuda=13.2, ram_mb=24576,
+          days=30.0, **extra):
     return {"id": id, "gpu_name": gpu, "num_gpus": n, "dph_total": dph, "min_bid": min_bid, "reliability": reliability,
-            "disk_space": disk, "cuda_max_good": cuda, "rentable": True, "geolocation": "Oregon, US", **extra}
+            "disk_space": disk, "cuda_max_good": cuda, "rentable": True, "geolocation": "Oregon, US",
+            "gpu_ram": ram_mb, "duration": days * 86400, "storage_cost": 0.15, **extra}
 
 
 GOOD = [offer(11, dph=0.90), offer(12, dph=0.80, reliability=0.99), offer(13, dph=0.80, reliability=0.999)]
@@ -34,8 +36,9 @@ class FakeVast:
     """VastApi's methods over a scripted instance life: each show_instance() is one tick of
     `timeline`, a list of (actual_status, log lines so far); the last tick repeats."""
 
-    def __init__(self, offers=GOOD, timeline=(), fail=(), run_files=None, interrupt_at=None):
+    def __init__(self, offers=GOOD, timeline=(), fail=(), run_files=None, interrupt_at=None, flaky=None):
         self.offers, self.timeline, self.fail = list(offers), list(timeline), set(fail)
+        self.flaky = dict(flaky or {})  # call name -> how many times in a row it fails transiently first
         summary = {"test_accuracy": 0.9, "test_loss": 0.3, "wall_s": 60.0, "device": "cuda", "world_size": 2}
         self.run_files = {"summary.json": json.dumps(summary), "spec.yaml": "name: x\n"} if run_files is None else run_files
         self.calls: list[tuple] = []
@@ -43,17 +46,23 @@ class FakeVast:
         self.made: dict[int, str] = {}  # instance id -> label
 
     def _maybe_fail(self, name):
+        if self.flaky.get(name, 0) > 0:  # a timeout, a 429, a 5xx: what vast.ai does now and then
+            self.flaky[name] -= 1
+            self.calls.append((f"{name} failed",))
+            raise VastUnavailable(f"vast: {name}: vast.ai answered HTTP 503 (fake)")
         if name in self.fail:
             raise job_failed(f"vast: {name} failed (fake)")
 
     def names(self):
         return [call[0] for call in self.calls]
 
-    def search_offers(self, query, offer_type, disk_gb):
-        self.calls.append(("search", query, offer_type, disk_gb))
+    def search_offers(self, query, offer_type, disk_gb, order):
+        self._maybe_fail("search")
+        self.calls.append(("search", query, offer_type, disk_gb, order))
         return self.offers
 
     def check_can_copy(self):
+        self._maybe_fail("check copy")
         self.calls.append(("check copy",))
         if "no ssh key" in self.fail:
             raise missing_backend("vast: your vast.ai account has no ssh key ...: vastai create ssh-key")
@@ -68,22 +77,25 @@ class FakeVast:
         return 42
 
     def instances_labelled(self, label):
+        self._maybe_fail("list")
         self.calls.append(("list", label))
         return [i for i, lab in self.made.items() if lab == label]
 
     def show_instance(self, instance_id):
+        self._maybe_fail("show")
         self.tick = min(self.tick + 1, len(self.timeline) - 1)
         self.calls.append(("show", instance_id))
         return {"actual_status": self.timeline[self.tick][0], "status_msg": ""}
 
     def logs(self, instance_id):
+        self._maybe_fail("logs")
         self.calls.append(("logs", instance_id))
         return "\n".join(self.timeline[self.tick][1])
 
     def copy_back(self, instance_id, remote_dir, local_dir, exclude=()):
         self.calls.append(("copy", instance_id, remote_dir, str(local_dir)))
-        assert "submission.json" in exclude  # this side's record is never replaced by the instance's
         self._maybe_fail("copy")
+        assert "submission.json" in exclude  # this side's record is never replaced by the instance's
         for name, text in self.run_files.items():
             (local_dir / name).write_text(text)
 
@@ -91,6 +103,10 @@ class FakeVast:
         self.calls.append(("destroy", instance_id))
         self._maybe_fail("destroy")
         self.made.pop(instance_id, None)
+
+    def stop_instance(self, instance_id):
+        self.calls.append(("stop", instance_id))
+        self._maybe_fail("stop")
 
     def sleep(self, seconds):
         self.now += seconds
@@ -144,16 +160,23 @@ def test_offer_query_is_built_from_the_spec_and_parses_as_vast_syntax(vast_spec)
     spec = load_spec(vast_spec(max_dollars_per_hour=1.5, min_reliability=0.99, disk_gb=50,
                                extra_filters="geolocation=US"))
     query = offer_query(spec)
-    assert query == ("gpu_name=A10 num_gpus=2 reliability>=0.99 disk_space>=50 cuda_max_good>=13.0 "
-                     "rentable=true verified=true dph_total<=1.5 geolocation=US")
+    assert query == ("gpu_name=A10 num_gpus=2 gpu_ram>=21.6 reliability>=0.99 disk_space>=50 cuda_max_good>=13.0 "
+                     "duration>=0.0243 rentable=true verified=true dph_total<=1.5 geolocation=US")
     parsed = parse_query(query, {}, offers_fields, offers_alias, offers_mult)  # the SDK's own parser
     assert parsed["gpu_name"] == {"eq": "A10"} and parsed["dph_total"] == {"lte": "1.5"}
+    assert parsed["gpu_ram"] == {"gte": 21600.0} and parsed["duration"] == {"gte": 0.0243 * 86400}
     spec = load_spec(vast_spec(gpu="H100:8", interruptible=True, max_dollars_per_hour=9))
-    assert "gpu_name=H100_SXM num_gpus=8" in offer_query(spec) and "min_bid<=9.0" in offer_query(spec)
+    query = offer_query(spec)
+    assert "gpu_name in [H100_SXM,H100_PCIE,H100_NVL] num_gpus=8 gpu_ram>=72.0" in query and "min_bid<=9.0" in query
+    parsed = parse_query(query, {}, offers_fields, offers_alias, offers_mult)
+    assert parsed["gpu_name"] == {"in": ["H100 SXM", "H100 PCIE", "H100 NVL"]}
 
 
 def test_the_gpu_name_comes_from_the_catalog_and_a_missing_gpu_is_bad_input(vast_spec, write_spec):
     assert offer_query(load_spec(vast_spec(gpu="RTX4090:1"))).startswith("gpu_name=RTX_4090 num_gpus=1 ")
+    with pytest.raises(GpujobError) as err:  # CUDA 13's torch has no kernels for sm_70: refused before renting
+        offer_query(load_spec(vast_spec(gpu="V100:1")))
+    assert err.value.exit_code == 2 and "V100 (compute capability 7.0) is too old" in err.value.message
     with pytest.raises(GpujobError) as err:
         offer_query(load_spec(write_spec(backend="vast", vast={"image": IMAGE})))
     assert err.value.exit_code == 2 and "resources.gpu" in err.value.message
@@ -278,11 +301,16 @@ def test_copy_back_failing_still_destroys(vast_spec, tmp_path):
 
 
 def test_a_destroy_that_keeps_failing_is_loud(vast_spec, tmp_path, capsys):
-    fake = FakeVast(timeline=DONE, fail={"destroy"})
+    fake = FakeVast(timeline=DONE, flaky={"destroy": 10_000})  # vast.ai never answers the destroy
     with pytest.raises(GpujobError) as err:
         run_with(fake, vast_spec(), tmp_path)
-    assert fake.names().count("destroy") == 3
+    tries = fake.names().count("destroy")
+    assert tries > 3 and 200 <= fake.now <= 300  # minutes of patience: the destroy is what stops the billing
     assert "vastai destroy instance 42" in err.value.message and "still billed" in err.value.message
+    refused = FakeVast(timeline=DONE, fail={"destroy"})  # a definite answer is not asked again
+    with pytest.raises(GpujobError):
+        run_with(refused, vast_spec(), tmp_path)
+    assert refused.names().count("destroy") == 1
 
 
 def test_a_container_that_dies_without_finishing_is_a_failure(vast_spec, tmp_path):
@@ -433,7 +461,7 @@ def test_vast_api_turns_http_errors_into_one_line(monkeypatch):
         raise requests.HTTPError("401 Client Error: Unauthorized", response=response)
 
     with pytest.raises(GpujobError) as err:
-        VastApi(StubSdk(search_offers=refuse)).search_offers("num_gpus=1", "on-demand", 40)
+        VastApi(StubSdk(search_offers=refuse)).search_offers("num_gpus=1", "on-demand", 40, "dph_total")
     assert err.value.exit_code == 3 and "vastai set api-key" in err.value.message
 
 
@@ -521,3 +549,133 @@ def test_an_attached_run_of_the_start_script_comes_back_whole(vast_spec, local_v
     assert all((run / name).is_file() for name in ("summary.json", "metrics.jsonl", "model.pt", "vast.log", "cost.json"))
     record = json.loads((run / "submission.json").read_text())
     assert record["backend"] == "vast" and record["handles"]["destroyed"] is True  # this side's record kept
+
+
+# ---- what real services do: fast jobs, flaky APIs, pauses, the wrong card --------------------
+
+
+def test_a_job_that_ends_between_two_polls_is_followed_to_its_exit_and_copied_back(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("loading", []), ("exited", started("step 2/2", code=0))])
+    folder = run_with(fake, vast_spec(), tmp_path)
+    assert ("copy", 42, f"/workspace/runs/{folder.name}", str(folder)) in fake.calls
+    assert (folder / "summary.json").exists() and "gpujob-vast: exit 0" in (folder / "vast.log").read_text()
+    assert fake.now < 60  # not startup_minutes (20 min) of waiting for a "running" it never showed
+
+
+@pytest.mark.parametrize("call", ["check copy", "create", "show", "logs", "copy", "destroy", "list"])
+def test_every_kind_of_call_may_fail_a_few_times_in_a_row(vast_spec, tmp_path, capsys, call):
+    fake = FakeVast(timeline=DONE, flaky={call: 3})
+    folder = run_with(fake, vast_spec(), tmp_path)
+    assert (folder / "summary.json").exists()
+    assert fake.names().count(f"{call} failed") == (3 if call != "list" else 0)  # list is only asked after a lost create
+    assert fake.names().count("create") == 1 + (3 if call == "create" else 0) and len(fake.made) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "trying again" in line]
+    assert len(warnings) == (3 if call != "list" else 0)
+
+
+def test_a_dry_run_says_soon_when_vast_ai_cannot_be_reached(vast_spec, fake_vast):
+    fake = fake_vast(FakeVast(flaky={"search": 10_000}))
+    result = cli("submit", vast_spec(), "--dry-run")
+    assert result.exit_code == 3 and "vast.ai has not answered" in result.stderr and "Traceback" not in result.stderr
+    assert fake.now <= 15  # PLAN_OUTAGE_S
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_its_label_not_rented_twice(vast_spec, tmp_path):
+    class LostReply(FakeVast):
+        def create_instance(self, offer_id, request):
+            self.calls.append(("create", offer_id, request))
+            self.made[42] = request["label"]
+            raise VastUnavailable("vast: renting: cannot reach vast.ai (ReadTimeout)")
+
+    fake = LostReply(timeline=DONE)
+    folder = run_with(fake, vast_spec(), tmp_path)
+    assert fake.names().count("create") == 1 and ("list", f"gpujob {folder.name}") in fake.calls
+    assert (folder / "summary.json").exists() and fake.names().count("destroy") == 1
+
+
+def test_a_lasting_outage_ends_the_job_after_minutes_copying_back_first(vast_spec, tmp_path):
+    fake = FakeVast(timeline=[("running", started("step 1/9"))] * 3, flaky={})
+    original = fake.show_instance
+
+    def down_after_two(instance_id):
+        if fake.names().count("show") >= 2:
+            fake.flaky["show"] = 10_000
+        return original(instance_id)
+
+    fake.show_instance = down_after_two
+    with pytest.raises(GpujobError) as err:
+        run_with(fake, vast_spec(), tmp_path)
+    assert err.value.exit_code == 3 and "vast.ai has not answered for" in err.value.message
+    assert 480 <= fake.now  # minutes of patience, not one failed poll
+    names = fake.names()
+    assert names.index("copy") < names.index("destroy")  # what the job wrote comes back first
+
+
+def test_a_paused_interruptible_instance_is_waited_for_not_failed(vast_spec, tmp_path):
+    first = started("step 3/9", "gpujob: stopped at step 3 by SIGTERM", code=143)
+    paused = [("stopped", first)] * 20  # 200 s paused: past the 90 s grace an exited on-demand one gets
+    timeline = [("running", started("step 3/9")), *paused, ("running", first + started("step 4/9")),
+                ("running", first + started("step 4/9", "step 9/9", code=0))]
+    fake = FakeVast(timeline=timeline)
+    folder = run_with(fake, vast_spec(interruptible=True), tmp_path)
+    assert (folder / "summary.json").exists() and fake.names().count("destroy") == 1
+    silent = FakeVast(timeline=[("running", started("step 3/9"))] + [("exited", started("step 3/9"))] * 30 +
+                      [("running", started("step 3/9", "step 9/9", code=0))])
+    assert (run_with(silent, vast_spec(interruptible=True), tmp_path) / "summary.json").exists()  # no exit line at all
+
+
+def test_the_memory_of_the_card_is_what_was_asked_for(vast_spec):
+    spec = load_spec(vast_spec(gpu="A100-80GB:1"))
+    forty = offer(1, gpu="A100 SXM4", n=1, dph=1.0, ram_mb=40960)
+    eighty = offer(2, gpu="A100 PCIE", n=1, dph=1.6, ram_mb=81920)
+    assert choose_offer([forty, eighty], spec)["id"] == 2  # not the cheaper 40 GB card of the same name
+    assert choose_offer([forty], load_spec(vast_spec(gpu="A100-40GB:1")))["id"] == 1
+
+
+def test_a_host_whose_contract_ends_before_the_job_is_not_taken(vast_spec):
+    spec = load_spec(vast_spec(gpu="A10G:2"))
+    assert choose_offer([offer(1, dph=0.1, days=0.01), offer(2, dph=0.9, days=2)], spec)["id"] == 2
+
+
+def test_bids_are_searched_in_bid_order_and_their_cost_counts_the_disk(vast_spec, fake_vast, tmp_path):
+    fake = fake_vast(FakeVast(timeline=DONE))
+    result = cli("submit", vast_spec(interruptible=True, disk_gb=40), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    (search,) = [call for call in fake.calls if call[0] == "search"][:1]
+    assert search[2] == "bid" and search[4] == "min_bid"
+    cost = json.loads((result.run_dir / "cost.json").read_text())
+    bid, disk = 0.55, 0.15 * 40 / 720  # offer 12/13 at min_bid 0.5 (x1.10), storage $0.15/GB/month
+    assert cost["price_per_hour_usd"] == round(bid + disk, 4) and "storage" in cost["basis"]
+
+
+def test_unreachable_vast_ai_is_exit_3_in_one_line(vast_spec, tmp_path):
+    from vastai import VastAI
+
+    from runner.backends.vast.api import VastApi
+
+    clock = [0.0]
+    backend = VastBackend(connect=lambda: VastApi(VastAI(api_key="not-a-real-key", server_url="http://127.0.0.1:9",
+                                                         quiet=True)),
+                          sleep=lambda s: clock.__setitem__(0, clock[0] + s), clock=lambda: clock[0])
+    spec = load_spec(vast_spec())
+    with pytest.raises(GpujobError) as err:
+        backend.plan(spec, vast_spec(), tmp_path / "runs", "run-1")
+    assert err.value.exit_code == 3 and "\n" not in err.value.message
+    assert "cannot reach vast.ai" in err.value.message and "not-a-real-key" not in err.value.message
+
+
+def test_an_rsync_that_times_out_is_a_message_not_a_traceback(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    from runner.backends.vast.api import VastApi
+
+    monkeypatch.setattr("runner.backends.vast.api.shutil.which", lambda tool: f"/usr/bin/{tool}")
+
+    def hangs(*args, **kwargs):
+        raise sp.TimeoutExpired(args[0], 3600)
+
+    monkeypatch.setattr("runner.backends.vast.api.subprocess.run", hangs)
+    api = VastApi(StubSdk(copy={"success": True, "src_addr": "1.2.3.4", "src_port": 22}))
+    with pytest.raises(GpujobError) as err:
+        api.copy_back(42, "/workspace/runs/x", tmp_path / "x")
+    assert err.value.exit_code == 1 and "took more than 60 min" in err.value.message

@@ -26,7 +26,7 @@ class LocalVast:
     def _disk(self, instance_id: int, remote: str) -> Path:
         return self.instances[instance_id]["disk"] / remote.lstrip("/")
 
-    def search_offers(self, query, offer_type, disk_gb):
+    def search_offers(self, query, offer_type, disk_gb, order):
         self.calls.append(("search", query))
         return self.offers
 

@@ -30,8 +30,10 @@ def choose_backend(spec, gpus_here: list[tuple[str, float]] | None = None,
     `machine_gpus` says --gpu named this machine's GPUs (all or a count)."""
     if machine_gpus and spec.backend not in CONTAINER_BACKENDS:
         given = spec.docker.gpus
+        # `--gpu 4090` is more often a card than four thousand of this machine's GPUs
+        example = f"--gpu RTX{given}" if len(given) == 4 else "--gpu A10G:2"
         raise bad_input(f"--gpu {given}: all or a count names this machine's GPUs, for --backend "
-                        f"{' or '.join(CONTAINER_BACKENDS)}; elsewhere use TYPE[:COUNT], e.g. A10G:2")
+                        f"{' or '.join(CONTAINER_BACKENDS)}; for a GPU type write TYPE[:COUNT], e.g. {example}")
     if spec.backend != AUTO:
         return spec.backend, ""
     request = spec.resources.gpu_request

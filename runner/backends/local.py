@@ -131,7 +131,8 @@ class LocalBackend:
         while run_lock.holder(run.folder) is not None:
             if time.monotonic() > deadline:
                 os.kill(owner["pid"], signal.SIGKILL)
-                return f"{run.folder.name} did not stop within {STOP_WAIT_S} s and was killed; {resume_hint(run.folder)}"
+                return (f"{run.folder.name} did not stop within {STOP_WAIT_S} s and was killed; "
+                        f"{resume_hint(run.folder)}")
             time.sleep(0.1)
         return f"cancelled {run.folder.name}; {resume_hint(run.folder)}"
 

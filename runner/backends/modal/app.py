@@ -18,6 +18,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import modal
@@ -34,6 +35,7 @@ DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job se
 # Modal restarts a preempted input by itself; these retries also cover a crashed container.
 # Every attempt resumes from the run folder's last checkpoint.
 RETRIES = 3
+FIRST_ATTEMPT = "first-attempt-at"  # in the run's job/ on the volume
 
 # The requirements file is read on this machine when the image is built, never in the container.
 image = (modal.Image.debian_slim(python_version=PYTHON_VERSION)
@@ -79,7 +81,14 @@ def run_job(spec_yaml: str, run_name: str) -> dict:
             spec_file = Path(scratch, "spec.yaml")
             spec_file.write_text(spec_yaml)
             spec = load_spec(spec_file)  # validated exactly as `gpujob run SPEC` would
-        run_on_this_node(spec, Topology(workers_per_node(spec)), runs_root / run_name, runs_root, resume=True)
+        # resources.timeout_minutes caps the job, not each attempt: Modal restarts its timeout with
+        # every retry, so each attempt gets only what the earlier ones left.
+        used_s = time.time() - _first_attempt_at(runs_root / run_name)
+        if used_s >= spec.resources.timeout_minutes * 60:
+            return {"exit_code": 1, "message": f"the job ran past resources.timeout_minutes "
+                                               f"({spec.resources.timeout_minutes} min) across its attempts"}
+        run_on_this_node(spec, Topology(workers_per_node(spec)), runs_root / run_name, runs_root,
+                         started=time.perf_counter() - used_s, resume=True)
     except _CancelledBeforeTraining:
         return {"exit_code": INTERRUPTED, "message": "cancelled before training started"}
     except GpujobError as err:
@@ -98,6 +107,18 @@ def run_job(spec_yaml: str, run_name: str) -> dict:
 
 class _CancelledBeforeTraining(Exception):
     pass
+
+
+def _first_attempt_at(run_dir: Path) -> float:
+    """When the job's first attempt began (wall clock), kept in its run folder on the volume."""
+    mark = run_dir / "job" / FIRST_ATTEMPT
+    try:
+        return float(mark.read_text())
+    except (OSError, ValueError):
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        mark.write_text(f"{now}\n")
+        return now
 
 
 def _cancel_becomes_a_stop(cancelled: list):

@@ -13,6 +13,7 @@ goes into the run's submission record (never a token), which is how `status`, `l
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -84,7 +85,7 @@ def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
         if request.count > most:
             raise bad_input(f"resources.gpu: Modal attaches at most {most} {name} GPUs to a container")
         gpu = f"{name}:{request.count}"
-    timeout_s = spec.resources.timeout_minutes * 60 + TIMEOUT_GRACE_S
+    timeout_s = math.ceil(spec.resources.timeout_minutes * 60) + TIMEOUT_GRACE_S
     if timeout_s > MAX_TIMEOUT_S:
         raise bad_input(f"resources.timeout_minutes: Modal stops a call after 24 h; at most "
                         f"{(MAX_TIMEOUT_S - TIMEOUT_GRACE_S) // 60} minutes")
@@ -104,14 +105,22 @@ def describe_image() -> str:
             f"({key}) installed with uv, plus the local source of: {', '.join(LOCAL_SOURCES)}")
 
 
-def describe_cost(spec: JobSpec, timeout_s: int) -> str:
+def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
+    """The price, and what the whole job can cost at most: its time limit holds across all
+    attempts (runner/backends/modal/app.py), and each attempt may add its start-up and save."""
+    from runner.backends.modal.app import TIMEOUT_GRACE_S
+
     request = spec.resources.gpu_request
     if request is None:
         return "CPU only: Modal bills CPU and memory by the second (not estimated here)"
     per_gpu = request.type.price_per_hour["modal"]
     hourly = per_gpu * request.count
+    attempts = retries + 1
+    most_h = spec.resources.timeout_minutes / 60 + attempts * TIMEOUT_GRACE_S / 3600
     return (f"${hourly:.2f}/h for {request} (${per_gpu:.2f} per GPU-hour, Modal's list price read {PRICES_READ_ON}; "
-            f"CPU and memory extra), at most ${hourly * timeout_s / 3600:.2f} per attempt")
+            f"CPU and memory extra); at most ${hourly * most_h:.2f} for the whole job: its "
+            f"{spec.resources.timeout_minutes} min limit across all {attempts} attempts, plus up to "
+            f"{TIMEOUT_GRACE_S // 60} min of start-up and save for each")
 
 
 REQUEST_FILE = "modal-call.json"  # in job/: the call as sent, for `gpujob resume`
@@ -137,28 +146,31 @@ class ModalBackend:
         from runner.backends.modal.service import NO_CREDENTIALS, credentials_source, import_modal
 
         import_modal()  # first: the App is built with Modal's client
-        from runner.backends.modal.app import VOLUME_MOUNT, VOLUME_NAME
+        from runner.backends.modal.app import TIMEOUT_GRACE_S, VOLUME_MOUNT, VOLUME_NAME
 
         request = modal_request(spec, run_name)
         request.function()  # the call must be constructible before anything is paid for
         source = credentials_source()
         rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
-                ("timeout", f"{request.timeout_s} s per attempt ({spec.resources.timeout_minutes} min job "
-                            f"+ {request.timeout_s // 60 - spec.resources.timeout_minutes} min start-up and save)"),
+                ("timeout", f"{spec.resources.timeout_minutes} min for the job across all attempts; Modal's "
+                            f"{request.timeout_s} s per attempt adds "
+                            f"{TIMEOUT_GRACE_S // 60} min of start-up and save"),
                 ("retries", f"{request.retries}; a restarted attempt resumes from the last checkpoint"),
                 ("volume", f"{VOLUME_NAME} at {VOLUME_MOUNT}; the run folder is {VOLUME_MOUNT}/{run_name}"),
                 ("call", request.call()),
-                ("cost", describe_cost(spec, request.timeout_s)),
+                ("cost", describe_cost(spec, request.timeout_s, request.retries)),
                 ("credentials", f"from {source}" if source else NO_CREDENTIALS.removeprefix("modal: "))]
         return Plan(self.name, spec, spec_path, runs_dir, run_name, request.world_size, request, rows=rows)
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
         from runner.backends.modal.service import modal_errors
 
+        from runner.backends.modal.service import FIRST_CONTACT_S, within
+
         request: ModalRequest = plan.request
         service = self._service()
         with modal_errors("looking up the volume"):
-            taken = request.run_name in service.run_names()
+            taken = request.run_name in within(FIRST_CONTACT_S, "connecting to Modal", service.run_names)
         if taken:
             raise bad_input(f"modal: a run named {request.run_name} is already on the volume; submit again")
         job_dir = run.folder / JOB_FILES
@@ -175,12 +187,16 @@ class ModalBackend:
             print(f"modal: started {run.folder.name} (call {call_id})", file=sys.stderr)
 
         try:
-            with modal_errors("running the job"):
+            with modal_errors("running the job", run.handles.get("modal_call_id")):
                 state = service.start(request, run.folder.name, detach, spawned)
         except KeyboardInterrupt:
             started = "modal_call_id" in run_record.read(run.folder).handles
-            what = (f"the remote job was stopped; download what it wrote with: gpujob fetch {run.folder}"
-                    if started else "nothing was started")
+            if started and detach:
+                what = f"the job was started and runs on Modal; its folder {run.folder} tracks it"
+            elif started:
+                what = f"the remote job was stopped; download what it wrote with: gpujob fetch {run.folder}"
+            else:
+                what = "nothing was started"
             raise GpujobError(f"modal: interrupted; {what}", INTERRUPTED) from None
         if not detach:
             self._bring_back(service, run.folder, state)
@@ -207,7 +223,7 @@ class ModalBackend:
         from runner.backends.modal.service import modal_errors
 
         service = self._service()
-        with modal_errors("asking Modal about the job"):
+        with modal_errors("asking Modal about the job", _call_id(run)):
             return service.poll(_call_id(run))
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
@@ -255,7 +271,8 @@ class ModalBackend:
             sent = json.loads((run.folder / JOB_FILES / REQUEST_FILE).read_text())
             request = ModalRequest(**sent)
         except (OSError, ValueError, TypeError) as err:
-            raise bad_input(f"{run.folder}: its Modal call ({JOB_FILES}/{REQUEST_FILE}) is unreadable ({err})") from None
+            raise bad_input(f"{run.folder}: its Modal call ({JOB_FILES}/{REQUEST_FILE}) is unreadable "
+                            f"({err})") from None
         self._send(self._service(), run, request, detach)
 
     def detached_note(self, run: Run) -> str:

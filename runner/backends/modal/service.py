@@ -10,7 +10,11 @@ here prints or stores them. Tests replace ModalService with a local stand-in.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,6 +26,9 @@ from runner.stop_signals import INTERRUPTED
 NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
               "(or `pip install 'gpujob[modal]'`)")
 LOG_TAIL = 1000  # lines `gpujob logs` shows of a call without --follow
+FOLLOW_POLL_S = 10.0  # attached: how long each wait for the call's result lasts
+FOLLOW_OUTAGE_S = 600.0  # attached: how long Modal's own trouble is waited out before exit 3
+FIRST_CONTACT_S = 15.0  # the first call to Modal: after this, it is unreachable (exit 3)
 NO_CREDENTIALS = "modal: no credentials; run `modal token new` (or set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET)"
 
 
@@ -33,6 +40,51 @@ def import_modal():
     except Exception as err:  # modal reads ~/.modal.toml when imported: a broken file fails here
         raise missing_backend(f"modal: cannot load Modal's client: {_first_line(err)}") from None
     return modal
+
+
+@contextmanager
+def held_interrupts():
+    """Hold Ctrl-C (SIGINT) back for the duration; `interrupted` says whether one came."""
+
+    class Held:
+        interrupted = False
+
+    held = Held()
+    if threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def note(signum, frame):
+        held.interrupted = True
+
+    previous = signal.signal(signal.SIGINT, note)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def within(seconds: float, doing: str, call: Callable):
+    """call(), or exit 3 when Modal has not answered within `seconds` (its client would keep
+    trying for about a minute, silently). The user is told at once what is being tried."""
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = call()
+        except BaseException as err:  # handed to the caller's thread
+            result["error"] = err
+
+    print(f"modal: {doing} ...", file=sys.stderr, flush=True)
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise missing_backend(f"modal: Modal did not answer within {seconds:.0f} s while {doing}; check your "
+                              "network connection (and https://status.modal.com), then try again")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def credentials_source() -> str | None:
@@ -69,9 +121,19 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     return (modal.exception.ConnectionError, ConnectionError, socket.gaierror, StreamTerminatedError)
 
 
+def service_errors() -> tuple[type[BaseException], ...]:
+    """What Modal raises when *Modal* (or the way to it) has trouble: never the job's outcome."""
+    import modal.exception
+
+    return (*_network_errors(), modal.exception.InternalError, modal.exception.ServiceError,
+            modal.exception.ResourceExhaustedError, modal.exception.InternalFailure, modal.exception.ClientClosed,
+            modal.exception.DataLossError)
+
+
 @contextmanager
-def modal_errors(doing: str):
-    """Turn what Modal raises while `doing` something into one-line GpujobErrors."""
+def modal_errors(doing: str, call_id: str | None = None):
+    """Turn what Modal raises while `doing` something into one-line GpujobErrors: Modal's own
+    trouble is exit 3 (with the call id, so the user can look it up), never the job failing."""
     import modal.exception
 
     try:
@@ -84,6 +146,10 @@ def modal_errors(doing: str):
     except _network_errors() as err:
         raise missing_backend(f"modal: cannot reach Modal while {doing} ({type(err).__name__}: {_first_line(err)}); "
                               "check your network connection and try again") from None
+    except service_errors() as err:
+        call = f"; the job itself is not affected (call {call_id})" if call_id else ""
+        raise missing_backend(f"modal: Modal had trouble while {doing} ({type(err).__name__}: {_first_line(err)})"
+                              f"{call}; try again in a minute") from None
     except modal.exception.Error as err:
         raise job_failed(f"modal: {doing} failed: {type(err).__name__}: {_first_line(err)}") from None
 
@@ -128,25 +194,62 @@ class ModalService:
         return {PurePosixPath(entry.path.lstrip("/")).name for entry in self._volume().listdir("/")}
 
     def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None]) -> CallState | None:
-        """Spawn the job on an ephemeral app, streaming its logs here. Detached: return once it
-        has started (the app outlives this process). Else wait for it; Ctrl-C cancels it."""
+        """Spawn the job on an app that outlives this process, streaming its logs here. Detached:
+        return once it has started. Else follow it to its end: trouble reaching Modal is waited
+        out (the job runs on regardless), and Ctrl-C cancels it, letting it checkpoint.
+
+        Ctrl-C during the spawn itself is held back until the call's id is recorded (`spawned`),
+        so it leaves either no remote job or a run folder that tracks it."""
         from runner.backends.modal.app import app
 
-        interrupted = False
-        with self.modal.enable_output(), app.run(detach=detach):
-            call = request.function().spawn(request.spec_yaml, run_name)
-            spawned(call.object_id)
-            if detach:
-                return None
-            try:
-                state = self._wait(call, timeout=None)
-            except KeyboardInterrupt:
-                # app.run() would swallow the interrupt; cancel the call and re-raise it outside.
+        interrupted, state = False, None
+        with self.modal.enable_output(), app.run(detach=True):  # a client's trouble never stops the job
+            with held_interrupts() as held:
+                call = request.function().spawn(request.spec_yaml, run_name)
+                spawned(call.object_id)
+            if held.interrupted:
                 interrupted = True
-                call.cancel()
+                if not detach:  # the user wanted it stopped: it checkpoints and returns
+                    call.cancel(terminate_containers=False)
+                    self._wait_until_ended(call)
+            elif not detach:
+                try:
+                    state = self.follow(call)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    call.cancel(terminate_containers=False)  # the job checkpoints and returns
+                    self._wait_until_ended(call)
         if interrupted:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # app.run() swallows it inside its block: raised here instead
         return state
+
+    def follow(self, call) -> CallState:
+        """Wait for the call's end, waiting out Modal's own trouble for up to FOLLOW_OUTAGE_S."""
+        trouble_since = None
+        while True:
+            try:
+                state = self._wait(call, timeout=FOLLOW_POLL_S)
+                trouble_since = None
+            except service_errors() as err:
+                now = time.monotonic()
+                trouble_since = trouble_since or now
+                if now - trouble_since > FOLLOW_OUTAGE_S:
+                    raise
+                print(f"gpujob: warning: Modal had trouble ({type(err).__name__}: {_first_line(err)}); the job "
+                      f"runs on; asking again", file=sys.stderr)
+                time.sleep(min(30.0, 2 + now - trouble_since))
+                continue
+            if not state.running:
+                return state
+
+    def _wait_until_ended(self, call, limit_s: float = 120.0) -> None:
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            try:
+                if not self._wait(call, timeout=5).running:
+                    return
+            except service_errors():
+                time.sleep(2)
 
     def poll(self, call_id: str) -> CallState:
         return self._wait(self.modal.FunctionCall.from_id(call_id), timeout=0)
@@ -180,8 +283,8 @@ class ModalService:
             return CallState("failed", INTERRUPTED, "the call was cancelled")
         except modal.exception.FunctionTimeoutError as err:
             return CallState("failed", JOB_FAILED, f"it ran past its Modal timeout ({_first_line(err)})")
-        except (modal.exception.AuthError, *_network_errors()):
-            raise  # about this machine, not the job: modal_errors says what to do
+        except (modal.exception.AuthError, *service_errors()):
+            raise  # about this machine or Modal, not the job: modal_errors says what to do
         except Exception as err:  # what train_remote raised on its last attempt
             return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {_first_line(err)}")
 

@@ -10,6 +10,7 @@ same run folder.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 
@@ -24,13 +25,13 @@ def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> s
     s, tasks = spec.slurm, spec.resources.workers_per_node
     job_dir = run_dir / JOB_FILES
     options = [f"--job-name=gpujob-{spec.name}", f"--nodes={spec.resources.nodes}",
-               f"--ntasks-per-node={tasks}", f"--time={spec.resources.timeout_minutes}",
+               f"--ntasks-per-node={tasks}", f"--time={math.ceil(spec.resources.timeout_minutes)}",
                f"--chdir={workdir}", f"--output={job_dir}/slurm-%j.out",
                # A preempted job goes back in the queue and --resume continues it from its checkpoint.
                "--requeue",
                # SIGTERM to the workers shortly before the time limit: they checkpoint and exit,
                # instead of being killed mid-step when it passes.
-               f"--signal=TERM@{max(10, min(120, spec.resources.timeout_minutes * 6))}"]
+               f"--signal=TERM@{max(10, min(120, round(spec.resources.timeout_minutes * 6)))}"]
     request = spec.resources.gpu_request
     if request:
         kind = f"{s.gres_type}:" if s.gres_type else ""

@@ -15,9 +15,10 @@ import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 
-from runner.errors import GpujobError, job_failed, missing_backend
+from runner.errors import MISSING_BACKEND, GpujobError, job_failed, missing_backend
 
 RSYNC_TIMEOUT_S = 3600
+RSYNC_NETWORK_CODES = (10, 12, 30, 35, 255)  # rsync's socket, protocol-stream and timeout errors; ssh's 255
 NO_API_KEY = "vast: no API key; run `vastai set api-key KEY` or set VAST_API_KEY"
 
 
@@ -40,9 +41,18 @@ def _require_copy_tools() -> None:
                                   f"(e.g. apt install {package})")
 
 
+class VastUnavailable(GpujobError):
+    """vast.ai did not answer this time (a timeout, 429, a 5xx, a dropped connection, a reply of
+    the wrong shape): worth asking again. Exit 3 once it has lasted (runner/backends/vast/patience.py)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, MISSING_BACKEND)
+
+
 @contextmanager
 def _calling(what: str):
-    """vast.ai's HTTP and SDK errors, as one line naming the call that failed."""
+    """vast.ai's HTTP and SDK errors, as one line naming the call that failed: definite answers
+    (a refused key, another 4xx) as they are, passing trouble as VastUnavailable."""
     import requests
 
     try:
@@ -52,9 +62,25 @@ def _calling(what: str):
         if status in (401, 403):
             raise missing_backend(f"vast: the API key was refused ({status}) while {what}; "
                                   "set a valid one with `vastai set api-key KEY`") from None
-        raise job_failed(f"vast: {what} failed: {err}") from None
-    except (requests.RequestException, TimeoutError, ValueError) as err:
-        raise job_failed(f"vast: {what} failed: {err}") from None
+        if status is None or status == 429 or status >= 500:
+            raise VastUnavailable(f"vast: {what}: vast.ai answered HTTP {status}") from None
+        raise job_failed(f"vast: {what} failed: {_first_line(err)}") from None
+    except (requests.ConnectionError, requests.Timeout, TimeoutError, ConnectionError) as err:
+        raise VastUnavailable(f"vast: {what}: cannot reach vast.ai ({type(err).__name__})") from None
+    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise VastUnavailable(f"vast: {what}: an unexpected reply ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _shaped(reply, kind: type, what: str):
+    """A reply of the shape the call returns, or VastUnavailable (a proxy's HTML page, a half reply)."""
+    if not isinstance(reply, kind):
+        raise VastUnavailable(f"vast: {what}: an unexpected reply ({type(reply).__name__}, not {kind.__name__})")
+    return reply
 
 
 class VastApi:
@@ -69,14 +95,16 @@ class VastApi:
         try:
             from vastai import VastAI
         except ImportError:
-            raise missing_backend("vast: the vastai package is not installed; install it with: uv sync --extra vast") from None
+            raise missing_backend("vast: the vastai package is not installed; install it with: "
+                                  "uv sync --extra vast") from None
         return cls(VastAI(api_key=key, quiet=True))
 
-    def search_offers(self, query: str, offer_type: str, disk_gb: float) -> list[dict]:
+    def search_offers(self, query: str, offer_type: str, disk_gb: float, order: str) -> list[dict]:
         with _calling("searching offers"):
-            # storage: the disk to price into dph_total; the order is only the server's cut-off.
-            return list(self.sdk.search_offers(query=query, type=offer_type, order="dph_total",
-                                               limit=200, storage=disk_gb))
+            # storage: the disk to price into dph_total; `order` decides which 200 come back, so it
+            # is what the choice is made on (min_bid for interruptible offers).
+            reply = self.sdk.search_offers(query=query, type=offer_type, order=order, limit=200, storage=disk_gb)
+        return list(_shaped(reply, list, "searching offers"))
 
     def check_can_copy(self) -> None:
         """Before renting anything: copying the run folder back needs rsync and ssh here and an
@@ -104,8 +132,10 @@ class VastApi:
         return [int(row["id"]) for row in rows or [] if row.get("label") == label]
 
     def show_instance(self, instance_id: int) -> dict:
+        """The instance's fields; {} once it is gone."""
         with _calling(f"reading instance {instance_id}"):
-            return self.sdk.show_instance(id=instance_id) or {}
+            reply = self.sdk.show_instance(id=instance_id)
+        return _shaped(reply or {}, dict, f"reading instance {instance_id}")
 
     def logs(self, instance_id: int, tail: int = 1000) -> str:
         """The container's last `tail` lines of output; empty while vast.ai has none to give."""
@@ -142,14 +172,17 @@ class VastApi:
         ssh = f"ssh -p {port} -o StrictHostKeyChecking=no -o BatchMode=yes"
         skips = [f"--exclude=/{name}" for name in exclude]
         try:
-            out = subprocess.run(["rsync", "-arz", *skips, "-e", ssh, source, target],
+            out = subprocess.run(["rsync", "-arz", "--partial", *skips, "-e", ssh, source, target],
                                  capture_output=True, text=True, timeout=RSYNC_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise job_failed(f"vast: rsync with instance {instance_id} took more than {RSYNC_TIMEOUT_S // 60} min "
                              "and was stopped") from None
+        said = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "no message"
+        if out.returncode in RSYNC_NETWORK_CODES:  # the connection, not the files: worth another try
+            raise VastUnavailable(f"vast: rsync with instance {instance_id} lost its connection (exit "
+                                  f"{out.returncode}): {said}")
         if out.returncode != 0:
-            raise job_failed(f"vast: rsync with instance {instance_id} failed (exit {out.returncode}): "
-                             f"{out.stderr.strip().splitlines()[-1] if out.stderr.strip() else 'no message'}")
+            raise job_failed(f"vast: rsync with instance {instance_id} failed (exit {out.returncode}): {said}")
 
     def stop_instance(self, instance_id: int) -> None:
         """Stop the container (SIGTERM, then SIGKILL after docker's grace): the job checkpoints."""

@@ -20,21 +20,26 @@ from typing import Callable, Iterator
 from runner import run_record
 from runner.backends import FINISHED, PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.exit_codes import remote_exit_error
+from runner.backends.vast.api import VastUnavailable
+from runner.backends.vast.patience import FIRST_DELAY_S, MAX_DELAY_S, OUTAGE_S, PatientApi
 from runner.errors import GpujobError, bad_input, job_failed, last_error_line
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
-from runner.backends.vast.offers import (bid_price, choose_offer, describe_offer, describe_price, offer_query,
-                                        offer_type, price)
+from runner.backends.vast.offers import (RUN_GRACE_MINUTES, bid_price, choose_offer, describe_offer, describe_price,
+                                        hourly_cost, offer_query, offer_type, order_by)
 
 ENTRYPOINT = "gpujob-vast-start"
 REMOTE_RUNS = "/workspace/runs"  # vast-start.sh's default: on the container's disk, which `vastai copy` reads
 START_MARK, EXIT_MARK = "gpujob-vast: start ", "gpujob-vast: exit "
 POLL_S = 15.0
-RUN_GRACE_S = 600  # past resources.timeout_minutes: data download and the final checkpoint
+RUN_GRACE_S = RUN_GRACE_MINUTES * 60  # past resources.timeout_minutes: data download, the final checkpoint
 EXITED_GRACE_S = 90  # an exited container may take this long for its last log lines to show
 LOG_WINDOW = 2000  # log lines kept for diffing and for error messages
-DESTROY_TRIES = 3
+DESTROY_OUTAGE_S = 300.0  # destroying is what stops the billing: worth minutes of patience
+PLAN_OUTAGE_S = 15.0  # --dry-run and the offer search: a user is waiting; say so soon
+NOT_STARTED = (None, "loading", "created", "scheduling")  # actual_status before the container ever ran
+STOPPED = ("exited", "stopped", "offline", "unknown", "inactive")  # the container is not running
 CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint after the instance is told to stop
 VAST_LOG = "vast.log"
 UPLOADED = ".gpujob-uploaded"  # vast-start.sh waits for it before a resumed job starts
@@ -110,10 +115,6 @@ def _kept_log(folder: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
-def price_of(offer: dict, spec: JobSpec) -> float:
-    return bid_price(offer, spec) if spec.vast.interruptible else price(offer, False)
-
-
 def _upload_mark() -> Path:
     """An empty file to send as the upload's last step."""
     import tempfile
@@ -131,15 +132,18 @@ class VastBackend:
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
         self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
 
-    def _api(self):
+    def _api(self, outage_s: float = OUTAGE_S) -> PatientApi:
+        """vast.ai's API, each call retried while it fails transiently for up to `outage_s`."""
         if self.connect is not None:
-            return self.connect()
-        from runner.backends.vast.api import VastApi
+            raw = self.connect()
+        else:
+            from runner.backends.vast.api import VastApi
 
-        return VastApi.connect()
+            raw = VastApi.connect()
+        return PatientApi(raw, self.sleep, self.clock, outage_s)
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
-        api = self._api()  # first: without a key nothing else can be checked
+        api = self._api(PLAN_OUTAGE_S)  # first: without a key nothing else can be checked
         offer = self._choose(api, spec)
         request = VastRequest(offer, instance_request(spec, run_name, offer))
         rows = [("offer", describe_offer(offer, spec)), ("price", describe_price(offer, spec)),
@@ -156,7 +160,7 @@ class VastBackend:
         if spec.resources.nodes > 1:
             raise bad_input("resources.nodes: backend vast rents one instance; set nodes: 1")
         query = offer_query(spec)
-        offers = api.search_offers(query, offer_type(spec), spec.vast.disk_gb)
+        offers = api.search_offers(query, offer_type(spec), spec.vast.disk_gb, order_by(spec))
         offer = choose_offer(offers, spec)
         if offer is None:
             raise job_failed(f"vast: no offer fits right now ({len(offers)} found for: {query}); raise "
@@ -180,7 +184,7 @@ class VastBackend:
             instance_id = self._create(api, request.offer["id"], request.payload)
             run.record = run_record.update(folder, handles={
                 "vast_instance_id": instance_id, "vast_label": request.payload["label"], "rented_at": rented_at,
-                "price_per_hour": price_of(request.offer, spec), "interruptible": spec.vast.interruptible,
+                "price_per_hour": hourly_cost(request.offer, spec), "interruptible": spec.vast.interruptible,
                 "destroyed": False,
                 "offer": {k: request.offer.get(k) for k in ("id", "gpu_name", "num_gpus")}})
             print(f"vast: rented instance {instance_id}, {describe_price(request.offer, spec)}; it pulls "
@@ -317,8 +321,25 @@ class VastBackend:
                 "folder back and destroys it; `gpujob cancel RUN` stops it at once")
 
     def _create(self, api, offer_id: int, request: dict) -> int:
+        """Rent the offer. A create whose answer was lost may still have made the instance: look
+        for it by its label (which names this run) before asking again, so none is rented twice."""
+        began = self.clock()
+        delay = FIRST_DELAY_S
         try:
-            return api.create_instance(offer_id, request)
+            while True:
+                try:
+                    return api.create_instance(offer_id, request)
+                except VastUnavailable as err:
+                    made = api.instances_labelled(request["label"])
+                    if made:
+                        for extra in made[1:]:
+                            self._destroy(api, extra, must=False)
+                        return made[0]
+                    if self.clock() - began + delay > api.outage_s:
+                        raise
+                    print(f"gpujob: warning: {err.message}; trying again in {delay:.0f} s", file=sys.stderr)
+                    self.sleep(delay)
+                    delay = min(delay * 2, MAX_DELAY_S)
         except BaseException:
             # The request may have failed after vast.ai made the instance (a lost reply, Ctrl-C):
             # look for it by its label, which names this run, and destroy what is found.
@@ -336,6 +357,7 @@ class VastBackend:
         """Print the instance's state and the job's output until the job ends; its exit code."""
         startup_deadline = self.clock() + spec.vast.startup_minutes * 60
         run_deadline = exited_since = None
+        interruptible = spec.vast.interruptible
         while True:
             info = api.show_instance(instance_id)
             status = info.get("actual_status")
@@ -343,7 +365,9 @@ class VastBackend:
                 message = f" ({info['status_msg']})" if info.get("status_msg") else ""
                 print(f"vast: instance {instance_id} is {status or 'being set up'}{message}", file=sys.stderr)
                 watch.status = status
-            if status == "running" and not watch.started:
+            if status not in NOT_STARTED and not watch.started:
+                # Running, or already past it: a job that ends between two polls goes from loading
+                # straight to exited, and is still followed to its exit line and copied back.
                 watch.started = True
                 run_deadline = self.clock() + spec.resources.timeout_minutes * 60 + RUN_GRACE_S
             if watch.started:
@@ -352,10 +376,8 @@ class VastBackend:
                     print(line)
                 watch.lines = (watch.lines + fresh)[-LOG_WINDOW:]
             code = exit_code(watch.lines)
-            if code is not None and not (code == PREEMPTED and spec.vast.interruptible):
+            if code is not None and not (code == PREEMPTED and interruptible):
                 return code
-            # An interruptible instance that was outbid gets SIGTERM (the job checkpoints, exit 143)
-            # and starts again once its bid wins: keep waiting, within the time limit.
             now = self.clock()
             if not watch.started and now > startup_deadline:
                 raise job_failed(f"vast: instance {instance_id} did not start within vast.startup_minutes "
@@ -364,7 +386,16 @@ class VastBackend:
             if run_deadline is not None and now > run_deadline:
                 raise job_failed(f"vast: the job ran past resources.timeout_minutes "
                                  f"({spec.resources.timeout_minutes} min)")
-            if watch.started and code is None and status in ("exited", "offline", "unknown"):
+            stopped = watch.started and status in STOPPED and (code is None or code == PREEMPTED)
+            if stopped and interruptible:
+                # Outbid: vast.ai pauses an interruptible instance (it may not even see SIGTERM) and
+                # runs it again when the bid wins; the start script then resumes from the
+                # checkpoint on its disk. Wait for that, within the time limit.
+                if exited_since is None:
+                    print(f"vast: instance {instance_id} is {status} (outbid?); waiting for it to run again, "
+                          f"until the time limit", file=sys.stderr)
+                exited_since = exited_since or now
+            elif stopped:
                 exited_since = exited_since or now
                 if now - exited_since > EXITED_GRACE_S:
                     raise job_failed(f"vast: instance {instance_id} is {status} and the job did not finish: "
@@ -392,7 +423,8 @@ class VastBackend:
 
         h = run.handles
         offer = h.get("offer", {})
-        basis = "your bid" if h.get("interruptible") else "the offer's on-demand price (dph_total, disk included)"
+        basis = ("your bid plus the disk's storage price" if h.get("interruptible")
+                 else "the offer's on-demand price (dph_total, disk included)")
         record = estimate("vast", f"instance {h['vast_instance_id']}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
                           h["price_per_hour"], self.clock() - h["rented_at"],
                           f"{basis} x the time from renting to destroying, measured here; "
@@ -411,19 +443,17 @@ class VastBackend:
             print(f"gpujob: {err.message}", file=sys.stderr)
 
     def _destroy(self, api, instance_id: int | None, must: bool) -> None:
-        """Destroy the instance, retrying; if it cannot be done, tell the user loudly. `must`
-        raises that failure (nothing else is being raised); otherwise the original error wins."""
+        """Destroy the instance, retrying for minutes while vast.ai does not answer; if it cannot be
+        done, tell the user loudly. `must` raises that failure (nothing else is being raised);
+        otherwise the original error wins."""
         if instance_id is None:
             return
-        for attempt in range(DESTROY_TRIES):
-            try:
-                api.destroy_instance(instance_id)
-                print(f"vast: destroyed instance {instance_id}", file=sys.stderr)
-                return
-            except GpujobError as err:
-                failure = err
-                if attempt + 1 < DESTROY_TRIES:
-                    self.sleep(5)
+        try:
+            PatientApi(getattr(api, "api", api), self.sleep, self.clock, DESTROY_OUTAGE_S).destroy_instance(instance_id)
+            print(f"vast: destroyed instance {instance_id}", file=sys.stderr)
+            return
+        except GpujobError as err:
+            failure = err
         message = (f"vast: could not destroy instance {instance_id} ({failure.message}); it is still billed: "
                    f"destroy it now with: vastai destroy instance {instance_id}")
         print(f"gpujob: {message}", file=sys.stderr)

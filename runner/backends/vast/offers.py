@@ -17,27 +17,54 @@ ON_DEMAND, INTERRUPTIBLE = "on-demand", "bid"
 # An interruptible instance runs while its bid is the host's highest: bid a little above the
 # lowest accepted one, so a slightly higher bidder does not pause it at once.
 BID_MARGIN = 1.10
+RUN_GRACE_MINUTES = 10  # past timeout_minutes: data download and the final checkpoint (vast/backend.py)
 
 
-def vast_gpu_name(spec: JobSpec) -> str:
-    """resources.gpu's name on vast.ai, from the GPU catalog."""
+def vast_gpu_names(spec: JobSpec) -> tuple[str, ...]:
+    """resources.gpu's names on vast.ai, from the GPU catalog; exit 2 for a card the image
+    cannot run on (its torch has no kernels for it), before anything is rented."""
     request = spec.resources.gpu_request
     if request is None:
         raise bad_input("resources.gpu: backend vast rents GPUs; give a type and count, e.g. RTX4090:1")
     try:
-        return request.on("vast")
+        names = request.names_on("vast")
     except ValueError as err:
         raise bad_input(f"resources.gpu: {err}") from None
+    if not request.runs_the_image():
+        raise bad_input(request.image_refusal())
+    return names
+
+
+def min_gpu_ram_gb(spec: JobSpec) -> float:
+    """Each GPU's memory must be the catalog's, give or take what drivers keep (an A100-80GB
+    request must not be served by the cheaper 40 GB card of the same name)."""
+    return round(spec.resources.gpu_request.type.memory_gb * 0.9, 1)
+
+
+def min_duration_days(spec: JobSpec) -> float:
+    """A host whose contract ends before the job (and its start-up) would can stop it mid-run."""
+    minutes = spec.resources.timeout_minutes + spec.vast.startup_minutes + RUN_GRACE_MINUTES
+    return round(minutes / (24 * 60), 4)
 
 
 def offer_type(spec: JobSpec) -> str:
     return INTERRUPTIBLE if spec.vast.interruptible else ON_DEMAND
 
 
+def order_by(spec: JobSpec) -> str:
+    """What the search sorts by: what the choice is made on (an interruptible offer's lowest bid)."""
+    return "min_bid" if spec.vast.interruptible else "dph_total"
+
+
 def price(offer: dict, interruptible: bool) -> float | None:
     """US$ per hour for the whole instance: the on-demand price, or the lowest bid accepted."""
     value = offer.get("min_bid" if interruptible else "dph_total")
     return float(value) if value is not None else None
+
+
+def storage_per_hour(offer: dict, disk_gb: float) -> float:
+    """An interruptible instance's disk is billed on top of the bid (storage_cost is $/GB/month)."""
+    return float(offer.get("storage_cost") or 0.0) * disk_gb / (30 * 24)
 
 
 def reliability(offer: dict) -> float:
@@ -47,9 +74,11 @@ def reliability(offer: dict) -> float:
 def offer_query(spec: JobSpec) -> str:
     """The `vastai search offers` query for the spec's GPUs, price cap and host requirements."""
     v = spec.vast
-    terms = [f"gpu_name={vast_gpu_name(spec).replace(' ', '_')}", f"num_gpus={spec.resources.gpu_request.count}",
+    names = [name.replace(" ", "_") for name in vast_gpu_names(spec)]
+    gpu = f"gpu_name={names[0]}" if len(names) == 1 else f"gpu_name in [{','.join(names)}]"
+    terms = [gpu, f"num_gpus={spec.resources.gpu_request.count}", f"gpu_ram>={min_gpu_ram_gb(spec)}",
              f"reliability>={v.min_reliability}", f"disk_space>={v.disk_gb}", f"cuda_max_good>={v.min_cuda}",
-             "rentable=true", "verified=true"]
+             f"duration>={min_duration_days(spec)}", "rentable=true", "verified=true"]
     if v.max_dollars_per_hour is not None:
         terms.append(f"{'min_bid' if v.interruptible else 'dph_total'}<={v.max_dollars_per_hour}")
     return " ".join(terms + ([v.extra_filters.strip()] if v.extra_filters.strip() else []))
@@ -59,12 +88,15 @@ def fits(offer: dict, spec: JobSpec) -> bool:
     """Whether an offer meets the spec, checked again here: the query is only what we asked for."""
     v = spec.vast
     cost = price(offer, v.interruptible)
-    return (offer.get("gpu_name") == vast_gpu_name(spec)
+    duration = offer.get("duration")
+    return (offer.get("gpu_name") in vast_gpu_names(spec)
             and offer.get("num_gpus") == spec.resources.gpu_request.count
+            and float(offer.get("gpu_ram") or 0) >= min_gpu_ram_gb(spec) * 1000  # offers give MB
             and offer.get("rentable", True) is not False
             and reliability(offer) >= v.min_reliability
             and float(offer.get("disk_space") or 0) >= v.disk_gb
             and float(offer.get("cuda_max_good") or 0) >= v.min_cuda
+            and (duration is None or float(duration) >= min_duration_days(spec) * 24 * 3600)  # seconds
             and cost is not None
             and (v.max_dollars_per_hour is None or cost <= v.max_dollars_per_hour))
 
@@ -87,6 +119,14 @@ def bid_price(offer: dict, spec: JobSpec) -> float | None:
     return min(bid, cap) if cap is not None else bid
 
 
+def hourly_cost(offer: dict, spec: JobSpec) -> float:
+    """What the instance costs an hour: on-demand's dph_total (disk included), or the bid plus
+    the disk, which vast.ai bills apart for interruptible instances."""
+    if spec.vast.interruptible:
+        return bid_price(offer, spec) + storage_per_hour(offer, spec.vast.disk_gb)
+    return price(offer, False)
+
+
 def describe_offer(offer: dict, spec: JobSpec) -> str:
     where = offer.get("geolocation") or "unknown location"
     return (f"#{offer.get('id')}: {offer.get('num_gpus')}x {offer.get('gpu_name')} in {where}, "
@@ -96,6 +136,8 @@ def describe_offer(offer: dict, spec: JobSpec) -> str:
 
 def describe_price(offer: dict, spec: JobSpec) -> str:
     if spec.vast.interruptible:
-        return (f"bid ${bid_price(offer, spec):.3f}/hour, interruptible (lowest accepted bid "
-                f"${price(offer, True):.3f}; on-demand ${float(offer.get('dph_total') or 0):.3f})")
+        disk = storage_per_hour(offer, spec.vast.disk_gb)
+        return (f"bid ${bid_price(offer, spec):.3f}/hour + ${disk:.3f}/hour for {spec.vast.disk_gb} GB disk, "
+                f"interruptible (lowest accepted bid ${price(offer, True):.3f}; on-demand "
+                f"${float(offer.get('dph_total') or 0):.3f})")
     return f"${price(offer, False):.3f}/hour on-demand, {spec.vast.disk_gb} GB disk included"
