@@ -153,6 +153,14 @@ def test_gpus_go_to_the_container_only_with_nvidias_runtime(write_spec, tmp_path
     assert container_run(_spec(write_spec, docker={"gpus": "all"}), tmp_path, True, tmp_path).gpus == "all"
 
 
+def test_a_card_the_images_torch_cannot_run_is_refused(write_spec, tmp_path):
+    from runner.errors import GpujobError
+
+    with pytest.raises(GpujobError) as err:
+        container_run(_spec(write_spec, resources={"gpu": "V100:1"}), tmp_path, nvidia=True, cwd=tmp_path)
+    assert err.value.exit_code == 2 and "V100 (compute capability 7.0) is too old" in err.value.message
+
+
 def test_a_factory_in_the_spec_makes_this_folder_importable(write_spec, tmp_path):
     spec = _spec(write_spec, model={"name": "mypkg.models:build"})
     run = container_run(spec, tmp_path, nvidia=False, cwd=tmp_path)

@@ -56,6 +56,8 @@ def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> Con
     if spec.resources.nodes > 1:
         raise bad_input("resources.nodes: backend docker runs on this one machine; set nodes: 1")
     request = spec.resources.gpu_request
+    if request is not None and not request.runs_the_image():
+        raise bad_input(request.image_refusal())
     wanted = spec.docker.gpus or (str(request.count) if request else "none")
     gpus, note = (wanted if wanted != "none" else None), None
     if gpus and not nvidia:
