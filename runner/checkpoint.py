@@ -1,9 +1,11 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped.
 
-A file is `checkpoints/step-NNNNNNNN.pt`: a SHA-256 digest followed by a torch.save
-payload, written to a temp file, fsynced and renamed, so a kill mid-write leaves the
-previous checkpoint whole. The last two are kept. Loading verifies the digest and falls
-back to the older file when the newest is damaged, saying so.
+A checkpoint is `checkpoints/step-NNNNNNNN.pt`, plain torch.save output that `torch.load`
+opens, with its SHA-256 beside it in `step-NNNNNNNN.pt.sha256`. Both are written to a temp file,
+fsynced and renamed, the digest first: a kill mid-write leaves the previous checkpoint whole,
+and a checkpoint file never lacks its digest. The last two are kept. Loading verifies the digest
+and falls back to the older file when the newest is damaged, saying so. (Checkpoints written
+before this carried the digest as their first 32 bytes; they are still read.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from runner.run_folder import atomic_write, remove_interrupted_writes
 
 KEEP = 2
 NAME = re.compile(r"^step-(\d{8,})\.pt$")
+DIGEST = ".sha256"  # the checksum file beside each checkpoint
 
 
 class CheckpointStore:
@@ -43,10 +46,15 @@ class CheckpointStore:
         payload = buffer.getvalue()
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"step-{step:08d}.pt"
-        atomic_write(path, hashlib.sha256(payload).digest(), payload)  # temp file .step-*.tmp until renamed
-        _fsync_dir(self.dir)  # the rename itself survives a power cut
+        atomic_write(digest_file(path), (hashlib.sha256(payload).hexdigest() + "\n").encode())
+        atomic_write(path, payload)  # temp file .step-*.tmp until renamed
+        _fsync_dir(self.dir)  # the renames themselves survive a power cut
         for old in self.paths()[KEEP:]:
             old.unlink(missing_ok=True)
+            digest_file(old).unlink(missing_ok=True)
+        for stray in self.dir.glob(f"step-*.pt{DIGEST}"):  # a digest whose checkpoint a kill never wrote
+            if not stray.with_suffix("").exists():
+                stray.unlink(missing_ok=True)
         return path
 
     def load_latest(self) -> dict | None:
@@ -68,12 +76,23 @@ class CheckpointStore:
         return None
 
 
+def digest_file(path: Path) -> Path:
+    return path.with_name(path.name + DIGEST)
+
+
 def read_checkpoint(path: Path) -> dict:
     import torch
 
     data = Path(path).read_bytes()
-    digest, payload = data[:32], data[32:]
-    if len(data) <= 32 or hashlib.sha256(payload).digest() != digest:
+    digest = digest_file(Path(path))
+    if digest.exists():
+        expected = digest.read_text().strip()
+        payload = data
+        intact = hashlib.sha256(payload).hexdigest() == expected
+    else:  # the older format: the digest is the file's first 32 bytes
+        payload = data[32:]
+        intact = len(data) > 32 and hashlib.sha256(payload).digest() == data[:32]
+    if not intact:
         raise ValueError(f"checkpoint {path} is damaged (truncated or corrupted)")
     # Our own file, digest-checked: it holds RNG states (numpy arrays), so not weights_only.
     return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,14 +21,16 @@ import typer
 from runner.backends import AUTO, NAMES
 from runner.errors import GpujobError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# Plain help (no rich tables): they print a type tag such as <bool> or <list[str]> beside every option.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Run PyTorch training jobs from YAML specs on CPU or rented GPUs.")
 
-SpecArg = typer.Argument(..., help="job spec (YAML)", show_default=False)
-SetOpt = typer.Option(None, "--set", help="override a field by dotted path, e.g. train.epochs=1 (repeatable)")
-RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="where run folders are created")
-RunArg = typer.Argument(..., help="a run folder, or its name under --runs-dir", show_default=False)
+SpecArg = typer.Argument(..., help="job spec (YAML)", show_default=False, metavar="SPEC")
+SetOpt = typer.Option(None, "--set", metavar="KEY=VALUE",
+                      help="override a field by dotted path, e.g. train.epochs=1 (repeatable)")
+RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", metavar="DIR", help="where run folders are created")
+RunArg = typer.Argument(..., help="a run folder, or its name under --runs-dir", show_default=False, metavar="RUN")
 
 
 def user_errors(command):
@@ -39,6 +42,8 @@ def user_errors(command):
             return command(*args, **kwargs)
         except GpujobError as err:
             typer.echo(f"gpujob: {err.message}", err=True)
+            if err.run_dir is not None and Path(err.run_dir).is_dir() and not os.environ.get(INNER_RUN):
+                typer.echo(str(err.run_dir))  # the last line is the run folder, failure or not
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("gpujob: interrupted", err=True)
@@ -64,9 +69,12 @@ def main_options(_version_: bool = typer.Option(False, "--version", callback=_ve
     """Run PyTorch training jobs from YAML specs on CPU or rented GPUs."""
 
 
-def _load(spec: Path, overrides: Optional[List[str]], **fields):
+def _load(spec: Path, overrides: Optional[List[str]], worker: bool = False, **fields):
+    from runner.datasets import CODE_PATHS, code_paths_for
     from runner.spec import load_spec
 
+    if not worker:  # a spec's package.module:factory is found beside it or here, in its workers too
+        os.environ[CODE_PATHS] = code_paths_for(spec)
     return load_spec(spec, overrides or [], **fields)
 
 
@@ -74,9 +82,9 @@ def _load(spec: Path, overrides: Optional[List[str]], **fields):
 @user_errors
 def submit(
     spec: Path = SpecArg,
-    backend: Optional[str] = typer.Option(None, "--backend", help=f"{' | '.join((AUTO, *NAMES))} (default: the "
+    backend: Optional[str] = typer.Option(None, "--backend", metavar="BACKEND", help=f"{' | '.join((AUTO, *NAMES))} (default: the "
                                           "spec's; auto: here if this machine has the GPU, else Modal)"),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="TYPE[:COUNT], e.g. A10G:2, or cpu; with --backend "
+    gpu: Optional[str] = typer.Option(None, "--gpu", metavar="TYPE[:N]", help="TYPE[:COUNT], e.g. A10G:2, or cpu; with --backend "
                                       "docker also all or a count of this machine's GPUs"),
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
@@ -142,6 +150,8 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
         _after_failed_submit(chosen, folder, err)
         if made_runs_dir and plan.runs_dir.is_dir() and not any(plan.runs_dir.iterdir()):
             plan.runs_dir.rmdir()  # made for this run alone
+        if isinstance(err, GpujobError) and folder.path.is_dir():
+            err.run_dir = folder.path
         raise
     return run
 
@@ -186,21 +196,23 @@ def run(
     spec: Path = SpecArg,
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="write the run folder exactly here (new or empty)"),
-    nproc_per_node: str = typer.Option("1", "--nproc-per-node", help="DDP workers on this machine, or 'auto' "
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", metavar="DIR", help="write the run folder exactly here (new or empty)"),
+    nproc_per_node: str = typer.Option("1", "--nproc-per-node", metavar="N|auto", help="DDP workers on this machine, or 'auto' "
                                        "(the spec's GPU count on a CUDA machine, else resources.processes)"),
-    nnodes: int = typer.Option(1, "--nnodes", min=1, help="machines in the job (start `gpujob run` on each)"),
-    node_rank: int = typer.Option(0, "--node-rank", min=0, help="this machine's index, 0 .. nnodes-1"),
-    master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="address of node 0, reachable from all"),
-    master_port: Optional[int] = typer.Option(None, "--master-port", help="free port on node 0 (default 29500 "
+    nnodes: int = typer.Option(1, "--nnodes", metavar="N", min=1, help="machines in the job (start `gpujob run` on each)"),
+    node_rank: int = typer.Option(0, "--node-rank", metavar="R", min=0, help="this machine's index, 0 .. nnodes-1"),
+    master_addr: str = typer.Option("127.0.0.1", "--master-addr", metavar="ADDR", help="address of node 0, reachable from all"),
+    master_port: Optional[int] = typer.Option(None, "--master-port", metavar="PORT", help="free port on node 0 (default 29500 "
                                               "with --nnodes > 1, any free port otherwise)"),
     resume: bool = typer.Option(False, "--resume", help="if --run-dir holds a run, continue it from its last "
                                 "checkpoint (what backends pass, so a restarted machine picks up where it stopped)"),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="internal: one rank started by the launcher"),
 ):
-    """Run the job here, on whatever device is here (what images and remote machines call)."""
+    """Run the job here, on whatever device this machine has.
+
+    What images, remote machines and batch scripts call; `submit` is for you."""
     started = time.perf_counter()
-    job = _load(spec, set_)
+    job = _load(spec, set_, worker=worker)
     if worker:
         from runner.worker import run_worker
 
@@ -226,15 +238,22 @@ def resume(
     runs_dir: Path = RunsDirOpt,
     detach: bool = typer.Option(False, "--detach", help="start it again and return"),
     here: bool = typer.Option(False, "--here", help="continue it on this machine, whichever backend ran it"),
-    nproc_per_node: str = typer.Option("auto", "--nproc-per-node", help="DDP workers when it continues here, "
+    nproc_per_node: str = typer.Option("auto", "--nproc-per-node", metavar="N|auto", help="DDP workers when it continues here, "
                                        "or 'auto'"),
 ):
-    """Continue a stopped, cancelled or preempted run from its last checkpoint, into the same
-    run folder, on the backend that ran it (a SLURM run goes back to SLURM)."""
+    """Continue a stopped run from its last checkpoint.
+
+    A cancelled, preempted, killed or failed run continues into the same run folder, on the
+    backend that ran it (a SLURM run goes back to SLURM), or here with --here."""
     from runner.lifecycle import find_run, resume_run
 
     found = find_run(run, runs_dir)
-    if not resume_run(found, detach, here, lambda spec: _workers_here(spec, nproc_per_node)):
+    try:
+        resumed = resume_run(found, detach, here, lambda spec: _workers_here(spec, nproc_per_node))
+    except GpujobError as err:
+        err.run_dir = err.run_dir or found.folder
+        raise
+    if not resumed:
         typer.echo(f"gpujob: {found.folder} already finished; nothing to resume", err=True)
         _finish(found.folder)
         return
@@ -247,7 +266,9 @@ def resume(
 @app.command()
 @user_errors
 def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
-    """Say whether a run is pending, running, finished, failed, cancelled or preempted."""
+    """Say where a run stands, and why.
+
+    One of pending, running, finished, failed, cancelled, preempted, with a line of detail."""
     from runner.backends import get_backend
     from runner.lifecycle import find_run, record_state
 
@@ -261,7 +282,7 @@ def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
 @user_errors
 def logs(run: str = RunArg, runs_dir: Path = RunsDirOpt,
          follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends")):
-    """Print a run's output (and, with --follow, what it prints next, until it ends)."""
+    """Print a run's output; --follow until it ends."""
     from runner.backends import get_backend
     from runner.lifecycle import find_run
 
@@ -273,7 +294,9 @@ def logs(run: str = RunArg, runs_dir: Path = RunsDirOpt,
 @app.command()
 @user_errors
 def cancel(run: str = RunArg, runs_dir: Path = RunsDirOpt):
-    """Stop a run, letting it checkpoint first where its backend can; `gpujob resume` continues it."""
+    """Stop a run; it checkpoints first where it can.
+
+    `gpujob resume RUN` continues it. Safe to repeat."""
     from runner.backends import get_backend
     from runner.lifecycle import find_run, record_state
 
@@ -286,7 +309,7 @@ def cancel(run: str = RunArg, runs_dir: Path = RunsDirOpt):
 @app.command()
 @user_errors
 def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
-    """Bring a run's folder to this machine (from Modal's volume, a vast.ai instance)."""
+    """Bring a run's folder here (Modal's volume, vast.ai)."""
     from runner.backends import get_backend
     from runner.lifecycle import find_run
 
@@ -299,7 +322,9 @@ def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
 @user_errors
 def list_runs(runs_dir: Path = RunsDirOpt,
               as_json: bool = typer.Option(False, "--json", help="one JSON object per run, for scripts")):
-    """List the runs under --runs-dir, newest first (states as gpujob last saw them)."""
+    """List the runs under --runs-dir, newest first.
+
+    States of runs on a service are as gpujob last saw them; `gpujob status RUN` asks."""
     from runner.runs_table import collect, table
 
     rows = collect(runs_dir)
@@ -313,7 +338,7 @@ def list_runs(runs_dir: Path = RunsDirOpt,
 @app.command()
 @user_errors
 def validate(spec: Path = SpecArg, set_: Optional[List[str]] = SetOpt):
-    """Check a spec and print it resolved, with every default filled in."""
+    """Check a spec and print it with every default filled in."""
     job = _load(spec, set_)
     typer.echo(job.to_yaml(), nl=False)
 
@@ -333,11 +358,11 @@ app.add_typer(image_app, name="image")
 @image_app.command("build")
 @user_errors
 def image_build(
-    tag: str = typer.Option("gpujob:latest", "--tag", help="NAME:TAG; for vast.ai, one in a registry it can "
+    tag: str = typer.Option("gpujob:latest", "--tag", metavar="NAME:TAG", help="NAME:TAG; for vast.ai, one in a registry it can "
                             "pull, e.g. docker.io/YOU/gpujob:1"),
-    base_image: Optional[str] = typer.Option(None, "--base-image", help="base image with python3 >= 3.11 "
+    base_image: Optional[str] = typer.Option(None, "--base-image", metavar="IMAGE", help="base image with python3 >= 3.11 "
                                              "(default: the Dockerfile's official PyTorch CUDA image)"),
-    extra_ca: Optional[Path] = typer.Option(None, "--extra-ca", help="PEM file of CA certificates to trust while "
+    extra_ca: Optional[Path] = typer.Option(None, "--extra-ca", metavar="PEM", help="PEM file of CA certificates to trust while "
                                             "packages download (e.g. a corporate TLS-inspecting proxy's)"),
     push: bool = typer.Option(False, "--push", help="docker push the tag after building"),
 ):
@@ -356,11 +381,12 @@ app.add_typer(export_app, name="export")
 @user_errors
 def export_kaggle(
     spec: Path = SpecArg,
-    out: Path = typer.Argument(..., help="new or empty folder to write the kernel into", show_default=False),
+    out: Path = typer.Argument(..., help="new or empty folder to write the kernel into", show_default=False,
+                               metavar="OUT"),
     set_: Optional[List[str]] = SetOpt,
-    kaggle_user: Optional[str] = typer.Option(None, "--kaggle-user", envvar="KAGGLE_USERNAME",
+    kaggle_user: Optional[str] = typer.Option(None, "--kaggle-user", metavar="NAME", envvar="KAGGLE_USERNAME",
                                               help="your Kaggle username, for the kernel's id"),
-    dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="attach a Kaggle dataset OWNER/SLUG "
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="OWNER/SLUG", help="attach a Kaggle dataset OWNER/SLUG "
                                                 "(repeatable); kernels see it under /kaggle/input/"),
 ):
     """Write a Kaggle kernel folder that runs the job: `kaggle kernels push -p OUT`."""
@@ -388,7 +414,12 @@ def _print_rows(rows) -> None:
         typer.echo(f"{key:<{width}}  {value}")
 
 
+INNER_RUN = "GPUJOB_INNER_RUN"  # set by backends whose `gpujob run` reports to a gpujob outside it
+
+
 def _finish(folder: Path) -> None:
+    if os.environ.get(INNER_RUN):  # the gpujob outside says it once, with its own path for the folder
+        return
     summary = folder / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())

@@ -8,6 +8,7 @@ training loop can batch them by index on the device (see batches.py). Datasets g
 from __future__ import annotations
 
 import importlib
+import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ class DatasetInfo:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    samples: int = 0  # train and test together: each worker holds them all, as uint8
+
+    @property
+    def held_bytes(self) -> int:
+        """What each worker keeps of the dataset (runner/batches.py TensorBatches: uint8 on its device)."""
+        c, h, w = self.shape
+        return self.samples * c * h * w
 
 
 @dataclass
@@ -42,10 +50,10 @@ class ImageTensors:
 
 
 BUILTIN_INFO = {
-    "fashion_mnist": DatasetInfo((1, 28, 28), 10, (0.2860,), (0.3530,)),
-    "mnist": DatasetInfo((1, 28, 28), 10, (0.1307,), (0.3081,)),
-    "cifar10": DatasetInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "digits": DatasetInfo((1, 8, 8), 10, (0.3054,), (0.3762,)),
+    "fashion_mnist": DatasetInfo((1, 28, 28), 10, (0.2860,), (0.3530,), 70_000),
+    "mnist": DatasetInfo((1, 28, 28), 10, (0.1307,), (0.3081,), 70_000),
+    "cifar10": DatasetInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 60_000),
+    "digits": DatasetInfo((1, 8, 8), 10, (0.3054,), (0.3762,), 1_797),
 }
 
 
@@ -53,7 +61,8 @@ def dataset_info(data: "DataSpec") -> DatasetInfo | None:
     """Shape and classes of a builtin dataset; None for a factory dataset (known only once loaded)."""
     if data.dataset == "synthetic":
         s = data.synthetic
-        return DatasetInfo(tuple(s.shape), s.num_classes, (0.5,) * s.shape[0], (0.25,) * s.shape[0])
+        return DatasetInfo(tuple(s.shape), s.num_classes, (0.5,) * s.shape[0], (0.25,) * s.shape[0],
+                           s.train_samples + s.test_samples)
     return BUILTIN_INFO.get(data.dataset)
 
 
@@ -67,6 +76,14 @@ def load_image_tensors(data: "DataSpec", train: bool) -> ImageTensors:
         "synthetic": _synthetic,
     }
     return loaders[data.dataset](data, train)
+
+
+DOWNLOADED = ("fashion_mnist", "mnist", "cifar10")  # torchvision's: on disk, or downloaded by the job
+
+
+def require_on_disk(data: "DataSpec") -> None:
+    """Raise the run's own message (where the files go) unless the dataset is on disk."""
+    _open_torchvision(data.model_copy(update={"download": False}), train=True)
 
 
 def on_disk(data: "DataSpec") -> bool:
@@ -178,10 +195,38 @@ def _synthetic(data: "DataSpec", train: bool) -> ImageTensors:
 def load_factory_dataset(data: "DataSpec", train: bool):
     """A user's `package.module:factory(train=..., root=..., **args)` returning a torch Dataset."""
     factory = import_factory(data.dataset, "data.dataset")
-    return factory(train=train, root=data.root, **data.args)
+    return call_factory(factory, data.dataset, "data.args", train=train, root=data.root, **data.args)
+
+
+def call_factory(factory, path: str, args_field: str, **kwargs):
+    """factory(**kwargs), after checking that its signature takes them: a mismatch is the spec's
+    (one line naming the fields), not a traceback from inside the user's code."""
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        raise bad_input(f"{args_field}: {path} cannot be called with {', '.join(kwargs)} ({err})") from None
+    except ValueError:
+        pass  # no signature to read (a builtin): let the call tell
+    return factory(**kwargs)
+
+
+CODE_PATHS = "GPUJOB_CODE_PATHS"  # where a spec's package.module:factory is looked for, besides sys.path
+
+
+def code_paths_for(spec_file: Path | str, cwd: Path | str | None = None) -> str:
+    """The one rule on every backend: the spec's folder and the current directory are importable."""
+    folders = [str(Path(spec_file).resolve().parent), str(Path(cwd or Path.cwd()).resolve())]
+    return os.pathsep.join(dict.fromkeys(folders))
 
 
 def import_factory(path: str, field: str):
+    import sys
+
+    for folder in reversed(os.environ.get(CODE_PATHS, "").split(os.pathsep)):
+        if folder and folder not in sys.path:
+            sys.path.insert(0, folder)
     module_name, _, attr = path.partition(":")
     try:
         module = importlib.import_module(module_name)

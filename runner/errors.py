@@ -18,6 +18,7 @@ class GpujobError(Exception):
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
+        self.run_dir = None  # the run folder the failure left, printed last (for scripts)
 
 
 def bad_input(message: str) -> GpujobError:

@@ -26,7 +26,7 @@ from runner.run_lock import INHERITED
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
 
-STOP_GRACE_S = 30.0  # how long a stopped worker may take to checkpoint before SIGKILL
+FAILED_GRACE_S = 5.0  # the other workers of a failed job: nothing of theirs is worth waiting for
 WAITING_EVERY_S = 10.0  # multi-node: how often to say that this node still waits for the others
 # Errors a rank raises because *another* rank died or hung: reported only if nothing better is found.
 SECONDARY = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out",
@@ -180,7 +180,10 @@ class Launch:
                 except ProcessLookupError:
                     pass
 
-    def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
+    def stop_all(self, grace_s: float | None = None) -> None:
+        """SIGTERM every worker, then SIGKILL those that have not ended after `grace_s` (by default
+        train.stop_grace_s: the time a stopped job has to write its checkpoint)."""
+        grace_s = self.spec.train.stop_grace_s if grace_s is None else grace_s
         self._signal_all(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
@@ -208,7 +211,7 @@ class Launch:
                 while any(p.poll() is None for p in self.procs) and time.monotonic() < settle:
                     time.sleep(0.05)
                 alive = {r: _process_state(p.pid) for r, p in enumerate(self.procs) if p.poll() is None}
-                self.stop_all(grace_s=5.0)
+                self.stop_all(grace_s=FAILED_GRACE_S)
                 raise self._failure([p.returncode for p in self.procs], alive)
             if all(c == 0 for c in codes):
                 return
@@ -330,7 +333,7 @@ def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool
         job.watch(spec.resources.timeout_minutes * 60 if timeout_s is None else timeout_s)
     finally:
         if any(p.poll() is None for p in job.procs):
-            job.stop_all(grace_s=5.0)
+            job.stop_all(grace_s=FAILED_GRACE_S)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         job.cleanup()
@@ -372,6 +375,8 @@ def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | Non
                          and not any((folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints")))
         if folder is not None and not opened[1] and (err.exit_code == BAD_INPUT or stopped_early):
             folder.discard()  # bad input, or stopped before anything was trained: leave nothing half-made
+        elif folder is not None:
+            err.run_dir = folder.path
         raise
     return folder.path if folder else None
 

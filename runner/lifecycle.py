@@ -5,6 +5,7 @@ job has ended, the progress lines its metrics make, and the rules `resume` and `
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,6 +135,11 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
     from runner.run_folder import SPEC, RunFolder
     from runner.spec import load_spec
 
+    from runner.datasets import CODE_PATHS, code_paths_for
+
+    origin = run.record.submitted_from
+    if origin.get("spec"):  # the factories the spec names are found where they were at submission
+        os.environ[CODE_PATHS] = code_paths_for(origin["spec"], origin.get("cwd"))
     backend = get_backend(run.record.backend)
     workers = None
     if here or run.record.backend == "local":

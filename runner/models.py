@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runner.datasets import import_factory
+from runner.datasets import call_factory, import_factory
 
 if TYPE_CHECKING:
     from torch import nn
@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def build_model(spec: "ModelSpec", shape: tuple[int, int, int], num_classes: int) -> "nn.Module":
     if ":" in spec.name:
         factory = import_factory(spec.name, "model.name")
-        return factory(num_classes=num_classes, input_shape=tuple(shape), **spec.args)
+        return call_factory(factory, spec.name, "model.args", num_classes=num_classes, input_shape=tuple(shape),
+                            **spec.args)
     if spec.name == "mlp":
         return simple_nn(shape, num_classes)
     if spec.name == "cnn":

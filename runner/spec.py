@@ -110,6 +110,9 @@ class TrainSpec(Section):
     collective_timeout_s: PositiveInt = Field(
         300, le=7 * 24 * 3600, description="DDP: a rank that waits this long for the others fails the job "
         "(catches hung ranks)")
+    stop_grace_s: PositiveInt = Field(30, le=3600, description="how long a stopped job (Ctrl-C, cancel, "
+                                      "preemption, the time limit) may take to write its checkpoint before it is "
+                                      "killed; raise it for models whose checkpoint takes longer")
 
 
 class ResourcesSpec(Section):
@@ -254,11 +257,28 @@ def load_spec(path: str | Path, overrides: list[str] = (), **fields: Any) -> Job
 
 def validate_spec(raw: dict, source: str = "spec", lines: dict | None = None, origins: dict | None = None) -> JobSpec:
     try:
-        return JobSpec.model_validate(raw)
+        spec = JobSpec.model_validate(raw)
     except ValidationError as err:
         from runner.spec_errors import describe
 
         raise bad_input(describe(err, source, lines or {}, origins or {})) from None
+    _check_batch_split(spec, source, lines or {}, origins or {})
+    return spec
+
+
+def _check_batch_split(spec: JobSpec, source: str, lines: dict, origins: dict) -> None:
+    """The global batch splits over the workers the spec asks for (a run would stop at start-up
+    with this very message; the spec alone shows it)."""
+    workers = spec.resources.nodes * spec.resources.workers_per_node
+    if spec.data.batch_size % workers == 0:
+        return
+    asked = (f"{spec.resources.nodes} node(s) x " if spec.resources.nodes > 1 else "") + (
+        f"resources.gpu {spec.resources.gpu}" if spec.resources.gpu_request else
+        f"resources.processes {spec.resources.processes}")
+    key = ("data", "batch_size")
+    where = origins.get(key) or (f"{source}:{lines[key]}" if key in lines else source)
+    raise bad_input(f"{where}: data.batch_size: {spec.data.batch_size} does not split evenly over {workers} workers "
+                    f"({asked}); make it a multiple of {workers}")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -27,6 +27,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def precision_problem(precision: str, device_type: str, card: str | None, card_has_bf16: bool) -> str | None:
+    """Why `train.precision` cannot run on the device, or None: one rule for the run (the device
+    it has) and the dry run (the device the job will have, from the GPU catalog)."""
+    if precision == "fp16" and device_type == "cpu":
+        return "train.precision: fp16 needs a CUDA or MPS GPU; use bf16 or fp32 on the CPU"
+    if precision == "bf16" and device_type == "cuda" and not card_has_bf16:
+        return f"train.precision: {card or 'this GPU'} has no bf16; use fp16 or fp32"
+    return None
+
+
 def autocast_for(precision: str, device: "torch.device"):
     """The autocast context for `train.precision`, or a clear error where the device lacks it."""
     import torch
@@ -34,11 +44,11 @@ def autocast_for(precision: str, device: "torch.device"):
     if precision == "fp32":
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "fp16" and device.type == "cpu":
-        raise bad_input("train.precision: fp16 needs a CUDA or MPS GPU; use bf16 or fp32 on the CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        name = torch.cuda.get_device_name(device)
-        raise bad_input(f"train.precision: {name} has no bf16; use fp16 or fp32")
+    cuda = device.type == "cuda"
+    problem = precision_problem(precision, device.type, torch.cuda.get_device_name(device) if cuda else None,
+                                torch.cuda.is_bf16_supported() if cuda else True)
+    if problem:
+        raise bad_input(problem)
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 

@@ -79,24 +79,31 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     except Stopped as stop:
         where = f"; resume with: gpujob resume {folder.path}" if folder else ""
         if stop.timed_out:
-            raise job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) and "
-                             f"was stopped at step {stop.step}, checkpoint saved{where}") from None
-        name = signal.Signals(stop.signum).name
-        raise GpujobError(f"stopped at step {stop.step} by {name}, checkpoint saved{where}", stop.exit_code) from None
+            error = job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) "
+                               f"and was stopped at step {stop.step}, checkpoint saved{where}")
+        else:
+            name = signal.Signals(stop.signum).name
+            error = GpujobError(f"stopped at step {stop.step} by {name}, checkpoint saved{where}", stop.exit_code)
+        error.run_dir = folder.path if folder else None
+        raise error from None
     except GpujobError as err:
         if err.exit_code == BAD_INPUT and folder is not None and not resuming and _nothing_trained(folder):
             folder.discard()  # a spec mistake found at start-up leaves nothing half-written behind
         else:
             _record_failure(folder, err.message)
+            err.run_dir = folder.path if folder else None
         raise
     except OSError as err:
         if err.filename is None and err.errno not in DISK_FULL:
             raise _job_failure(folder, err) from err  # not the file system's: the job's own failure
         error = file_error(err, folder)
         _record_failure(folder, error.message)
+        error.run_dir = folder.path if folder else None
         raise error from None
     except Exception as err:  # the job's own failure (user code, OOM, ...): keep the traceback in the folder
-        raise _job_failure(folder, err) from err
+        failure = _job_failure(folder, err)
+        failure.run_dir = folder.path if folder else None
+        raise failure from err
     finally:
         for listener in listeners or []:
             getattr(listener, "close", lambda: None)()

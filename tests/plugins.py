@@ -89,3 +89,13 @@ def turn_recorder(train: bool, root: str, samples: int = 256) -> Dataset:
     with log.open("a") as handle:
         handle.write(f"end {rank}\n")
     return Blobs(train, root, samples)
+
+
+class UnlabelledBlobs(Blobs):
+    """Blobs without a num_classes attribute: the spec must say how many classes there are."""
+
+    num_classes = None
+
+
+def unlabelled_blobs(train: bool, root: str, **args) -> Dataset:
+    return UnlabelledBlobs(train, root, **args)

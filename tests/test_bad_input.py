@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_subprocess
+from types import SimpleNamespace
+
+from tests.conftest import REPO, cli, cli_subprocess
 
 CORPUS = REPO / "tests" / "corpus" / "bad_specs"
 SPEC_TIMEOUT_S = 60  # a refused spec is refused in well under a second; a hang fails the test instead
@@ -60,6 +62,16 @@ def generated(tmp_path_factory) -> Path:
     return folder
 
 
+def in_process(monkeypatch, cwd: Path, *args):
+    """The CLI in this process (torch is imported once for the whole corpus, not per file), run
+    from `cwd`; its outcome shaped like a subprocess's. An exception other than the CLI's own
+    exit is a traceback the user would have seen."""
+    monkeypatch.chdir(cwd)
+    result = cli(*args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
 def assert_refused(out, named: str, runs: Path, cwd: Path) -> None:
     """Exit 2, at most 3 short lines naming `named`, no traceback, nothing written."""
     lines = out.stderr.strip().splitlines()
@@ -79,15 +91,26 @@ def test_the_corpus_has_every_kind_of_bad_input():
 
 
 @pytest.mark.parametrize("name", COMMITTED + sorted(GENERATED))
-def test_a_bad_spec_is_refused_in_one_line(name, generated, tmp_path):
+def test_a_bad_spec_is_refused_in_one_line(name, generated, tmp_path, monkeypatch):
     path = CORPUS / name if name in COMMITTED else generated / name
     before = path.read_bytes()
     cwd, runs = tmp_path / "cwd", tmp_path / "runs"
     cwd.mkdir()
     for command in (("validate", path), ("submit", path, "--dry-run", "--runs-dir", runs)):
-        out = cli_subprocess(*command, timeout=SPEC_TIMEOUT_S, cwd=cwd)
-        assert_refused(out, str(path), runs, cwd)
+        assert_refused(in_process(monkeypatch, cwd, *command), str(path), runs, cwd)
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["binary-random.yaml", "alias-billion-laughs.yaml", "deep-10000.yaml",
+                                  "huge-file.yaml", "tag-python-name.yaml"])
+def test_a_bad_spec_is_refused_by_the_command_itself(name, generated, tmp_path):
+    """A few of the corpus through `gpujob` as its own process: real exit code, real stderr."""
+    path = CORPUS / name if (CORPUS / name).exists() else generated / name
+    assert path.exists(), name
+    cwd, runs = tmp_path / "cwd", tmp_path / "runs"
+    cwd.mkdir()
+    for command in (("validate", path), ("submit", path, "--dry-run", "--runs-dir", runs)):
+        assert_refused(cli_subprocess(*command, timeout=SPEC_TIMEOUT_S, cwd=cwd), str(path), runs, cwd)
 
 
 BAD_SETS = [
@@ -113,12 +136,12 @@ BAD_SETS = [
 
 
 @pytest.mark.parametrize("item", BAD_SETS)
-def test_a_bad_set_value_is_blamed_on_the_option(item, tmp_path):
+def test_a_bad_set_value_is_blamed_on_the_option(item, tmp_path, monkeypatch):
     spec = REPO / "jobs" / "quickstart.yaml"  # a good spec: only --set is wrong
     cwd, runs = tmp_path / "cwd", tmp_path / "runs"
     cwd.mkdir()
     for command in (("validate", spec), ("submit", spec, "--dry-run", "--runs-dir", runs)):
-        out = cli_subprocess(*command, "--set", item, timeout=SPEC_TIMEOUT_S, cwd=cwd)
+        out = in_process(monkeypatch, cwd, *command, "--set", item)
         assert_refused(out, "--set", runs, cwd)
         assert out.stderr.startswith("gpujob: --set ") and "quickstart.yaml" not in out.stderr
 

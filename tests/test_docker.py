@@ -46,7 +46,8 @@ def test_a_job_runs_in_the_image_and_its_artifacts_land_on_the_host(image, write
                          timeout=600)
     assert out.returncode == 0, out.stderr + out.stdout[-2000:]
     folder = Path(out.stdout.strip().splitlines()[-1])
-    assert folder.parent == tmp_path / "runs"
+    assert folder.parent == tmp_path / "runs"  # the last line is the host's folder, not the container's /runs/...
+    assert out.stdout.count("done: ") == 1 and "/runs/" + folder.name not in out.stdout.replace(str(folder), "")
     for name in ARTIFACTS:
         assert (folder / name).is_file(), name
         assert (folder / name).stat().st_uid == os.getuid()  # the user's files, not root's

@@ -71,7 +71,8 @@ def test_the_call_takes_gpu_timeout_and_retries_from_the_spec(modal_spec):
     retries = options["retries"]
     assert (retries.max_retries, retries.backoff_coefficient, retries.initial_delay.total_seconds()) == (3, 1.0, 10.0)
     request.function()  # Modal accepts these options for the shipped function
-    cpu = modal_request(load_spec(modal_spec(gpu="cpu", processes=3)), "run-2")
+    cpu = modal_request(load_spec(modal_spec(gpu="cpu", processes=3, data={"dataset": "digits", "batch_size": 63})),
+                        "run-2")
     assert cpu.gpu is None and cpu.world_size == 3 and "gpu" not in cpu.options()
 
 
@@ -132,7 +133,7 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (["--gpu", "RTX4090:1"], "modal does not offer RTX4090; it offers: T4, L4, A10G, A100-40GB"),
-    (["--gpu", "A10G:5"], "at most 4 A10G"),
+    (["--gpu", "A10G:5", "--set", "data.batch_size=60"], "at most 4 A10G"),
     (["--set", "resources.nodes=2"], "resources.nodes"),
     (["--set", "resources.timeout_minutes=1500"], "24 h"),
     (["--set", "model.name=tests.plugins:tiny_mlp"], "ships only gpujob's own code"),

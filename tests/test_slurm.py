@@ -78,7 +78,7 @@ def test_the_batch_script_asks_slurm_for_what_the_spec_says(write_spec, tmp_path
 
 
 def test_a_cpu_job_asks_for_one_task_per_process_and_no_gpus(write_spec, tmp_path):
-    spec = load_spec(write_spec(resources={"processes": 3}))
+    spec = load_spec(write_spec(resources={"processes": 3}, data={"batch_size": 129}))
     options = _options(sbatch_script(spec, tmp_path / "run", sys.executable, tmp_path))
     assert "--ntasks-per-node=3" in options and "--nodes=1" in options
     assert not any(option.startswith("--gres") for option in options)

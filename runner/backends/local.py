@@ -23,7 +23,7 @@ from runner.backends.detached import OUTPUT, exit_code, start_detached, tail_lin
 from runner.errors import bad_input
 from runner.run_folder import JOB_FILES
 
-STOP_WAIT_S = 90  # cancel: the launcher's grace for a checkpoint (30 s) and then some
+STOP_WAIT_S = 60  # cancel: past train.stop_grace_s (the launcher's grace for a checkpoint), then some
 START_WAIT_S = 60  # --detach: how long the new process may take to lock its folder
 
 
@@ -127,7 +127,9 @@ class LocalBackend:
             os.kill(owner["pid"], signal.SIGTERM)  # the job checkpoints at its next step and exits
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + STOP_WAIT_S
+        from runner.spec import load_spec
+
+        deadline = time.monotonic() + load_spec(run.folder / "spec.yaml").train.stop_grace_s + STOP_WAIT_S
         while run_lock.holder(run.folder) is not None:
             if time.monotonic() > deadline:
                 os.kill(owner["pid"], signal.SIGKILL)

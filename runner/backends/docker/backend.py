@@ -31,7 +31,6 @@ from runner.stop_signals import INTERRUPTED
 
 # Datasets that read data.root: the host folder is mounted at /data for them.
 ROOT_DATASETS = ("fashion_mnist", "mnist", "cifar10")
-STOP_GRACE_S = 30  # what `docker stop` gives the job to checkpoint before SIGKILL
 TIMEOUT_GRACE_S = 120  # past resources.timeout_minutes: start-up, data download, the final save
 REQUEST_FILE = "docker-run.json"  # in job/: the request as sent, for `gpujob resume`
 
@@ -68,7 +67,8 @@ def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> Con
         # resources.processes workers, so make that one per GPU.
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"processes": int(gpus)})})
     mounts = [(runs_dir.resolve(), "/runs", "rw")]
-    env: dict[str, str] = {"HOME": "/tmp"}  # the host uid has no home in the image
+    # The host uid has no home in the image; the gpujob outside reports the run (its own path for it).
+    env: dict[str, str] = {"HOME": "/tmp", "GPUJOB_INNER_RUN": "1"}
     if spec.data.dataset in ROOT_DATASETS or ":" in spec.data.dataset:
         mounts.append(((cwd / spec.data.root).resolve(), "/data", "rw"))
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": "/data"})})
@@ -152,7 +152,8 @@ class DockerBackend:
         run.record = run_record.update(run.folder, handles={"container": container})
         (job_dir / EXIT_CODE).unlink(missing_ok=True)
         try:
-            code, lines, timed_out = _run_streaming(argv, container, limit_s, job_dir / OUTPUT)
+            code, lines, timed_out = _run_streaming(argv, container, limit_s, job_dir / OUTPUT,
+                                                    _stop_grace(run.folder))
         except KeyboardInterrupt:
             (job_dir / EXIT_CODE).write_text(f"{INTERRUPTED}\n")
             raise GpujobError(f"docker: interrupted; the job saved a checkpoint in {run.folder}; continue it "
@@ -194,8 +195,9 @@ class DockerBackend:
             return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
         run.record.note("cancel asked")
         run_record.write(run.folder, run.record)
-        _stop(run.handles["container"])  # SIGTERM: the job checkpoints, then the container exits
-        deadline = time.monotonic() + STOP_GRACE_S + 30
+        grace = _stop_grace(run.folder)
+        _stop(run.handles["container"], grace)  # SIGTERM: the job checkpoints, then the container exits
+        deadline = time.monotonic() + grace + 30
         while self.status(run).live and time.monotonic() < deadline:
             time.sleep(0.2)
         return f"cancelled {run.folder.name}; {resume_hint(run.folder)}"
@@ -231,7 +233,8 @@ def container_state(container: str | None) -> tuple[str | None, int | None]:
     return state, int(code)
 
 
-def _run_streaming(command: list[str], container: str, limit_s: float, log: Path) -> tuple[int, list[str], bool]:
+def _run_streaming(command: list[str], container: str, limit_s: float, log: Path,
+                   grace_s: int) -> tuple[int, list[str], bool]:
     """Run `docker run`, echoing its output and keeping it in `log`; stop the container past
     `limit_s` or on Ctrl-C. Returns the exit code, the last lines of output and whether the
     time limit stopped it."""
@@ -243,7 +246,7 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
 
     def stop_for_time() -> None:
         timed_out.set()
-        _stop(container)
+        _stop(container, grace_s)
 
     timer = threading.Timer(limit_s, stop_for_time)
     timer.daemon = True
@@ -259,7 +262,7 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
         code = proc.wait()
     except KeyboardInterrupt:
         print(f"\ngpujob: stopping container {container} (it saves a checkpoint first)", file=sys.stderr)
-        _stop(container)
+        _stop(container, grace_s)
         proc.wait()
         raise
     finally:
@@ -267,10 +270,20 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
     return code, list(tail), timed_out.is_set()
 
 
-def _stop(container: str) -> None:
-    # Not checked: the container may have exited (and been removed) in the meantime.
-    subprocess.run(["docker", "stop", "--time", str(STOP_GRACE_S), container],
-                   capture_output=True, text=True, timeout=STOP_GRACE_S + 60)
+def _stop(container: str, grace_s: int) -> None:
+    """`docker stop`: SIGTERM, then SIGKILL after `grace_s` (train.stop_grace_s). Not checked: the
+    container may have exited (and been removed) in the meantime."""
+    subprocess.run(["docker", "stop", "--time", str(grace_s), container],
+                   capture_output=True, text=True, timeout=grace_s + 60)
+
+
+def _stop_grace(folder: Path) -> int:
+    from runner.spec import load_spec
+
+    try:
+        return load_spec(folder / JOB_FILES / "spec.yaml").train.stop_grace_s
+    except GpujobError:
+        return 30
 
 
 BACKEND = DockerBackend()

@@ -81,6 +81,8 @@ def build_image(tag: str = DEFAULT_TAG, base_image: str | None = None, extra_ca:
         raise bad_input(f"gpujob image build: no Dockerfile in {context}; run it from a gpujob checkout")
     if extra_ca is not None and not Path(extra_ca).is_file():
         raise bad_input(f"--extra-ca: {extra_ca} is not a file")
+    if push:
+        check_pushable(tag)  # before a build of minutes, not after it
     require_engine()
     command = build_command(tag, base_image, Path(extra_ca).resolve() if extra_ca else None, context)
     # The Dockerfile's cache and secret mounts need BuildKit, which older engines leave off.
@@ -91,10 +93,14 @@ def build_image(tag: str = DEFAULT_TAG, base_image: str | None = None, extra_ca:
         push_image(tag)
 
 
-def push_image(tag: str) -> None:
+def check_pushable(tag: str) -> None:
     if "/" not in tag:
         raise bad_input(f"--push: {tag} names no registry or account; tag it like "
                         "docker.io/YOU/gpujob:1 or ghcr.io/YOU/gpujob:1 (and `docker login` there first)")
+
+
+def push_image(tag: str) -> None:
+    check_pushable(tag)
     code = subprocess.run(["docker", "push", tag]).returncode
     if code != 0:
         raise job_failed(f"docker push {tag} failed (exit {code}); are you logged in (docker login)?")

@@ -32,7 +32,7 @@ from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED
 
 POLL_S = 0.5
-STOP_GRACE_S = 60  # after Ctrl-C or cancel: time for the workers to checkpoint before scancel kills them
+STOP_GRACE_S = 30  # after Ctrl-C or cancel, besides train.stop_grace_s: SLURM's own time to pass the signal on
 SCRIPT = "job.sbatch"
 
 
@@ -77,7 +77,7 @@ class SlurmBackend:
         try:
             state, follower = self._follow(job_id, _output(folder, job_id))
         except KeyboardInterrupt:
-            self._stop(job_id, _output(folder, job_id))
+            self._stop(job_id, _output(folder, job_id), spec.train.stop_grace_s)
             raise GpujobError(f"slurm: interrupted; job {job_id} checkpointed and was cancelled; its run folder is "
                               f"{folder}; continue it with: gpujob resume {folder}", INTERRUPTED) from None
         self._outcome(spec, folder, job_id, state, follower)
@@ -96,10 +96,11 @@ class SlurmBackend:
                 said = reason
             time.sleep(POLL_S)
 
-    def _stop(self, job_id: str, output: Path) -> None:
+    def _stop(self, job_id: str, output: Path, grace_s: int) -> None:
         print(f"\ngpujob: stopping SLURM job {job_id} (the workers save a checkpoint first)", file=sys.stderr)
         slurm_command(["scancel", "--signal=TERM", job_id], "stopping the job")  # the workers, not srun
-        follower, deadline = OutputFollower(output, skip_existing=True), time.monotonic() + STOP_GRACE_S
+        follower = OutputFollower(output, skip_existing=True)
+        deadline = time.monotonic() + grace_s + STOP_GRACE_S
         while time.monotonic() < deadline and job_state(job_id)[0] not in FINAL_STATES:
             _echo(follower.poll())
             time.sleep(POLL_S)
@@ -164,7 +165,10 @@ class SlurmBackend:
         if state.state == PENDING:  # nothing ran yet: nothing to checkpoint
             slurm_command(["scancel", job_id], "cancelling the job")
         else:
-            self._stop(job_id, _output(run.folder, job_id))
+            from runner.spec import load_spec
+
+            grace = load_spec(run.folder / JOB_FILES / "spec.yaml").train.stop_grace_s
+            self._stop(job_id, _output(run.folder, job_id), grace)
         return f"cancelled {run.folder.name} (SLURM job {job_id}); {resume_hint(run.folder)}"
 
     def fetch(self, run: Run) -> str:

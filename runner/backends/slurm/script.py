@@ -31,7 +31,7 @@ def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> s
                "--requeue",
                # SIGTERM to the workers shortly before the time limit: they checkpoint and exit,
                # instead of being killed mid-step when it passes.
-               f"--signal=TERM@{max(10, min(120, round(spec.resources.timeout_minutes * 6)))}"]
+               f"--signal=TERM@{max(10, min(120, round(spec.resources.timeout_minutes * 6)), spec.train.stop_grace_s)}"]
     request = spec.resources.gpu_request
     if request:
         kind = f"{s.gres_type}:" if s.gres_type else ""

@@ -73,7 +73,8 @@ def instance_request(spec: JobSpec, run_name: str, offer: dict) -> dict:
         "image": spec.vast.image,
         "disk": spec.vast.disk_gb,
         "label": f"gpujob {run_name}",
-        "env": {"GPUJOB_SPEC_B64": base64.b64encode(spec.to_yaml().encode()).decode(), "GPUJOB_RUN_NAME": run_name},
+        "env": {"GPUJOB_SPEC_B64": base64.b64encode(spec.to_yaml().encode()).decode(), "GPUJOB_RUN_NAME": run_name,
+                "GPUJOB_INNER_RUN": "1"},
         # The args launch mode runs the image as it is (ssh/jupyter modes replace its entrypoint);
         # in it `onstart` is the entrypoint, as with the CLI's --entrypoint.
         "runtype": "args",
