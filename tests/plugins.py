@@ -99,3 +99,28 @@ class UnlabelledBlobs(Blobs):
 
 def unlabelled_blobs(train: bool, root: str, **args) -> Dataset:
     return UnlabelledBlobs(train, root, **args)
+
+
+SEEN_DTYPES: list = []  # what the probes saw, for tests that train in this process
+SEEN_COMPILING: list = []
+
+
+class Probe(nn.Module):
+    """An MLP that notes, in its forward pass, the dtype its first layer computed in and
+    whether torch.compile was tracing it: what the precision and compile settings really did."""
+
+    def __init__(self, num_classes: int, input_shape):
+        super().__init__()
+        self.net = tiny_mlp(num_classes, input_shape)
+
+    def forward(self, x):
+        import torch
+
+        SEEN_COMPILING.append(torch.compiler.is_compiling())
+        hidden = self.net[1](self.net[0](x))
+        SEEN_DTYPES.append(str(hidden.dtype))
+        return self.net[3](self.net[2](hidden))
+
+
+def probe(num_classes: int, input_shape) -> nn.Module:
+    return Probe(num_classes, input_shape)
