@@ -18,16 +18,19 @@ mkdir -p "$RUNS" "$JOB"
 printf '%s' "$GPUJOB_SPEC_B64" | base64 -d >"$JOB/spec.yaml" || { echo "gpujob-vast: exit 2"; exit 2; }
 
 # A resumed run (`gpujob resume`) sends its folder, checkpoint included, once the instance
-# runs; the job starts when the last piece, the mark, has arrived.
+# runs, and a job with the user's own code sends that code to $JOB/code; the job starts when
+# the last piece, the mark, has arrived (in the run folder for a resume, in $JOB otherwise).
 if [ "${GPUJOB_WAIT_FOR_UPLOAD:-0}" = 1 ]; then
-  echo "gpujob-vast: waiting for the run folder to be sent"
+  echo "gpujob-vast: waiting for the run folder or the job's code to be sent"
   waited=0
-  until [ -e "$RUNS/$GPUJOB_RUN_NAME/.gpujob-uploaded" ]; do
+  until [ -e "$RUNS/$GPUJOB_RUN_NAME/.gpujob-uploaded" ] || [ -e "$JOB/.gpujob-uploaded" ]; do
     sleep 2; waited=$((waited + 2))
     [ "$waited" -lt "${GPUJOB_UPLOAD_WAIT_S:-1800}" ] || { echo "gpujob: the run folder never arrived"; echo "gpujob-vast: exit 3"; exit 3; }
   done
 fi
 
+# The user's code as submitted, imported before anything else of that name.
+[ -d "$JOB/code" ] && export GPUJOB_SHIPPED_CODE="$JOB/code"
 echo "gpujob-vast: start $GPUJOB_RUN_NAME"
 gpujob run "$JOB/spec.yaml" --run-dir "$RUNS/$GPUJOB_RUN_NAME" --nproc-per-node auto --resume &
 child=$!

@@ -2,7 +2,8 @@
 
 `TensorBatches` is the fast path: a whole split lives on the device as uint8, each
 batch is gathered by index and normalised there, so no per-sample Python or PIL work
-happens per step. `LoaderBatches` is the DataLoader path for datasets given as a
+happens per step. A split too big for its share of GPU memory (DEVICE_DATA_FRACTION) stays
+in pinned host memory instead: batches are gathered there and copied without blocking. `LoaderBatches` is the DataLoader path for datasets given as a
 factory. Both take their indices from `train_order`, so with the same seed they
 yield the same batches (tests check this), and in DDP each rank takes a disjoint
 slice of every global batch.
@@ -21,6 +22,21 @@ EVAL_BATCH = 1024
 # large device ops per epoch instead of four small ones per step (about 5% of a CPU epoch of
 # the seeds' MLP), with the extra memory bounded to one chunk.
 GATHER_SAMPLES = 8192
+# The most of a GPU's memory the data may take (both splits, uint8): the rest is the model's,
+# its activations' and the optimizer's. Past it the data stays in pinned host memory.
+DEVICE_DATA_FRACTION = 0.25
+
+
+def data_home(nbytes: int, device, device_memory: int | None = None) -> str:
+    """Where a split of `nbytes` is held for `device`: "device", or "pinned host memory" when it
+    would take more than DEVICE_DATA_FRACTION of a GPU's memory. A CPU's data is already home."""
+    if device.type != "cuda":
+        return "device"
+    if device_memory is None:
+        import torch
+
+        device_memory = torch.cuda.get_device_properties(device).total_memory
+    return "device" if nbytes <= DEVICE_DATA_FRACTION * device_memory else "pinned host memory"
 
 
 @dataclass(frozen=True)
@@ -49,15 +65,24 @@ def eval_order(n: int, shard: Shard) -> list["torch.Tensor"]:
 
 
 class TensorBatches:
-    """A split held on the device as uint8, batched by index, normalised on the device."""
+    """A split held as uint8 on the device (or, too big for it, in pinned host memory), batched
+    by index, normalised on the device."""
 
-    def __init__(self, train, test, mean, std, device, global_batch: int, seed: int, shard: Shard):
+    def __init__(self, train, test, mean, std, device, global_batch: int, seed: int, shard: Shard,
+                 home: str | None = None):
         import torch
 
-        self.train_images = train.images.to(device)
-        self.train_labels = train.labels.to(device)
-        self.test_images = test.images.to(device)
-        self.test_labels = test.labels.to(device)
+        nbytes = sum(t.numel() * t.element_size() for t in (train.images, train.labels, test.images, test.labels))
+        self.home = home or data_home(nbytes, device)
+        on_device = self.home == "device"
+
+        def keep(tensor):
+            if on_device:
+                return tensor.to(device)
+            return tensor.pin_memory() if device.type == "cuda" else tensor  # pinned: copies need no staging
+
+        self.train_images, self.train_labels = keep(train.images), keep(train.labels)
+        self.test_images, self.test_labels = keep(test.images), keep(test.labels)
         shape = (1, -1, 1, 1)
         # Folding /255 into the affine map: x * scale + shift == (x/255 - mean) / std.
         std_t = torch.tensor(std, device=device).view(shape)
@@ -67,9 +92,15 @@ class TensorBatches:
         self.steps_per_epoch = len(train) // global_batch
 
     def _gather(self, images, labels, idx):
-        idx = idx.to(self.device, non_blocking=True)
-        x = images.index_select(0, idx).float().mul_(self.scale).add_(self.shift)
-        return x, labels.index_select(0, idx)
+        if self.home == "device":
+            idx = idx.to(self.device, non_blocking=True)
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
+        else:  # gathered on the host into pinned memory, then one asynchronous copy each
+            pin = self.device.type == "cuda"
+            x, y = images.index_select(0, idx), labels.index_select(0, idx)
+            x, y = ((x.pin_memory(), y.pin_memory()) if pin else (x, y))
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        return x.float().mul_(self.scale).add_(self.shift), y
 
     def train(self, epoch: int, skip: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
         """This epoch's batches, after the first `skip` (already trained before a resume)."""
@@ -112,6 +143,8 @@ class LoaderBatches:
     def _load(self, dataset, batches) -> Iterator:
         from torch.utils.data import DataLoader
 
+        from runner.steps import to_device
+
         loader = DataLoader(
             dataset,
             batch_sampler=[b.tolist() for b in batches],
@@ -120,8 +153,8 @@ class LoaderBatches:
             persistent_workers=False,
             worker_init_fn=die_with_parent if self.num_workers else None,
         )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for batch in loader:  # (x, y) for the default step; any structure for a user's step
+            yield to_device(batch, self.device)
 
     def train(self, epoch: int, skip: int = 0) -> Iterator:
         order = train_order(len(self.train_set), self.global_batch, self.seed, epoch, self.shard)[skip:]

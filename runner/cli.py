@@ -72,9 +72,12 @@ def main_options(_version_: bool = typer.Option(False, "--version", callback=_ve
 def _load(spec: Path, overrides: Optional[List[str]], worker: bool = False, **fields):
     from runner.datasets import CODE_PATHS, code_paths_for
     from runner.spec import load_spec
+    from runner.user_code import SHIPPED_CODE
 
-    if not worker:  # a spec's package.module:factory is found beside it or here, in its workers too
-        os.environ[CODE_PATHS] = code_paths_for(spec)
+    if not worker:  # a spec's package.module:factory is found beside it or here, in its workers too;
+        # first in the code shipped with the job, where a backend put it (e.g. /job/code)
+        shipped = os.environ.get(SHIPPED_CODE)
+        os.environ[CODE_PATHS] = os.pathsep.join(filter(None, [shipped, code_paths_for(spec)]))
     return load_spec(spec, overrides or [], **fields)
 
 
@@ -108,7 +111,7 @@ def submit(
         from runner.dryrun import dry_run as dry
 
         rows = dry(plan)
-        _print_rows(rows[:1] + ([("why this backend", why)] if why else []) + rows[1:])
+        print_rows(rows[:1] + ([("why this backend", why)] if why else []) + rows[1:])
         typer.echo("dry run: nothing was submitted")
         return
     run = _start_run(chosen, plan, spec, detach)
@@ -120,8 +123,12 @@ def submit(
 
 def _plan(chosen, job, spec_path: Path, runs_dir: Path):
     from runner.run_folder import RunFolder
+    from runner.user_code import find_user_code
 
-    return chosen.plan(job, spec_path, runs_dir, RunFolder.free_name(runs_dir, job.name))
+    code = find_user_code(job, spec_path)  # before the backend's plan: a missing module is the spec's error
+    plan = chosen.plan(job, spec_path, runs_dir, RunFolder.free_name(runs_dir, job.name))
+    plan.code, plan.ships_code = code, chosen.ships_code
+    return plan
 
 
 def _start_run(chosen, plan, spec_path: Path, detach: bool):
@@ -133,8 +140,10 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
     from runner.run_record import new_submission
 
     made_runs_dir = not plan.runs_dir.exists()
+    expected = _estimate_before_run(plan)
     for _ in range(3):
         record = new_submission(plan.backend, plan.run_name, plan.spec, spec_path, detach, plan.world_size)
+        record.estimate = expected or {}
         try:
             folder = RunFolder.start(plan.folder, record)
             break
@@ -144,6 +153,7 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
         raise GpujobError(f"--runs-dir: could not make a new run folder under {plan.runs_dir}")
     run = Run(folder.path, record)
     try:
+        _ship_code(plan, folder.path)
         with acting_on(run, "submitting"):
             chosen.submit(plan, run, detach)
     except (GpujobError, KeyboardInterrupt) as err:
@@ -154,6 +164,35 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
             err.run_dir = folder.path
         raise
     return run
+
+
+def _ship_code(plan, folder: Path) -> None:
+    """The user's code, copied into the run's job/code for a backend that sends it, and imported
+    from that copy alone: what the copy lacks is said now, before a queue or a rental."""
+    from runner.run_folder import JOB_FILES
+    from runner.user_code import CODE_DIR, check_imports, code_fields
+
+    if not (plan.ships_code and code_fields(plan.spec)):
+        return
+    job_dir = folder / JOB_FILES
+    (job_dir / CODE_DIR).mkdir(parents=True, exist_ok=True)  # the backends point the job at it
+    if plan.code is not None:
+        root = plan.code.copy_into(job_dir)
+        python = plan.spec.slurm.python if plan.backend == "slurm" else None  # the nodes' Python, as they run it
+        check_imports(plan.code, root, python)
+
+
+def _estimate_before_run(plan) -> dict | None:
+    """For a job that rents GPUs: the time and dollars it should take, kept in the record for
+    cost.json, so the bill can be held against it. The backend says it once the service has
+    answered, just before it rents anything (`runner.estimate.announce`)."""
+    from runner.dryrun import REMOTE
+
+    if plan.backend not in REMOTE or plan.spec.resources.gpu_request is None:
+        return None
+    from runner.estimate import before_run
+
+    return before_run(plan.spec, plan.runs_dir)
 
 
 def _after_failed_submit(chosen, folder, err: BaseException) -> None:
@@ -199,10 +238,11 @@ def run(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", metavar="DIR", help="write the run folder exactly here (new or empty)"),
     nproc_per_node: str = typer.Option("1", "--nproc-per-node", metavar="N|auto", help="DDP workers on this machine, or 'auto' "
                                        "(the spec's GPU count on a CUDA machine, else resources.processes)"),
-    nnodes: int = typer.Option(1, "--nnodes", metavar="N", min=1, help="machines in the job (start `gpujob run` on each)"),
-    node_rank: int = typer.Option(0, "--node-rank", metavar="R", min=0, help="this machine's index, 0 .. nnodes-1"),
+    # Node options are text, checked by runner.distributed.node_options: a bad one is one line, exit 2.
+    nnodes: str = typer.Option("1", "--nnodes", metavar="N", help="machines in the job (start `gpujob run` on each)"),
+    node_rank: str = typer.Option("0", "--node-rank", metavar="R", help="this machine's index, 0 .. nnodes-1"),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", metavar="ADDR", help="address of node 0, reachable from all"),
-    master_port: Optional[int] = typer.Option(None, "--master-port", metavar="PORT", help="free port on node 0 (default 29500 "
+    master_port: Optional[str] = typer.Option(None, "--master-port", metavar="PORT", help="free port on node 0 (default 29500 "
                                               "with --nnodes > 1, any free port otherwise)"),
     resume: bool = typer.Option(False, "--resume", help="if --run-dir holds a run, continue it from its last "
                                 "checkpoint (what backends pass, so a restarted machine picks up where it stopped)"),
@@ -218,14 +258,11 @@ def run(
 
         run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume)
         return
-    from runner.errors import bad_input
+    from runner.distributed import node_options
     from runner.launch import Topology, run_on_this_node
 
-    if node_rank >= nnodes:
-        raise bad_input(f"--node-rank: {node_rank} is not below --nnodes {nnodes}")
-    nproc = _workers_here(job, nproc_per_node)
-    port = master_port or (29500 if nnodes > 1 else None)
-    topology = Topology(nproc, nnodes, node_rank, master_addr, port)
+    nodes, rank, addr, port = node_options(nnodes, node_rank, master_addr, master_port)
+    topology = Topology(_workers_here(job, nproc_per_node), nodes, rank, addr, port)
     folder = run_on_this_node(job, topology, run_dir, runs_dir, started=started, resume=resume)
     if folder is not None:
         _finish(folder)
@@ -339,7 +376,11 @@ def list_runs(runs_dir: Path = RunsDirOpt,
 @user_errors
 def validate(spec: Path = SpecArg, set_: Optional[List[str]] = SetOpt):
     """Check a spec and print it with every default filled in."""
+    from runner.user_code import check_callables, find_user_code
+
     job = _load(spec, set_)
+    find_user_code(job, spec)  # each module found, and not too big to ship
+    check_callables(job)
     typer.echo(job.to_yaml(), nl=False)
 
 
@@ -392,7 +433,10 @@ def export_kaggle(
     """Write a Kaggle kernel folder that runs the job: `kaggle kernels push -p OUT`."""
     from runner.kaggle_export import export_kernel
 
-    for line in export_kernel(_load(spec, set_), out, kaggle_user, dataset or []):
+    from runner.user_code import find_user_code
+
+    job = _load(spec, set_)
+    for line in export_kernel(job, out, kaggle_user, dataset or [], find_user_code(job, spec)):
         typer.echo(line)
 
 
@@ -408,11 +452,15 @@ def _workers_here(job, nproc_per_node: str) -> int:
     return int(nproc_per_node)
 
 
-def _print_rows(rows) -> None:
+def print_rows(rows) -> None:
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")
 
+
+from runner.cli_reports import register as _register_reports  # noqa: E402  (after the options it reuses)
+
+_register_reports(app, user_errors, SpecArg, SetOpt, RunsDirOpt, RunArg, _load)
 
 INNER_RUN = "GPUJOB_INNER_RUN"  # set by backends whose `gpujob run` reports to a gpujob outside it
 
@@ -423,8 +471,11 @@ def _finish(folder: Path) -> None:
     summary = folder / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        typer.echo(f"done: test_accuracy {100 * s['test_accuracy']:.2f}%  test_loss {s['test_loss']:.4f}  "
-                   f"{s['wall_s']:.1f} s on {s['device']} x{s['world_size']}")
+        from runner.progress import test_result
+
+        typer.echo(f"done: {test_result(s)}  {s['wall_s']:.1f} s on {s['device']} x{s['world_size']}")
+        for finding in s.get("diagnosis") or []:  # what held it back, and the change to make
+            typer.echo(f"diagnosis: {finding['kind']}: {finding['evidence']}; {finding['change']}")
     typer.echo(str(folder))  # last line: the run folder, for scripts
 
 

@@ -30,6 +30,11 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     samples: int = 0  # train and test together: each worker holds them all, as uint8
+    test_samples: int = 0
+
+    @property
+    def train_samples(self) -> int:
+        return self.samples - self.test_samples
 
     @property
     def held_bytes(self) -> int:
@@ -50,10 +55,10 @@ class ImageTensors:
 
 
 BUILTIN_INFO = {
-    "fashion_mnist": DatasetInfo((1, 28, 28), 10, (0.2860,), (0.3530,), 70_000),
-    "mnist": DatasetInfo((1, 28, 28), 10, (0.1307,), (0.3081,), 70_000),
-    "cifar10": DatasetInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 60_000),
-    "digits": DatasetInfo((1, 8, 8), 10, (0.3054,), (0.3762,), 1_797),
+    "fashion_mnist": DatasetInfo((1, 28, 28), 10, (0.2860,), (0.3530,), 70_000, 10_000),
+    "mnist": DatasetInfo((1, 28, 28), 10, (0.1307,), (0.3081,), 70_000, 10_000),
+    "cifar10": DatasetInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 60_000, 10_000),
+    "digits": DatasetInfo((1, 8, 8), 10, (0.3054,), (0.3762,), 1_797, 1_797 - int(0.8 * 1_797)),
 }
 
 
@@ -62,7 +67,7 @@ def dataset_info(data: "DataSpec") -> DatasetInfo | None:
     if data.dataset == "synthetic":
         s = data.synthetic
         return DatasetInfo(tuple(s.shape), s.num_classes, (0.5,) * s.shape[0], (0.25,) * s.shape[0],
-                           s.train_samples + s.test_samples)
+                           s.train_samples + s.test_samples, s.test_samples)
     return BUILTIN_INFO.get(data.dataset)
 
 

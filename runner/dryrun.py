@@ -46,12 +46,15 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     from runner.datasets import dataset_info
     from runner.memory import activation_bytes_per_sample, check_fits, describe, estimate
     from runner.models import build_model, parameter_count
+    from runner.steps import step_for
     from runner.train import seed_everything
 
+    step_fn = step_for(spec)  # train.step imported and its signature checked before anything is loaded
+    _check_shipped_code(plan)
     seed_everything(spec.train.seed)
     info = dataset_info(spec.data)
     if info is None:  # a factory dataset: its shape is known once it is loaded, as the job loads it
-        shape, classes, data_source, batches = _data(plan, data_note)
+        shape, classes, data_source, batches = _data(plan, data_note, step_fn.classification)
     else:
         shape, classes = info.shape, spec.model.num_classes or info.num_classes
 
@@ -67,21 +70,28 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     sharing = plan.world_size // max(spec.resources.nodes, 1) if target.device == "cpu" else 1
     check_fits(est, target.capacity, target.where, sharing, plan.world_size, _bigger_card(target, est))
     if info is not None:
-        shape, classes, data_source, batches = _data(plan, data_note)
+        shape, classes, data_source, batches = _data(plan, data_note, step_fn.classification)
 
     timed = min(local_batch, TIMING_BATCH)
-    losses, per_step = _timed_steps(spec, fresh_model(), batches, shape, classes, timed)
-    scaled = per_step * local_batch / timed
-    return plan.describe() + [
+    model = fresh_model()
+    times = _timed_steps(spec, model, batches, shape, classes, timed, step_fn)
+    scaled = times.per_step * local_batch / timed
+    rows = plan.describe() + [
         ("model", f"{spec.model.name}: {params:,} parameters"),
         ("data", data_source),
         ("batch", f"{spec.data.batch_size} global, {local_batch} per worker"),
-        ("dry steps", f"{DRY_STEPS} on this CPU at {timed} samples, loss {' -> '.join(f'{v:.3f}' for v in losses)}; "
-                      f"{per_step * 1000:.0f} ms/step, ~{scaled * 1000:,.0f} ms/step at {local_batch} per worker "
+        ("dry steps", f"{DRY_STEPS} on this CPU at {timed} samples, loss "
+                      f"{' -> '.join(f'{v:.3f}' for v in times.losses)}; {times.per_step * 1000:.0f} ms/step, "
+                      f"~{scaled * 1000:,.0f} ms/step at {local_batch} per worker "
                       "(scaled by batch size; this CPU, not the job's device)"),
         ("memory per worker", f"{describe(est)}, counted from the model's shapes; "
                               f"{target.where}: {_capacity(target)}"),
     ]
+    estimate = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
+                                  step_fn)
+    if estimate:
+        rows.append(("estimate", estimate))
+    return rows
 
 
 def where_it_runs(plan: Plan) -> Target:
@@ -165,7 +175,7 @@ def check_runs_dir(runs_dir: Path) -> None:
         raise bad_input(f"--runs-dir: cannot create {Path(runs_dir)}: {path} is not writable")
 
 
-def _data(plan: Plan, note: str | None):
+def _data(plan: Plan, note: str | None, classification: bool = True):
     """(shape, classes, how the data was got, a source of batches for the timed steps)."""
     import torch
 
@@ -178,7 +188,7 @@ def _data(plan: Plan, note: str | None):
         from runner.distributed import WorkerContext
         from runner.train_setup import prepare_batches
 
-        batches, shape, classes = prepare_batches(spec, torch.device("cpu"), WorkerContext())
+        batches, shape, classes = prepare_batches(spec, torch.device("cpu"), WorkerContext(), classification)
         return shape, classes, f"{spec.data.dataset} (loaded, through its DataLoader)", ("loader", batches)
     classes = spec.model.num_classes or info.num_classes
     if spec.data.dataset == "digits":
@@ -190,49 +200,177 @@ def _data(plan: Plan, note: str | None):
     if spec.data.dataset == "synthetic":  # random by nature: the timed steps make their own
         return info.shape, classes, source, ("random",)
     if note is None and on_disk(spec.data):
-        train = load_image_tensors(spec.data, train=True)
-        check_labels(train, load_image_tensors(spec.data, train=False), classes)
-        return info.shape, classes, source, ("tensors", train, info)
+        train, test = load_image_tensors(spec.data, train=True), load_image_tensors(spec.data, train=False)
+        if classification:
+            check_labels(train, test, classes)
+        return info.shape, classes, source, ("tensors", train, info, len(test))
     return info.shape, classes, f"random stand-in of {list(info.shape)}: {note}", ("random",)
 
 
-def _timed_steps(spec, model, batches, shape, classes, batch: int) -> tuple[list[float], float]:
-    """A few optimizer steps on `batch` samples; the time per step, the first (warm-up) left out."""
-    import torch
-    import torch.nn.functional as F
+@dataclass
+class StepTimes:
+    losses: list[float]
+    per_step: float  # seconds per optimizer step at `batch` samples, the warm-up step left out
+    batch: int
+    data_per_sample: float  # seconds to make one sample's input, as the job's batches do
 
-    from runner.train_setup import build_optimizer
+
+def _batch_source(batches, shape, classes, batch: int):
+    """A function giving (x, y) of `batch` samples, made the way the job makes them."""
+    import torch
 
     source = batches[0]
     if source == "loader":
         iterator = iter(batches[1].train(1))
-        take = lambda: next(iterator)  # noqa: E731
-    elif source == "tensors":
+        return lambda: next(iterator)
+    if source == "tensors":
         train, info = batches[1], batches[2]
         scale = torch.tensor(info.std).view(1, -1, 1, 1) * 255.0
+        mean = torch.tensor(info.mean).view(1, -1, 1, 1) * 255.0
 
         def take():
             idx = torch.randint(0, len(train), (batch,))
-            x = (train.images[idx].float() - torch.tensor(info.mean).view(1, -1, 1, 1) * 255.0) / scale
-            return x, train.labels[idx]
-    else:
-        def take():
-            return torch.randn(batch, *shape), torch.randint(0, classes, (batch,))
+            return (train.images[idx].float() - mean) / scale, train.labels[idx]
+        return take
+    return lambda: (torch.randn(batch, *shape), torch.randint(0, classes, (batch,)))
 
-    optimizer, _ = build_optimizer(spec, model, DRY_STEPS)
-    losses, times = [], []
-    for _ in range(DRY_STEPS):
-        x, y = take()
-        x, y = x[:batch], y[:batch]
+
+def _timed_steps(spec, model, batches, shape, classes, batch: int, step_fn, steps: int = DRY_STEPS) -> StepTimes:
+    """A few optimizer steps on `batch` samples through the job's step (the user's train.step:
+    what it returns is checked here); the time per step, the first (warm-up) left out."""
+    from runner.steps import batch_len, head
+    from runner.train_setup import build_optimizer
+
+    take = _batch_source(batches, shape, classes, batch)
+    optimizer, _ = build_optimizer(spec, model, steps)
+    losses, times, fetches = [], [], []
+    for _ in range(steps):
+        fetch = time.perf_counter()
+        whole = take()
         start = time.perf_counter()
-        loss = F.cross_entropy(model(x), y)
+        fetches.append((start - fetch) / batch_len(whole))  # a loader's batch may be bigger than the timed one
+        loss, _ = _one_step(step_fn, model, head(whole, batch))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
-    steady = times[1:] or times
-    return losses, sum(steady) / len(steady)
+    steady, fetched = times[1:] or times, fetches[1:] or fetches
+    return StepTimes(losses, sum(steady) / len(steady), batch, sum(fetched) / len(fetched))
+
+
+def _check_shipped_code(plan: Plan) -> None:
+    """The user's code, copied as the backend will ship it, imports from that copy alone."""
+    if plan.code is None or not plan.ships_code:
+        return
+    import tempfile
+
+    from runner.user_code import check_imports
+
+    with tempfile.TemporaryDirectory(prefix="gpujob-code-") as scratch:
+        check_imports(plan.code, plan.code.copy_into(Path(scratch)))
+
+
+def _one_step(step_fn, model, batch):
+    """The job's step on one batch. A user's step that raises is the spec's problem here, found
+    before anything is paid for: one line naming train.step."""
+    from runner.errors import GpujobError
+
+    if step_fn.classification:
+        return step_fn(model, batch)
+    try:
+        return step_fn(model, batch)
+    except GpujobError:
+        raise
+    except Exception as err:
+        from runner.errors import bad_input
+
+        raise bad_input(f"train.step: {step_fn.path} raised {type(err).__name__} on one batch of the data: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from None
+
+
+def _timed_forward(model, shape, batch: int, repeats: int = 2) -> float:
+    """Seconds for one evaluation forward pass of `batch` samples (no gradients), warmed up."""
+    import torch
+
+    x = torch.randn(batch, *shape)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+    model.train()
+    return (time.perf_counter() - start) / repeats
+
+
+@dataclass(frozen=True)
+class Sizes:
+    steps_per_epoch: int
+    test_samples: int
+
+
+def _sizes(spec, batches, info) -> Sizes:
+    """The job's steps per epoch and test samples, from the data as loaded where it was."""
+    import math
+
+    if batches[0] == "loader":
+        loader = batches[1]
+        return Sizes(loader.steps_per_epoch, len(loader.test_set))
+    if batches[0] == "tensors":
+        return Sizes(len(batches[1]) // spec.data.batch_size, batches[3])
+    steps = info.train_samples // spec.data.batch_size
+    if spec.train.max_steps:
+        steps = min(steps, math.ceil(spec.train.max_steps / spec.train.epochs))
+    return Sizes(steps, info.test_samples)
+
+
+FIT_FLOPS = 2e10  # the second timing point's budget: about half a second of a laptop core's arithmetic
+
+
+def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classes, times: StepTimes,
+                       sizes: Sizes, step_fn) -> str | None:
+    """Seconds per epoch and for the whole job, and dollars where the job rents: on this CPU from
+    timed steps at two batch sizes (a step's fixed cost and its cost per sample), on a GPU from
+    the catalog (runner/estimate.py)."""
+    from runner.estimate import human_duration
+
+    spec = plan.spec
+    if target.device == "cuda" and target.gpu is not None:
+        from runner.estimate import ASSUMPTIONS, job_shape, on_gpu
+
+        job = job_shape(spec)
+        if job is None:
+            return None
+        count = spec.resources.gpu_request.count if spec.resources.gpu_request else 1
+        guess = on_gpu(job, target.gpu, count)
+        money = (f", about ${guess.total_usd:.2f} at ${guess.usd_per_hour:.2f}/h ({guess.price_source.split()[0]})"
+                 if guess.total_usd is not None else ", at the offer's price per hour")
+        return (f"~{guess.epoch_s:,.1f} s per epoch, {human_duration(guess.total_s)} for {spec.train.epochs} epoch(s) "
+                f"on {target.gpu.name} x{count}{money}; from the catalog at {ASSUMPTIONS}")
+    if target.device != "cpu" or not target.where.startswith("this machine"):
+        return None
+    from runner.flops import training_flops_per_sample
+
+    local = spec.data.batch_size  # W workers on one CPU split its cores and the batch: about one worker at all of it
+    flops = training_flops_per_sample(spec.model, shape, classes) or 0
+    bigger = min(local, max(times.batch * 4, 1), int(FIT_FLOPS // flops) if flops else local)
+    step = times.per_step * local / times.batch
+    how = "scaled by batch size"
+    if bigger >= times.batch * 2:
+        second = _timed_steps(spec, model, batches, shape, classes, bigger, step_fn, steps=2)
+        per_sample = max((second.per_step - times.per_step) / (bigger - times.batch), 0.0)
+        fixed = max(times.per_step - per_sample * times.batch, 0.0)
+        step = fixed + per_sample * local
+        how = f"timed at {times.batch} and {bigger} samples: {fixed * 1000:.1f} ms a step + " \
+              f"{per_sample * 1e6:,.0f} us a sample"
+    eval_batch = min(1024, max(sizes.test_samples, 1))
+    eval_s = _timed_forward(model, shape, min(eval_batch, bigger)) * eval_batch / min(eval_batch, bigger)
+    evals = -(-sizes.test_samples // 1024) * eval_s
+    epoch_s = sizes.steps_per_epoch * (step + times.data_per_sample * local) + evals
+    total = epoch_s * spec.train.epochs
+    return (f"~{epoch_s:,.1f} s per epoch, {human_duration(total)} for {spec.train.epochs} epoch(s) on this CPU "
+            f"({sizes.steps_per_epoch} steps; {how}); start-up not included")
 
 
 def _bigger_card(target: Target, est) -> str | None:

@@ -26,12 +26,16 @@ import re
 import tomllib
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from runner.errors import bad_input, missing_backend
 from runner.spec import JobSpec
+
+if TYPE_CHECKING:
+    from runner.user_code import UserCode
 
 CODE_FILE = "run_gpujob.py"
 PLACEHOLDER_USER = "YOUR-KAGGLE-USERNAME"
@@ -118,7 +122,25 @@ def package_zip() -> bytes:
     return buffer.getvalue()
 
 
-def render_script(spec: JobSpec, requirements: list[str]) -> str:
+def code_zip(code: "UserCode | None") -> bytes:
+    """The user's code the job needs (runner/user_code.py), as a zip the kernel unpacks; empty
+    when it needs none. Imported from a copy first, alone: what the copy lacks is said now."""
+    if code is None:
+        return b""
+    import tempfile
+
+    from runner.user_code import check_imports
+
+    with tempfile.TemporaryDirectory(prefix="gpujob-code-") as scratch:
+        check_imports(code, code.copy_into(Path(scratch)))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path, rel in code.files:
+            archive.write(path, rel)
+    return buffer.getvalue()
+
+
+def render_script(spec: JobSpec, requirements: list[str], code: "UserCode | None" = None) -> str:
     template = (Path(__file__).with_name("kaggle_kernel.py.template")).read_text()
     values = {
         "SPEC_YAML": repr(spec.to_yaml()),
@@ -126,14 +148,17 @@ def render_script(spec: JobSpec, requirements: list[str]) -> str:
         "REQUIREMENTS": repr(requirements),
         "KAGGLE_TORCH_STACK": repr(KAGGLE_TORCH_STACK),
         "PACKAGE_ZIP_B64": repr(base64.b64encode(package_zip()).decode()),
+        "USER_CODE_ZIP_B64": repr(base64.b64encode(code_zip(code)).decode()),
     }
     for key, value in values.items():
         template = template.replace(f"__{key}__", value)
     return template
 
 
-def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str]) -> list[str]:
-    """Write OUT/kernel-metadata.json and OUT/run_gpujob.py; return what to tell the user."""
+def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str],
+                  code: "UserCode | None" = None) -> list[str]:
+    """Write OUT/kernel-metadata.json and OUT/run_gpujob.py (carrying the user's `code`, if
+    any); return what to tell the user."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise bad_input(f"{out}: not an empty folder; gpujob export never overwrites one")
@@ -143,7 +168,7 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
     requirements = kernel_requirements()
     reasons = internet_reasons(spec, requirements)
     metadata = kernel_metadata(spec, user, datasets, internet=bool(reasons))
-    script = render_script(spec, requirements)  # before writing: no half-made folder
+    script = render_script(spec, requirements, code)  # before writing: no half-made folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / CODE_FILE).write_text(script)

@@ -11,6 +11,7 @@ and each worker dies with the launcher (PR_SET_PDEATHSIG), so none is ever left 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +54,13 @@ def free_port() -> int:
 
 
 JOINED = "gpujob-worker: joined the job"  # a worker's stderr line once the rendezvous is done
+# What torch's C++ side prints while a rendezvous retries (log lines and their stack frames): kept
+# in the worker's log, not shown; if the rendezvous fails, the launcher says why in one line.
+RENDEZVOUS_CHATTER = re.compile(rb"^(\[[WEI]\d{4} |Exception raised from |frame #\d+: |<omitting python frames>|\s*$)")
+
+
+class NeverJoined(GpujobError):
+    """The nodes never all met: nothing was trained, so node 0 leaves no run folder behind."""
 
 
 def failed_ranks(codes: dict[int, int | None], lines: dict[int, list[str]], signalled: set[int] | None = None,
@@ -138,6 +146,7 @@ class Launch:
                    PYTHONUNBUFFERED="1")
         if self.run_dir is not None:  # node 0: the workers run under this launcher's lock on the folder
             env[INHERITED] = str(Path(self.run_dir).resolve())
+        env["GPUJOB_INNER_RUN"] = "1"  # runner.cli.INNER_RUN: this launcher names the run folder, once
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // t.nproc_per_node)))
         return env
@@ -253,6 +262,12 @@ class Launch:
         rank, world = self._rank(local_rank), self.topology.world_size
         code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
         report = last_error_line(lines[local_rank])
+        if "EADDRINUSE" in report:  # taken between gpujob's own check and rank 0's listen
+            from runner.distributed import port_in_use
+
+            return GpujobError(port_in_use(self.port), BAD_INPUT)
+        if self._never_joined(lines, report):
+            return self._rendezvous_failed()
         if code == BAD_INPUT and local_rank not in hung:  # the spec's fault, said in one line
             return GpujobError(report, code)
         self._keep_log(local_rank)
@@ -271,6 +286,24 @@ class Launch:
                                "the other workers were stopped", JOB_FAILED)
         return GpujobError(f"rank {rank} of {world} failed: {report or f'exit code {died}'}{where}; "
                            "the other workers were stopped", code)
+
+    def _never_joined(self, lines: dict[int, list[str]], report: str) -> bool:
+        """Whether the job failed at the rendezvous: no worker here joined, and the failing one
+        gave up waiting for the others (node 0) or for node 0 (the others)."""
+        joined = any(line.startswith(JOINED) for rank_lines in lines.values() for line in rank_lines)
+        return self.topology.nnodes > 1 and not joined and any(
+            phrase in report for phrase in ("DistStoreError", "DistNetworkError", "timed out", "Timed out"))
+
+    def _rendezvous_failed(self) -> NeverJoined:
+        t, limit = self.topology, self.spec.train.collective_timeout_s
+        at = f"{t.master_addr}:{self.port}"
+        if t.node_rank == 0:
+            return NeverJoined(f"node 0 of {t.nnodes}: the other {t.nnodes - 1} node(s) did not join at {at} within "
+                               f"{limit} s (train.collective_timeout_s); start `gpujob run` on each with --nnodes "
+                               f"{t.nnodes} --master-addr {t.master_addr} --master-port {self.port}", JOB_FAILED)
+        return NeverJoined(f"node {t.node_rank} of {t.nnodes} could not reach node 0 at {at} within {limit} s "
+                           "(train.collective_timeout_s); check --master-addr and --master-port (node 0's address, "
+                           "reachable from here) and that node 0 is running", JOB_FAILED)
 
     def _peers_timed_out(self, lines: dict[int, list[str]], alive: dict[int, str]) -> bool:
         """Whether the ranks that ended did so waiting for one that was still alive."""
@@ -292,16 +325,18 @@ class Launch:
 
 
 def _tee(proc: subprocess.Popen, log) -> None:
-    """Copy a worker's stderr to its log and to the user's terminal, except the rendezvous line
-    and its final error line, which the launcher reports itself (once, with the rank)."""
-    held = None
+    """Copy a worker's stderr to its log and to the user's terminal, except the rendezvous line,
+    torch's chatter before it, and the final error line, which the launcher reports itself (once,
+    with the rank)."""
+    held, joined = None, False
     for raw in proc.stderr:
         log.write(raw)
         log.flush()
         if held is not None:
             sys.stderr.write(held.decode(errors="replace"))
             sys.stderr.flush()
-        held = None if raw.startswith(JOINED.encode()) else raw
+        joined = joined or raw.startswith(JOINED.encode())
+        held = None if raw.startswith(JOINED.encode()) or (not joined and RENDEZVOUS_CHATTER.match(raw)) else raw
     if held is not None and not (held.startswith(b"gpujob: ") and proc.wait() != 0):
         sys.stderr.write(held.decode(errors="replace"))
         sys.stderr.flush()
@@ -375,6 +410,8 @@ def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | Non
                          and not any((folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints")))
         if folder is not None and not opened[1] and (err.exit_code == BAD_INPUT or stopped_early):
             folder.discard()  # bad input, or stopped before anything was trained: leave nothing half-made
+        elif folder is not None and not opened[1] and folder.made_here and isinstance(err, NeverJoined):
+            folder.discard_unstarted()  # the nodes never met: not one step, and the error says it all
         elif folder is not None:
             err.run_dir = folder.path
         raise

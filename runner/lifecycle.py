@@ -80,8 +80,10 @@ def _error_line(folder: Path) -> str:
 def summary_line(folder: Path) -> str:
     try:
         s = json.loads((folder / SUMMARY).read_text())
-        return (f"test_accuracy {100 * s['test_accuracy']:.2f}%, test_loss {s['test_loss']:.4f}, "
-                f"{s['epochs']} epoch(s) in {s['wall_s']:.1f} s on {s['device']} x{s['world_size']}")
+        from runner.progress import test_result
+
+        return (f"{test_result(s, ', ')}, {s['epochs']} epoch(s) in {s['wall_s']:.1f} s on {s['device']} "
+                f"x{s['world_size']}")
     except (OSError, ValueError, KeyError, TypeError):
         return "summary.json is unreadable"
 

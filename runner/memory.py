@@ -83,10 +83,14 @@ def _numel(shape) -> int:
     return n
 
 
+def optimizer_state_copies(optimizer: str, momentum: float) -> int:
+    """Tensors the optimizer keeps per parameter: Adam's two moments, SGD's momentum buffer."""
+    return {"sgd": 1 if momentum else 0, "adam": 2, "adamw": 2}[optimizer]
+
+
 def estimate(parameters: int, optimizer: str, momentum: float, per_sample_bytes: int, local_batch: int,
              device_type: str, data_bytes: int = 0) -> MemoryEstimate:
-    state_copies = {"sgd": 1 if momentum else 0, "adam": 2, "adamw": 2}[optimizer]
-    state = parameters * 4 * (2 + state_copies)  # fp32 weights and gradients, then the optimizer's
+    state = parameters * 4 * (2 + optimizer_state_copies(optimizer, momentum))  # fp32 weights and gradients, then the optimizer's
     return MemoryEstimate(parameters, state, per_sample_bytes, FIXED_BYTES.get(device_type, FIXED_BYTES["cpu"]),
                           local_batch, data_bytes)
 

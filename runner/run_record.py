@@ -42,7 +42,8 @@ class Submission:
     detached: bool = False
     handles: dict = field(default_factory=dict)
     last_state: dict = field(default_factory=dict)  # {"state", "at", "detail"} as gpujob last saw it
-    events: list = field(default_factory=list)  # [{"at", "event"}]: submitted, cancel asked, resumed, ...
+    events: list = field(default_factory=list)  # [{"at", "t", "event"}]: submitted, cancel asked, resumed, ...
+    estimate: dict = field(default_factory=dict)  # for rented GPUs: time and dollars expected before the start
     format: int = FORMAT
 
     @property
@@ -55,8 +56,25 @@ class Submission:
                 return False
         return False
 
-    def note(self, event: str) -> None:
-        self.events.append({"at": now(), "event": event})
+    def note(self, event: str, **detail) -> None:
+        # "t": the same moment in seconds since the epoch, for durations (start-up phases)
+        self.events.append({"at": now(), "t": round(time.time(), 3), "event": event, **detail})
+
+    def last_start(self) -> float | None:
+        """When the latest attempt was asked for (submitted or resumed), in epoch seconds."""
+        for event in reversed(self.events):
+            if event["event"] in ("submitted", "resumed"):
+                return event.get("t") or _seconds(event.get("at"))  # records before "t": to the second
+        return None
+
+
+def _seconds(text: str | None) -> float | None:
+    from datetime import datetime
+
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def new_submission(backend: str, run: str, spec=None, spec_path: Path | None = None, detached: bool = False,

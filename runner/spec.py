@@ -113,6 +113,15 @@ class TrainSpec(Section):
     stop_grace_s: PositiveInt = Field(30, le=3600, description="how long a stopped job (Ctrl-C, cancel, "
                                       "preemption, the time limit) may take to write its checkpoint before it is "
                                       "killed; raise it for models whose checkpoint takes longer")
+    step: str | None = Field(None, description="package.module:function(model, batch) -> loss or (loss, "
+                             "{name: value}): your own training step; default: cross-entropy on (x, labels)")
+
+    @field_validator("step")
+    @classmethod
+    def _step_path(cls, value: str | None) -> str | None:
+        if value is None or FACTORY_PATH.match(value):
+            return value
+        raise ValueError(f"'{_shown(value)}' is not 'package.module:function'")
 
 
 class ResourcesSpec(Section):
@@ -206,6 +215,21 @@ class VastSpec(Section):
     startup_minutes: PositiveInt = Field(20, description="how long the instance may take to pull the image and start")
 
 
+class CodeSpec(Section):
+    include: list[str] = Field(default_factory=list, description="more of your modules to ship with the job, "
+                               "beyond those the spec's package.module paths name (e.g. a utils package they import)")
+    max_mb: PositiveFloat = Field(10, le=1000, description="refuse to ship more code than this (data belongs in "
+                                  "data.root, not in the package)")
+
+    @field_validator("include")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"'{_shown(name)}' is not a module name (package or package.module)")
+        return value
+
+
 class JobSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=80, description="becomes part of the run folder name")
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -218,6 +242,8 @@ class JobSpec(Section):
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="options for backend: slurm")
     docker: DockerSpec = Field(default_factory=DockerSpec, description="options for backend: docker")
     vast: VastSpec = Field(default_factory=VastSpec, description="options for backend: vast")
+    code: CodeSpec = Field(default_factory=CodeSpec, description="your code shipped with the job (model, data "
+                           "and step factories are found beside the spec, here, or on PYTHONPATH)")
 
     @model_validator(mode="after")
     def _classes_from_the_dataset(self) -> "JobSpec":

@@ -23,6 +23,7 @@ from runner.distributed import (CommTimer, WorkerContext, all_sum, broadcast_obj
                                 init_process_group, pick_device)
 from runner.errors import bad_input, job_failed
 from runner.models import build_model, parameter_count
+from runner.steps import Step, batch_len, step_for
 from runner.stop_signals import StopRequest, Stopped
 from runner.train_setup import (autocast_for, build_optimizer, device_name, prepare_batches, seed_everything,
                                 sync)
@@ -67,24 +68,48 @@ class LoopState:
     epoch_timing: list = field(default_factory=list)
     resumed: int = 0
     interruptions: list = field(default_factory=list)
+    # The named values a user's train.step returns, in the order first seen, and their sums.
+    names: list = field(default_factory=list)
+    epoch_named: list = field(default_factory=list)
+    window_named: list = field(default_factory=list)
 
 
-def evaluate(model, batches, autocast, ctx: WorkerContext, device) -> tuple[float, float]:
-    """Test loss and accuracy over the whole test split, summed across ranks."""
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float | None  # the default (classification) step only
+    named: dict[str, float] = field(default_factory=dict)  # a user step's values, averaged
+
+
+def evaluate(model, batches, autocast, ctx: WorkerContext, device, step_fn: Step, names: list[str]) -> Evaluation:
+    """The test split, whole, summed across ranks: loss and accuracy for the default step; for a
+    user's step its loss and named values, each averaged over the samples."""
     import torch
     import torch.nn.functional as F
 
     model.eval()
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    totals = torch.zeros(3 + len(names), dtype=torch.float64, device=device)  # loss, correct, count, named
     with torch.no_grad(), autocast():
-        for x, y in batches.test():
-            out = model(x)
-            totals[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
-            totals[1] += (out.argmax(1) == y).sum()
-            totals[2] += len(y)
-    loss_sum, correct, count = all_sum(totals, ctx).tolist()
+        for batch in batches.test():
+            if step_fn.classification:
+                x, y = batch
+                out = model(x)
+                totals[0] += F.cross_entropy(out.float(), y, reduction="sum").double()
+                totals[1] += (out.argmax(1) == y).sum()
+                totals[2] += len(y)
+                continue
+            loss, named = step_fn(model, batch)
+            n = batch_len(batch)
+            totals[0] += loss.double() * n
+            totals[2] += n
+            for i, name in enumerate(names):
+                if name in named:
+                    totals[3 + i] += named[name].double() * n
+    loss_sum, correct, count, *named_sums = all_sum(totals, ctx).tolist()
     model.train()
-    return loss_sum / count, correct / count
+    if step_fn.classification:
+        return Evaluation(loss_sum / count, correct / count)
+    return Evaluation(loss_sum / count, None, {name: v / count for name, v in zip(names, named_sums)})
 
 
 def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Listener] = (),
@@ -100,44 +125,92 @@ def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Lis
     limit_s = None if ctx.distributed else spec.resources.timeout_minutes * 60 - (time.perf_counter() - started)
     try:
         with StopRequest(limit_s) as stop:
-            return _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop)
+            loop = Loop(spec, ctx, listeners, started, device, checkpoints, stop)
+            loop.restore(broadcast_object(resume_from, ctx))  # every rank loads what rank 0 read
+            loop.announce()
+            while loop.epochs_left():
+                if not loop.run_epoch():
+                    break
+                loop.close_epoch()
+            return loop.finish()
     finally:
         destroy_process_group(ctx)
 
 
-def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop) -> TrainResult:
-    import torch
-    import torch.nn.functional as F
+class Loop:
+    """The training loop's parts, in the order they run: build, restore, the steps of an epoch,
+    closing an epoch (evaluate, record, checkpoint), finishing. What it has done so far is in
+    `state` (a LoopState), which every checkpoint holds whole."""
 
-    t = spec.train
-    seed_everything(t.seed)
-    autocast = autocast_for(t.precision, device)
-    batches, shape, num_classes = prepare_batches(spec, device, ctx)
+    def __init__(self, spec: "JobSpec", ctx: WorkerContext, listeners, started: float, device,
+                 checkpoints: CheckpointStore | None, stop: StopRequest):
+        import torch
 
-    model = build_model(spec.model, shape, num_classes).to(device)
-    params = parameter_count(model)
-    steps_per_epoch = batches.steps_per_epoch
-    total_steps = min(t.max_steps or math.inf, t.epochs * steps_per_epoch)
-    optimizer, scheduler = build_optimizer(spec, model, total_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+        from runner.flops import training_flops_per_sample
 
-    state = LoopState()
-    resume_from = broadcast_object(resume_from, ctx)  # every rank loads what rank 0 read
-    if resume_from is not None:
+        self.spec, self.t, self.ctx, self.listeners = spec, spec.train, ctx, listeners
+        self.started, self.device, self.checkpoints, self.stop = started, device, checkpoints, stop
+        self.phases = {"loop_entered_s": time.perf_counter() - started}  # imports and start-up before it
+        seed_everything(self.t.seed)
+        self.autocast = autocast_for(self.t.precision, device)
+        prefer_fast_kernels(device, self.t.precision)
+        self.step_fn = step_for(spec)
+        self.batches, self.shape, self.num_classes = prepare_batches(spec, device, ctx, self.step_fn.classification)
+        self.phases["data_loaded_s"] = time.perf_counter() - started
+
+        self.model = build_model(spec.model, self.shape, self.num_classes).to(device)
+        if device.type == "cuda" and len(self.shape) == 3:
+            self.model = self.model.to(memory_format=torch.channels_last)  # faster convolutions, the same maths
+        self.params = parameter_count(self.model)
+        # A user's step may do anything with the model's outputs: its FLOPs are not counted.
+        self.flops_per_sample = (training_flops_per_sample(spec.model, self.shape, self.num_classes)
+                                 if self.step_fn.classification else None)
+        self.steps_per_epoch = self.batches.steps_per_epoch
+        self.total_steps = min(self.t.max_steps or math.inf, self.t.epochs * self.steps_per_epoch)
+        self.optimizer, self.scheduler = build_optimizer(spec, self.model, self.total_steps, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.t.precision == "fp16")
+        self.state = LoopState()
+        self.step_model = self._wrapped(torch.compile(self.model) if self.t.compile else self.model)
+        self.phases["model_built_s"] = time.perf_counter() - started
+        self.last_checkpoint = time.perf_counter()
+        self.compile_s = None  # the first step's extra time when torch.compile builds the model's code
+        # In DDP every rank must agree to stop (or checkpoint) at the same step; asking costs a sync,
+        # so ask every few steps.
+        self.decide_every = 1 if not ctx.distributed else 10
+
+    def _wrapped(self, model):
+        self.comm = CommTimer()
+        if not self.ctx.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        wrapped = DistributedDataParallel(model, device_ids=device_ids)
+        self.comm.attach(wrapped)
+        return wrapped
+
+    # ---- restore --------------------------------------------------------------------------
+
+    def restore(self, checkpoint: dict | None) -> None:
+        """Continue from `checkpoint` (every rank has it): weights, optimizer, schedule, scaler,
+        RNG and the loop's position and sums, rescaled to this worker count if it changed."""
+        if checkpoint is None:
+            return
+        ctx = self.ctx
         try:
-            model.load_state_dict(resume_from["model"])
+            self.model.load_state_dict(checkpoint["model"])
         except RuntimeError:  # a checkpoint from before checkpoints kept their spec
             raise bad_input("the run's spec no longer matches its checkpoint (the model's weights do not fit "
                             "it); put the spec back as it was, or start a new run") from None
-        optimizer.load_state_dict(resume_from["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume_from["scheduler"])
-        scaler.load_state_dict(resume_from["scaler"])
-        restore_rng_states(resume_from["rng"])
-        state = LoopState(**resume_from["loop"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_states(checkpoint["rng"])
+        state = LoopState(**checkpoint["loop"])
         if not ctx.is_main:  # the checkpoint holds every rank's loss sums on rank 0
             state.epoch_loss = state.window_loss = 0.0
-        saved_world = resume_from.get("world_size", ctx.world_size)
+        saved_world = checkpoint.get("world_size", ctx.world_size)
         if saved_world != ctx.world_size and ctx.is_main:
             # The sums add each rank's mean loss per step: W of them. Rescaled to the new W, the
             # epoch's mean comes out as if every step had been taken at this size (the global
@@ -145,174 +218,300 @@ def _train(spec, ctx, listeners, started, device, checkpoints, resume_from, stop
             state.epoch_loss *= ctx.world_size / saved_world
             state.window_loss *= ctx.world_size / saved_world
             print(f"gpujob: resuming with {ctx.world_size} worker(s), the checkpoint was written by {saved_world}: "
-                  f"the global batch stays {spec.data.batch_size}", file=sys.stderr)
+                  f"the global batch stays {self.spec.data.batch_size}", file=sys.stderr)
         state.resumed += 1
         state.interruptions.append({"resumed_at_step": state.step, "epoch": state.epoch})
+        self.state = state
 
-    step_model = torch.compile(model) if t.compile else model
-    comm = CommTimer()
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+    def announce(self) -> None:
+        s = self.state
+        for listener in self.listeners:
+            listener.on_start({"epochs": self.t.epochs, "steps_per_epoch": self.steps_per_epoch,
+                               "total_steps": self.total_steps, "device": str(self.device),
+                               "world_size": self.ctx.world_size, "parameters": self.params,
+                               "resumed_at_step": s.step if s.resumed else None})
+        self.model.train()
 
-        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-        comm.attach(step_model)
+    # ---- one epoch ------------------------------------------------------------------------
 
-    def emit(kind: str, record: dict) -> None:
-        state.records_emitted += 1
-        for listener in listeners:
-            getattr(listener, f"on_{kind}")(record)
+    def epochs_left(self) -> bool:
+        # An epoch whose steps are all taken is still closed (evaluated, recorded) after a resume
+        # from a checkpoint written between its last step and its end.
+        s = self.state
+        return s.epoch <= self.t.epochs and (s.step < self.total_steps or s.epoch_steps > 0)
 
-    def save_checkpoint() -> None:
-        if checkpoints is None:
-            return
-        checkpoints.save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(), "rng": rng_states(), "loop": asdict(state),
-            "world_size": ctx.world_size, "spec": spec.model_dump(mode="json"),
-        }, state.step)
+    def run_epoch(self) -> bool:
+        """The epoch's remaining steps, checkpointing when due and stopping when asked. False
+        when it had no step left to take (nothing to close)."""
+        import torch
 
-    def check_finite(value: float, what: str) -> None:
-        if t.stop_on_nan and not math.isfinite(value):
-            kept = checkpoints.paths()[0].name if checkpoints and checkpoints.paths() else "none yet"
-            raise job_failed(f"{what} became {value} by step {state.step} (epoch {state.epoch}); "
-                             f"stopped (train.stop_on_nan). Last good checkpoint: {kept}. Try a lower optimizer.lr")
-
-    for listener in listeners:
-        listener.on_start({"epochs": t.epochs, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-                           "device": str(device), "world_size": ctx.world_size, "parameters": params,
-                           "resumed_at_step": state.step if state.resumed else None})
-    checkpoint_every_s = t.checkpoint_every_minutes * 60
-    last_checkpoint = time.perf_counter()
-    # In DDP every rank must agree to stop (or checkpoint) at the same step; asking costs a sync,
-    # so ask every few steps.
-    decide_every = 1 if not ctx.distributed else 10
-
-    def decide() -> tuple[bool, bool]:
-        """(stop, checkpoint now), the same on every rank: rank 0's clock says when one is due."""
-        due = ctx.is_main and time.perf_counter() - last_checkpoint >= checkpoint_every_s
-        if not ctx.distributed:
-            return stop.requested, due
-        flags = all_sum(torch.tensor([float(stop.requested), float(due)], device=device), ctx)
-        return flags[0].item() > 0, flags[1].item() > 0
-
-    def sums_onto_main(*sums: "torch.Tensor") -> list[float]:
-        """Move every rank's running loss sums onto rank 0 (the total is unchanged), so the
-        checkpoint rank 0 writes holds all of them and a resumed run continues the same sums."""
-        totals = all_sum(torch.stack(sums), ctx)
-        check_finite(totals[-1].item() / max(state.window_steps * ctx.world_size, 1), "the training loss")
-        local = totals if ctx.is_main else torch.zeros_like(totals)
-        for tensor, value in zip(sums, local):
-            tensor.copy_(value)
-        return local.tolist()
-    model.train()
-    # An epoch whose steps are all taken is still closed (evaluated, recorded) after a resume from
-    # a checkpoint written between its last step and its end.
-    while state.epoch <= t.epochs and (state.step < total_steps or state.epoch_steps > 0):
-        epoch = state.epoch
-        epoch_start = time.perf_counter() - state.epoch_train_s
+        s, t = self.state, self.t
+        self.epoch_start = time.perf_counter() - s.epoch_train_s
         # Throughput over the steps since this clock started (the loss window may span epochs,
         # the clock restarts with each: evaluation time is not training time).
         window_start, rate_steps = time.perf_counter(), 0
-        data_s = state.epoch_data_s
-        epoch_loss = torch.tensor(state.epoch_loss, dtype=torch.float64, device=device)
-        window_loss = torch.tensor(state.window_loss, dtype=torch.float64, device=device)
-        batch_iter = iter(batches.train(epoch, skip=state.batches_done))
-        while state.step < total_steps:
+        self.data_s = s.epoch_data_s
+        self.epoch_loss = torch.tensor(s.epoch_loss, dtype=torch.float64, device=self.device)
+        self.window_loss = torch.tensor(s.window_loss, dtype=torch.float64, device=self.device)
+        self.epoch_named = torch.tensor(s.epoch_named, dtype=torch.float64, device=self.device)
+        self.window_named = torch.tensor(s.window_named, dtype=torch.float64, device=self.device)
+        batch_iter = iter(self.batches.train(s.epoch, skip=s.batches_done))
+        while s.step < self.total_steps:
             fetch_start = time.perf_counter()
             batch = next(batch_iter, None)
-            data_s += time.perf_counter() - fetch_start
+            self.data_s += time.perf_counter() - fetch_start
             if batch is None:
                 break
-            x, y = batch
-            with autocast():
-                try:
-                    loss = F.cross_entropy(step_model(x), y)
-                except IndexError as err:  # a dataset whose labels could not be checked when it loaded
-                    if "out of bounds" not in str(err):
-                        raise
-                    raise bad_input(f"model.num_classes: {num_classes}, but a batch has a label past it ({err}); "
-                                    f"labels must be 0 to {num_classes - 1}") from None
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            detached = loss.detach()
-            epoch_loss += detached
-            window_loss += detached
-            state.step += 1
-            state.batches_done += 1
-            state.epoch_steps += 1
-            state.window_steps += 1
+            step_start = time.perf_counter()
+            self.step(batch)
             rate_steps += 1
-            if state.time_to_first_step_s is None:
-                sync(device)
-                state.time_to_first_step_s = time.perf_counter() - started
-            if state.step % t.log_every_steps == 0:
-                # A sync point: reading the loss waits for the device (and, in DDP, the other ranks).
-                loss_now = all_sum(window_loss.clone(), ctx).item() / (state.window_steps * ctx.world_size)
-                check_finite(loss_now, "the training loss")
+            if s.time_to_first_step_s is None:
+                sync(self.device)
+                s.time_to_first_step_s = time.perf_counter() - self.started
+                self.phases["first_step_s"] = s.time_to_first_step_s
+                self.first_step_wall_s = time.perf_counter() - step_start
+            if s.step % t.log_every_steps == 0:
                 now = time.perf_counter()
-                emit("step", {"kind": "step", "step": state.step, "epoch": epoch, "loss": loss_now,
-                              "lr": optimizer.param_groups[0]["lr"],
-                              "samples_per_s": rate_steps * spec.data.batch_size / max(now - window_start, 1e-9)})
-                window_loss.zero_()
-                state.window_steps, window_start, rate_steps = 0, now, 0
-            stopping, due = decide() if state.step % decide_every == 0 else (False, False)
+                self.log_step(rate_steps * self.spec.data.batch_size / max(now - window_start, 1e-9))
+                window_start, rate_steps = now, 0
+            stopping, due = self.decide() if s.step % self.decide_every == 0 else (False, False)
             if stopping or due:
-                state.epoch_loss, state.window_loss = sums_onto_main(epoch_loss, window_loss)
-                state.epoch_train_s, state.epoch_data_s = time.perf_counter() - epoch_start, data_s
-                save_checkpoint()
-                last_checkpoint = time.perf_counter()
+                s.epoch_loss, s.window_loss, s.epoch_named, s.window_named = self.sums_onto_main(
+                    self.epoch_loss, self.window_loss, self.epoch_named, self.window_named)
+                s.epoch_train_s, s.epoch_data_s = time.perf_counter() - self.epoch_start, self.data_s
+                self.save_checkpoint()
                 if stopping:
-                    raise Stopped(stop.signum or 15, state.step)
-        if state.epoch_steps == 0:
-            break
-        sync(device)
-        comm.wait_for_all(ctx)
-        epoch_wall = time.perf_counter() - epoch_start
-        state.train_loop_s += epoch_wall
-        train_loss = all_sum(epoch_loss, ctx).item() / (state.epoch_steps * ctx.world_size)
-        check_finite(train_loss, "the epoch's training loss")
-        eval_start = time.perf_counter()
-        test_loss, test_accuracy = evaluate(model, batches, autocast, ctx, device)
-        eval_s = time.perf_counter() - eval_start
-        samples_per_s = state.epoch_steps * spec.data.batch_size / epoch_wall
-        record = {"kind": "epoch", "step": state.step, "epoch": epoch, "loss": train_loss,
-                  "lr": optimizer.param_groups[0]["lr"], "samples_per_s": samples_per_s,
-                  "test_loss": test_loss, "test_accuracy": test_accuracy, "wall_s": epoch_wall}
-        state.epoch_records.append(record)
-        state.epoch_timing.append({"epoch": epoch, "wall_s": epoch_wall, "data_s": data_s,
-                                   "compute_s": max(epoch_wall - data_s, 0.0), "eval_s": eval_s,
-                                   "samples_per_s": samples_per_s, **comm.take()})
-        emit("epoch", record)
-        # The next epoch starts from zero; a checkpoint taken now resumes there.
-        state.epoch, state.batches_done = epoch + 1, 0
-        state.epoch_loss, state.epoch_steps, state.epoch_train_s, state.epoch_data_s = 0.0, 0, 0.0, 0.0
-        state.window_loss = window_loss.item()
-        if decide()[1]:
-            (state.window_loss,) = sums_onto_main(window_loss)
-            save_checkpoint()
-            last_checkpoint = time.perf_counter()
+                    raise Stopped(self.stop.signum or 15, s.step)
+        return s.epoch_steps > 0
 
-    if not state.epoch_records:
-        raise job_failed("no epoch finished: nothing to report")
-    save_checkpoint()  # the final state: resuming a finished run has nothing left to do
-    total_s = time.perf_counter() - started
-    last = state.epoch_records[-1]
-    samples_per_s = state.step * spec.data.batch_size / max(state.train_loop_s, 1e-9)
-    summary = {
-        "name": spec.name, "model": spec.model.name, "dataset": spec.data.dataset,
-        "train_loss": last["loss"], "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"],
-        "epochs": len(state.epoch_records), "steps": state.step, "wall_s": total_s, "samples_per_s": samples_per_s,
-        "per_worker_samples_per_s": samples_per_s / ctx.world_size, "device": str(device),
-        "device_name": device_name(device), "world_size": ctx.world_size, "precision": t.precision,
-        "parameters": params, "global_batch_size": spec.data.batch_size,
-        "local_batch_size": spec.data.batch_size // ctx.world_size, "resumed": state.resumed,
-    }
-    timing = {"time_to_first_step_s": state.time_to_first_step_s, "total_s": total_s,
-              "train_loop_s": state.train_loop_s, "epochs": state.epoch_timing,
-              "interruptions": state.interruptions}
-    return TrainResult(summary, timing, state.epoch_records, model.state_dict() if ctx.is_main else None)
+    def step(self, batch) -> None:
+        """One optimizer step on one batch. No host-device sync here: the loss (and any named
+        values of a user's step) stay on the device."""
+        with self.autocast():
+            try:
+                loss, named = self.step_fn(self.step_model, batch)
+            except IndexError as err:  # a dataset whose labels could not be checked when it loaded
+                if not self.step_fn.classification or "out of bounds" not in str(err):
+                    raise
+                raise bad_input(f"model.num_classes: {self.num_classes}, but a batch has a label past it ({err}); "
+                                f"labels must be 0 to {self.num_classes - 1}") from None
+        if named or self.state.names:
+            self.add_named(named)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        detached = loss.detach()
+        self.epoch_loss += detached
+        self.window_loss += detached
+        s = self.state
+        s.step += 1
+        s.batches_done += 1
+        s.epoch_steps += 1
+        s.window_steps += 1
+
+    def add_named(self, named: dict) -> None:
+        """Sum a user step's named values. The names are fixed by the first step (every rank
+        takes the same first step): a step that names others is the function's error."""
+        import torch
+
+        s = self.state
+        if not s.names:
+            s.names = list(named)
+            self.epoch_named = torch.zeros(len(s.names), dtype=torch.float64, device=self.device)
+            self.window_named = torch.zeros_like(self.epoch_named)
+        if list(named) != s.names:
+            raise job_failed(f"train.step: {self.spec.train.step} returned {sorted(named)} at step {s.step + 1}, "
+                             f"but {sorted(s.names)} before; return the same names every step")
+        values = torch.stack([named[name].detach().to(self.device, torch.float64) for name in s.names])
+        self.epoch_named += values
+        self.window_named += values
+
+    def named_means(self, sums, steps: int) -> dict[str, float]:
+        return {name: value / (steps * self.ctx.world_size) for name, value in zip(self.state.names, sums)}
+
+    def log_step(self, samples_per_s: float) -> None:
+        # A sync point: reading the loss waits for the device (and, in DDP, the other ranks).
+        import torch
+
+        s, ctx = self.state, self.ctx
+        loss_sum, *named_sums = all_sum(torch.cat([self.window_loss.view(1), self.window_named]), ctx).tolist()
+        loss_now = loss_sum / (s.window_steps * ctx.world_size)
+        self.check_finite(loss_now, "the training loss")
+        record = {"kind": "step", "step": s.step, "epoch": s.epoch, "loss": loss_now,
+                  "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": samples_per_s}
+        if s.names:
+            record["metrics"] = self.named_means(named_sums, s.window_steps)
+        self.emit("step", record)
+        self.window_loss.zero_()
+        self.window_named.zero_()
+        s.window_steps = 0
+
+    def decide(self) -> tuple[bool, bool]:
+        """(stop, checkpoint now), the same on every rank: rank 0's clock says when one is due."""
+        import torch
+
+        ctx = self.ctx
+        due = ctx.is_main and time.perf_counter() - self.last_checkpoint >= self.t.checkpoint_every_minutes * 60
+        if not ctx.distributed:
+            return self.stop.requested, due
+        flags = all_sum(torch.tensor([float(self.stop.requested), float(due)], device=self.device), ctx)
+        return flags[0].item() > 0, flags[1].item() > 0
+
+    def sums_onto_main(self, *sums: "torch.Tensor") -> list:
+        """Move every rank's running sums onto rank 0 (the totals are unchanged), so the
+        checkpoint rank 0 writes holds all of them and a resumed run continues the same sums.
+        Each comes back as it is held in LoopState: a float, or a list for a vector."""
+        import torch
+
+        ctx = self.ctx
+        totals = all_sum(torch.cat([t.reshape(-1) for t in sums]), ctx)
+        at_window = sum(t.numel() for t in sums[:[t is self.window_loss for t in sums].index(True)])
+        self.check_finite(totals[at_window].item() / max(self.state.window_steps * ctx.world_size, 1),
+                          "the training loss")
+        local = totals if ctx.is_main else torch.zeros_like(totals)
+        values, at = [], 0
+        for tensor in sums:
+            part = local[at:at + tensor.numel()]
+            at += tensor.numel()
+            tensor.copy_(part.reshape(tensor.shape))
+            values.append(part.item() if tensor.dim() == 0 else part.tolist())
+        return values
+
+    # ---- closing an epoch -----------------------------------------------------------------
+
+    def close_epoch(self) -> None:
+        """Evaluate, record and report the epoch, set the state to the next one's start, and
+        checkpoint there if one is due."""
+        s, ctx = self.state, self.ctx
+        sync(self.device)
+        self.comm.wait_for_all(ctx)
+        epoch_wall = time.perf_counter() - self.epoch_start
+        s.train_loop_s += epoch_wall
+        import torch
+
+        loss_sum, *named_sums = all_sum(torch.cat([self.epoch_loss.view(1), self.epoch_named]), ctx).tolist()
+        train_loss = loss_sum / (s.epoch_steps * ctx.world_size)
+        self.check_finite(train_loss, "the epoch's training loss")
+        eval_start = time.perf_counter()
+        tested = evaluate(self.model, self.batches, self.autocast, ctx, self.device, self.step_fn, s.names)
+        eval_s = time.perf_counter() - eval_start
+        samples_per_s = s.epoch_steps * self.spec.data.batch_size / epoch_wall
+        record = {"kind": "epoch", "step": s.step, "epoch": s.epoch, "loss": train_loss,
+                  "lr": self.optimizer.param_groups[0]["lr"], "samples_per_s": samples_per_s,
+                  "test_loss": tested.loss, "test_accuracy": tested.accuracy, "wall_s": epoch_wall}
+        if s.names:
+            record["metrics"] = self.named_means(named_sums, s.epoch_steps)
+            record["test_metrics"] = tested.named
+        s.epoch_records.append(record)
+        s.epoch_timing.append({"epoch": s.epoch, "wall_s": epoch_wall, "data_s": self.data_s,
+                               "compute_s": max(epoch_wall - self.data_s, 0.0), "eval_s": eval_s,
+                               "samples_per_s": samples_per_s, **self.comm.take()})
+        self.emit("epoch", record)
+        if self.t.compile and self.compile_s is None and getattr(self, "first_step_wall_s", None) is not None:
+            # The first compiled step builds the code; the epoch's other steps show what a step costs.
+            typical = (epoch_wall - self.data_s - self.first_step_wall_s) / max(s.epoch_steps - 1, 1)
+            self.compile_s = max(self.first_step_wall_s - typical, 0.0)
+        # The next epoch starts from zero; a checkpoint taken now resumes there.
+        s.epoch, s.batches_done = s.epoch + 1, 0
+        s.epoch_loss, s.epoch_steps, s.epoch_train_s, s.epoch_data_s = 0.0, 0, 0.0, 0.0
+        s.epoch_named = [0.0] * len(s.names)
+        s.window_loss, s.window_named = self.window_loss.item(), self.window_named.tolist()
+        if self.decide()[1]:
+            s.window_loss, s.window_named = self.sums_onto_main(self.window_loss, self.window_named)
+            self.save_checkpoint()
+
+    # ---- checkpoints, records, the end ------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        self.last_checkpoint = time.perf_counter()
+        if self.checkpoints is None:
+            return
+        self.checkpoints.save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(), "rng": rng_states(), "loop": asdict(self.state),
+            "world_size": self.ctx.world_size, "spec": self.spec.model_dump(mode="json"),
+        }, self.state.step)
+
+    def emit(self, kind: str, record: dict) -> None:
+        self.state.records_emitted += 1
+        for listener in self.listeners:
+            getattr(listener, f"on_{kind}")(record)
+
+    def check_finite(self, value: float, what: str) -> None:
+        if self.t.stop_on_nan and not math.isfinite(value):
+            paths = self.checkpoints.paths() if self.checkpoints else []
+            kept = paths[0].name if paths else "none yet"
+            raise job_failed(f"{what} became {value} by step {self.state.step} (epoch {self.state.epoch}); "
+                             f"stopped (train.stop_on_nan). Last good checkpoint: {kept}. Try a lower optimizer.lr")
+
+    def finish(self) -> TrainResult:
+        """The final checkpoint (resuming a finished run has nothing left to do), the summary
+        and the timing."""
+        from runner.flops import peak_tflops
+
+        s, ctx, spec = self.state, self.ctx, self.spec
+        if not s.epoch_records:
+            raise job_failed("no epoch finished: nothing to report")
+        self.save_checkpoint()
+        total_s = time.perf_counter() - self.started
+        last = s.epoch_records[-1]
+        samples_per_s = s.step * spec.data.batch_size / max(s.train_loop_s, 1e-9)
+        achieved = self.flops_per_sample * samples_per_s / 1e12 if self.flops_per_sample else None
+        peak = peak_tflops(self.device, self.t.precision)
+        summary = {
+            "name": spec.name, "model": spec.model.name, "dataset": spec.data.dataset,
+            "train_loss": last["loss"], "test_loss": last["test_loss"], "test_accuracy": last["test_accuracy"],
+            "epochs": len(s.epoch_records), "steps": s.step, "wall_s": total_s, "samples_per_s": samples_per_s,
+            "per_worker_samples_per_s": samples_per_s / ctx.world_size, "device": str(self.device),
+            "device_name": device_name(self.device), "world_size": ctx.world_size, "precision": self.t.precision,
+            "parameters": self.params, "global_batch_size": spec.data.batch_size,
+            "local_batch_size": spec.data.batch_size // ctx.world_size, "resumed": s.resumed,
+            "flops_per_sample": self.flops_per_sample, "achieved_tflops": achieved,
+            "peak_tflops_per_device": peak,
+            "mfu": achieved / (peak * ctx.world_size) if achieved is not None and peak else None,
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            # where the training data was held: "device", "pinned host memory", or a DataLoader's workers
+            "data_held_on": getattr(self.batches, "home", "host (DataLoader)"),
+        }
+        if "metrics" in last:  # a user step's named values, as the last epoch averaged them
+            summary["metrics"], summary["test_metrics"] = last["metrics"], last["test_metrics"]
+        timing = {"time_to_first_step_s": s.time_to_first_step_s, "total_s": total_s,
+                  "train_loop_s": s.train_loop_s, "compile_s": self.compile_s,
+                  "train_loop_without_compile_s": s.train_loop_s - (self.compile_s or 0.0),
+                  "started_at": time.time() - total_s, "phases": self.phases,
+                  "epochs": s.epoch_timing, "interruptions": s.interruptions}
+        weights = self.model.state_dict() if ctx.is_main else None
+        return TrainResult(summary, timing, s.epoch_records, weights)
+
+
+def prefer_fast_kernels(device, precision: str) -> None:
+    """On CUDA: cuDNN picks the fastest convolution for the shapes it sees, and where the job
+    already trades precision for speed (bf16, fp16), the remaining fp32 matmuls use TF32. fp32
+    jobs keep full fp32 matmuls: the maths they asked for."""
+    if device.type != "cuda":
+        return
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+    allow = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+
+
+def peak_memory_bytes(device) -> int | None:
+    """The most memory the job held: CUDA's allocator peak, or this process's peak RSS."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS says bytes, Linux KiB
+    except (ImportError, OSError):
+        return None

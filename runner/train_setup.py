@@ -52,17 +52,20 @@ def autocast_for(precision: str, device: "torch.device"):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def build_optimizer(spec: "JobSpec", model, total_steps: int):
+def build_optimizer(spec: "JobSpec", model, total_steps: int, device=None):
+    """The optimizer and its schedule. On CUDA the step is one fused kernel per parameter group
+    (the same update, far fewer launches); elsewhere PyTorch's default (foreach where it can)."""
     import torch
 
     o = spec.optimizer
     params = model.parameters()
+    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
     if o.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
     elif o.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
     else:
-        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
     if o.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     elif o.schedule == "onecycle":
@@ -72,9 +75,10 @@ def build_optimizer(spec: "JobSpec", model, total_steps: int):
     return optimizer, scheduler
 
 
-def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
+def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext, classification: bool = True):
     """The fast tensor path for builtin datasets, the DataLoader path for factories.
-    Returns (batches, shape, num_classes)."""
+    Returns (batches, shape, num_classes). `classification`: the default step, whose labels
+    must lie below num_classes; a user's step may need no classes at all (num_classes None)."""
     d = spec.data
     shard = Shard(ctx.rank, ctx.world_size)
     local_batch = d.batch_size // ctx.world_size
@@ -90,15 +94,29 @@ def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext):
         train_set, test_set = in_turns(ctx, lambda: (load_factory_dataset(d, train=True),
                                                      load_factory_dataset(d, train=False)))
         batches = LoaderBatches(train_set, test_set, device, d.batch_size, spec.train.seed, shard, d.num_workers)
-        shape = tuple(train_set[0][0].shape)
+        shape = sample_shape(train_set[0])
         classes = getattr(train_set, "num_classes", None) or spec.model.num_classes
-        if classes is None:
+        if classes is None and classification:
             raise bad_input("model.num_classes: required for a factory dataset without a num_classes attribute")
     if batches.steps_per_epoch == 0:
         raise bad_input(f"data.batch_size: {d.batch_size} is larger than the training set ({len(train_set)} samples)")
     classes = spec.model.num_classes or classes
-    check_labels(train_set, test_set, classes)
+    if classification:
+        check_labels(train_set, test_set, classes)
     return batches, shape, classes
+
+
+def sample_shape(sample) -> tuple[int, ...]:
+    """The model's input shape, as a factory model is told it (`input_shape`): the first tensor
+    of a sample, whatever the sample's structure (x, y), a dict, ..."""
+    from torch.utils.data import default_collate
+
+    from runner.steps import first_tensor
+
+    tensor = first_tensor(default_collate([sample]))  # as the DataLoader will give it: numpy made tensors
+    if tensor is None:
+        raise bad_input("data.dataset: its samples hold no tensor (a sample is a tensor, or a tuple or dict of them)")
+    return tuple(tensor.shape[1:])
 
 
 def check_labels(train_set, test_set, classes: int) -> None:

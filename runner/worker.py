@@ -111,18 +111,25 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
 
 
 def _write_results(folder: rf.RunFolder, spec: JobSpec, result, world_size: int) -> None:
+    """model.pt, timing.json (with where the time went), the plot, and summary.json (with the
+    run's diagnosis) last."""
     import io
 
     import torch
 
     from runner.plot import plot_loss_curve
 
+    from runner.diagnosis import as_records, diagnose, shares
+
     buffer = io.BytesIO()
     torch.save(result.weights, buffer)
     rf.atomic_write(folder.file("model.pt"), buffer.getvalue())  # the final weights, loadable with torch.load
+    result.timing["shares"] = shares(result.timing)
+    result.summary["diagnosis"] = as_records(diagnose(result.summary, result.timing, spec.model_dump(mode="json")))
     folder.write_json(rf.TIMING, result.timing)
-    plot_loss_curve(result.epochs, f"{spec.name}: {spec.model.name} on {spec.data.dataset} "
-                    f"({result.summary['device']} x{world_size})", folder.file(rf.PLOT))
+    short = [name.rpartition(".")[2] for name in (spec.model.name, spec.data.dataset)]  # pkg.mod:f -> mod:f
+    plot_loss_curve(result.epochs, f"{spec.name}: {short[0]} on {short[1]} ({result.summary['device']} x{world_size})",
+                    folder.file(rf.PLOT))
     folder.write_json(rf.SUMMARY, result.summary)  # last: its presence means the run finished
 
 

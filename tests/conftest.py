@@ -117,6 +117,37 @@ def assert_golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"what is sent changed: compare with {path} (GPUJOB_UPDATE_GOLDEN=1 rewrites it)"
 
 
+# ---- SLURM partition `multi`: two nodes, each in its own network namespace -----------------
+
+SLURM_NODES = ("gpujob-node1", "gpujob-node2")  # as .ci/start-slurm-nodes.sh names them
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes() -> tuple[str, str]:
+    """The two-node cluster of .ci/start-slurm-nodes.sh (two slurmds, each in its own network
+    namespace with its own hostname and address, under this machine's slurmctld), started here
+    when SLURM is installed and this is root. Its node names."""
+    import shutil
+
+    if shutil.which("sbatch") is None:
+        pytest.skip("SLURM is not installed here (sbatch not found); .ci/start-slurm-nodes.sh installs and starts it")
+
+    def up() -> bool:
+        shown = subprocess.run(["sinfo", "-h", "-N", "-p", "multi", "-o", "%N %t"], capture_output=True, text=True,
+                               timeout=30).stdout.split()
+        states = dict(zip(shown[::2], shown[1::2]))
+        return all(states.get(node) in ("idle", "mix", "alloc") and Path(f"/run/netns/{node}").exists()
+                   for node in SLURM_NODES)
+
+    if not up():
+        if os.geteuid() != 0:
+            pytest.skip("partition multi is down, and starting its nodes (network namespaces) needs root")
+        started = subprocess.run(["bash", str(REPO / ".ci/start-slurm-nodes.sh")], capture_output=True, text=True,
+                                 timeout=600)
+        assert started.returncode == 0 and up(), f"could not start the SLURM nodes:\n{started.stderr[-2000:]}"
+    return SLURM_NODES
+
+
 # ---- the Docker image the docker tests (and the credential tests) run ---------------------
 
 TAG = "gpujob:test"

@@ -5,7 +5,9 @@ runner are imported once here, then every run is a fork() of this process, so a 
 milliseconds of start-up rather than seconds. This process itself runs no torch ops
 (forking after OpenMP threads exist is unsafe). Prints one JSON report on stdout.
 
-TRIES runs are killed at random moments. MID_WRITE more are killed while a checkpoint is being
+TRIES runs are killed at random moments: after a random number of the reference run's metric
+records have appeared (so a kill lands during training however long set-up took), plus a random
+fraction of one record's interval. MID_WRITE more are killed while a checkpoint is being
 written, on purpose: their disk is slow (the child pauses in the middle of each checkpoint's
 write), and they are killed as soon as the half-written temp file appears.
 """
@@ -24,6 +26,7 @@ import matplotlib
 import sklearn.datasets  # noqa: F401  (imported before forking, like torch)
 import torch  # noqa: F401
 import torch._dynamo  # noqa: F401  (every optimizer imports it: seconds, paid once here)
+import torch.utils.flop_counter  # noqa: F401  (the summary's FLOP count: likewise)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
@@ -89,6 +92,24 @@ def _kill_mid_write(pid: int, run_dir: Path, limit_s: float) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
+def _records(run_dir: Path) -> int:
+    try:
+        return (run_dir / "metrics.jsonl").read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def _kill_after_records(pid: int, run_dir: Path, records: int, extra_s: float, limit_s: float) -> None:
+    """Kill the child once `records` metric lines are on disk, `extra_s` later."""
+    deadline = time.monotonic() + limit_s
+    while _records(run_dir) < records and time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            raise SystemExit(f"{run_dir.name} ended before it was killed")
+        time.sleep(0.002)
+    time.sleep(extra_s)
+    os.kill(pid, signal.SIGKILL)
+
+
 def main(spec_path: str, out: str, tries: int, seed: int, mid_write: int = 0) -> None:
     spec = load_spec(spec_path)
     out_dir = Path(out)
@@ -96,7 +117,9 @@ def main(spec_path: str, out: str, tries: int, seed: int, mid_write: int = 0) ->
     start = time.monotonic()
     assert _wait(_fork_run(spec, out_dir / "reference", resume=False)) == 0, "reference run failed"
     duration = time.monotonic() - start
-    report = {"reference_s": duration, "tries": []}
+    total = _records(out_dir / "reference")
+    interval = duration / max(total, 1)
+    report = {"reference_s": duration, "records": total, "tries": []}
     for attempt in range(tries + mid_write):
         run_dir = out_dir / f"try-{attempt:02d}"
         targeted = attempt >= tries
@@ -105,9 +128,9 @@ def main(spec_path: str, out: str, tries: int, seed: int, mid_write: int = 0) ->
         if targeted:
             _kill_mid_write(pid, run_dir, limit_s=duration * 10 + 30)
         else:
-            delay = rng.uniform(0.02, 0.7) * duration  # a warm try runs faster than the cold reference
-            time.sleep(delay)
-            os.kill(pid, signal.SIGKILL)
+            after = rng.randrange(0, max(total - 1, 1))
+            delay = rng.uniform(0, 0.5) * interval  # interval includes the cold set-up: overstated
+            _kill_after_records(pid, run_dir, after, delay, limit_s=duration * 10 + 30)
         killed = _wait(pid) == -signal.SIGKILL
         leftovers = [p.name for p in (run_dir / "checkpoints").glob(".step-*.tmp")] if killed else []
         checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))

@@ -1,7 +1,8 @@
-"""One Modal container running one call, as Modal's own container entrypoint runs a sync function
-(modal/_container_entrypoint.py): SIGUSR1, which FunctionCall.cancel() makes Modal send, raises
-InputCancellation wherever the function is; an exception other than that is retried up to the
-function's retries; the return value, or the last exception, is the call's result.
+"""One attempt of one call in one Modal container, as Modal's own container entrypoint runs a
+sync function (modal/_container_entrypoint.py): SIGUSR1, which FunctionCall.cancel() makes
+Modal send, raises InputCancellation wherever the function is (unless the function handles it);
+the return value, or the exception raised, is the attempt's result. Retries, timeouts and
+what the caller sees are tests/modal_standin.py's part, as they are Modal's servers' part.
 
     python -m tests.modal_container REQUEST.json RESULT.json
 
@@ -13,11 +14,10 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from modal.exception import InputCancellation
-
-from runner.backends.modal.backend import ModalRequest
 
 
 def _cancelled(signum, frame):
@@ -25,19 +25,18 @@ def _cancelled(signum, frame):
 
 
 def main(request_file: str, result_file: str) -> None:
-    request = ModalRequest(**json.loads(Path(request_file).read_text()))
     signal.signal(signal.SIGUSR1, _cancelled)
-    result: dict = {}
-    for attempt in range(request.retries + 1):
-        try:
-            result = {"return": request.function().local(request.spec_yaml, request.run_name), "attempts": attempt + 1}
-            break
-        except InputCancellation:
-            result = {"raised": "InputCancellation", "attempts": attempt + 1}
-            break
-        except Exception as err:  # Modal retries the input, which resumes from its checkpoint
-            result = {"raised": type(err).__name__, "message": str(err), "attempts": attempt + 1}
-            print(f"attempt {attempt + 1} raised {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    from runner.backends.modal.backend import ModalRequest
+
+    request = ModalRequest(**json.loads(Path(request_file).read_text()))
+    try:
+        result: dict = {"return": request.function().local(request.spec_yaml, request.run_name)}
+    except InputCancellation:
+        result = {"cancelled": True}
+    except Exception as err:  # Modal logs the traceback and retries the input
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        result = {"raised": type(err).__name__, "message": str(err)}
     tmp = Path(result_file).with_suffix(".part")
     tmp.write_text(json.dumps(result))
     tmp.rename(result_file)

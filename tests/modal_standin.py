@@ -1,126 +1,377 @@
-"""Modal's servers, stood in for by this machine: ModalService's methods, where each call runs in
-its own process as a Modal container would (tests/modal_container.py), the volume is a folder,
-cancel is the SIGUSR1 Modal sends, and logs are the container's output."""
+"""Modal's servers, stood in for by this machine, under gpujob's real ModalService: only Modal's
+client objects (FunctionCall, Volume, App.run, enable_output) are replaced.
+
+A spawned call runs as Modal runs an input: each attempt in its own process, a fresh container
+(tests/modal_container.py); an attempt is killed at the function's timeout, and one that raised
+or timed out is run again, up to the function's retries, after its retry delay (the timeout
+starts again with each attempt). `modal_second` is how long one of Modal's seconds lasts here,
+so a test can meet a 30-minute timeout in a few seconds. FunctionCall.cancel() is the SIGUSR1
+Modal sends the container (with terminate_containers, the container's end) and the input is
+not retried. FunctionCall.get() answers as the installed SDK's does (modal/_functions.py,
+modal/_utils/function_utils.py): the return value; the last attempt's exception; a
+FunctionTimeoutError when the last attempt ran past the timeout; a RemoteError for an input
+that ended cancelled without returning (a TERMINATED result); an OutputExpiredError once Modal
+no longer keeps the result (`expired`); the builtin TimeoutError while it runs. The volume is
+a folder, logs are the containers' output, and `fail_next` makes the next calls of one kind
+meet Modal's own trouble (InternalError, ServiceError, ...)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 from runner.backends.modal.app import VOLUME_PATH_ENV
-from runner.backends.modal.service import CallState, copy_run_folder, outcome
-from runner.stop_signals import INTERRUPTED
+from runner.backends.modal.service import ModalService
 from tests.conftest import REPO
 
 
 class FolderVolume:
-    """modal.Volume's iterdir() and read_file() over a local folder."""
+    """modal.Volume's listdir(), iterdir() and read_file() over a local folder."""
 
-    def __init__(self, root: Path):
-        self.root = root
+    def __init__(self, root: Path, modal: "ContainerModal"):
+        self.root, self.modal = root, modal
 
-    def iterdir(self, path: str, recursive: bool = True):
+    def _entry(self, p: Path):
         from modal.volume import FileEntry, FileEntryType
 
+        kind = FileEntryType.DIRECTORY if p.is_dir() else FileEntryType.FILE
+        return FileEntry(path=str(p.relative_to(self.root)), type=kind, mtime=int(p.stat().st_mtime),
+                         size=p.stat().st_size)
+
+    def listdir(self, path: str, recursive: bool = False):
+        self.modal.trouble("volume")
         base = self.root / path.lstrip("/")
         if not base.exists():
-            raise FileNotFoundError(path)
-        for p in sorted(base.rglob("*")):
-            kind = FileEntryType.DIRECTORY if p.is_dir() else FileEntryType.FILE
-            yield FileEntry(path=str(p.relative_to(self.root)), type=kind, mtime=int(p.stat().st_mtime),
-                            size=p.stat().st_size)
+            return []
+        return [self._entry(p) for p in sorted(base.rglob("*") if recursive else base.iterdir())]
+
+    def iterdir(self, path: str, recursive: bool = True):
+        from modal.exception import NotFoundError
+
+        self.modal.trouble("volume")
+        base = self.root / path.lstrip("/")
+        if not base.exists():
+            raise NotFoundError(f"No such file or directory: {path}")
+        for p in sorted(base.rglob("*") if recursive else base.iterdir()):
+            yield self._entry(p)
 
     def read_file(self, path: str):
+        self.modal.trouble("volume")
         data = (self.root / path).read_bytes()
         for start in range(0, len(data), 4096):
             yield data[start:start + 4096]
 
 
-class ContainerModal:
-    """ModalService's contract over local processes. `interrupt_after` makes an attached start
-    see Ctrl-C once the call has printed that many lines (ModalService cancels the call then)."""
+def image_files(image) -> list[tuple[Path, str]]:
+    """(local file, path in the container) for every local file the image adds (add_local_dir,
+    add_local_file), as Modal's client would upload them: read from the image's own definition."""
+    from modal._utils.async_utils import synchronizer
+    from modal.mount import _Mount
 
-    def __init__(self, volume: Path, scratch: Path, interrupt_after: int | None = None, expired: bool = False):
-        self.volume, self.scratch, self.interrupt_after, self.expired = volume, scratch, interrupt_after, expired
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.cancels: list[str] = []
-        scratch.mkdir(parents=True, exist_ok=True)
+    files, seen, todo = [], set(), [synchronizer._translate_in(image)]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, _Mount) and obj.is_local():
+            for entry in obj.entries:
+                files += [(Path(local), str(remote)) for local, remote in entry.get_files_to_upload()]
+        elif hasattr(obj, "_deps") and obj._deps is not None:
+            todo += list(obj._deps())
+    return files
 
-    def _file(self, call_id: str, kind: str) -> Path:
-        return self.scratch / f"{call_id}.{kind}"
 
-    def run_names(self) -> set[str]:
-        return {p.name for p in self.volume.iterdir()} if self.volume.exists() else set()
+class ContainerCall:
+    """modal.FunctionCall for one input, run attempt by attempt in local processes."""
 
-    def start(self, request, run_name, detach, spawned):
-        assert run_name == request.run_name
-        call_id = f"fc-test-{len(self.procs) + 1}"
-        self._file(call_id, "request").write_text(json.dumps(dataclasses.asdict(request)))
-        with open(self._file(call_id, "log"), "wb") as log:
-            self.procs[call_id] = subprocess.Popen(
-                [sys.executable, "-m", "tests.modal_container", str(self._file(call_id, "request")),
-                 str(self._file(call_id, "result"))], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, VOLUME_PATH_ENV: str(self.volume), "PYTHONUNBUFFERED": "1"})
-        spawned(call_id)
-        if detach:
-            return None
-        shown = 0
+    def __init__(self, modal: "ContainerModal", call_id: str, request):
+        self.modal, self.object_id, self.request = modal, call_id, request
+        self.log_file = modal.scratch / f"{call_id}.log"
+        self.log_file.touch()
+        self.request_file = modal.scratch / f"{call_id}.request.json"
+        self.request_file.write_text(json.dumps(dataclasses.asdict(request)))
+        self.attempts: list[tuple[str, float]] = []  # how each attempt ended, and after how many seconds here
+        self.cancelled = self.terminated = False
+        self.outcome: tuple[str, object] | None = None  # ("return", value) or ("raise", exception)
+        self.proc: subprocess.Popen | None = None
+        self.ended = threading.Event()
+        self.no_retry = threading.Event()
+        self.lock = threading.Lock()
+        self.shown = 0
+        threading.Thread(target=self._run_input, daemon=True).start()
+
+    # ---- what Modal does with the input --------------------------------------------------
+
+    def _run_input(self) -> None:
+        from modal.exception import FunctionTimeoutError, RemoteError
+
+        policy = self.request.options()["retries"]
+        timeout_here = self.request.timeout_s * self.modal.modal_second
+        for attempt in range(1, policy.max_retries + 2):
+            result_file = self.modal.scratch / f"{self.object_id}.attempt-{attempt}.json"
+            with self.lock:
+                if self.cancelled:
+                    break
+                with open(self.log_file, "ab") as log:
+                    self.proc = subprocess.Popen(
+                        [sys.executable, "-m", "tests.modal_container", str(self.request_file), str(result_file)],
+                        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                        env={**self._container_env(), VOLUME_PATH_ENV: str(self.modal.volume),
+                             "PYTHONUNBUFFERED": "1"})
+            began = time.monotonic()
+            try:
+                self.proc.wait(timeout=timeout_here)
+                timed_out = False
+            except subprocess.TimeoutExpired:  # Modal ends the container at the function's timeout
+                self._kill()
+                timed_out = True
+            seconds = time.monotonic() - began
+            result = json.loads(result_file.read_text()) if result_file.exists() else {}
+            if "return" in result:
+                self.attempts.append(("returned", seconds))
+                self.outcome = ("return", result["return"])
+                break
+            if self.cancelled or result.get("cancelled"):
+                self.attempts.append(("cancelled", seconds))
+                break
+            if timed_out:
+                self.attempts.append(("timed out", seconds))
+                error = FunctionTimeoutError(f"Function timed out after {self.request.timeout_s} s")
+            elif "raised" in result:
+                self.attempts.append(("raised", seconds))
+                error = _remote_exception(result["raised"], result["message"])
+            else:
+                self.attempts.append((f"exited {self.proc.returncode}", seconds))
+                error = RemoteError(f"the container exited with code {self.proc.returncode} and no result")
+            self.outcome = ("raise", error)
+            if attempt <= policy.max_retries:  # retried after the policy's delay, unless cancelled meanwhile
+                delay = policy.initial_delay.total_seconds() * policy.backoff_coefficient ** (attempt - 1)
+                if self.no_retry.wait(delay * self.modal.modal_second):
+                    break
+        if self.cancelled and (self.outcome is None or self.outcome[0] == "raise"):
+            # A cancelled input that did not return: a TERMINATED result, which the SDK's
+            # _process_result raises as RemoteError(result.exception), empty for a cancellation.
+            self.outcome = ("raise", RemoteError(""))
+        self.ended.set()
+
+    def _container_env(self) -> dict[str, str]:
+        """The container's environment: none of this machine's Python paths, and the image's
+        local files where the image puts them (the job's own code at CODE_MOUNT, in a folder here)."""
+        env = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH")}
+        from runner.backends.modal.app import CODE_MOUNT, CODE_MOUNT_ENV
+
+        # gpujob's own runner/ is the one here (the tests' checkout); the job's code is what the image adds.
+        files = [(local, remote) for local, remote in image_files(self.request.image())
+                 if remote.startswith(f"{CODE_MOUNT}/")]
+        if files:
+            root = self.modal.scratch / f"{self.object_id}.image"
+            for local, remote in files:
+                target = root / remote.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(local, target)
+            env[CODE_MOUNT_ENV] = str(root / CODE_MOUNT.lstrip("/"))
+        return env
+
+    def _kill(self) -> None:
         try:
-            while True:
-                lines = self._file(call_id, "log").read_text().splitlines()
-                for line in lines[shown:]:
-                    print(line, flush=True)
-                shown = len(lines)
-                if self.interrupt_after is not None and shown >= self.interrupt_after:
-                    raise KeyboardInterrupt
-                if self.procs[call_id].poll() is not None:
-                    return self.poll(call_id)
-                time.sleep(0.05)
-        except KeyboardInterrupt:
-            self.cancel(call_id)  # what ModalService.start does when Ctrl-C reaches it
-            self.procs[call_id].wait(timeout=120)
-            raise
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
-    def poll(self, call_id: str) -> CallState:
-        if self.procs[call_id].poll() is None:
-            return CallState("running")
-        if self.expired:
-            return CallState("ended")
-        result = json.loads(self._file(call_id, "result").read_text())
-        if "return" in result:
-            return outcome(result["return"])
-        if result["raised"] == "InputCancellation":
-            return CallState("failed", INTERRUPTED, "the call was cancelled")
-        return CallState("failed", 1, f"{result['raised']}: {result['message']}")
+    # ---- modal.FunctionCall ----------------------------------------------------------------
 
-    def cancel(self, call_id: str) -> None:
-        self.cancels.append(call_id)
-        if self.procs[call_id].poll() is None:
-            self.procs[call_id].send_signal(signal.SIGUSR1)
+    def get(self, timeout: float | None = None):
+        from modal.exception import OutputExpiredError
 
-    def logs(self, call_id: str, follow: bool):
+        self.modal.trouble("get")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.ended.is_set():
+            self._echo()
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError()  # the builtin one: no result yet
+            time.sleep(0.05)
+        self._echo()
+        if self.modal.expired:
+            raise OutputExpiredError()
+        kind, value = self.outcome
+        if kind == "raise":
+            raise value
+        return value
+
+    def cancel(self, terminate_containers: bool = False) -> None:
+        self.modal.trouble("cancel")
+        self.modal.cancels.append(self.object_id)
+        with self.lock:
+            self.cancelled = True
+            self.no_retry.set()
+            if self.proc is not None and self.proc.poll() is None:
+                if terminate_containers:
+                    self._kill()
+                else:
+                    self.proc.send_signal(signal.SIGUSR1)  # what Modal sends a sync function's container
+
+    @property
+    def logs(self):
+        return SimpleNamespace(tail=self._tail, stream=self._stream)
+
+    def _lines(self) -> list[str]:
+        text = self.log_file.read_text(errors="replace")
+        ended = self.ended.is_set()
+        return text.splitlines() if ended else text.splitlines()[:text.count("\n")]  # whole lines only
+
+    def _entry(self, line: str):
+        from modal.types import LogEntry
+
+        return LogEntry(message=line + "\n", timestamp=datetime.now(timezone.utc), source="stdout",
+                        object_id=self.object_id, context_ids=[self.object_id])
+
+    def _tail(self, entries: int = 100):
+        self.modal.trouble("logs")
+        for line in self._lines()[-entries:]:
+            yield self._entry(line)
+
+    def _stream(self, timeout: float | None = None):
+        self.modal.trouble("logs")
         shown = 0
         while True:
-            running = self.procs[call_id].poll() is None
-            lines = self._file(call_id, "log").read_text().splitlines()
-            yield from lines[shown:]
+            ended = self.ended.is_set()
+            lines = self._lines()
+            for line in lines[shown:]:
+                yield self._entry(line)
             shown = len(lines)
-            if not (follow and running):
+            if ended:
                 return
             time.sleep(0.1)
 
-    def download(self, run_name, dest):
-        try:
-            return copy_run_folder(FolderVolume(self.volume), run_name, dest)
-        except FileNotFoundError:
-            return []
+    def _echo(self) -> None:
+        """modal.enable_output(): the container's output printed here while the app runs; and the
+        user's Ctrl-C (a real SIGINT to this process) once `interrupt_after` lines have shown."""
+        if not self.modal.echoing:
+            return
+        lines = self._lines()
+        for line in lines[self.shown:]:
+            print(line, flush=True)
+        self.shown = len(lines)
+        after = self.modal.interrupt_after
+        if after is not None and self.shown >= after and not self.modal.interrupted:
+            self.modal.interrupted = True
+            os.kill(os.getpid(), signal.SIGINT)
 
-    def wait_all(self) -> None:
-        for proc in self.procs.values():
-            proc.wait(timeout=300)
+
+def _remote_exception(name: str, message: str) -> BaseException:
+    """The exception the function raised, as the SDK deserializes it (builtins by name here)."""
+    import builtins
+
+    from modal.exception import RemoteError
+
+    kind = getattr(builtins, name, None)
+    if isinstance(kind, type) and issubclass(kind, Exception):
+        return kind(message)
+    return RemoteError(f"{name}: {message}")
+
+
+class ContainerModal(ModalService):
+    """gpujob's ModalService, its Modal client objects stood in for (see the module's docstring).
+    `interrupt_after`: the user presses Ctrl-C once an attached submit has shown that many lines."""
+
+    def __init__(self, volume: Path, scratch: Path, interrupt_after: int | None = None, modal_second: float = 1.0,
+                 expired: bool = False):
+        self.volume, self.scratch = volume, scratch
+        self.interrupt_after, self.modal_second, self.expired = interrupt_after, modal_second, expired
+        self.calls: dict[str, ContainerCall] = {}
+        self.cancels: list[str] = []
+        self.app_runs: list[bool] = []  # each app.run(detach=...)
+        self.echoing = self.interrupted = False
+        self.failures: dict[str, list[BaseException]] = {}
+        scratch.mkdir(parents=True, exist_ok=True)
+        self.modal = SimpleNamespace(FunctionCall=SimpleNamespace(from_id=self.call),
+                                     Volume=SimpleNamespace(from_name=self._volume_named),
+                                     enable_output=self._enable_output)
+
+    # ---- the test's handles -----------------------------------------------------------------
+
+    def fail_next(self, kind: str, *errors: BaseException) -> None:
+        """The next calls of `kind` (get, cancel, logs, volume, spawn) raise `errors`, one each."""
+        self.failures.setdefault(kind, []).extend(errors)
+
+    def trouble(self, kind: str) -> None:
+        if self.failures.get(kind):
+            raise self.failures[kind].pop(0)
+
+    def call(self, call_id: str) -> ContainerCall:
+        return self.calls[call_id]
+
+    def wait_all(self, timeout: float = 300) -> None:
+        for call in self.calls.values():
+            assert call.ended.wait(timeout), f"call {call.object_id} still runs after {timeout} s"
+
+    def stop_all(self) -> None:
+        for call in self.calls.values():
+            call.no_retry.set()
+            call.cancelled = True
+            if call.proc is not None and call.proc.poll() is None:
+                call._kill()
+
+    # ---- Modal's client objects ---------------------------------------------------------------
+
+    def _volume_named(self, name: str, create_if_missing: bool = False) -> FolderVolume:
+        return FolderVolume(self.volume, self)
+
+    @contextmanager
+    def _enable_output(self):
+        self.echoing = True
+        try:
+            yield
+        finally:
+            self.echoing = False
+
+    @contextmanager
+    def _app_run(self, detach: bool = False):
+        """modal.App.run(): an ephemeral app; like Modal's runner, it swallows a KeyboardInterrupt
+        raised inside its block ("Disconnecting from Modal")."""
+        self.app_runs.append(detach)
+        try:
+            yield
+        except KeyboardInterrupt:
+            return
+
+    def start(self, request, run_name, detach, spawned):
+        """ModalService.start itself, with the App's run() and the function's spawn() stood in for."""
+        app = request.app()
+        assert run_name == request.run_name
+        service = self
+
+        class Spawning:
+            spec_yaml = request.spec_yaml
+
+            @staticmethod
+            def app():
+                return app
+
+            @staticmethod
+            def function():
+                return SimpleNamespace(spawn=lambda spec_yaml, name: service._spawn(request, spec_yaml, name))
+
+        with mock.patch.object(app, "run", self._app_run):
+            return super().start(Spawning, run_name, detach, spawned)
+
+    def _spawn(self, request, spec_yaml: str, run_name: str) -> ContainerCall:
+        self.trouble("spawn")
+        assert (spec_yaml, run_name) == (request.spec_yaml, request.run_name)
+        call_id = f"fc-test-{len(self.calls) + 1}"
+        self.calls[call_id] = ContainerCall(self, call_id, request)
+        return self.calls[call_id]

@@ -116,11 +116,31 @@ class Probe(nn.Module):
     def forward(self, x):
         import torch
 
-        SEEN_COMPILING.append(torch.compiler.is_compiling())
         hidden = self.net[1](self.net[0](x))
-        SEEN_DTYPES.append(str(hidden.dtype))
+        if x.device.type != "meta":  # gpujob counting FLOPs and memory on the meta device is not training
+            SEEN_COMPILING.append(torch.compiler.is_compiling())
+            SEEN_DTYPES.append(str(hidden.dtype))
         return self.net[3](self.net[2](hidden))
 
 
 def probe(num_classes: int, input_shape) -> nn.Module:
     return Probe(num_classes, input_shape)
+
+
+class SlowBlobs(Blobs):
+    """Blobs whose every sample takes `delay_s` to make, like a notebook's per-sample decoding and
+    transforms feeding a device that has little to do: the pattern gpujob must call data-bound."""
+
+    def __init__(self, train: bool, root: str, samples: int = 512, delay_s: float = 0.002):
+        super().__init__(train, root, samples)
+        self.delay_s = delay_s
+
+    def __getitem__(self, i):
+        import time
+
+        time.sleep(self.delay_s)
+        return super().__getitem__(i)
+
+
+def slow_blobs(train: bool, root: str, **args) -> Dataset:
+    return SlowBlobs(train, root, **args)

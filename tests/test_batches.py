@@ -56,3 +56,26 @@ def test_epochs_are_shuffled_differently_but_reproducibly():
     a1, a2 = train_order(1000, 10, 0, 1, Shard()), train_order(1000, 10, 0, 2, Shard())
     assert not torch.equal(a1[0], a2[0])
     assert all(torch.equal(x, y) for x, y in zip(a1, train_order(1000, 10, 0, 1, Shard())))
+
+
+def test_a_split_kept_in_host_memory_gives_exactly_the_batches_of_one_on_the_device(fashion_root):
+    """Where a split would take more than its share of GPU memory it stays in (pinned) host memory:
+    the same batches, in the same order, normalised the same way."""
+    info = BUILTIN_INFO["fashion_mnist"]
+    data = DataSpec(dataset="fashion_mnist", root=str(fashion_root), download=False, batch_size=100)
+    splits = load_image_tensors(data, True), load_image_tensors(data, False)
+    on_device, on_host = (TensorBatches(*splits, info.mean, info.std, torch.device("cpu"), 100, 7, Shard(), home=h)
+                          for h in ("device", "pinned host memory"))
+    assert (on_device.home, on_host.home) == ("device", "pinned host memory")
+    for a, b in ((on_device.train(1), on_host.train(1)), (on_device.test(), on_host.test())):
+        for (ax, ay), (bx, by) in zip(a, b, strict=True):
+            assert torch.equal(ax, bx) and torch.equal(ay, by)
+
+
+def test_data_stays_on_the_gpu_only_within_its_share_of_the_gpus_memory():
+    from runner.batches import DEVICE_DATA_FRACTION, data_home
+
+    gpu, gib = torch.device("cuda", 0), 2**30
+    assert data_home(int(DEVICE_DATA_FRACTION * 16 * gib), gpu, 16 * gib) == "device"  # e.g. CIFAR-10 on a T4
+    assert data_home(int(DEVICE_DATA_FRACTION * 16 * gib) + 1, gpu, 16 * gib) == "pinned host memory"
+    assert data_home(10**12, torch.device("cpu")) == "device"  # a CPU's data is in its memory already

@@ -19,8 +19,9 @@ def _epochs(run):
     return [m for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "epoch"]
 
 
-def _gpujob_workers() -> list[str]:
-    out = subprocess.run(["pgrep", "-af", "runner.cli run .* --worker"], capture_output=True, text=True)
+def _gpujob_workers(under) -> list[str]:
+    """The workers still alive of runs under this folder (other tests may be training beside us)."""
+    out = subprocess.run(["pgrep", "-af", f"runner.cli run .*{under}.* --worker"], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if "pgrep" not in line]
 
 
@@ -70,7 +71,7 @@ def test_a_failing_rank_stops_the_job_with_its_error(write_spec, tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     assert "planted failure" in (run / "rank-1.log").read_text()
     assert not (run / "summary.json").exists()
-    assert _gpujob_workers() == []
+    assert _gpujob_workers(tmp_path) == []
 
 
 def test_a_hung_rank_is_caught_by_the_collective_timeout(write_spec, tmp_path):
@@ -84,7 +85,7 @@ def test_a_hung_rank_is_caught_by_the_collective_timeout(write_spec, tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     assert (run / "rank-1.log").exists()
     assert elapsed < 90  # 5 s collective timeout, plus start-up; not the 5 min job timeout
-    assert _gpujob_workers() == []
+    assert _gpujob_workers(tmp_path) == []
 
 
 def test_run_spans_two_nodes_started_by_hand(fashion_spec, tmp_path):

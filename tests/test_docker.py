@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,7 @@ from runner.backends.docker.backend import container_run, docker_run_command
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.docker.image import build_command, engine_available
 from runner.spec import load_spec
-from tests.conftest import REPO, TAG, _build, assert_golden, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
+from tests.conftest import REPO, TAG, _build, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json", "model.pt")
 
@@ -65,6 +68,51 @@ def test_a_spec_error_inside_the_container_is_exit_2_with_one_line(image, write_
     assert out.returncode == 2, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("gpujob: docker: data.root") and "mnist" in last
+
+
+@needs_engine
+def test_a_job_past_its_time_limit_stops_with_a_checkpoint_and_exit_1_naming_its_folder(image, write_spec,
+                                                                                       tmp_path):
+    spec = _digits_spec(write_spec, model={"name": "cnn"}, resources={"timeout_minutes": 0.1},
+                        train={"epochs": 100, "log_every_steps": 10})
+    out = cli_subprocess("submit", spec, "--backend", "docker", "--runs-dir", tmp_path / "runs", timeout=300)
+    assert out.returncode == 1, out.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    said = next(line for line in out.stderr.splitlines() if line.startswith("gpujob: docker: "))
+    assert said.startswith("gpujob: docker: the job failed (exit 1): the job ran past resources.timeout_minutes "
+                           "(0.1 min) and was stopped at step "), said
+    assert said.endswith(f"checkpoint saved; resume with: gpujob resume {run}"), "the folder as named here"
+    assert f"/runs/{run.name}" not in out.stdout.replace(str(run), "") + out.stderr.replace(str(run), "")
+    assert out.stdout.strip().splitlines()[-1] == str(run)
+    assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()
+
+
+@needs_engine
+def test_ctrl_c_stops_the_container_after_a_checkpoint_and_is_exit_130_with_the_resume_hint(image, write_spec,
+                                                                                           tmp_path):
+    runs = tmp_path / "runs"
+    spec = _digits_spec(write_spec, model={"name": "cnn"}, train={"epochs": 100, "log_every_steps": 10})
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "submit", str(spec), "--backend", "docker",
+                             "--runs-dir", str(runs)], cwd=REPO, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    wait_for(lambda: (runs.is_dir() and any(len(read_jsonl_if(run / "metrics.jsonl")) >= 2 for run in runs.iterdir()))
+             or proc.poll() is not None, "the container's first steps", timeout=300)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(signal.SIGINT)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)  # train.stop_grace_s (30 s) is what it may take
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    (run,) = runs.iterdir()
+    assert stderr.strip().splitlines()[-1] == (f"gpujob: docker: interrupted; the job saved a checkpoint in {run}; "
+                                               f"continue it with: gpujob resume {run}")
+    assert stdout.strip().splitlines()[-1] == str(run)
+    assert list((run / "checkpoints").glob("step-*.pt")), "the job saved a checkpoint before the container stopped"
+    assert not (run / "summary.json").exists(), "the job was stopped, not left to run to its end"
+    left = subprocess.run(["docker", "ps", "-a", "-q", "--filter", f"name=gpujob-{run.name}"], capture_output=True,
+                          text=True)
+    assert left.stdout.strip() == ""
 
 
 @needs_engine
@@ -115,12 +163,27 @@ def test_the_default_base_brings_no_second_torch_stack():
     assert "torch" not in default or f":{pinned}-" in default, (default, pinned)
 
 
+def _build_steps(output: str) -> dict[str, str]:
+    """BuildKit's plain progress as {step: how it ended}: "#7 [stage-0 2/5] RUN ..." names step 7,
+    "#7 CACHED" (or DONE, ERROR) says how it ended."""
+    titles, ends = {}, {}
+    for line in output.splitlines():
+        if named := re.match(r"#(\d+) (\[.*)$", line):
+            titles[named[1]] = named[2]
+        elif ended := re.match(r"#(\d+) (CACHED|DONE|ERROR)\b", line):
+            ends[ended[1]] = ended[2]
+    return {title: ends.get(number, "unfinished") for number, title in titles.items()}
+
+
 @needs_engine
 def test_a_second_build_comes_from_the_cache(image):
+    """The heavy step (installing the pinned torch stack, minutes uncached) is not run again."""
     out, seconds = _build()
     assert out.returncode == 0, out.stderr[-2000:]
     print(f"\ncached image build: {seconds:.1f} s")
-    assert seconds < 120
+    steps = _build_steps(out.stdout + out.stderr)
+    deps = [end for title, end in steps.items() if "install.sh deps" in title]
+    assert deps == ["CACHED"], f"the dependency install ran again: {deps}\n{out.stderr[-3000:]}"
 
 
 # ---- the command, without an engine ------------------------------------------------------
@@ -162,10 +225,33 @@ def test_a_card_the_images_torch_cannot_run_is_refused(write_spec, tmp_path):
     assert err.value.exit_code == 2 and "V100 (compute capability 7.0) is too old" in err.value.message
 
 
-def test_a_factory_in_the_spec_makes_this_folder_importable(write_spec, tmp_path):
+def test_a_factory_in_the_spec_is_imported_from_the_runs_copy_of_the_code(write_spec, tmp_path):
+    """Not this folder, mounted whole: the run's job/code (what runner/user_code.py ships), which
+    the container sees at /job/code."""
     spec = _spec(write_spec, model={"name": "mypkg.models:build"})
     run = container_run(spec, tmp_path, nvidia=False, cwd=tmp_path)
-    assert (tmp_path.resolve(), "/src", "ro") in run.mounts and run.env["PYTHONPATH"] == "/src"
+    assert run.env["GPUJOB_SHIPPED_CODE"] == "/job/code" and "PYTHONPATH" not in run.env
+    assert [inside for _, inside, _ in run.mounts] == ["/runs"]
+
+
+@needs_engine
+def test_the_users_own_model_data_and_step_run_in_the_container(image, tmp_path):
+    """The regression example, submitted from another folder: the container imports the copy of
+    its code in the run's job/code, and nothing else of this machine."""
+    from tests.test_user_code import example
+
+    spec = example(tmp_path, "regression", train={"epochs": 2}, docker={"image": TAG})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = cli_subprocess("submit", spec, "--backend", "docker", "--runs-dir", tmp_path / "runs", timeout=600,
+                         cwd=elsewhere)
+    assert out.returncode == 0, out.stderr + out.stdout[-2000:]
+    folder = Path(out.stdout.strip().splitlines()[-1])
+    assert (folder / "job" / "code" / "gpujob_examples" / "regression.py").is_file()
+    argv = json.loads((folder / "job" / "docker-run.json").read_text())["argv"]
+    assert not any(str(spec.parent) in arg for arg in argv)  # the spec's folder itself is not mounted
+    last = [r for r in read_jsonl(folder / "metrics.jsonl") if r["kind"] == "epoch"][-1]
+    assert set(last["test_metrics"]) == {"mae"} and last["test_accuracy"] is None
 
 
 def test_container_exit_codes_mean_what_local_ones_do(tmp_path):
@@ -185,14 +271,56 @@ def test_the_build_takes_the_base_and_the_ca_as_a_secret(tmp_path):
     assert [arg for arg in command if "ca.pem" in arg] == [f"id=extra_ca,src={tmp_path / 'ca.pem'}"]
 
 
+FAKE_DOCKER = """#!/bin/sh
+# The docker CLI as an engine answers it. Each call goes to $FAKE_DIR/calls; FAKE_* pick the answers.
+echo "$*" >> "$FAKE_DIR/calls"
+case "$1" in
+  info)  case "$*" in *Runtimes*) echo "$FAKE_RUNTIMES";; *) echo 20.10.24;; esac
+         exit "${FAKE_INFO:-1}";;
+  image) exit "${FAKE_IMAGE:-1}";;
+  run)   if [ "${FAKE_RUN:-runs}" = runs ]; then
+           # A container that runs until `docker stop` sends it SIGTERM (then it exits 143), or
+           # ends by itself after 20 s: a test of a broken stop fails, it does not hang.
+           echo $$ > "$FAKE_DIR/run.pid"; trap 'exit 143' TERM; echo "the job is running"
+           i=0; while [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done; exit 0
+         fi
+         echo "docker: Error response from daemon: $FAKE_RUN" >&2; exit 125;;
+  stop)  kill -TERM "$(cat "$FAKE_DIR/run.pid")"; exit 0;;
+  build) exit "${FAKE_BUILD:-0}";;
+  push)  exit "${FAKE_PUSH:-0}";;
+esac
+exit 1
+"""
+
+
 @pytest.fixture
 def fake_docker(tmp_path):
-    """A `docker` command first on PATH: `info` answers with FAKE_INFO's code, images are missing."""
+    """A `docker` command first on PATH: `info` answers with FAKE_INFO's code (its runtimes are
+    FAKE_RUNTIMES), images are there when FAKE_IMAGE=0, `run` runs until stopped (or fails to
+    start with FAKE_RUN's message), `build` and `push` exit FAKE_BUILD and FAKE_PUSH; `calls()`
+    lists the calls made."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "docker").write_text('#!/bin/sh\ncase "$1" in info) exit "${FAKE_INFO:-1}";; *) exit 1;; esac\n')
+    (bin_dir / "docker").write_text(FAKE_DOCKER)
     (bin_dir / "docker").chmod(0o755)
-    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return FakeDocker({"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_DIR": str(tmp_path),
+                       "FAKE_RUNTIMES": '{"runc":{"path":"runc"}}'}, tmp_path / "calls")
+
+
+class FakeDocker(dict):
+    """The environment that puts the fake first on PATH (for cli_subprocess's env=)."""
+
+    def __init__(self, env: dict, calls_file: Path):
+        super().__init__(env)
+        self.calls_file = calls_file
+
+    def calls(self) -> list[str]:
+        return self.calls_file.read_text().splitlines() if self.calls_file.exists() else []
+
+    def use(self, monkeypatch, **answers: str) -> None:
+        """Put the fake in this process's environment, for the in-process `cli`."""
+        for key, value in {**self, **answers}.items():
+            monkeypatch.setenv(key, value)
 
 
 def test_no_engine_is_exit_3_with_what_to_do(write_spec, fake_docker):
@@ -205,6 +333,89 @@ def test_no_engine_is_exit_3_with_what_to_do(write_spec, fake_docker):
 def test_a_missing_image_is_exit_3_naming_the_build_command(write_spec, fake_docker):
     out = cli_subprocess("submit", write_spec(), "--backend", "docker", env={**fake_docker, "FAKE_INFO": "0"})
     assert out.returncode == 3 and "gpujob image build --tag gpujob:latest" in out.stderr
+
+
+def test_no_docker_command_is_exit_3_naming_what_to_install(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    for args in (("submit", write_spec(), "--backend", "docker", "--runs-dir", tmp_path / "runs"), ("image", "build")):
+        result = cli(*args)
+        assert result.exit_code == 3, result.stderr
+        assert result.stderr.strip() == ("gpujob: docker: the docker command is not installed; install Docker Engine "
+                                         "(https://docs.docker.com/engine/install/)")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_gpus_are_used_where_the_engine_has_nvidias_runtime_or_its_hook_is_installed(fake_docker, monkeypatch):
+    from runner.backends.docker.image import nvidia_runtime_available
+
+    bin_dir = Path(fake_docker["PATH"].split(os.pathsep)[0])
+    fake_docker.use(monkeypatch, FAKE_INFO="0", PATH=str(bin_dir))  # only the fake: no NVIDIA tool of this host
+    assert not nvidia_runtime_available()
+    monkeypatch.setenv("FAKE_RUNTIMES", '{"nvidia":{"path":"nvidia-container-runtime"},"runc":{"path":"runc"}}')
+    assert nvidia_runtime_available()
+    monkeypatch.setenv("FAKE_RUNTIMES", '{"runc":{"path":"runc"}}')
+    hook = bin_dir / "nvidia-container-runtime-hook"  # what `docker run --gpus` calls
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    assert nvidia_runtime_available()
+
+
+def test_a_container_that_does_not_start_is_exit_1_with_dockers_reason(write_spec, tmp_path, fake_docker,
+                                                                     monkeypatch):
+    fake_docker.use(monkeypatch, FAKE_INFO="0", FAKE_IMAGE="0", FAKE_RUN="invalid mount config for type bind")
+    result = cli("submit", _digits_spec(write_spec), "--backend", "docker", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.strip() == ("gpujob: docker: the container did not start: docker: Error response from "
+                                     "daemon: invalid mount config for type bind")
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.strip().splitlines()[-1] == str(run)  # the last line is the run folder, failed or not
+
+
+def test_past_its_time_limit_the_container_is_stopped_and_it_is_exit_1(write_spec, tmp_path, fake_docker,
+                                                                      monkeypatch):
+    """The backstop for a job that does not stop itself (a hung start-up): past timeout_minutes
+    and a grace of TIMEOUT_GRACE_S (2 min; none here), `docker stop` with train.stop_grace_s."""
+    fake_docker.use(monkeypatch, FAKE_INFO="0", FAKE_IMAGE="0")
+    monkeypatch.setattr("runner.backends.docker.backend.TIMEOUT_GRACE_S", 0)
+    spec = _digits_spec(write_spec, resources={"timeout_minutes": 0.05}, train={"stop_grace_s": 7})
+    started = time.monotonic()
+    result = cli("submit", spec, "--backend", "docker", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1, result.stderr
+    assert 3 <= time.monotonic() - started < 30
+    (run,) = (tmp_path / "runs").iterdir()
+    assert f"stop --time 7 gpujob-{run.name}" in fake_docker.calls()
+    assert result.stderr.strip() == ("gpujob: docker: the job ran past resources.timeout_minutes (0.05 min); the "
+                                     f"container was stopped; its last checkpoint is in {run}")
+    assert result.stdout.strip().splitlines()[-1] == str(run)
+
+
+def test_a_failed_build_or_push_is_exit_1(fake_docker, monkeypatch):
+    fake_docker.use(monkeypatch, FAKE_INFO="0", FAKE_BUILD="1")
+    failed = cli("image", "build", "--tag", "gpujob:broken")
+    assert failed.exit_code == 1 and "docker build failed (exit 1)" in failed.stderr
+    fake_docker.use(monkeypatch, FAKE_INFO="0", FAKE_BUILD="0", FAKE_PUSH="1")
+    refused = cli("image", "build", "--tag", "registry.example/me/gpujob:1", "--push")
+    assert refused.exit_code == 1
+    assert "docker push registry.example/me/gpujob:1 failed (exit 1); are you logged in" in refused.stderr
+    assert [call.split()[0] for call in fake_docker.calls() if call.split()[0] in ("build", "push")] == \
+        ["build", "build", "push"]
+
+
+def test_a_push_without_a_registry_is_exit_2_before_anything_is_built(fake_docker, monkeypatch):
+    fake_docker.use(monkeypatch, FAKE_INFO="0")
+    result = cli("image", "build", "--tag", "gpujob:1", "--push")
+    assert result.exit_code == 2 and "--push: gpujob:1 names no registry or account" in result.stderr
+    assert not [call for call in fake_docker.calls() if call.startswith("build")]
+
+
+def test_building_without_a_dockerfile_is_exit_2(tmp_path):
+    """What `gpujob image build` says when gpujob is installed outside a checkout."""
+    from runner.backends.docker.image import build_image
+    from runner.errors import GpujobError
+
+    with pytest.raises(GpujobError) as err:
+        build_image("gpujob:1", context=tmp_path)
+    assert err.value.exit_code == 2 and f"no Dockerfile in {tmp_path}" in err.value.message
 
 
 def test_bad_build_and_gpu_options_are_exit_2(write_spec, tmp_path):

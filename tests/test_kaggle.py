@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import py_compile
 import subprocess
 import sys
@@ -64,6 +65,34 @@ def test_a_non_empty_folder_is_never_overwritten(write_spec, tmp_path):
     result = cli("export", "kaggle", _spec(write_spec), tmp_path / "k")
     assert result.exit_code == 2 and "never overwrites" in result.stderr
     assert [p.name for p in (tmp_path / "k").iterdir()] == ["notes.txt"]
+    assert (tmp_path / "k" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("dataset", ["fashionmnist", "zalando-research/fashionmnist/v2", "owner/slug with spaces",
+                                     "https://www.kaggle.com/datasets/zalando-research/fashionmnist"])
+def test_a_dataset_that_is_not_owner_slug_is_exit_2_and_nothing_is_written(write_spec, tmp_path, dataset):
+    result = cli("export", "kaggle", _spec(write_spec), tmp_path / "k", "--dataset", "ok-owner/ok.slug",
+                 "--dataset", dataset)
+    assert result.exit_code == 2, result.stdout
+    assert result.stderr.strip() == (f"gpujob: --dataset {dataset}: expected OWNER/SLUG, e.g. "
+                                     "zalando-research/fashionmnist")
+    assert not (tmp_path / "k").exists()
+
+
+def test_an_output_path_that_is_a_file_is_exit_2(write_spec, tmp_path):
+    (tmp_path / "k").write_text("mine")
+    result = cli("export", "kaggle", _spec(write_spec), tmp_path / "k")
+    assert result.exit_code == 2 and "not an empty folder" in result.stderr
+    assert (tmp_path / "k").read_text() == "mine"
+
+
+def test_outside_a_gpujob_checkout_the_export_is_exit_3(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(kaggle_export, "PYPROJECT", tmp_path / "elsewhere" / "pyproject.toml")
+    result = cli("export", "kaggle", _spec(write_spec), tmp_path / "k")
+    assert result.exit_code == 3, result.stdout
+    assert result.stderr.strip() == (f"gpujob: export kaggle: {tmp_path / 'elsewhere' / 'pyproject.toml'} is "
+                                     "missing; run it from a gpujob checkout")
+    assert not (tmp_path / "k").exists()
 
 
 def test_internet_is_on_only_for_a_download_or_a_requirement_kaggles_image_lacks(write_spec, tmp_path,
@@ -112,6 +141,29 @@ def test_the_script_runs_the_job_from_its_own_copy_of_gpujob(write_spec, tmp_pat
     assert summary["epochs"] == 2 and summary["test_accuracy"] > 0.5
     assert [r["epoch"] for r in read_jsonl(folder / "metrics.jsonl") if "test_accuracy" in r] == [1, 2]
     assert not (working / "data").exists()  # datasets stay out of the kernel's output
+
+
+def test_the_script_carries_the_users_own_code_and_runs_the_job_with_it(tmp_path, stub_pip):
+    """The regression example: the script holds its code (the kernel sees nothing of this
+    machine), unpacks it beside gpujob's source and runs the job with the user's step."""
+    from tests.test_user_code import example
+
+    spec = example(tmp_path, "regression", train={"epochs": 2})
+    exported = cli("export", "kaggle", spec, tmp_path / "kernel")
+    assert exported.exit_code == 0, exported.stderr
+    shutil.rmtree(spec.parent)  # the kernel has only its one file
+    working = tmp_path / "working"
+    stub, _ = stub_pip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPUJOB_KAGGLE_SKIP_INSTALL",
+                                                             "GPUJOB_CODE_PATHS")}
+    env.update(GPUJOB_KAGGLE_OUTPUT=str(working), PYTHONPATH=str(stub))
+    out = subprocess.run([sys.executable, str(tmp_path / "kernel" / CODE_FILE)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "gpujob: your code: gpujob_examples" in out.stdout
+    folder = working / "runs" / "regression"
+    last = [r for r in read_jsonl(folder / "metrics.jsonl") if r["kind"] == "epoch"][-1]
+    assert set(last["test_metrics"]) == {"mae"} and last["test_accuracy"] is None
 
 
 def _load_script(path):

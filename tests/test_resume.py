@@ -214,8 +214,8 @@ def test_sigterm_stops_every_ddp_worker_and_resume_continues(fashion_spec, tmp_p
     assert proc.returncode == 143, stderr
     assert f"gpujob resume {run}" in stderr
     assert CheckpointStore(run).paths()
-    out = subprocess.run(["pgrep", "-f", "runner.cli run .* --worker"], capture_output=True, text=True)
-    assert out.stdout.strip() == ""
+    out = subprocess.run(["pgrep", "-f", f"runner.cli run .*{run}.* --worker"], capture_output=True, text=True)
+    assert out.stdout.strip() == ""  # this run's workers only: other tests may be training beside it
     resumed = cli("resume", run)
     assert resumed.exit_code == 0, resumed.stderr
     ours, ref = _curve(run), _curve(reference)

@@ -15,9 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
+from runner.backends.slurm.commands import FINAL_STATES
 from runner.backends.slurm.script import sbatch_script
 from runner.checkpoint import CheckpointStore
+from runner.run_record import read as read_record
 from runner.spec import load_spec
 from tests.conftest import REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
@@ -46,13 +50,61 @@ def _submit_in_background(spec: Path, runs: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for_metrics(runs: Path, containing: str = "", timeout_s: float = 120) -> None:
-    """Until a run folder under `runs` has a metrics.jsonl holding `containing` (or the time is up)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not any(
-            containing in (run / "metrics.jsonl").read_text()
-            for run in runs.glob("*") if (run / "metrics.jsonl").exists()):
-        time.sleep(0.2)
+def _steps(run: Path) -> list[int]:
+    return [m["step"] for m in read_jsonl_if(run / "metrics.jsonl") if m["kind"] == "step"]
+
+
+def _only_run(runs: Path, proc: subprocess.Popen) -> Path:
+    """The one run folder under `runs`, once the submit running as `proc` has made it."""
+    wait_for(lambda: (runs.is_dir() and any(runs.iterdir())) or proc.poll() is not None, f"a run folder under {runs}")
+    assert runs.is_dir(), f"the submit ended without a run folder:\n{proc.stderr.read()[-2000:]}"
+    (run,) = runs.iterdir()
+    return run.resolve()
+
+
+def _job_state(job_id: str) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job_id], capture_output=True, text=True).stdout
+    return next((item.split("=", 1)[1] for item in shown.split() if item.startswith("JobState=")), "")
+
+
+# ---- a preemptible job and the same job never stopped --------------------------------------
+
+# 20 epochs of 44 steps: long enough that a stop after the first steps lands mid-run, even on a
+# loaded machine, and short enough to run three times. Momentum and a schedule: a resume must
+# restore the optimizer's state and the schedule's place too.
+PREEMPTIBLE = dict(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                   optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "schedule": "cosine"},
+                   resources={"processes": 2}, train={"epochs": 20, "log_every_steps": 20})
+TIMING_ONLY = {"samples_per_s", "wall_s"}
+
+
+def _curve(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock fields, which differ between any two runs."""
+    return [{k: v for k, v in m.items() if k not in TIMING_ONLY} for m in read_jsonl(run / "metrics.jsonl")]
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = torch.load(a / "model.pt"), torch.load(b / "model.pt")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """PREEMPTIBLE run from start to end by 2 local workers: what a stopped and resumed copy must
+    equal, bit for bit. SLURM's tasks get one thread each (OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK,
+    default 1), so these do too: 2 gloo workers of one thread each train alike wherever they run."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    (folder / "job.yaml").write_text(yaml.safe_dump({"name": "uninterrupted", **PREEMPTIBLE}, sort_keys=False))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        result = cli("submit", folder / "job.yaml", "--runs-dir", folder / "runs")
+    assert result.exit_code == 0, result.stderr
+    return result.run_dir
+
+
+def _assert_trained_like(run: Path, reference: Path) -> None:
+    assert _curve(run) == _curve(reference), "the resumed run's metrics differ from the uninterrupted run's"
+    assert _same_weights(run, reference), "the resumed run's final weights differ from the uninterrupted run's"
 
 
 def _options(script: str) -> list[str]:
@@ -68,13 +120,30 @@ def test_the_batch_script_asks_slurm_for_what_the_spec_says(write_spec, tmp_path
     options = _options(script)
     for expected in ("--nodes=2", "--ntasks-per-node=4", "--time=90", "--gres=gpu:a100:4", "--partition=gpu",
                      "--account=lab", "--qos=high", "--cpus-per-task=8", "--mem=64G", "--constraint=ib",
-                     "--requeue", f"--chdir={tmp_path}", f"--output={tmp_path}/run/job/slurm-%j.out"):
+                     "--requeue", f"--chdir={tmp_path}", f"--output={tmp_path}/run/job/slurm-%j.out",
+                     "--signal=TERM@120"):
         assert expected in options
     body = script.split("\n\n", 1)[1]
     assert body.index("module load cuda/12") < body.index("srun")
     assert "srun --kill-on-bad-exit=1" in body and "RANK=$SLURM_PROCID" in body
     assert f"/opt/py/bin/python -m runner.cli run {tmp_path}/run/job/spec.yaml --run-dir {tmp_path}/run " \
            "--worker --resume" in body
+
+
+@pytest.mark.parametrize("timeout_minutes, stop_grace_s, seconds_before_the_limit", [
+    (90, 30, 120),   # a tenth of the limit, at most 2 minutes
+    (5, 30, 30),     # at least the time the workers have to checkpoint
+    (5, 20, 30),     # a tenth of the limit
+    (1, 5, 10),      # never under 10 s
+    (600, 300, 300),  # a long checkpoint gets its time
+])
+def test_the_workers_get_sigterm_before_the_time_limit_in_time_to_checkpoint(
+        write_spec, tmp_path, timeout_minutes, stop_grace_s, seconds_before_the_limit):
+    spec = load_spec(write_spec(resources={"timeout_minutes": timeout_minutes},
+                                train={"stop_grace_s": stop_grace_s}))
+    options = _options(sbatch_script(spec, tmp_path / "run", sys.executable, tmp_path))
+    assert [o for o in options if o.startswith("--signal")] == [f"--signal=TERM@{seconds_before_the_limit}"]
+    assert f"--time={timeout_minutes}" in options
 
 
 def test_a_cpu_job_asks_for_one_task_per_process_and_no_gpus(write_spec, tmp_path):
@@ -114,13 +183,85 @@ def test_a_dead_controller_exits_3_at_once(fashion_spec, tmp_path, slurm_cluster
     assert not (tmp_path / "runs").exists()
 
 
+# SLURM's commands as a cluster answers them; FAKE_HANG=ping|show|sbatch: that command does not
+# answer (for 30 s: a test of a broken timeout fails, it does not hang).
+FAKE_SCONTROL = """#!/bin/sh
+case "$1" in
+  ping) [ "$FAKE_HANG" = ping ] && exec sleep 30
+        echo "Slurmctld(primary) at fake is UP";;
+  show) [ "$FAKE_HANG" = show ] && exec sleep 30
+        echo "JobId=4242 JobName=gpujob-test-job JobState=${FAKE_STATE:-RUNNING} Reason=None";;
+esac
+"""
+FAKE_SBATCH = """#!/bin/sh
+[ "$FAKE_HANG" = sbatch ] && exec sleep 30
+echo 4242
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """SLURM's client commands first on PATH, answering as FAKE_HANG and FAKE_STATE say."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("scontrol", FAKE_SCONTROL), ("sbatch", FAKE_SBATCH), ("scancel", "#!/bin/sh\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return monkeypatch
+
+
+@pytest.mark.parametrize("silent, what", [("ping", "checking the controller"), ("sbatch", "submitting the job"),
+                                          ("show", "following the job")])
+def test_a_controller_that_never_answers_is_exit_3_within_the_command_timeout(fashion_spec, tmp_path, fake_slurm,
+                                                                            silent, what):
+    """A controller that takes the connection and never answers, at each step of a submit: every
+    SLURM command runs under COMMAND_TIMEOUT_S (30 s, 1 s here), and gpujob stops at once."""
+    fake_slurm.setenv("FAKE_HANG", silent)
+    fake_slurm.setattr("runner.backends.slurm.commands.COMMAND_TIMEOUT_S", 1)
+    start = time.monotonic()
+    result = cli("submit", fashion_spec(), "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert time.monotonic() - start < 20
+    assert result.exit_code == 3, result.stderr
+    command = "sbatch" if silent == "sbatch" else "scontrol"
+    said = result.stderr.strip().splitlines()
+    assert said[-1] == (f"gpujob: slurm: the SLURM controller did not answer `{command}` within 1 s while {what}; "
+                        "check `scontrol ping`")
+    runs = list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
+    if silent == "show":  # the job was submitted: its folder is the handle on it, and the last line
+        assert said[0].startswith("gpujob: submitted SLURM job 4242") and len(said) == 2
+        assert [Path(result.stdout.strip().splitlines()[-1])] == runs
+        assert read_record(runs[0]).handles == {"slurm_job_id": "4242"}
+    else:  # nothing was submitted: one line, nothing left behind
+        assert len(said) == 1 and runs == [] and result.stdout == ""
+
+
+def test_a_job_slurm_stopped_at_its_time_limit_is_exit_1_naming_the_limit(fashion_spec, tmp_path, fake_slurm):
+    """What gpujob does when SLURM reports TIMEOUT (a real one would take minutes: --time is whole minutes)."""
+    fake_slurm.setenv("FAKE_STATE", "TIMEOUT")
+    result = cli("submit", fashion_spec(resources={"timeout_minutes": 2}), "--backend", "slurm",
+                 "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"gpujob: slurm: job 4242 ran past resources.timeout_minutes (2 min) and was stopped; its last checkpoint "
+        f"is in {run}; continue it with: gpujob resume {run}")
+    assert result.stdout.strip().splitlines()[-1] == str(run)
+
+
 def test_two_tasks_on_slurm_train_like_two_local_workers(fashion_spec, tmp_path, slurm_cluster):
     spec = fashion_spec(resources={"processes": 2}, train={"epochs": 2, "log_every_steps": 10})
     local = cli("submit", spec, "--runs-dir", tmp_path / "local")
     assert local.exit_code == 0, local.stderr
     on_slurm = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "slurm")
     assert on_slurm.exit_code == 0, on_slurm.stderr
-    run = on_slurm.run_dir
+    run = on_slurm.run_dir  # the last line of the output is the run folder
+    assert run.is_dir() and run.parent.resolve() == (tmp_path / "slurm").resolve()
+    # Rank 0's lines stream as they are, the other ranks' marked with their rank.
+    shown = on_slurm.stdout.splitlines()
+    assert "[rank 1] gpujob-worker: joined the job (rank 1 of 2)" in shown
+    assert "gpujob-worker: joined the job (rank 0 of 2)" in shown and "training on cpu x2" in on_slurm.stdout
+    assert not [line for line in shown if line.startswith(("0: ", "1: ", "[rank 0]"))]
     for name in ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json",
                  "job/job.sbatch"):
         assert (run / name).is_file(), name
@@ -131,6 +272,45 @@ def test_two_tasks_on_slurm_train_like_two_local_workers(fashion_spec, tmp_path,
     for a, b in zip(ours, theirs):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert os.stat(run / "summary.json").st_mode & 0o044 == 0o044, "readable by the user's other tools"
+
+
+def test_the_users_own_model_data_and_step_train_on_slurm_as_they_do_here(tmp_path, slurm_cluster):
+    """The regression example, submitted from another folder: the job's tasks import the run's
+    copy of the code (job/code, on the shared file system) and train as the local run does."""
+    from tests.test_user_code import example
+
+    spec = example(tmp_path, "regression", train={"epochs": 2}, resources={"processes": 2})
+    local = cli("submit", spec, "--runs-dir", tmp_path / "local")
+    assert local.exit_code == 0, local.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = cli_subprocess("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "slurm", cwd=elsewhere)
+    assert out.returncode == 0, out.stderr
+    run = Path(out.stdout.strip().splitlines()[-1])
+    assert (run / "job" / "code" / "gpujob_examples" / "regression.py").is_file()
+    assert f"export GPUJOB_CODE_PATHS={run / 'job' / 'code'}" in (run / "job" / "job.sbatch").read_text()
+    ours, theirs = read_jsonl(run / "metrics.jsonl"), read_jsonl(local.run_dir / "metrics.jsonl")
+    assert [(m["kind"], m["step"]) for m in ours] == [(m["kind"], m["step"]) for m in theirs]
+    for a, b in zip(ours, theirs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        assert a["metrics"]["mae"] == pytest.approx(b["metrics"]["mae"], rel=1e-6)
+
+
+def test_code_the_nodes_could_not_import_is_refused_at_submit_not_after_the_queue(tmp_path, slurm_cluster):
+    from tests.test_user_code import example
+
+    spec = example(tmp_path, "regression")
+    (spec.parent / "helpers.py").write_text("HIDDEN = 32\n")
+    module = spec.parent / "gpujob_examples" / "regression.py"
+    module.write_text("import helpers\n" + module.read_text())
+    queued_before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout
+    out = cli_subprocess("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "gpujob: model.name: gpujob_examples.regression does not import from the code shipped with the job "
+        "(ModuleNotFoundError: No module named 'helpers')")
+    assert "submitted SLURM job" not in out.stderr and not (tmp_path / "runs").exists()
+    assert subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout == queued_before
 
 
 def test_a_refused_request_names_the_field_and_leaves_nothing(fashion_spec, tmp_path, slurm_cluster):
@@ -148,57 +328,81 @@ def test_a_failing_rank_fails_the_slurm_job_with_its_error(write_spec, tmp_path,
     result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 1
     assert "planted failure at step 3" in result.stderr
+    assert any(line.startswith("[rank 1] ") and "planted failure at step 3" in line
+               for line in result.stdout.splitlines()), "the failing rank's own output, marked with its rank"
     (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.strip().splitlines()[-1] == str(run)  # the last line is the run folder, failed or not
     assert not (run / "summary.json").exists()
     leftover = subprocess.run(["pgrep", "-f", f"--run-dir {run}"], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
 
 
-def test_ctrl_c_checkpoints_cancels_the_job_and_resume_finishes_it(fashion_spec, tmp_path, slurm_cluster):
-    spec = fashion_spec(resources={"processes": 2}, train={"epochs": 30, "log_every_steps": 5})
-    proc = _submit_in_background(spec, tmp_path / "runs")
-    _wait_for_metrics(tmp_path / "runs")
+def _interrupt_when(proc: subprocess.Popen, trained, what: str) -> tuple[str, str]:
+    """Ctrl-C to an attached `gpujob` once trained() holds; its output, once it exited 130."""
+    wait_for(lambda: trained() or proc.poll() is not None, what)
+    assert proc.poll() is None, f"it ended before {what}:\n{proc.stderr.read()[-2000:]}"
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=180)
-    assert proc.returncode == 130, stderr
-    (run,) = (tmp_path / "runs").iterdir()
-    assert f"gpujob resume {run}" in stderr
+    stdout, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 130, stderr[-2000:]
+    return stdout, stderr
+
+
+def test_ctrl_c_checkpoints_cancels_the_job_and_resume_continues_it_to_the_uninterrupted_result(
+        write_spec, tmp_path, slurm_cluster, uninterrupted, monkeypatch):
+    """Ctrl-C, `gpujob resume` (on SLURM again), Ctrl-C again, then `gpujob resume --here`: the
+    run ends with the metrics and weights of the same job never stopped."""
+    spec = write_spec(**PREEMPTIBLE)
+    runs = tmp_path / "runs"
+    proc = _submit_in_background(spec, runs)
+    run = _only_run(runs, proc)
+    stdout, stderr = _interrupt_when(proc, lambda: _steps(run), "the SLURM job's first steps")
+    assert f"continue it with: gpujob resume {run}" in stderr
+    assert stdout.strip().splitlines()[-1] == str(run)
     assert CheckpointStore(run).paths(), "the workers checkpointed before the job was cancelled"
-    squeue = subprocess.run(["squeue", "-h", "-n", "gpujob-test-job"], capture_output=True, text=True)
-    assert squeue.stdout.strip() == ""
-    resumed = cli("resume", run)  # submitted to SLURM again, not run on this (login) node
-    assert resumed.exit_code == 0, resumed.stderr
-    assert "submitted SLURM job" in resumed.stderr
+    first_job = read_record(run).handles["slurm_job_id"]
+    assert _job_state(first_job) in FINAL_STATES | {""}, "the job ended, nothing of it left running"
+
+    kept = _steps(run)[-1]
+    again = subprocess.Popen([sys.executable, "-m", "runner.cli", "resume", str(run)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, stderr = _interrupt_when(again, lambda: max(_steps(run), default=0) > kept, "the resumed SLURM job's steps")
+    assert "submitted SLURM job" in stderr  # resumed on SLURM, not on this (login) node
+    assert read_record(run).handles["slurm_job_id"] != first_job
     assert len(list((run / "job").glob("slurm-*.out"))) == 2
-    assert '"resumed": 1' in (run / "summary.json").read_text()
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as SLURM's tasks had: see `uninterrupted`
+    here = cli("resume", run, "--here")
+    assert here.exit_code == 0, here.stderr
+    assert here.run_dir == run
+    record = read_record(run)
+    assert record.backend == "local" and "moved here from backend slurm" in [e["event"] for e in record.events]
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 20
+    _assert_trained_like(run, uninterrupted)
 
 
-def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_spec, tmp_path, slurm_cluster):
-    """What SLURM does to a preempted job: stop it (SIGTERM), put it back in the queue, start it again."""
-    spec = write_spec(name="requeue-test", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
-                      optimizer={"name": "sgd", "lr": 0.05}, resources={"processes": 2},
-                      train={"epochs": 40, "log_every_steps": 20})
-    proc = _submit_in_background(spec, tmp_path / "runs")
-    _wait_for_metrics(tmp_path / "runs", containing='"kind": "epoch"')
-    job_id = subprocess.run(["squeue", "-h", "-n", "gpujob-requeue-test", "-o", "%i"], capture_output=True,
-                            text=True).stdout.strip()
-    assert job_id, "the job is running"
+def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_spec, tmp_path, slurm_cluster,
+                                                                         uninterrupted):
+    """What SLURM does to a preempted job: stop it (SIGTERM), put it back in the queue, start it
+    again. gpujob follows it throughout, and the run ends as if it had never stopped."""
+    spec = write_spec(name="requeue-test", **PREEMPTIBLE)
+    runs = tmp_path / "runs"
+    proc = _submit_in_background(spec, runs)
+    run = _only_run(runs, proc)
+    wait_for(lambda: any(m["kind"] == "epoch" for m in read_jsonl_if(run / "metrics.jsonl"))
+             or proc.poll() is not None, "the SLURM job's first epoch")
+    assert proc.poll() is None, proc.stderr.read()
+    job_id = read_record(run).handles["slurm_job_id"]
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     # A requeued job waits two minutes before it may start again; a test need not.
-    for _ in range(100):
-        if "PENDING" in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout:
-            break
-        time.sleep(0.2)
+    wait_for(lambda: _job_state(job_id) == "PENDING", "the requeued job to be back in the queue", timeout=60)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
-    (run,) = (tmp_path / "runs").iterdir()
     assert stdout.strip().splitlines()[-1] == str(run)
     assert "checkpoint saved" in stdout + stderr
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["resumed"] == 1 and summary["epochs"] == 40
-    steps = [m["step"] for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "step"]
-    assert steps == sorted(set(steps)) and len(steps) == 40 * 44 // 20
+    assert summary["resumed"] == 1 and summary["epochs"] == 20
+    _assert_trained_like(run, uninterrupted)
 
 
 def test_a_runs_dir_the_nodes_do_not_share_is_named_in_the_error(write_spec, tmp_path, slurm_cluster):

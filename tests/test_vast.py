@@ -12,12 +12,14 @@ import sys
 import pytest
 
 from runner.backends.vast import backend as vast_backend
-from runner.backends.vast.backend import EXIT_MARK, START_MARK, VastBackend, exit_code, instance_request, new_lines
+from runner.backends.vast.backend import (EXIT_MARK, EXITED_GRACE_S, NOT_STARTED, RUN_GRACE_S, START_MARK, VastBackend,
+                                          exit_code, instance_request, new_lines)
+from runner.stop_signals import PREEMPTED
 from runner.errors import GpujobError, job_failed, missing_backend
 from runner.spec import load_spec
 from runner.backends.vast.api import NO_API_KEY, VastUnavailable, find_api_key
 from runner.backends.vast.offers import bid_price, choose_offer, offer_query
-from tests.conftest import REPO, cli
+from tests.conftest import REPO, cli, read_jsonl
 
 IMAGE = "docker.io/alice/gpujob:1"
 
@@ -34,16 +36,25 @@ GOOD = [offer(11, dph=0.90), offer(12, dph=0.80, reliability=0.99), offer(13, dp
 
 class FakeVast:
     """VastApi's methods over a scripted instance life: each show_instance() is one tick of
-    `timeline`, a list of (actual_status, log lines so far); the last tick repeats."""
+    `timeline`, a list of (actual_status, log lines so far); the last tick repeats.
+
+    The instance's disk holds what its job has written by the current tick, and copy_back copies
+    only that: nothing before the container ran; `partial_files` (metrics, a checkpoint) while
+    the job runs or after a stop without a final exit (SIGTERM's 143, a killed container);
+    `run_files` once its last attempt has exited for good (summary.json on exit 0, error.log on
+    a failure). So a copy that is skipped, or made before the job ended, leaves no summary.json.
+    An instance destroyed (here, or outside gpujob: `made.clear()`) shows as {} and has no disk."""
 
     def __init__(self, offers=GOOD, timeline=(), fail=(), run_files=None, interrupt_at=None, flaky=None):
         self.offers, self.timeline, self.fail = list(offers), list(timeline), set(fail)
         self.flaky = dict(flaky or {})  # call name -> how many times in a row it fails transiently first
         summary = {"test_accuracy": 0.9, "test_loss": 0.3, "wall_s": 60.0, "device": "cuda", "world_size": 2}
         self.run_files = {"summary.json": json.dumps(summary), "spec.yaml": "name: x\n"} if run_files is None else run_files
+        self.partial_files = {"metrics.jsonl": '{"kind": "step", "step": 1}\n', "checkpoints/step-00000001.pt": "w"}
         self.calls: list[tuple] = []
         self.tick, self.now, self.interrupt_at = -1, 0.0, interrupt_at
         self.made: dict[int, str] = {}  # instance id -> label
+        self.copied_at: list[int] = []  # the tick each copy_back saw
 
     def _maybe_fail(self, name):
         if self.flaky.get(name, 0) > 0:  # a timeout, a 429, a 5xx: what vast.ai does now and then
@@ -55,6 +66,14 @@ class FakeVast:
 
     def names(self):
         return [call[0] for call in self.calls]
+
+    def disk(self) -> dict[str, str] | None:
+        """The run folder on the instance's disk now: None before the container ever ran."""
+        ran = [lines for status, lines in self.timeline[:self.tick + 1] if lines or status not in NOT_STARTED]
+        if not ran:
+            return None
+        code = exit_code(ran[-1])
+        return self.run_files if code is not None and code != PREEMPTED else self.partial_files
 
     def search_offers(self, query, offer_type, disk_gb, order):
         self._maybe_fail("search")
@@ -81,32 +100,48 @@ class FakeVast:
         self.calls.append(("list", label))
         return [i for i, lab in self.made.items() if lab == label]
 
+    def _gone(self, instance_id, doing):
+        if instance_id not in self.made:  # what vast.ai answers about an instance it no longer has
+            raise job_failed(f"vast: {doing} instance {instance_id} failed: 404 Client Error: Not Found (fake)")
+
     def show_instance(self, instance_id):
         self._maybe_fail("show")
-        self.tick = min(self.tick + 1, len(self.timeline) - 1)
         self.calls.append(("show", instance_id))
+        if instance_id not in self.made:
+            return {}
+        self.tick = min(self.tick + 1, len(self.timeline) - 1)
         return {"actual_status": self.timeline[self.tick][0], "status_msg": ""}
 
     def logs(self, instance_id):
         self._maybe_fail("logs")
         self.calls.append(("logs", instance_id))
+        self._gone(instance_id, "reading the logs of")
         return "\n".join(self.timeline[self.tick][1])
 
     def copy_back(self, instance_id, remote_dir, local_dir, exclude=()):
         self.calls.append(("copy", instance_id, remote_dir, str(local_dir)))
         self._maybe_fail("copy")
+        self._gone(instance_id, "copying from")
         assert "submission.json" in exclude  # this side's record is never replaced by the instance's
-        for name, text in self.run_files.items():
+        self.copied_at.append(self.tick)
+        files = self.disk()
+        if files is None:
+            raise job_failed(f"vast: rsync with instance {instance_id} failed (exit 23): change_dir "
+                             f"{remote_dir} failed: No such file or directory (fake)")
+        for name, text in files.items():
+            (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
             (local_dir / name).write_text(text)
 
     def destroy_instance(self, instance_id):
         self.calls.append(("destroy", instance_id))
         self._maybe_fail("destroy")
+        self._gone(instance_id, "destroying")
         self.made.pop(instance_id, None)
 
     def stop_instance(self, instance_id):
         self.calls.append(("stop", instance_id))
         self._maybe_fail("stop")
+        self._gone(instance_id, "stopping")
 
     def sleep(self, seconds):
         self.now += seconds
@@ -231,7 +266,9 @@ def test_a_run_follows_the_job_copies_the_folder_back_and_destroys_the_instance(
     copy = next(c for c in fake.calls if c[0] == "copy")
     assert copy[2] == f"/workspace/runs/{folder.name}" and copy[3] == str(folder)
     assert fake.names()[-1] == "destroy" and fake.names().count("destroy") == 1
-    assert (folder / "summary.json").exists() and "step 2/2" in (folder / "vast.log").read_text()
+    assert fake.copied_at == [len(DONE) - 1]  # once, after the exit line: what the finished job left
+    assert (folder / "summary.json").read_text() == fake.run_files["summary.json"]
+    assert "step 2/2" in (folder / "vast.log").read_text()
     out = capsys.readouterr()
     assert out.out.count("step 1/2") == 1  # each log line shown once, though every poll returns it again
     assert "destroyed instance 42" in out.err
@@ -254,7 +291,10 @@ def test_a_failed_job_brings_its_error_back_and_destroys(vast_spec, tmp_path):
         run_with(fake, vast_spec(), tmp_path)
     assert err.value.exit_code == 1 and "CUDA out of memory" in err.value.message
     assert fake.names()[-2:] == ["copy", "destroy"]
-    assert list((tmp_path / "runs").glob("*/error.log"))
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "error.log").read_text() == "Traceback ..."
+    cost = json.loads((run / "cost.json").read_text())  # a failed job's rental is kept too: one poll, no wait
+    assert (cost["price_per_hour_usd"], cost["billed_s"]) == (0.8, 0.0)
 
 
 def test_a_bad_spec_found_in_the_container_is_exit_2(vast_spec, tmp_path):
@@ -264,14 +304,16 @@ def test_a_bad_spec_found_in_the_container_is_exit_2(vast_spec, tmp_path):
     assert err.value.exit_code == 2 and "mnist not found" in err.value.message and ("destroy", 42) in fake.calls
 
 
-def test_ctrl_c_copies_what_is_there_and_destroys(vast_spec, tmp_path):
-    fake = FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))], interrupt_at=1)
-    with pytest.raises(GpujobError) as err:
-        run_with(fake, vast_spec(), tmp_path)
-    assert err.value.exit_code == 130 and "destroyed" in err.value.message
+def test_ctrl_c_copies_what_is_there_and_destroys(vast_spec, fake_vast, tmp_path):
+    fake = fake_vast(FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))], interrupt_at=1))
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 130 and "the instance was destroyed" in result.stderr
     assert fake.names()[-2:] == ["copy", "destroy"]
     (run,) = (tmp_path / "runs").iterdir()
-    assert json.loads((run / "cost.json").read_text())["billed_s"] > 0  # what was spent, even on Ctrl-C
+    assert result.stdout.splitlines()[-1] == str(run)
+    assert (run / "checkpoints" / "step-00000001.pt").exists() and not (run / "summary.json").exists()
+    assert json.loads((run / "cost.json").read_text())["billed_s"] == 30.0  # to the Ctrl-C, in the second 15 s wait
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
 
 
 def test_an_instance_that_never_starts_is_destroyed_without_copying(vast_spec, tmp_path):
@@ -286,11 +328,17 @@ def test_an_instance_that_never_starts_is_destroyed_without_copying(vast_spec, t
 
 
 def test_a_job_past_its_timeout_is_stopped_and_destroyed(vast_spec, tmp_path):
-    fake = FakeVast(timeline=[("running", started("step 1/9"))])
+    fake = FakeVast(timeline=[("running", started("step 1/9"))])  # running from the first poll, at 0 s
     with pytest.raises(GpujobError) as err:
-        run_with(fake, vast_spec(), tmp_path)
-    assert "timeout_minutes (5 min)" in err.value.message
-    assert fake.now >= 5 * 60 and fake.names()[-2:] == ["copy", "destroy"]
+        run_with(fake, vast_spec(), tmp_path)  # timeout_minutes 5, a poll every 10 s
+    assert err.value.exit_code == 1 and "timeout_minutes (5 min)" in err.value.message
+    assert RUN_GRACE_S == 10 * 60  # the README's "timeout_minutes + 10 min"
+    limit = 5 * 60 + RUN_GRACE_S
+    assert limit < fake.now <= limit + 10  # stopped at the first poll past the limit, not before
+    assert fake.names()[-2:] == ["copy", "destroy"] and "stop" not in fake.names()
+    (run,) = (tmp_path / "runs").iterdir()
+    assert (run / "checkpoints" / "step-00000001.pt").exists()  # what it had written comes back first
+    assert json.loads((run / "cost.json").read_text())["billed_s"] == fake.now
 
 
 def test_copy_back_failing_still_destroys(vast_spec, tmp_path):
@@ -313,11 +361,23 @@ def test_a_destroy_that_keeps_failing_is_loud(vast_spec, tmp_path, capsys):
     assert refused.names().count("destroy") == 1
 
 
-def test_a_container_that_dies_without_finishing_is_a_failure(vast_spec, tmp_path):
+def test_a_container_that_dies_without_finishing_is_a_failure_after_90_s(vast_spec, tmp_path):
     fake = FakeVast(timeline=[("running", started("step 1/9")), ("exited", started("step 1/9", "Killed"))])
     with pytest.raises(GpujobError) as err:
         run_with(fake, vast_spec(), tmp_path)
     assert "exited and the job did not finish: Killed" in err.value.message and fake.names()[-1] == "destroy"
+    assert EXITED_GRACE_S == 90
+    exited_at = 10  # the second poll
+    assert exited_at + EXITED_GRACE_S < fake.now <= exited_at + EXITED_GRACE_S + 10  # the grace, then one poll
+    assert fake.names()[-2:] == ["copy", "destroy"]
+
+
+def test_an_exited_container_whose_exit_line_shows_late_is_followed_to_it(vast_spec, tmp_path):
+    """The 90 s are for an exited container's last log lines to show: a job that finished is not failed."""
+    late = [("exited", started("step 9/9"))] * 8  # 80 s without the exit line
+    fake = FakeVast(timeline=[("running", started("step 1/9")), *late, ("exited", started("step 9/9", code=0))])
+    folder = run_with(fake, vast_spec(), tmp_path)
+    assert (folder / "summary.json").exists() and fake.copied_at == [len(fake.timeline) - 1]
 
 
 def test_an_outbid_interruptible_instance_resumes_and_finishes(vast_spec, tmp_path):
@@ -326,7 +386,12 @@ def test_an_outbid_interruptible_instance_resumes_and_finishes(vast_spec, tmp_pa
                 ("running", first + started("step 4/9", "step 9/9", code=0))]
     fake = FakeVast(timeline=timeline)
     folder = run_with(fake, vast_spec(interruptible=True), tmp_path)
-    assert (folder / "summary.json").exists() and fake.names().count("destroy") == 1
+    # Copied once, after the resumed attempt's exit 0: a copy at the pause would bring back no summary.json.
+    assert fake.copied_at == [len(timeline) - 1] and (folder / "summary.json").exists()
+    assert fake.names().count("show") == len(timeline) and fake.names()[-1] == "destroy"
+    assert fake.names().count("destroy") == 1 and "stop" not in fake.names()
+    log = (folder / "vast.log").read_text()
+    assert "exit 143" in log and "step 9/9" in log and log.rstrip().endswith("gpujob-vast: exit 0")
 
 
 def test_an_on_demand_instance_stopped_by_sigterm_is_reported_as_preempted(vast_spec, tmp_path):
@@ -361,7 +426,25 @@ def test_submit_runs_the_whole_flow(vast_spec, fake_vast, tmp_path):
     fake = fake_vast(FakeVast(timeline=DONE))
     result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.stderr
-    assert (result.run_dir / "summary.json").exists() and fake.names()[-1] == "destroy"
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.splitlines()[-1] == str(run)  # the last line is the run folder
+    assert fake.names()[:3] == ["search", "check copy", "create"]
+    assert fake.names()[-2:] == ["copy", "destroy"] and fake.copied_at == [len(DONE) - 1]
+    assert (run / "summary.json").read_text() == fake.run_files["summary.json"]
+    assert "done: test_accuracy" in result.stdout
+    assert json.loads((run / "submission.json").read_text())["handles"]["destroyed"] is True
+
+
+def test_a_failed_submit_ends_with_the_run_folder_and_what_it_cost(vast_spec, fake_vast, tmp_path):
+    lines = started("gpujob: job failed: RuntimeError: CUDA out of memory", code=1)
+    fake_vast(FakeVast(timeline=[("running", started("step 1/9")), ("running", lines)],
+                       run_files={"error.log": "Traceback ..."}))
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "CUDA out of memory" in result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.splitlines()[-1] == str(run)
+    assert (run / "error.log").exists() and json.loads((run / "cost.json").read_text())["billed_s"] == 15.0  # a poll
+    assert cli("status", run).stdout.startswith(f"{run.name}: failed")
 
 
 def test_no_offer_that_fits_says_what_to_change(vast_spec, fake_vast):
@@ -429,11 +512,16 @@ class StubSdk:
     """The few `vastai.VastAI` methods VastApi calls, answering as the SDK does."""
 
     def __init__(self, **replies):
-        self.replies = replies
+        self.replies, self.asked = replies, []
 
     def __getattr__(self, name):
         reply = self.replies[name]
-        return lambda *args, **kwargs: reply(*args, **kwargs) if callable(reply) else reply
+
+        def call(*args, **kwargs):
+            self.asked.append(name)
+            return reply(*args, **kwargs) if callable(reply) else reply
+
+        return call
 
 
 def test_vast_api_reads_the_sdks_replies(tmp_path):
@@ -503,7 +591,7 @@ def _digits_vast(vast_spec_path):
 
 
 def test_detach_status_logs_cancel_then_resume_on_a_new_instance(vast_spec, local_vast, tmp_path):
-    from tests.conftest import read_jsonl, wait_for
+    from tests.conftest import wait_for
 
     runs = tmp_path / "runs"
     spec = _digits_vast(vast_spec(gpu="A10G:2"))
@@ -549,6 +637,27 @@ def test_an_attached_run_of_the_start_script_comes_back_whole(vast_spec, local_v
     assert all((run / name).is_file() for name in ("summary.json", "metrics.jsonl", "model.pt", "vast.log", "cost.json"))
     record = json.loads((run / "submission.json").read_text())
     assert record["backend"] == "vast" and record["handles"]["destroyed"] is True  # this side's record kept
+
+
+def test_the_users_own_code_is_sent_to_the_instance_before_the_job_starts(local_vast, tmp_path):
+    """The regression example: the instance has only its image, so the job waits for the run's
+    copy of the code (job/code), sent once the instance runs, and imports it from there."""
+    from tests.test_user_code import example
+
+    spec = example(tmp_path, "regression", train={"epochs": 2}, resources={"gpu": "A10G:2", "timeout_minutes": 5},
+                   backend="vast", vast={"image": IMAGE})
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    run = result.run_dir
+    uploads = [c for c in local_vast.calls if c[0] == "upload"]
+    assert uploads == [("upload", 101, "/workspace/job/code"), ("upload", 101, "/workspace/job/.gpujob-uploaded")]
+    disk = local_vast.instances[101]["disk"]
+    assert (disk / "workspace" / "job" / "code" / "gpujob_examples" / "regression.py").is_file()
+    log = (run / "vast.log").read_text()
+    assert log.index("waiting for the run folder or the job's code") < log.index("gpujob-vast: start")
+    assert "vast: sent your code to instance 101" in result.stderr
+    last = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "epoch"][-1]
+    assert set(last["test_metrics"]) == {"mae"} and last["test_accuracy"] is None
 
 
 # ---- what real services do: fast jobs, flaky APIs, pauses, the wrong card --------------------
@@ -664,18 +773,181 @@ def test_unreachable_vast_ai_is_exit_3_in_one_line(vast_spec, tmp_path):
     assert "cannot reach vast.ai" in err.value.message and "not-a-real-key" not in err.value.message
 
 
-def test_an_rsync_that_times_out_is_a_message_not_a_traceback(tmp_path, monkeypatch):
-    import subprocess as sp
+# ---- copying back over a network that fails, with VastApi's own rsync call ------------------------
 
+
+class RsyncVast(FakeVast):
+    """FakeVast whose copy-back is VastApi's own (`vastai copy`'s reply, then rsync over ssh), run
+    against tests/vast_standin.py's rsync, which copies from the instance's disk (a folder here)."""
+
+    def __init__(self, rsync, **life):
+        super().__init__(**life)
+        self.rsync = rsync
+
+    def copy_back(self, instance_id, remote_dir, local_dir, exclude=()):
+        from runner.backends.vast.api import VastApi
+
+        self.calls.append(("copy", instance_id, remote_dir, str(local_dir)))
+        self._gone(instance_id, "copying from")
+        self.copied_at.append(self.tick)
+        on_disk = self.rsync.disk / remote_dir.lstrip("/")
+        for name, text in (self.disk() or {}).items():
+            (on_disk / name).parent.mkdir(parents=True, exist_ok=True)
+            (on_disk / name).write_text(text)
+        sdk = StubSdk(copy={"success": True, "src_addr": "10.0.0.1", "src_port": 40022})
+        VastApi(sdk).copy_back(instance_id, remote_dir, local_dir, exclude)
+
+
+@pytest.fixture
+def rsync(tmp_path, monkeypatch):
+    from tests.vast_standin import FakeRsync
+
+    return FakeRsync(tmp_path / "rsync").install(monkeypatch)
+
+
+@pytest.mark.parametrize("trouble, says", [("drop", "lost its connection (exit 12): rsync error: error in rsync "
+                                                     "protocol data stream"),
+                                           ("timeout", "lost its connection (exit 30): rsync error: timeout in data "
+                                                       "send/receive"),
+                                           ("refused", "lost its connection (exit 255)")])
+def test_a_copy_that_loses_its_connection_or_times_out_is_tried_again(vast_spec, fake_vast, rsync, tmp_path, trouble,
+                                                                      says):
+    fake = fake_vast(RsyncVast(rsync, timeline=DONE))
+    rsync.plan(trouble, trouble)  # the first two copies fail; the third gets through
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    assert rsync.runs() == [trouble, trouble, "ok"]
+    warnings = [line for line in result.stderr.splitlines() if says in line]
+    assert [w.rsplit("; ", 1)[1] for w in warnings] == ["trying again in 2 s", "trying again in 4 s"], result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.splitlines()[-1] == str(run)
+    assert (run / "summary.json").read_text() == fake.run_files["summary.json"]  # all of it, after the drop
+    assert fake.names()[-4:] == ["copy", "copy", "copy", "destroy"]
+
+
+def test_a_copy_that_never_gets_through_ends_the_job_after_minutes_and_destroys(vast_spec, fake_vast, rsync, tmp_path):
+    fake = fake_vast(RsyncVast(rsync, timeline=DONE))
+    rsync.plan(*["refused"] * 100)
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 3 and "lost its connection (exit 255)" in result.stderr
+    assert "vast.ai has not answered for" in result.stderr and 8 * 60 < fake.now < 12 * 60  # minutes of patience
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.splitlines()[-1] == str(run) and fake.names()[-1] == "destroy"
+    assert json.loads((run / "cost.json").read_text())["billed_s"] == fake.now
+
+
+def test_a_copy_that_hangs_is_stopped_and_the_instance_destroyed(vast_spec, fake_vast, rsync, tmp_path, monkeypatch):
+    monkeypatch.setattr("runner.backends.vast.api.RSYNC_TIMEOUT_S", 1)  # an hour, on this machine
+    fake = fake_vast(RsyncVast(rsync, timeline=DONE))
+    rsync.plan("hang")
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "rsync with instance 42 took more than" in result.stderr
+    assert "and was stopped" in result.stderr and "Traceback" not in result.stderr
+    assert rsync.runs() == ["hang"]  # not asked again: an hour-long copy is not a passing outage
+    (run,) = (tmp_path / "runs").iterdir()
+    assert result.stdout.splitlines()[-1] == str(run) and fake.names()[-2:] == ["copy", "destroy"]
+    assert (run / "cost.json").exists() and cli("status", run).stdout.startswith(f"{run.name}: failed")
+
+
+# ---- what stops a job before anything is rented ---------------------------------------------------
+
+
+@pytest.mark.parametrize("sections, says", [
+    ({"resources": {"gpu": "A10G:1"}, "vast": {}}, "vast.image: backend vast needs your image"),
+    ({"resources": {"timeout_minutes": 5}}, "resources.gpu: backend vast rents GPUs"),
+    ({"resources": {"gpu": "V100:1"}}, "V100 (compute capability 7.0) is too old"),
+    ({"resources": {"gpu": "A10G:1", "nodes": 2}}, "resources.nodes: backend vast rents one instance"),
+    ({"resources": {"gpu": "TPU-v5:1"}}, "unknown GPU type 'TPU-v5'"),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_what_vast_cannot_run_is_exit_2_before_anything_is_rented(write_spec, fake_vast, tmp_path, sections, says,
+                                                                   dry_run):
+    fake = fake_vast(FakeVast(timeline=DONE))
+    spec = write_spec(**{"backend": "vast", "vast": {"image": IMAGE}, **sections})
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs", *(["--dry-run"] if dry_run else []))
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert not {"create", "check copy"} & set(fake.names()) and not (tmp_path / "runs").exists()
+
+
+def test_a_gpu_type_vast_does_not_sell_is_exit_2(vast_spec, fake_vast, monkeypatch, tmp_path):
+    from runner.gpus import parse_gpu
+
+    monkeypatch.delitem(parse_gpu("L4:1").type.provider_names, "vast")  # a card sold on Modal only
+    fake = fake_vast(FakeVast())
+    result = cli("submit", vast_spec(gpu="L4:1"), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and "resources.gpu: vast does not offer L4; it offers: T4, A10G" in result.stderr
+    assert fake.names() == [] and not (tmp_path / "runs").exists()
+
+
+def _unauthorized(*args, **kwargs):
+    import requests
+
+    response = requests.Response()
+    response.status_code = 401
+    raise requests.HTTPError("401 Client Error: Unauthorized", response=response)
+
+
+SDK_ANSWERS = {"search_offers": GOOD, "show_ssh_keys": [{"id": 1, "public_key": "ssh-ed25519 AAAA"}]}
+
+
+@pytest.mark.parametrize("case, says", [
+    ("no key", NO_API_KEY),
+    ("key refused", "vast: the API key was refused (401) while searching offers; set a valid one with `vastai set "
+                    "api-key KEY`"),
+    ("no vastai", "vast: the vastai package is not installed; install it with: uv sync --extra vast"),
+    ("no ssh key", "vast: your vast.ai account has no ssh key"),
+    ("no rsync", "vast: copying the run folder back needs rsync here"),
+    ("no ssh", "vast: copying the run folder back needs ssh here"),
+])
+def test_what_this_machine_or_the_account_lacks_is_exit_3_before_anything_is_rented(vast_spec, monkeypatch, tmp_path,
+                                                                                    rsync, case, says):
     from runner.backends.vast.api import VastApi
 
-    monkeypatch.setattr("runner.backends.vast.api.shutil.which", lambda tool: f"/usr/bin/{tool}")
+    answers = dict(SDK_ANSWERS, create_instance={"success": True, "new_contract": 42})
+    if case == "key refused":
+        answers["search_offers"] = _unauthorized
+    if case == "no ssh key":
+        answers["show_ssh_keys"] = []
+    sdk = StubSdk(**answers)
+    monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: VastApi(sdk))
+    if case in ("no key", "no vastai"):  # the real lookup: the environment, then the vastai CLI's files
+        monkeypatch.setattr(vast_backend.BACKEND, "connect", None)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        monkeypatch.delenv("VAST_API_KEY", raising=False)
+    if case == "no vastai":
+        monkeypatch.setenv("VAST_API_KEY", "a-key-never-shown")
+        monkeypatch.setitem(sys.modules, "vastai", None)
+    if case in ("no rsync", "no ssh"):
+        (rsync.bin / case.split()[1]).unlink()
+        monkeypatch.setenv("PATH", str(rsync.bin))  # only the stand-ins: the one removed is nowhere
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 3, (result.stdout, result.stderr)
+    *_, error = result.stderr.strip().splitlines()  # one line, the last: what to do
+    assert error.startswith(f"gpujob: {says}") and "Traceback" not in result.stderr
+    assert "create_instance" not in sdk.asked and not (tmp_path / "runs").exists()
+    assert "a-key-never-shown" not in result.stdout + result.stderr
 
-    def hangs(*args, **kwargs):
-        raise sp.TimeoutExpired(args[0], 3600)
 
-    monkeypatch.setattr("runner.backends.vast.api.subprocess.run", hangs)
-    api = VastApi(StubSdk(copy={"success": True, "src_addr": "1.2.3.4", "src_port": 22}))
-    with pytest.raises(GpujobError) as err:
-        api.copy_back(42, "/workspace/runs/x", tmp_path / "x")
-    assert err.value.exit_code == 1 and "took more than 60 min" in err.value.message
+# ---- an instance destroyed outside gpujob -------------------------------------------------------
+
+
+def test_an_instance_destroyed_outside_gpujob_is_said_to_be_gone_never_billed(vast_spec, fake_vast, tmp_path):
+    fake = fake_vast(FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))]))
+    run = cli("submit", vast_spec(), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    assert cli("status", run).stdout.startswith(f"{run.name}: pending: instance 42 is loading")
+    assert cli("status", run).stdout.startswith(f"{run.name}: running: on instance 42")
+    fake.made.clear()  # destroyed from vast.ai's console (or by vast.ai)
+    status = cli("status", run)
+    assert status.exit_code == 0, status.stderr
+    assert status.stdout.startswith(f"{run.name}: preempted: instance 42 is gone (destroyed outside gpujob)")
+    assert "gpujob resume" in status.stdout
+    for command in ("fetch", "cancel"):
+        said = cli(command, run)
+        assert said.exit_code == 0, (command, said.stderr)
+        assert "instance 42 is gone (destroyed outside gpujob)" in said.stdout + said.stderr, (command, said.stderr)
+        assert "still billed" not in said.stdout + said.stderr
+    assert not {"stop", "copy", "destroy"} & set(fake.names())  # nothing asked of an instance that is not there
+    assert json.loads((run / "submission.json").read_text())["handles"]["destroyed"] is True
+    assert cli("cancel", run).stdout.startswith(f"{run.name} is not running")  # safe to repeat

@@ -38,7 +38,9 @@ class LocalVast:
         self.calls.append(("create", offer_id, instance_id))
         disk = self.root / f"instance-{instance_id}"
         (disk / "workspace").mkdir(parents=True)
-        env = {**os.environ, **request["env"], "HOME": str(disk), "PYTHONUNBUFFERED": "1",
+        # Nothing of this machine's Python paths: the instance has only its image and what is sent to it.
+        here = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH")}
+        env = {**here, **request["env"], "HOME": str(disk), "PYTHONUNBUFFERED": "1",
                "GPUJOB_RUNS_DIR": str(disk / "workspace" / "runs"), "GPUJOB_JOB_DIR": str(disk / "workspace" / "job"),
                "GPUJOB_UPLOAD_WAIT_S": "120",
                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # the image's gpujob
@@ -105,3 +107,76 @@ def _copy(source: Path, target: Path, exclude) -> None:
             continue
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target / relative)
+
+
+# rsync as `vastai copy` runs it (runner/backends/vast/api.py: VastApi._rsync), standing in for the
+# real one: it copies from the instance's disk (a folder here) and fails, when told to, the ways a
+# copy over the network fails. Each run takes the next word of the plan file (none left: "ok"):
+#   ok       copy everything
+#   drop     copy half the files, then lose the connection (rsync's exit 12)
+#   timeout  no data moves for rsync's I/O timeout (exit 30)
+#   refused  ssh cannot connect (exit 255)
+#   hang     never finish (VastApi stops it at RSYNC_TIMEOUT_S)
+RSYNC = '''#!{python}
+import os, shutil, sys, time
+from pathlib import Path
+
+plan_file = Path(os.environ["GPUJOB_FAKE_RSYNC_PLAN"])
+plan = plan_file.read_text().split() if plan_file.exists() else []
+what = plan[0] if plan else "ok"
+plan_file.write_text(" ".join(plan[1:]))
+with open(plan_file.with_suffix(".log"), "a") as log:
+    log.write(what + " " + " ".join(sys.argv[1:]) + "\\n")
+args = sys.argv[1:]
+excluded = {{a.split("=/", 1)[1] for a in args if a.startswith("--exclude=/")}}
+remote = args[-2].split("::", 1)[1].split("/", 1)[1].lstrip("/")  # ID/PATH/ after the host
+source, target = Path(os.environ["GPUJOB_FAKE_RSYNC_DISK"]) / remote, Path(args[-1])
+if what == "hang":
+    time.sleep(600)
+if what == "refused":
+    print("ssh: connect to host 10.0.0.1 port 40022: Connection refused", file=sys.stderr)
+    print("rsync error: unexplained error (code 255) at io.c(232) [Receiver=3.2.7]", file=sys.stderr)
+    sys.exit(255)
+if what == "timeout":
+    print("[Receiver] io timeout after 600 seconds -- exiting", file=sys.stderr)
+    print("rsync error: timeout in data send/receive (code 30) at io.c(201) [Receiver=3.2.7]", file=sys.stderr)
+    sys.exit(30)
+if not source.is_dir():
+    print(f"rsync: [sender] change_dir \\"{{source}}\\" failed: No such file or directory (2)", file=sys.stderr)
+    sys.exit(23)
+files = sorted(p for p in source.rglob("*") if p.is_file() and p.relative_to(source).parts[0] not in excluded)
+for path in files[:len(files) // 2] if what == "drop" else files:
+    (target / path.relative_to(source)).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(path, target / path.relative_to(source))
+if what == "drop":
+    print("rsync: connection unexpectedly closed (1024 bytes received so far) [receiver]", file=sys.stderr)
+    print("rsync error: error in rsync protocol data stream (code 12) at io.c(232) [receiver=3.2.7]", file=sys.stderr)
+    sys.exit(12)
+'''
+
+
+class FakeRsync:
+    """`rsync` and `ssh` first on PATH (put there with `install(monkeypatch)`); `plan(*words)` says
+    how the next runs go; `disk` is the instance's disk."""
+
+    def __init__(self, root: Path):
+        self.bin, self.disk, self.plan_file = root / "bin", root / "disk", root / "rsync-plan.txt"
+        self.bin.mkdir(parents=True)
+        self.disk.mkdir()
+        (self.bin / "rsync").write_text(RSYNC.format(python=sys.executable))
+        (self.bin / "ssh").write_text("#!/bin/sh\nexit 255\n")  # rsync's -e; never run by the stand-in
+        for tool in ("rsync", "ssh"):
+            (self.bin / tool).chmod(0o755)
+
+    def install(self, monkeypatch) -> "FakeRsync":
+        monkeypatch.setenv("PATH", f"{self.bin}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("GPUJOB_FAKE_RSYNC_DISK", str(self.disk))
+        monkeypatch.setenv("GPUJOB_FAKE_RSYNC_PLAN", str(self.plan_file))
+        return self
+
+    def plan(self, *words: str) -> None:
+        self.plan_file.write_text(" ".join(words))
+
+    def runs(self) -> list[str]:
+        log = self.plan_file.with_suffix(".log")
+        return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []

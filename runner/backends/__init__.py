@@ -27,6 +27,7 @@ from runner.errors import bad_input
 if TYPE_CHECKING:
     from runner.run_record import Submission
     from runner.spec import JobSpec
+    from runner.user_code import UserCode
 
 # The one list of backend names: the spec's `backend` field, --backend and the registry read it.
 NAMES = ("local", "modal", "docker", "vast", "slurm")
@@ -49,6 +50,8 @@ class Plan:
     request: object = None  # the backend's exact request: what submit sends, nothing rebuilt
     rows: list[tuple[str, str]] = field(default_factory=list)  # the request, as --dry-run prints it
     notes: list[str] = field(default_factory=list)  # said before the job starts
+    code: "UserCode | None" = None  # the user's code the job needs (runner/user_code.py)
+    ships_code: bool = False  # the backend sends that code with the job (a copy in job/code)
 
     @property
     def folder(self) -> Path:
@@ -58,6 +61,10 @@ class Plan:
         gpu = self.spec.resources.gpu or "none (cpu)"
         rows = [("backend", self.backend), ("gpu", gpu), ("world size", str(self.world_size)),
                 ("run folder", str(self.folder))]
+        if self.code is not None:
+            how = ("shipped with the job (copied into job/code)" if self.ships_code
+                   else "imported where it is (this machine)")
+            rows.append(("your code", f"{self.code.describe()}; {how}"))
         return rows + self.rows + [("note", note) for note in self.notes]
 
 
@@ -90,6 +97,7 @@ class Run:
 class Backend(Protocol):
     name: ClassVar[str]
     folder_is_here: ClassVar[bool]  # the job writes its run folder on this machine (local, docker, slurm)
+    ships_code: ClassVar[bool]  # the job runs elsewhere than this Python: the user's code goes with it
 
     def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path, run_name: str) -> Plan: ...
 

@@ -44,6 +44,7 @@ def worker_command(spec_file: Path, run_dir: Path, world_size: int, resume: bool
 class LocalBackend:
     name = "local"
     folder_is_here = True  # the job writes its run folder here: an unstarted one can go
+    ships_code = False  # the job imports the code where it is
 
     def plan(self, spec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.hardware import local_accelerator

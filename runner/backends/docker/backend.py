@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from runner.errors import GpujobError, bad_input, job_failed
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED
+from runner.user_code import CODE_DIR, SHIPPED_CODE, code_fields
 
 # Datasets that read data.root: the host folder is mounted at /data for them.
 ROOT_DATASETS = ("fashion_mnist", "mnist", "cifar10")
@@ -46,9 +48,6 @@ class ContainerRun:
     env: dict[str, str] = field(default_factory=dict)
     note: str | None = None
 
-
-def _uses_factory(spec: JobSpec) -> bool:
-    return ":" in spec.model.name or ":" in spec.data.dataset
 
 
 def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> ContainerRun:
@@ -72,10 +71,9 @@ def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> Con
     if spec.data.dataset in ROOT_DATASETS or ":" in spec.data.dataset:
         mounts.append(((cwd / spec.data.root).resolve(), "/data", "rw"))
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": "/data"})})
-    if _uses_factory(spec):
-        # A `package.module:factory` is the user's code: make this folder importable, read-only.
-        mounts.append((cwd.resolve(), "/src", "ro"))
-        env["PYTHONPATH"] = "/src"
+    if code_fields(spec):
+        # The user's code, as submitted: the run's job/code, which the container sees at /job/code.
+        env[SHIPPED_CODE] = f"/job/{CODE_DIR}"
     return ContainerRun(spec.docker.image, spec, gpus, mounts, env, note)
 
 
@@ -108,6 +106,7 @@ class DockerRequest:
 class DockerBackend:
     name = "docker"
     folder_is_here = True  # the job writes its run folder here: an unstarted one can go
+    ships_code = True  # a copy in the run's job/code, which the job imports
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.backends.docker.image import nvidia_runtime_available, require_engine, require_image
@@ -153,7 +152,7 @@ class DockerBackend:
         (job_dir / EXIT_CODE).unlink(missing_ok=True)
         try:
             code, lines, timed_out = _run_streaming(argv, container, limit_s, job_dir / OUTPUT,
-                                                    _stop_grace(run.folder))
+                                                    _stop_grace(run.folder), run.folder)
         except KeyboardInterrupt:
             (job_dir / EXIT_CODE).write_text(f"{INTERRUPTED}\n")
             raise GpujobError(f"docker: interrupted; the job saved a checkpoint in {run.folder}; continue it "
@@ -234,10 +233,10 @@ def container_state(container: str | None) -> tuple[str | None, int | None]:
 
 
 def _run_streaming(command: list[str], container: str, limit_s: float, log: Path,
-                   grace_s: int) -> tuple[int, list[str], bool]:
-    """Run `docker run`, echoing its output and keeping it in `log`; stop the container past
-    `limit_s` or on Ctrl-C. Returns the exit code, the last lines of output and whether the
-    time limit stopped it."""
+                   grace_s: int, folder: Path) -> tuple[int, list[str], bool]:
+    """Run `docker run`, echoing its output (with the run `folder` as it is named here) and
+    keeping it as it is in `log`; stop the container past `limit_s` or on Ctrl-C. Returns the
+    exit code, the last lines of output and whether the time limit stopped it."""
     tail: deque[str] = deque(maxlen=200)
     # Its own session: Ctrl-C reaches only gpujob, which stops the container with a grace period.
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -254,10 +253,11 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
     try:
         with open(log, "a") as kept:
             for line in proc.stdout:
-                sys.stdout.write(line)
-                sys.stdout.flush()
                 kept.write(line)
                 kept.flush()
+                line = _as_on_this_machine(line, folder)
+                sys.stdout.write(line)
+                sys.stdout.flush()
                 tail.append(line.rstrip("\n"))
         code = proc.wait()
     except KeyboardInterrupt:
@@ -268,6 +268,15 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
     finally:
         timer.cancel()
     return code, list(tail), timed_out.is_set()
+
+
+def _as_on_this_machine(line: str, folder: Path) -> str:
+    """A line of the container's output with the run folder's name there (/runs/NAME, in the
+    worker's `resume with: gpujob resume /runs/NAME`) replaced by its name here."""
+    inside = f"/runs/{folder.name}"
+    if inside not in line:
+        return line
+    return re.sub(rf"(?<![\w./-]){re.escape(inside)}(?![\w.-])", lambda _: str(folder), line)
 
 
 def _stop(container: str, grace_s: int) -> None:

@@ -14,6 +14,7 @@ The GPU, timeout and retries of one job come from its spec through `train_remote
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import tempfile
@@ -36,6 +37,8 @@ DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job se
 # Every attempt resumes from the run folder's last checkpoint.
 RETRIES = 3
 FIRST_ATTEMPT = "first-attempt-at"  # in the run's job/ on the volume
+CODE_MOUNT = "/gpujob/code"  # where a job's own code (its run folder's job/code) is in the container
+CODE_MOUNT_ENV = "GPUJOB_CODE_MOUNT"  # tests point it at the folder a stand-in image put the code in
 
 # The requirements file is read on this machine when the image is built, never in the container.
 image = (modal.Image.debian_slim(python_version=PYTHON_VERSION)
@@ -57,6 +60,29 @@ def train_remote(spec_yaml: str, run_name: str) -> dict:
     return run_job(spec_yaml, run_name)
 
 
+def train_remote_with_code(spec_yaml: str, run_name: str) -> dict:
+    """train_remote for a job that brings its own code: decorated per job (`with_code`), since
+    its image adds that job's files. Modal's container finds it here by name, undecorated, as
+    it does any function decorated outside the module's global scope."""
+    return run_job(spec_yaml, run_name)
+
+
+def image_with_code(code_dir: str) -> modal.Image:
+    """The image plus the folder `code_dir` (the run's job/code), added as local files at
+    CODE_MOUNT: mounted when the container starts, so the image itself is not rebuilt."""
+    return image.add_local_dir(code_dir, remote_path=CODE_MOUNT)
+
+
+@functools.lru_cache(maxsize=None)  # one app per folder: the function and the app that runs it must agree
+def with_code(code_dir: str) -> tuple[modal.App, modal.Function]:
+    """An app of its own whose one function runs a job in image_with_code(code_dir)."""
+    own = modal.App(APP_NAME)
+    function = own.function(image=image_with_code(code_dir),
+                            volumes={VOLUME_MOUNT: volume}, timeout=DEFAULT_TIMEOUT_S, retries=retry_policy(),
+                            include_source=False, name="train_remote")(train_remote_with_code)
+    return own, function
+
+
 def run_job(spec_yaml: str, run_name: str) -> dict:
     """`gpujob run SPEC --run-dir RUNS/run_name --nproc-per-node auto --resume`, in this process.
 
@@ -70,7 +96,12 @@ def run_job(spec_yaml: str, run_name: str) -> dict:
     from runner.stop_signals import INTERRUPTED, PREEMPTED
 
     in_container = not modal.is_local()
-    runs_root = Path(os.environ.get(VOLUME_PATH_ENV, VOLUME_MOUNT))
+    runs_root = volume_root()
+    code = Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
+    if code.is_dir():  # the job's own code, which its image carries: found before any other copy
+        from runner.datasets import CODE_PATHS
+
+        os.environ[CODE_PATHS] = str(code)
     if in_container:
         volume.reload()  # a restarted attempt must see the checkpoints the last one committed
         _workers_import_this_runner()
@@ -103,6 +134,11 @@ def run_job(spec_yaml: str, run_name: str) -> dict:
         if in_container:
             volume.commit()  # background commits may lag; the client reads the folder right after
     return {"exit_code": 0, "message": ""}
+
+
+def volume_root() -> Path:
+    """Where train_remote finds the volume: VOLUME_MOUNT in Modal's container."""
+    return Path(os.environ.get(VOLUME_PATH_ENV, VOLUME_MOUNT))
 
 
 class _CancelledBeforeTraining(Exception):

@@ -16,18 +16,19 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
 from runner import run_record
 from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Plan, Run, RunState
-from runner.errors import BAD_INPUT, GpujobError, bad_input, job_failed
+from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed
 from runner.gpus import PRICES_READ_ON
 from runner.lifecycle import summary_line
 from runner.run_folder import JOB_FILES, SUMMARY
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
+from runner.user_code import CODE_DIR, code_fields
 
 APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
 
@@ -46,6 +47,7 @@ class ModalRequest:
     world_size: int
     spec_yaml: str
     run_name: str  # the run folder's name, locally and on the volume
+    code_dir: str | None = None  # the run's job/code: the user's code, which the image adds
 
     def options(self) -> dict:
         from runner.backends.modal.app import retry_policy
@@ -55,9 +57,22 @@ class ModalRequest:
 
     def function(self):
         """The very Modal function that is shipped, configured for this job."""
-        from runner.backends.modal.app import train_remote
+        from runner.backends.modal.app import train_remote, with_code
 
-        return train_remote.with_options(**self.options())
+        base = with_code(self.code_dir)[1] if self.code_dir else train_remote
+        return base.with_options(**self.options())
+
+    def app(self):
+        """The app the function belongs to, which `app.run()` starts for the call."""
+        from runner.backends.modal.app import app, with_code
+
+        return with_code(self.code_dir)[0] if self.code_dir else app
+
+    def image(self):
+        """The function's image: gpujob's, plus the job's code where it brings some."""
+        from runner.backends.modal.app import image, image_with_code
+
+        return image_with_code(self.code_dir) if self.code_dir else image
 
     def call(self) -> str:
         gpu = f"gpu={self.gpu!r}, " if self.gpu else ""
@@ -70,10 +85,6 @@ def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
 
     if spec.resources.nodes > 1:
         raise bad_input("resources.nodes: backend modal runs a job in one container (up to 8 GPUs); set nodes: 1")
-    for field, value in (("model.name", spec.model.name), ("data.dataset", spec.data.dataset)):
-        if ":" in value:  # package.module:factory is the user's code, which the image does not hold
-            raise bad_input(f"{field}: backend modal ships only gpujob's own code, not {value}; use a built-in "
-                            "one here, or --backend docker, which mounts this folder")
     request = spec.resources.gpu_request
     gpu = None
     if request is not None:
@@ -130,6 +141,7 @@ CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint to the volume and 
 class ModalBackend:
     name = "modal"
     folder_is_here = False  # the folder here is the only handle on a remote job
+    ships_code = True  # a copy in the run's job/code, which the job imports
 
     def __init__(self, connect=None):
         self.connect = connect  # tests: a stand-in for ModalService
@@ -149,6 +161,8 @@ class ModalBackend:
         from runner.backends.modal.app import TIMEOUT_GRACE_S, VOLUME_MOUNT, VOLUME_NAME
 
         request = modal_request(spec, run_name)
+        if code_fields(spec):  # the image adds the run's copy of the user's code (runner/user_code.py)
+            request = replace(request, code_dir=str((runs_dir / run_name / JOB_FILES / CODE_DIR).resolve()))
         request.function()  # the call must be constructible before anything is paid for
         source = credentials_source()
         rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
@@ -163,9 +177,8 @@ class ModalBackend:
         return Plan(self.name, spec, spec_path, runs_dir, run_name, request.world_size, request, rows=rows)
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
-        from runner.backends.modal.service import modal_errors
-
-        from runner.backends.modal.service import FIRST_CONTACT_S, within
+        from runner.backends.modal.service import FIRST_CONTACT_S, modal_errors, within
+        from runner.estimate import announce
 
         request: ModalRequest = plan.request
         service = self._service()
@@ -176,6 +189,7 @@ class ModalBackend:
         job_dir = run.folder / JOB_FILES
         job_dir.mkdir(exist_ok=True)
         (job_dir / REQUEST_FILE).write_text(json.dumps(asdict(request), indent=2) + "\n")
+        announce(run)
         self._send(service, run, request, detach)
 
     def _send(self, service, run: Run, request: "ModalRequest", detach: bool) -> None:
@@ -199,7 +213,7 @@ class ModalBackend:
                 what = "nothing was started"
             raise GpujobError(f"modal: interrupted; {what}", INTERRUPTED) from None
         if not detach:
-            self._bring_back(service, run.folder, state)
+            self._bring_back(service, run.folder, state, run.handles.get("modal_call_id"))
 
     def status(self, run: Run) -> RunState:
         from runner.lifecycle import ended_state
@@ -213,11 +227,12 @@ class ModalBackend:
                             f"on Modal's volume; `gpujob fetch {run.folder}` brings it here", 0)
         if state.state == "ended":  # Modal forgot the outcome: the folder tells, where it was fetched
             return ended_state(run, None, "Modal no longer keeps its result; `gpujob fetch` downloads what it wrote")
+        message = _said_here(state.message, run.folder)
         if state.exit_code in (INTERRUPTED, PREEMPTED_CODE) or run.record.cancel_asked:
             kind = CANCELLED if run.record.cancel_asked else PREEMPTED
-            return RunState(kind, f"{state.message}; its checkpoint is on Modal's volume: `gpujob resume "
+            return RunState(kind, f"{message}; its checkpoint is on Modal's volume: `gpujob resume "
                                   f"{run.folder}` continues it", state.exit_code)
-        return RunState(FAILED, state.message, state.exit_code)
+        return RunState(FAILED, message, state.exit_code)
 
     def _call_state(self, run: Run):
         from runner.backends.modal.service import modal_errors
@@ -230,7 +245,7 @@ class ModalBackend:
         from runner.backends.modal.service import modal_errors
 
         service = self._service()
-        with modal_errors("reading the job's logs"):
+        with modal_errors("reading the job's logs", _call_id(run)):
             yield from service.logs(_call_id(run), follow)
 
     def cancel(self, run: Run) -> str:
@@ -242,7 +257,7 @@ class ModalBackend:
         run.record.note("cancel asked")
         run_record.write(run.folder, run.record)
         service = self._service()
-        with modal_errors("cancelling the job"):
+        with modal_errors("cancelling the job", _call_id(run)):
             service.cancel(_call_id(run))  # the job checkpoints to the volume and returns
             deadline = time.monotonic() + CANCEL_WAIT_S
             while service.poll(_call_id(run)).running and time.monotonic() < deadline:
@@ -257,9 +272,9 @@ class ModalBackend:
             raise bad_input(f"{run.folder.name} is still running on Modal; `gpujob status {run.folder}` says when "
                             "it has ended")
         try:
-            self._bring_back(self._service(), run.folder, state)
+            self._bring_back(self._service(), run.folder, state, _call_id(run))
         except GpujobError as err:
-            if err.exit_code == BAD_INPUT:
+            if err.exit_code in (BAD_INPUT, MISSING_BACKEND):  # Modal's own trouble is not the job's outcome
                 raise
             return f"modal: the job did not finish ({err.message})"
         return f"modal: {run.folder.name} is here"
@@ -278,10 +293,10 @@ class ModalBackend:
     def detached_note(self, run: Run) -> str:
         return "Modal runs it; `gpujob fetch RUN` downloads its folder once it has ended"
 
-    def _bring_back(self, service, folder: Path, state) -> None:
+    def _bring_back(self, service, folder: Path, state, call_id: str | None) -> None:
         from runner.backends.modal.service import modal_errors
 
-        with modal_errors("downloading the run folder"):
+        with modal_errors("downloading the run folder", call_id):
             copied = service.download(folder.name, folder)
         print(f"modal: copied {len(copied)} new or changed file(s) from the volume into {folder}", file=sys.stderr)
         _record_cost(folder)
@@ -292,7 +307,15 @@ class ModalBackend:
             return
         if code is None:
             raise job_failed(f"modal: {folder.name} ended without a summary.json; see {folder}")
-        raise GpujobError(f"modal: {state.message}; run folder: {folder}", code)
+        raise GpujobError(f"modal: {_said_here(state.message, folder)}; run folder: {folder}", code)
+
+
+def _said_here(message: str, folder: Path) -> str:
+    """The job's message with the run folder's path in the container (VOLUME_MOUNT/NAME, in
+    "resume with: gpujob resume ...") replaced by the folder here, the one the user can act on."""
+    from runner.backends.modal.app import volume_root
+
+    return message.replace(str(volume_root() / folder.name), str(folder))
 
 
 def _call_id(run: Run) -> str:

@@ -200,10 +200,8 @@ class ModalService:
 
         Ctrl-C during the spawn itself is held back until the call's id is recorded (`spawned`),
         so it leaves either no remote job or a run folder that tracks it."""
-        from runner.backends.modal.app import app
-
         interrupted, state = False, None
-        with self.modal.enable_output(), app.run(detach=True):  # a client's trouble never stops the job
+        with self.modal.enable_output(), request.app().run(detach=True):  # a client's trouble never stops the job
             with held_interrupts() as held:
                 call = request.function().spawn(request.spec_yaml, run_name)
                 spawned(call.object_id)
@@ -281,6 +279,10 @@ class ModalService:
             return CallState("running")
         except modal.exception.InputCancellation:
             return CallState("failed", INTERRUPTED, "the call was cancelled")
+        except modal.exception.RemoteError as err:
+            if not str(err).strip():  # a TERMINATED result: an input cancelled before it returned
+                return CallState("failed", INTERRUPTED, "the call was cancelled")
+            return CallState("failed", JOB_FAILED, f"RemoteError: {_first_line(err)}")
         except modal.exception.FunctionTimeoutError as err:
             return CallState("failed", JOB_FAILED, f"it ran past its Modal timeout ({_first_line(err)})")
         except (modal.exception.AuthError, *service_errors()):

@@ -14,6 +14,7 @@ again, which continues from the last checkpoint.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from runner.backends.slurm.script import EXIT_CODE_FILE, sbatch_script
 from runner.errors import GpujobError, job_failed
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
-from runner.stop_signals import INTERRUPTED
+from runner.stop_signals import INTERRUPTED, PREEMPTED
 
 POLL_S = 0.5
 STOP_GRACE_S = 30  # after Ctrl-C or cancel, besides train.stop_grace_s: SLURM's own time to pass the signal on
@@ -47,6 +48,7 @@ class SlurmRequest:
 class SlurmBackend:
     name = "slurm"
     folder_is_here = True  # the job writes its run folder here: an unstarted one can go
+    ships_code = True  # a copy in the run's job/code, which the job imports
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         folder = (Path(runs_dir) / run_name).resolve()
@@ -118,11 +120,19 @@ class SlurmBackend:
         if not (job_dir / EXIT_CODE_FILE).exists():
             raise job_failed(f"slurm: job {job_id} ended {state} before its script finished; see "
                              f"{_output(folder, job_id)}")
-        code, lines = int((job_dir / EXIT_CODE_FILE).read_text()), output.lines()
+        code, lines, where = int((job_dir / EXIT_CODE_FILE).read_text()), output.lines(), f"slurm job {job_id}"
         failed = failed_rank(job_dir, output)
         if failed is not None:
-            code, lines = failed
-        error = remote_exit_error(code, lines, f"slurm job {job_id}", folder)
+            code, lines = failed.code, failed.lines
+            world = spec.resources.nodes * spec.resources.workers_per_node
+            where += f": rank {failed.rank} of {world}" + (f" on node {failed.node}" if failed.node else "")
+            if failed.signal is not None:
+                from runner.lifecycle import resume_hint
+
+                cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if failed.signal == "SIGKILL" else ""
+                raise job_failed(f"{where} was killed by {failed.signal}, not by gpujob{cause}; srun stopped the other "
+                                 f"ranks; {resume_hint(folder)}")
+        error = remote_exit_error(code, lines, where, folder)
         if error is not None:
             raise error
 
@@ -192,15 +202,80 @@ def _echo(lines: list[str]) -> None:
         print(line, flush=True)
 
 
-def failed_rank(job_dir: Path, output: OutputFollower) -> tuple[int, list[str]] | None:
-    """(exit code, its lines) of the rank whose failure ended the job, if one failed: not one of
-    those that srun stopped afterwards, nor one that failed only because another rank died."""
+@dataclass(frozen=True)
+class RankEnd:
+    """How the rank that ended a job ended: its exit code as its shell saw it, its node, its last lines."""
+
+    rank: int
+    code: int
+    node: str | None
+    lines: list[str]
+
+    @property
+    def signal(self) -> str | None:
+        """The signal that killed its worker ("SIGKILL"), unless it is one of gpujob's own stops
+        (SIGTERM, SIGINT: the worker checkpoints and exits 143 or 130) or the worker said why."""
+        import signal
+
+        if self.code in (PREEMPTED, INTERRUPTED) or not 128 < self.code < 128 + signal.NSIG:
+            return None
+        if any(line.startswith("gpujob: ") for line in self.lines):
+            return None
+        try:
+            return signal.Signals(self.code - 128).name
+        except ValueError:
+            return None
+
+
+# srun's own line for a task that ended badly, e.g. "srun: error: node2: task 1: Killed".
+SRUN_TASK_ENDED = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+)$")
+
+
+def rank_exits(job_dir: Path, output: OutputFollower) -> dict[int, tuple[int, str | None]]:
+    """{rank: (exit code, node)} from the files each task's shell writes (job.sbatch), and, for
+    a task whose shell died with its worker (its process group killed, its node lost), from
+    srun's own line. Of those, only the first srun reports can have ended the job: srun stopped
+    the ones after it, and they count as stopped (-SIGKILL)."""
+    import signal
+
+    exits: dict[int, tuple[int, str | None]] = {}
+    for path in job_dir.glob("rank-*.exit"):
+        code, _, node = path.read_text().strip().partition(" ")  # "CODE NODE"; "CODE" before nodes were named
+        exits[int(path.stem.removeprefix("rank-"))] = (int(code), node or None)
+    first = True
+    for line in output.unlabelled():
+        match = SRUN_TASK_ENDED.match(line)
+        if not match:
+            continue
+        how = match[3]
+        code = (int(how.rsplit(" ", 1)[-1]) if how.startswith("Exited with exit code") else
+                128 + signal.SIGKILL if how.startswith("Killed") else PREEMPTED)
+        for rank in _task_ids(match[2]):
+            exits.setdefault(rank, (code if first else -signal.SIGKILL, match[1]))
+        first = False
+    return exits
+
+
+def _task_ids(listed: str) -> list[int]:
+    """srun's task list, "1" or "0-1,3", as ranks."""
+    ids = []
+    for part in listed.split(","):
+        low, _, high = part.partition("-")
+        ids += range(int(low), int(high or low) + 1)
+    return ids
+
+
+def failed_rank(job_dir: Path, output: OutputFollower) -> RankEnd | None:
+    """The rank whose failure ended the job, if one failed: not one of those that srun stopped
+    afterwards, nor one that failed only because another rank died."""
     from runner.launch import failed_ranks
 
-    codes = {int(path.stem.removeprefix("rank-")): int(path.read_text())
-             for path in job_dir.glob("rank-*.exit")}
-    failed = failed_ranks(codes, {rank: output.lines(rank) for rank in codes})
-    return (codes[failed[0]], output.lines(failed[0])) if failed else None
+    exits = rank_exits(job_dir, output)
+    failed = failed_ranks({rank: code for rank, (code, _) in exits.items()}, {rank: output.lines(rank) for rank in exits})
+    if not failed:
+        return None
+    code, node = exits[failed[0]]
+    return RankEnd(failed[0], code, node, output.lines(failed[0]))
 
 
 BACKEND = SlurmBackend()

@@ -101,6 +101,10 @@ class OutputFollower:
             del tail[:-200]
         return shown
 
+    def unlabelled(self) -> list[str]:
+        """The last lines of no rank: the batch script's own and srun's."""
+        return self.tails.get(None, [])
+
     def lines(self, rank: int | None = None) -> list[str]:
         """Rank `rank`'s last lines, or every line kept (the script's own first) when None."""
         if rank is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
+from runner.user_code import CODE_DIR, code_fields
 
 EXIT_CODE_FILE = "exit-code"
 
@@ -52,15 +53,19 @@ def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> s
              f"rm -f {shlex.quote(str(job_dir / EXIT_CODE_FILE))} {shlex.quote(str(job_dir))}/rank-*.exit",
              *s.setup,
              "export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+             # The user's code as it was submitted (runner/user_code.py), imported before any other copy.
+             *([f"export GPUJOB_CODE_PATHS={shlex.quote(str(job_dir / CODE_DIR))}"
+                "${GPUJOB_CODE_PATHS:+:$GPUJOB_CODE_PATHS}"] if code_fields(spec) else []),
              # Rank 0 runs on the first node, where this script runs: its address and a free port.
              'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
              f"export MASTER_PORT=$({shlex.quote(python)} -c 'import socket; s = socket.socket(); "
              "s.bind((\"\", 0)); print(s.getsockname()[1])')",
-             # Each task records its worker's exit code: srun reports only the highest, and the
-             # ranks that srun stopped after a failure exit 143, hiding the failing rank's 1.
+             # Each task records its worker's exit code and node: srun reports only the highest, and
+             # the ranks that srun stopped after a failure exit 143, hiding the failing rank's 1.
              "srun --kill-on-bad-exit=1 --label bash -c 'trap : TERM INT; export RANK=$SLURM_PROCID "
              "LOCAL_RANK=$SLURM_LOCALID WORLD_SIZE=$SLURM_NTASKS LOCAL_WORLD_SIZE=$SLURM_NTASKS_PER_NODE; "
-             f"\"$@\"; code=$?; echo $code > {shlex.quote(str(job_dir))}/rank-$RANK.exit; exit $code' worker "
+             f"\"$@\"; code=$?; echo $code $SLURMD_NODENAME > {shlex.quote(str(job_dir))}/rank-$RANK.exit; "
+             "exit $code' worker "
              f"{worker}",
              "code=$?",
              f"echo $code > {shlex.quote(str(job_dir / EXIT_CODE_FILE))}",

@@ -26,10 +26,12 @@ from runner.errors import GpujobError, bad_input, job_failed, last_error_line
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
+from runner.user_code import CODE_DIR, code_fields
 from runner.backends.vast.offers import (RUN_GRACE_MINUTES, bid_price, choose_offer, describe_offer, describe_price,
                                         hourly_cost, offer_query, offer_type, order_by)
 
 ENTRYPOINT = "gpujob-vast-start"
+REMOTE_JOB = "/workspace/job"  # vast-start.sh's job folder: the spec, and the user's code in code/
 REMOTE_RUNS = "/workspace/runs"  # vast-start.sh's default: on the container's disk, which `vastai copy` reads
 START_MARK, EXIT_MARK = "gpujob-vast: start ", "gpujob-vast: exit "
 POLL_S = 15.0
@@ -69,12 +71,14 @@ class Watch:
 
 def instance_request(spec: JobSpec, run_name: str, offer: dict) -> dict:
     """Keyword arguments for vastai's `VastAI.create_instance` (`vastai create instance`)."""
+    # The user's code is sent once the instance runs: the job waits for it (vast-start.sh).
+    wait = {"GPUJOB_WAIT_FOR_UPLOAD": "1"} if code_fields(spec) else {}
     return {
         "image": spec.vast.image,
         "disk": spec.vast.disk_gb,
         "label": f"gpujob {run_name}",
         "env": {"GPUJOB_SPEC_B64": base64.b64encode(spec.to_yaml().encode()).decode(), "GPUJOB_RUN_NAME": run_name,
-                "GPUJOB_INNER_RUN": "1"},
+                "GPUJOB_INNER_RUN": "1", **wait},
         # The args launch mode runs the image as it is (ssh/jupyter modes replace its entrypoint);
         # in it `onstart` is the entrypoint, as with the CLI's --entrypoint.
         "runtype": "args",
@@ -128,6 +132,7 @@ def _upload_mark() -> Path:
 class VastBackend:
     name = "vast"
     folder_is_here = False  # the folder here is the only handle on a remote job
+    ships_code = True  # a copy in the run's job/code, which the job imports
 
     def __init__(self, connect: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
@@ -169,15 +174,20 @@ class VastBackend:
         return offer
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+        from runner.estimate import announce
+
         api = self._api()
         api.check_can_copy()  # before paying for anything
         (run.folder / JOB_FILES).mkdir(exist_ok=True)
         (run.folder / JOB_FILES / "spec.yaml").write_text(plan.spec.to_yaml())  # what `resume` sends again
-        self._rent(api, plan.spec, run, plan.request, detach, upload=False)
+        announce(run)
+        self._rent(api, plan.spec, run, plan.request, detach, upload=bool(code_fields(plan.spec)), whole=False)
 
-    def _rent(self, api, spec: JobSpec, run: Run, request: "VastRequest", detach: bool, upload: bool) -> None:
+    def _rent(self, api, spec: JobSpec, run: Run, request: "VastRequest", detach: bool, upload: bool,
+              whole: bool = True) -> None:
         """Rent the instance the request names and start the job on it; attached, follow it to
-        its end. With `upload`, the run folder goes to the instance first (a resume)."""
+        its end. With `upload`, the user's code goes to the instance first, and with `whole` the
+        run folder too (a resume)."""
         folder, watch, rented_at = run.folder, Watch(), self.clock()
         (folder / JOB_FILES).mkdir(exist_ok=True)
         instance_id = None
@@ -191,7 +201,7 @@ class VastBackend:
             print(f"vast: rented instance {instance_id}, {describe_price(request.offer, spec)}; it pulls "
                   f"{spec.vast.image} first", file=sys.stderr)
             if upload:
-                self._upload(api, instance_id, spec, folder, watch)
+                self._upload(api, instance_id, spec, folder, watch, whole)
             if detach:
                 return
             try:
@@ -212,9 +222,10 @@ class VastBackend:
         if error is not None:
             raise error
 
-    def _upload(self, api, instance_id: int, spec: JobSpec, folder: Path, watch: Watch) -> None:
-        """A resume: wait for the instance, send it the run folder (its checkpoint), then the
-        mark that lets vast-start.sh begin (it waits for it, GPUJOB_WAIT_FOR_UPLOAD)."""
+    def _upload(self, api, instance_id: int, spec: JobSpec, folder: Path, watch: Watch, whole: bool) -> None:
+        """Wait for the instance, send it the user's code (job/code) and, for a resume (`whole`),
+        the run folder with its checkpoint; then the mark that lets vast-start.sh begin (it
+        waits for it, GPUJOB_WAIT_FOR_UPLOAD)."""
         deadline = self.clock() + spec.vast.startup_minutes * 60
         while (api.show_instance(instance_id) or {}).get("actual_status") != "running":
             if self.clock() > deadline:
@@ -223,10 +234,17 @@ class VastBackend:
             self.sleep(self.poll_s)
         watch.started = True
         remote = f"{REMOTE_RUNS}/{folder.name}"
-        api.copy_to(instance_id, folder, remote, exclude=UPLOAD_SKIPS)
-        api.copy_to(instance_id, _upload_mark(), f"{remote}/{UPLOADED}")
-        print(f"vast: sent the run folder to instance {instance_id}; the job continues from its checkpoint",
-              file=sys.stderr)
+        if whole:
+            api.copy_to(instance_id, folder, remote, exclude=UPLOAD_SKIPS)
+        code = folder / JOB_FILES / CODE_DIR
+        if code.is_dir():
+            api.copy_to(instance_id, code, f"{REMOTE_JOB}/{CODE_DIR}")
+        api.copy_to(instance_id, _upload_mark(), f"{remote}/{UPLOADED}" if whole else f"{REMOTE_JOB}/{UPLOADED}")
+        if whole:
+            print(f"vast: sent the run folder to instance {instance_id}; the job continues from its checkpoint",
+                  file=sys.stderr)
+        else:
+            print(f"vast: sent your code to instance {instance_id}; the job starts", file=sys.stderr)
 
     def status(self, run: Run) -> RunState:
         from runner.lifecycle import ended_state
@@ -276,9 +294,12 @@ class VastBackend:
         instance_id = run.handles.get("vast_instance_id")
         if instance_id is None or run.handles.get("destroyed"):
             return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
+        api = self._api()
+        gone = self._gone(api, run)
+        if gone:
+            return f"{run.folder.name} is not running: {gone}"
         run.record.note("cancel asked")
         run_record.write(run.folder, run.record)
-        api = self._api()
         if state.state == RUNNING:
             api.stop_instance(instance_id)  # the container gets SIGTERM: the job checkpoints and exits
             deadline = self.clock() + CANCEL_WAIT_S
@@ -292,11 +313,24 @@ class VastBackend:
         if instance_id is None or run.handles.get("destroyed"):
             return f"{run.folder.name}: its instance is gone and its folder is here"
         api, state = self._api(), self.status(run)
+        gone = self._gone(api, run)
+        if gone:
+            return f"{run.folder.name}: {gone}"
         if state.live:
             api.copy_back(instance_id, f"{REMOTE_RUNS}/{run.folder.name}", run.folder, exclude=COPY_BACK_SKIPS)
             return f"copied what {run.folder.name} has written so far; instance {instance_id} keeps running"
         self._bring_back_and_destroy(api, run)
         return f"copied {run.folder.name} back; instance {instance_id} destroyed"
+
+    def _gone(self, api, run: Run) -> str | None:
+        """Whether vast.ai no longer has the instance (destroyed outside gpujob): then there is
+        nothing to stop, copy or destroy, and nothing is billed. Recorded, and said in a line."""
+        instance_id = run.handles["vast_instance_id"]
+        if api.show_instance(instance_id):
+            return None
+        run.record = run_record.update(run.folder, handles={"destroyed": True})
+        return (f"instance {instance_id} is gone (destroyed outside gpujob), so nothing was copied back and "
+                f"nothing is billed; {run.folder} holds what was copied before")
 
     def _bring_back_and_destroy(self, api, run: Run) -> None:
         instance_id = run.handles["vast_instance_id"]
