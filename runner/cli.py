@@ -480,7 +480,29 @@ def _finish(folder: Path) -> None:
 
 
 def main() -> None:
+    if "--worker" in sys.argv:
+        _worker_main()
     app()
+
+
+def _worker_main() -> None:
+    """One rank's process (`run ... --worker`) ends with os._exit once its work is done and its
+    output flushed. At interpreter shutdown gloo's threads may still hold work objects whose
+    destruction aborts the process (SIGABRT, "terminate called without an active exception",
+    seen here on SLURM once the job had finished), turning a rank's 0 or 1 into 134; every file
+    the worker writes is already written and fsync'd by then, so nothing is lost by skipping it."""
+    try:
+        code = app(standalone_mode=False)
+    except SystemExit as err:
+        code = err.code
+    except BaseException:  # what the command's own handler did not turn into an exit code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
