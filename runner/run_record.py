@@ -56,9 +56,11 @@ class Submission:
                 return False
         return False
 
-    def note(self, event: str, **detail) -> None:
+    def note(self, event: str, t: float | None = None, **detail) -> None:
         # "t": the same moment in seconds since the epoch, for durations (start-up phases)
-        self.events.append({"at": now(), "t": round(time.time(), 3), "event": event, **detail})
+        t = time.time() if t is None else t
+        at = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+        self.events.append({"at": at, "t": round(t, 3), "event": event, **detail})
 
     def last_start(self) -> float | None:
         """When the latest attempt was asked for (submitted or resumed), in epoch seconds."""
@@ -139,6 +141,15 @@ def _from_legacy_modal(folder: Path) -> Submission:
                       handles={"modal_call_id": call_id, "modal_app": old.get("app"),
                                "modal_volume": old.get("volume")},
                       asks={"gpu": old.get("gpu"), "world_size": old.get("world_size")})
+
+
+def phase_ended(folder: Path, event: str, phase: str, t: float | None = None) -> Submission:
+    """Record that a start-up phase the backend could see ended (at `t`, default now): `gpujob
+    show` and compare time the start from the submission through these to the job's own start."""
+    submission = read(folder)
+    submission.note(event, t=t, phase=phase)
+    write(folder, submission)
+    return submission
 
 
 def update(folder: Path, **changes) -> Submission:

@@ -266,6 +266,9 @@ def test_submit_brings_the_run_folder_back_into_runs(modal_spec, container_modal
     assert "of training on A10G:1, about $" in said[estimate]
     assert record["estimate"]["gpu"] == "A10G:1" and record["estimate"]["usd_per_hour"] == 1.10
     assert cost["estimated_before_run"]["total_s"] == record["estimate"]["total_s"]
+    # Where the start-up went, as far as each side saw it: Modal's set-up here, then the job's own phases.
+    shown = cli("show", run).stdout
+    assert "Modal app, image and call set up " in shown and "first step " in shown
 
 
 def test_the_users_own_code_goes_in_the_image_and_the_job_runs_with_it(container_modal, tmp_path):

@@ -637,6 +637,10 @@ def test_an_attached_run_of_the_start_script_comes_back_whole(vast_spec, local_v
     assert all((run / name).is_file() for name in ("summary.json", "metrics.jsonl", "model.pt", "vast.log", "cost.json"))
     record = json.loads((run / "submission.json").read_text())
     assert record["backend"] == "vast" and record["handles"]["destroyed"] is True  # this side's record kept
+    # The instance's start as this side saw it, between the submission and the job's own start.
+    (seen,) = [e for e in record["events"] if e.get("phase")]
+    assert seen["event"] == "instance running" and seen["t"] <= json.loads((run / "timing.json").read_text())["started_at"]
+    assert "rented, image pulled, container started " in cli("show", run).stdout
 
 
 def test_the_users_own_code_is_sent_to_the_instance_before_the_job_starts(local_vast, tmp_path):

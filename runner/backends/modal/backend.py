@@ -198,6 +198,9 @@ class ModalBackend:
         def spawned(call_id: str) -> None:
             run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,
                                                                 "modal_volume": VOLUME})
+            # What this side sees of the start: the app and image set up and the call spawned; the
+            # container's own start is the job's (timing.json).
+            run.record = run_record.phase_ended(run.folder, "spawned", "Modal app, image and call set up")
             print(f"modal: started {run.folder.name} (call {call_id})", file=sys.stderr)
 
         try:

@@ -67,6 +67,10 @@ class Watch:
     lines: list[str] = field(default_factory=list)
     status: str | None = None
     started: bool = False  # the container ran: from then on there may be a run folder to copy
+    started_t: float | None = None  # when that was first seen, in epoch seconds (a start-up phase)
+
+    def start(self) -> None:
+        self.started, self.started_t = True, time.time()
 
 
 def instance_request(spec: JobSpec, run_name: str, offer: dict) -> dict:
@@ -86,6 +90,15 @@ def instance_request(spec: JobSpec, run_name: str, offer: dict) -> dict:
         "cancel_unavail": True,  # fail now rather than leave a stopped instance behind
         "bid_price": bid_price(offer, spec),  # None: on-demand
     }
+
+
+def _phase_seen(folder: Path, watch: "Watch") -> None:
+    """The instance's start (rental, image pull, container start), once seen, as a start-up
+    phase: recorded once."""
+    if watch.started_t is not None:
+        run_record.phase_ended(folder, "instance running", "rented, image pulled, container started",
+                               t=watch.started_t)
+        watch.started_t = None
 
 
 def new_lines(seen: list[str], current: list[str]) -> list[str]:
@@ -210,6 +223,8 @@ class VastBackend:
                 if watch.started:
                     self._salvage(api, instance_id, folder)
                 raise
+            finally:
+                _phase_seen(folder, watch)
             api.copy_back(instance_id, f"{REMOTE_RUNS}/{folder.name}", folder, exclude=COPY_BACK_SKIPS)
         except BaseException as err:
             self._end_rental(api, run, must=False, watch=watch)
@@ -232,7 +247,8 @@ class VastBackend:
                 raise job_failed(f"vast: instance {instance_id} did not start within vast.startup_minutes "
                                  f"({spec.vast.startup_minutes} min)")
             self.sleep(self.poll_s)
-        watch.started = True
+        watch.start()
+        _phase_seen(folder, watch)
         remote = f"{REMOTE_RUNS}/{folder.name}"
         if whole:
             api.copy_to(instance_id, folder, remote, exclude=UPLOAD_SKIPS)
@@ -403,7 +419,7 @@ class VastBackend:
             if status not in NOT_STARTED and not watch.started:
                 # Running, or already past it: a job that ends between two polls goes from loading
                 # straight to exited, and is still followed to its exit line and copied back.
-                watch.started = True
+                watch.start()
                 run_deadline = self.clock() + spec.resources.timeout_minutes * 60 + RUN_GRACE_S
             if watch.started:
                 fresh = new_lines(watch.lines, api.logs(instance_id).splitlines())
