@@ -2,6 +2,8 @@
 # Make a real one-node SLURM cluster (munged + slurmctld + slurmd, all local) available here and
 # in CI. Idempotent: installs Debian's packages if missing, (re)writes slurm.conf, starts only the
 # daemons that are not running, waits (bounded) until the node is idle, then smoke-tests it.
+# slurm.conf also names the two namespaced nodes of partition `multi`; .ci/start-slurm-nodes.sh
+# starts them.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 CONF=/etc/slurm/slurm.conf
@@ -31,7 +33,9 @@ fi
 # exactly (a mismatch drains the node as "Low RealMemory"/"Low CPUs"). ---
 NODE=$(slurmd -C | grep '^NodeName=')
 NAME=${NODE%% *}; NAME=${NAME#NodeName=}
-install -d -m 755 "$LOG" /var/spool/slurmctld /var/spool/slurmd /run/slurm
+# The namespaced nodes' names and subnet (.ci/start-slurm-nodes.sh uses the same).
+NODES_PREFIX=gpujob-node NODES_NET=${GPUJOB_NODES_NET:-10.213.77}
+install -d -m 755 "$LOG" /var/spool/slurmctld /var/spool/slurmd/"$NAME" /run/slurm
 NEW=$(cat <<EOF
 # Written by .ci/start-slurm.sh: a one-node test cluster, daemons run as root, no systemd.
 ClusterName=gpujob
@@ -55,15 +59,22 @@ EnforcePartLimits=ALL
 # Let a node that was DOWN (e.g. slurmd restarted) come back by itself once it registers.
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+# %n: the node's name. Three slurmds share this machine (start-slurm-nodes.sh starts two more),
+# each with its own spool, pid file and log.
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurm/slurmctld.pid
-SlurmdPidFile=/run/slurm/slurmd.pid
+SlurmdPidFile=/run/slurm/slurmd-%n.pid
 SlurmctldLogFile=$LOG/slurmctld.log
-SlurmdLogFile=$LOG/slurmd.log
+SlurmdLogFile=$LOG/slurmd-%n.log
 # No mail(1) here; avoids log noise.
 MailProg=/bin/true
 $NODE State=UNKNOWN
 PartitionName=debug Nodes=$NAME Default=YES MaxTime=INFINITE State=UP
+# Two more nodes, each a slurmd in its own network namespace with its own hostname and address
+# (.ci/start-slurm-nodes.sh): the multi-node tests' cluster. Same hardware line as this machine:
+# they share its CPUs. Until that script runs they are simply not responding.
+NodeName=${NODES_PREFIX}[1-2] NodeAddr=${NODES_NET}.11,${NODES_NET}.12 ${NODE#NodeName=$NAME } State=UNKNOWN
+PartitionName=multi Nodes=${NODES_PREFIX}[1-2] MaxTime=INFINITE State=UP
 EOF
 )
 CHANGED=0
@@ -75,12 +86,12 @@ fi
 alive() { local p s; p=$(cat "$1" 2>/dev/null) && s=$(ps -o stat= -p "$p") && [ "${s:0:1}" != Z ]; }
 fail() {
   echo "$1" >&2; sinfo -R >&2 || true
-  tail -n 20 "$LOG/slurmctld.log" "$LOG/slurmd.log" >&2; exit 1
+  tail -n 20 "$LOG/slurmctld.log" "$LOG/slurmd-$NAME.log" >&2; exit 1
 }
 state() { timeout 5 sinfo -h -N -n "$NAME" -o %t 2>/dev/null | head -1 || true; }
 
 # Fast path: same config, both daemons alive, node schedulable.
-if [ $CHANGED = 0 ] && alive /run/slurm/slurmctld.pid && alive /run/slurm/slurmd.pid; then
+if [ $CHANGED = 0 ] && alive /run/slurm/slurmctld.pid && alive "/run/slurm/slurmd-$NAME.pid"; then
   case "$(state)" in idle|mix|alloc) echo "slurm already up: node $NAME $(state)"; exit 0;; esac
 fi
 # A changed node/partition line needs a daemon restart, not just `scontrol reconfigure`.
@@ -90,7 +101,7 @@ fi
 # slurmctld -c: start with no saved jobs/node state. After an unclean stop the saved state can
 # hold finished jobs as still running (the node then stays "alloc" forever); job ids restart at 1.
 alive /run/slurm/slurmctld.pid || slurmctld -c
-alive /run/slurm/slurmd.pid || slurmd
+alive "/run/slurm/slurmd-$NAME.pid" || slurmd
 # Deadline by the clock, not a loop count: a failing sinfo can itself take seconds to give up.
 SECONDS=0
 while [ $SECONDS -lt 60 ]; do

@@ -6,6 +6,8 @@ types torchrun. The launcher owns the failure story: if one rank fails, the othe
 stopped within seconds and that rank's error is shown; past `resources.timeout_minutes`
 everything is stopped; SIGTERM/SIGINT are forwarded so workers can checkpoint and exit;
 and each worker dies with the launcher (PR_SET_PDEATHSIG), so none is ever left behind.
+Across machines each node runs its own launcher; nodes that never meet (one that never comes,
+a wrong --master-addr) end within train.collective_timeout_s, each saying so in one line.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,17 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("GPUJOB_REQUIRE_ALL") == "1" and _SKIPPED:
         print("\nGPUJOB_REQUIRE_ALL: these tests skipped, and CI must run them all:\n  " + "\n  ".join(_SKIPPED))
         session.exitstatus = 1
+
+
+def requeue_now(job_id: str, run: Path) -> None:
+    """What SLURM does to a preempted job (`scontrol requeue`: SIGTERM, back in the queue), then
+    start it again at once: a requeued job waits two minutes before it may start, a test need
+    not. A start in the same second as the requeue is refused (the nodes revoked the job's
+    credential then), so the next but one."""
+    requeued_at = time.time()
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait_for(lambda: "JobState=PENDING" in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
+                                                          text=True).stdout, "the job back in the queue", 60)
+    wait_for(lambda: (run / "job" / "exit-code").exists(), "the first run's batch script to end", 60)
+    wait_for(lambda: time.time() >= int(requeued_at) + 2, "the second after the requeue's", 5)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)

@@ -23,7 +23,8 @@ from runner.backends.slurm.script import sbatch_script
 from runner.checkpoint import CheckpointStore
 from runner.run_record import read as read_record
 from runner.spec import load_spec
-from tests.conftest import REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
+from tests.conftest import (REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, requeue_now,
+                            wait_for)
 
 
 @pytest.fixture(scope="session")
@@ -392,10 +393,7 @@ def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_s
              or proc.poll() is not None, "the SLURM job's first epoch")
     assert proc.poll() is None, proc.stderr.read()
     job_id = read_record(run).handles["slurm_job_id"]
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
-    # A requeued job waits two minutes before it may start again; a test need not.
-    wait_for(lambda: _job_state(job_id) == "PENDING", "the requeued job to be back in the queue", timeout=60)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    requeue_now(job_id, run)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert stdout.strip().splitlines()[-1] == str(run)
