@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -273,6 +274,9 @@ def test_two_tasks_on_slurm_train_like_two_local_workers(fashion_spec, tmp_path,
     for a, b in zip(ours, theirs):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
     assert os.stat(run / "summary.json").st_mode & 0o044 == 0o044, "readable by the user's other tools"
+    # The time in SLURM's queue, as this side saw it, before the job's own start-up phases.
+    assert re.search(r"start-up .*queued \(SLURM\) [\d.]+ s, submitted to the job's start [\d.]+ s, imports",
+                     cli("show", run).stdout)
 
 
 def test_the_users_own_model_data_and_step_train_on_slurm_as_they_do_here(tmp_path, slurm_cluster):

@@ -24,8 +24,8 @@ from typing import Iterator
 from runner import run_lock, run_record
 from runner.backends import PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.exit_codes import remote_exit_error
-from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_state, require_controller, sbatch,
-                                            slurm_command)
+from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_start_time, job_state,
+                                            require_controller, sbatch, slurm_command)
 from runner.backends.slurm.script import EXIT_CODE_FILE, sbatch_script
 from runner.errors import GpujobError, job_failed
 from runner.run_folder import JOB_FILES
@@ -77,17 +77,20 @@ class SlurmBackend:
 
     def _follow_to_end(self, spec: JobSpec, folder: Path, job_id: str) -> None:
         try:
-            state, follower = self._follow(job_id, _output(folder, job_id))
+            state, follower = self._follow(job_id, _output(folder, job_id), folder)
         except KeyboardInterrupt:
             self._stop(job_id, _output(folder, job_id), spec.train.stop_grace_s)
             raise GpujobError(f"slurm: interrupted; job {job_id} checkpointed and was cancelled; its run folder is "
                               f"{folder}; continue it with: gpujob resume {folder}", INTERRUPTED) from None
         self._outcome(spec, folder, job_id, state, follower)
 
-    def _follow(self, job_id: str, output: Path) -> tuple[str, OutputFollower]:
-        follower, said = OutputFollower(output), None
+    def _follow(self, job_id: str, output: Path, folder: Path) -> tuple[str, OutputFollower]:
+        follower, said, queued = OutputFollower(output), None, True
         while True:
             state, reason = job_state(job_id)
+            if queued and state != "PENDING":  # the time in SLURM's queue, a start-up phase (gpujob show)
+                _note_queue_time(folder, job_id)
+                queued = False
             _echo(follower.poll())
             if state in FINAL_STATES:
                 time.sleep(POLL_S)  # the last lines may reach the file just after the state changes
@@ -195,6 +198,17 @@ class SlurmBackend:
 
 def _output(folder: Path, job_id: str) -> Path:
     return folder / JOB_FILES / f"slurm-{job_id}.out"
+
+
+def _note_queue_time(folder: Path, job_id: str) -> None:
+    """From the submission to SLURM's own StartTime of the job (whole seconds: a start within the
+    submission's second counts as no wait)."""
+    started = job_start_time(job_id)
+    if started is None:
+        return
+    asked = run_record.read(folder).last_start()
+    run_record.phase_ended(folder, f"job {job_id} started", "queued (SLURM)",
+                           t=max(started, asked) if asked is not None else started)
 
 
 def _echo(lines: list[str]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 from runner.errors import bad_input, missing_backend
@@ -65,6 +66,16 @@ def job_state(job_id: str) -> tuple[str, str]:
         raise missing_backend(f"slurm: lost contact with the controller: {result.stderr.strip()}")
     fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
     return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
+
+
+def job_start_time(job_id: str) -> float | None:
+    """When SLURM started the job (its StartTime, to the second), in epoch seconds; None if unknown."""
+    result = slurm_command(["scontrol", "show", "job", "--oneliner", job_id], "following the job")
+    fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
+    try:
+        return time.mktime(time.strptime(fields.get("StartTime", ""), "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:  # "Unknown", or no answer
+        return None
 
 
 class OutputFollower:
