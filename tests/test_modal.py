@@ -337,7 +337,8 @@ def test_detach_status_logs_cancel_resume_and_runs(modal_spec, container_modal, 
     assert cli("status", run).stdout.strip() == f"{run.name}: running: on Modal (call fc-test-2)"
     assert cli("cancel", run).exit_code == 0
     record = json.loads((run / "submission.json").read_text())
-    assert [e["event"] for e in record["events"]] == ["submitted", "cancel asked", "resumed", "cancel asked"]
+    assert [e["event"] for e in record["events"]] == ["submitted", "spawned", "cancel asked", "resumed", "spawned",
+                                                      "cancel asked"]
     assert cli("fetch", run).exit_code == 0
     assert len(read_jsonl(run / "metrics.jsonl")) > steps_before  # fetch brings the resumed call's steps
 
@@ -675,6 +676,11 @@ class FakeRequest:
 
     def __init__(self, call, on_spawn=None):
         self.call, self.on_spawn = call, on_spawn
+
+    def app(self):  # a job without code of its own runs on the module's app (ModalRequest.app)
+        from runner.backends.modal.app import app
+
+        return app
 
     def function(self):
         request = self
