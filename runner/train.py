@@ -508,6 +508,13 @@ def peak_memory_bytes(device) -> int | None:
 
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    try:  # Linux: this process's own high-water mark (ru_maxrss may carry a parent's across exec)
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
 
