@@ -140,13 +140,18 @@ def slurm_nodes() -> tuple[str, str]:
         return all(states.get(node) in ("idle", "mix", "alloc") and Path(f"/run/netns/{node}").exists()
                    for node in SLURM_NODES)
 
-    if not up():
-        if os.geteuid() != 0:
-            pytest.skip("partition multi is down, and starting its nodes (network namespaces) needs root")
-        started = subprocess.run(["bash", str(REPO / ".ci/start-slurm-nodes.sh")], capture_output=True, text=True,
-                                 timeout=600)
-        assert started.returncode == 0 and up(), f"could not start the SLURM nodes:\n{started.stderr[-2000:]}"
+    start_if_down(up, "start-slurm-nodes.sh", "partition multi is down, and starting its nodes (network namespaces)")
     return SLURM_NODES
+
+
+def start_if_down(up, script: str, what: str) -> None:
+    """Unless up() holds: run .ci/SCRIPT (it needs root; a skip says so otherwise), then insist."""
+    if up():
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} needs root")
+    started = subprocess.run(["bash", str(REPO / ".ci" / script)], capture_output=True, text=True, timeout=600)
+    assert started.returncode == 0 and up(), f"{script} did not bring it up:\n{started.stderr[-2000:]}"
 
 
 # ---- the Docker image the docker tests (and the credential tests) run ---------------------

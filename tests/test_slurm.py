@@ -25,7 +25,7 @@ from runner.checkpoint import CheckpointStore
 from runner.run_record import read as read_record
 from runner.spec import load_spec
 from tests.conftest import (REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, requeue_now,
-                            wait_for)
+                            start_if_down, wait_for)
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +38,7 @@ def slurm_cluster():
         ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
         return "UP" in ping.stdout
 
-    if not up():
-        if os.geteuid() != 0:
-            pytest.skip("SLURM is installed but its controller is down, and starting it needs root")
-        started = subprocess.run(["bash", str(REPO / ".ci/start-slurm.sh")], capture_output=True, text=True,
-                                 timeout=300)
-        assert started.returncode == 0 and up(), f"could not start SLURM:\n{started.stderr[-2000:]}"
+    start_if_down(up, "start-slurm.sh", "SLURM is installed but its controller is down, and starting it")
 
 
 def _submit_in_background(spec: Path, runs: Path) -> subprocess.Popen:
