@@ -76,7 +76,10 @@ class FolderVolume:
 
 def image_files(image) -> list[tuple[Path, str]]:
     """(local file, path in the container) for every local file the image adds (add_local_dir,
-    add_local_file), as Modal's client would upload them: read from the image's own definition."""
+    add_local_file), as Modal's client would upload them: read from the image's own definition.
+    Modal has no public way to list them, so this one helper reads its client's internals (the
+    image's dependencies, each mount's entries); a Modal upgrade that changes them fails the
+    tests that use it loudly, it cannot make them pass."""
     from modal._utils.async_utils import synchronizer
     from modal.mount import _Mount
 
