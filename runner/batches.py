@@ -92,14 +92,10 @@ class TensorBatches:
         self.steps_per_epoch = len(train) // global_batch
 
     def _gather(self, images, labels, idx):
-        if self.home == "device":
-            idx = idx.to(self.device, non_blocking=True)
-            x, y = images.index_select(0, idx), labels.index_select(0, idx)
-        else:  # gathered on the host into pinned memory, then one asynchronous copy each
-            pin = self.device.type == "cuda"
-            x, y = images.index_select(0, idx), labels.index_select(0, idx)
-            x, y = ((x.pin_memory(), y.pin_memory()) if pin else (x, y))
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        idx = idx.to(images.device, non_blocking=True)  # gathered where the split is held
+        x, y = images.index_select(0, idx), labels.index_select(0, idx)
+        if self.device.type == "cuda" and x.device != self.device:  # held on the host: pinned, then
+            x, y = x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.float().mul_(self.scale).add_(self.shift), y
 
     def train(self, epoch: int, skip: int = 0) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:

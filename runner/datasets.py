@@ -204,8 +204,14 @@ def load_factory_dataset(data: "DataSpec", train: bool):
 
 
 def call_factory(factory, path: str, args_field: str, **kwargs):
-    """factory(**kwargs), after checking that its signature takes them: a mismatch is the spec's
-    (one line naming the fields), not a traceback from inside the user's code."""
+    """factory(**kwargs), after checking that its signature takes them."""
+    check_signature(factory, path, args_field, **kwargs)
+    return factory(**kwargs)
+
+
+def check_signature(factory, path: str, args_field: str, **kwargs) -> None:
+    """Whether factory(**kwargs) can be called: a mismatch is the spec's (one line naming the
+    fields), not a traceback from inside the user's code."""
     import inspect
 
     try:
@@ -214,7 +220,6 @@ def call_factory(factory, path: str, args_field: str, **kwargs):
         raise bad_input(f"{args_field}: {path} cannot be called with {', '.join(kwargs)} ({err})") from None
     except ValueError:
         pass  # no signature to read (a builtin): let the call tell
-    return factory(**kwargs)
 
 
 CODE_PATHS = "GPUJOB_CODE_PATHS"  # where a spec's package.module:factory is looked for, besides sys.path

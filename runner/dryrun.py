@@ -261,14 +261,8 @@ def _timed_steps(spec, model, batches, shape, classes, batch: int, step_fn, step
 
 def _check_shipped_code(plan: Plan) -> None:
     """The user's code, copied as the backend will ship it, imports from that copy alone."""
-    if plan.code is None or not plan.ships_code:
-        return
-    import tempfile
-
-    from runner.user_code import check_imports
-
-    with tempfile.TemporaryDirectory(prefix="gpujob-code-") as scratch:
-        check_imports(plan.code, plan.code.copy_into(Path(scratch)))
+    if plan.code is not None and plan.ships_code:
+        plan.code.check_a_copy()
 
 
 def _one_step(step_fn, model, batch):

@@ -127,12 +127,7 @@ def code_zip(code: "UserCode | None") -> bytes:
     when it needs none. Imported from a copy first, alone: what the copy lacks is said now."""
     if code is None:
         return b""
-    import tempfile
-
-    from runner.user_code import check_imports
-
-    with tempfile.TemporaryDirectory(prefix="gpujob-code-") as scratch:
-        check_imports(code, code.copy_into(Path(scratch)))
+    code.check_a_copy()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for path, rel in code.files:

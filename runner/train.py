@@ -276,8 +276,8 @@ class Loop:
                 window_start, rate_steps = now, 0
             stopping, due = self.decide() if s.step % self.decide_every == 0 else (False, False)
             if stopping or due:
-                s.epoch_loss, s.window_loss, s.epoch_named, s.window_named = self.sums_onto_main(
-                    self.epoch_loss, self.window_loss, self.epoch_named, self.window_named)
+                s.window_loss, s.epoch_loss, s.window_named, s.epoch_named = self.sums_onto_main(
+                    self.window_loss, self.epoch_loss, self.window_named, self.epoch_named)
                 s.epoch_train_s, s.epoch_data_s = time.perf_counter() - self.epoch_start, self.data_s
                 self.save_checkpoint()
                 if stopping:
@@ -360,17 +360,15 @@ class Loop:
         flags = all_sum(torch.tensor([float(self.stop.requested), float(due)], device=self.device), ctx)
         return flags[0].item() > 0, flags[1].item() > 0
 
-    def sums_onto_main(self, *sums: "torch.Tensor") -> list:
-        """Move every rank's running sums onto rank 0 (the totals are unchanged), so the
-        checkpoint rank 0 writes holds all of them and a resumed run continues the same sums.
-        Each comes back as it is held in LoopState: a float, or a list for a vector."""
+    def sums_onto_main(self, window_loss: "torch.Tensor", *more: "torch.Tensor") -> list:
+        """Move every rank's running sums (the window's loss first) onto rank 0 (the totals are
+        unchanged), so the checkpoint rank 0 writes holds all of them and a resumed run continues
+        the same sums. Each comes back as it is held in LoopState: a float, or a list for a vector."""
         import torch
 
-        ctx = self.ctx
+        ctx, sums = self.ctx, (window_loss, *more)
         totals = all_sum(torch.cat([t.reshape(-1) for t in sums]), ctx)
-        at_window = sum(t.numel() for t in sums[:[t is self.window_loss for t in sums].index(True)])
-        self.check_finite(totals[at_window].item() / max(self.state.window_steps * ctx.world_size, 1),
-                          "the training loss")
+        self.check_finite(totals[0].item() / max(self.state.window_steps * ctx.world_size, 1), "the training loss")
         local = totals if ctx.is_main else torch.zeros_like(totals)
         values, at = [], 0
         for tensor in sums:

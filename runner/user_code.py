@@ -62,6 +62,14 @@ class UserCode:
             shutil.copy2(path, target)
         return root
 
+    def check_a_copy(self, python: str | None = None) -> None:
+        """check_imports on a scratch copy, for a job not yet given a run folder (a dry run, an
+        export): what the shipped copy would lack is said now."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="gpujob-code-") as scratch:
+            check_imports(self, self.copy_into(Path(scratch)), python)
+
 
 def code_fields(spec) -> list[tuple[str, str]]:
     """(spec field, package.module) for each piece of user code the spec names."""
@@ -174,9 +182,7 @@ def check_imports(code: UserCode, code_root: Path, python: str | None = None) ->
 def check_callables(spec) -> None:
     """Import what the spec's package.module paths name and check that each can be called the
     way the job calls it: the spec's error (exit 2, naming the field) before anything runs."""
-    import inspect
-
-    from runner.datasets import import_factory
+    from runner.datasets import check_signature, import_factory
     from runner.steps import step_for
 
     calls = [("model.name", spec.model.name, "model.args", {"num_classes": None, "input_shape": None,
@@ -185,13 +191,7 @@ def check_callables(spec) -> None:
     for where, path, args_field, kwargs in calls:
         if ":" not in path:
             continue
-        factory = import_factory(path, where)
-        try:
-            inspect.signature(factory).bind(**kwargs)
-        except TypeError as err:
-            raise bad_input(f"{args_field}: {path} cannot be called with {', '.join(kwargs)} ({err})") from None
-        except ValueError:
-            pass  # no signature to read (a builtin)
+        check_signature(import_factory(path, where), path, args_field, **kwargs)
     step_for(spec)
 
 

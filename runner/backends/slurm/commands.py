@@ -57,21 +57,25 @@ def sbatch(script: Path) -> str:
     raise bad_input(f"{field}: sbatch refused the job: {reason}")
 
 
+def _show_job(job_id: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """`scontrol show job`'s answer, and its KEY=VALUE fields."""
+    result = slurm_command(["scontrol", "show", "job", "--oneliner", job_id], "following the job")
+    return result, dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
+
+
 def job_state(job_id: str) -> tuple[str, str]:
     """(state, reason) from `scontrol show job`; ("GONE", "") once SLURM has forgotten the job."""
-    result = slurm_command(["scontrol", "show", "job", "--oneliner", job_id], "following the job")
+    result, fields = _show_job(job_id)
     if result.returncode != 0:
         if "invalid job id" in result.stderr.lower():
             return "GONE", ""
         raise missing_backend(f"slurm: lost contact with the controller: {result.stderr.strip()}")
-    fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
     return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
 
 
 def job_start_time(job_id: str) -> float | None:
     """When SLURM started the job (its StartTime, to the second), in epoch seconds; None if unknown."""
-    result = slurm_command(["scontrol", "show", "job", "--oneliner", job_id], "following the job")
-    fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
+    _, fields = _show_job(job_id)
     try:
         return time.mktime(time.strptime(fields.get("StartTime", ""), "%Y-%m-%dT%H:%M:%S"))
     except ValueError:  # "Unknown", or no answer
