@@ -112,6 +112,11 @@ def catalog_table() -> list[str]:
     return lines
 
 
+def _reason(refusal: str) -> str:
+    """A refusal as a table cell: its cause, without the field's name or the advice after ';'."""
+    return refusal.split(": ", 1)[-1].split(";")[0]
+
+
 def plan_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
     from runner.estimate import ASSUMPTIONS, PLAN_GPUS, finished_runs, job_shape, on_gpu
     from runner.estimate import human_duration as _duration
@@ -142,7 +147,7 @@ def plan_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
     rows = [head]
     for e in estimates:
         fits = "yes" if e.fits else f"no ({e.memory_bytes / 1e9:.1f} GB a card)"
-        rows.append((f"{e.gpu} x{e.count}", f"no ({e.refused.split(': ', 1)[1]})" if e.refused else fits,
+        rows.append((f"{e.gpu} x{e.count}", f"no ({_reason(e.refused)})" if e.refused else fits,
                      f"{e.epoch_s:,.2f}", _duration(e.total_s),
                      f"{e.usd_per_hour:.2f}" if e.usd_per_hour is not None else "market",
                      f"{e.total_usd:.2f}" if e.total_usd is not None else "-",

@@ -135,12 +135,18 @@ def _slurm_mem(text: str | None) -> int | None:
 
 
 def check_precision(precision: str, target: Target) -> None:
-    """The same line the run would stop with on that device (runner/train_setup.py)."""
+    """The same line the run would stop with on that device (runner/train_setup.py): the card the
+    catalog names for the job, or this machine's own card where the job takes whatever is here."""
     from runner.train_setup import precision_problem
 
-    card = getattr(target.gpu, "name", None)
-    has_bf16 = getattr(target.gpu, "bf16", True)
-    problem = precision_problem(precision, target.device, card, has_bf16)
+    card, capability = getattr(target.gpu, "name", None), getattr(target.gpu, "compute_capability", None)
+    if target.device == "cuda" and target.gpu is None:
+        import torch
+
+        from runner.train_setup import cuda_capability
+
+        card, capability = torch.cuda.get_device_name(0), cuda_capability(torch.device("cuda", 0))
+    problem = precision_problem(precision, target.device, card, capability)
     if problem:
         raise bad_input(problem)
 

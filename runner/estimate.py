@@ -118,7 +118,7 @@ def on_gpu(job: JobShape, gpu, count: int, runs: list | None = None) -> Estimate
     memory = memory_estimate(job.parameters, job.optimizer, job.momentum, job.activation_bytes_per_sample, local,
                              "cuda", job.held_bytes)
     fits = memory.per_worker <= gpu.memory_gb * 1e9 * USABLE
-    refused = precision_problem(job.precision, "cuda", gpu.name, gpu.bf16)
+    refused = precision_problem(job.precision, "cuda", gpu.name, gpu.compute_capability)
     measured = _measured(job, gpu, count, runs or [])
     if measured is not None:
         epoch_s, bound, source = measured[0], "measured", measured[1]

@@ -19,7 +19,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
 from runner.backends import AUTO, NAMES
 from runner.datasets import dataset_info
 from runner.errors import bad_input
-from runner.gpus import CATALOG, GpuRequest, parse_gpu
+from runner.gpus import CATALOG, GpuRequest, bf16_refusal, parse_gpu
 from runner.spec_yaml import MAX_DEPTH, SpecRefused, _did_you_mean, _kind, _shown, parse_yaml, read_spec_file
 
 BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
@@ -289,6 +289,7 @@ def validate_spec(raw: dict, source: str = "spec", lines: dict | None = None, or
 
         raise bad_input(describe(err, source, lines or {}, origins or {})) from None
     _check_batch_split(spec, source, lines or {}, origins or {})
+    _check_precision_on_the_card(spec, source, lines or {}, origins or {})
     return spec
 
 
@@ -305,6 +306,19 @@ def _check_batch_split(spec: JobSpec, source: str, lines: dict, origins: dict) -
     where = origins.get(key) or (f"{source}:{lines[key]}" if key in lines else source)
     raise bad_input(f"{where}: data.batch_size: {spec.data.batch_size} does not split evenly over {workers} workers "
                     f"({asked}); make it a multiple of {workers}")
+
+
+def _check_precision_on_the_card(spec: JobSpec, source: str, lines: dict, origins: dict) -> None:
+    """bf16 on a card that has none (a T4, a V100) is refused before anything is rented or queued:
+    every backend, the dry run and `submit` read the spec through here."""
+    request = spec.resources.gpu_request
+    if spec.train.precision != "bf16" or request is None:
+        return
+    refusal = bf16_refusal(f"resources.gpu {request.type.name}", request.type.compute_capability)
+    if refusal:
+        key = ("train", "precision")
+        where = origins.get(key) or (f"{source}:{lines[key]}" if key in lines else source)
+        raise bad_input(f"{where}: train.precision: bf16, but {refusal}")
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

@@ -11,6 +11,7 @@ from runner.batches import LoaderBatches, Shard, TensorBatches
 from runner.datasets import dataset_info, load_factory_dataset, load_image_tensors
 from runner.distributed import WorkerContext, in_turns
 from runner.errors import bad_input
+from runner.gpus import bf16_refusal, capability_of
 
 if TYPE_CHECKING:
     import torch
@@ -27,14 +28,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def precision_problem(precision: str, device_type: str, card: str | None, card_has_bf16: bool) -> str | None:
-    """Why `train.precision` cannot run on the device, or None: one rule for the run (the device
-    it has) and the dry run (the device the job will have, from the GPU catalog)."""
+def precision_problem(precision: str, device_type: str, card: str | None = None,
+                      capability: float | None = None) -> str | None:
+    """Why `train.precision` cannot run on the device, or None: one rule for the run (the card it
+    has), the dry run and `gpujob plan` (the card the job will have, from the GPU catalog). A card
+    is judged by its compute capability; None: not known, not refused."""
     if precision == "fp16" and device_type == "cpu":
         return "train.precision: fp16 needs a CUDA or MPS GPU; use bf16 or fp32 on the CPU"
-    if precision == "bf16" and device_type == "cuda" and not card_has_bf16:
-        return f"train.precision: {card or 'this GPU'} has no bf16; use fp16 or fp32"
+    if precision == "bf16" and device_type == "cuda" and capability is not None:
+        refusal = bf16_refusal(card or "this GPU", capability)
+        return f"train.precision: {refusal}" if refusal else None
     return None
+
+
+def cuda_capability(device: "torch.device") -> float:
+    """The card's compute capability. Not torch.cuda.is_bf16_supported(): by default it counts
+    emulation, and says True on a T4, whose convolutions then fail in cuDNN."""
+    import torch
+
+    return capability_of(*torch.cuda.get_device_capability(device))
 
 
 def autocast_for(precision: str, device: "torch.device"):
@@ -46,7 +58,7 @@ def autocast_for(precision: str, device: "torch.device"):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     cuda = device.type == "cuda"
     problem = precision_problem(precision, device.type, torch.cuda.get_device_name(device) if cuda else None,
-                                torch.cuda.is_bf16_supported() if cuda else True)
+                                cuda_capability(device) if cuda else None)
     if problem:
         raise bad_input(problem)
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -58,8 +58,11 @@ def test_fp16_where_the_job_runs_on_a_cpu(write_spec, tmp_path):
 
 
 def test_bf16_on_a_card_without_it_is_found_from_the_catalog(write_spec, tmp_path):
-    out = dry(write_spec(train={"precision": "bf16"}, resources={"gpu": "T4:1"}, backend="modal"))
-    assert out.returncode == 2 and out.stderr.strip() == "gpujob: train.precision: T4 has no bf16; use fp16 or fp32"
+    spec = write_spec(train={"precision": "bf16"}, resources={"gpu": "T4:1"}, backend="modal")
+    out = dry(spec)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        f"gpujob: {spec}:3: train.precision: bf16, but resources.gpu T4 (compute capability 7.5) has no bf16, which "
+        "needs 8.0 (Ampere) or newer; use fp16 (gpujob runs it with a gradient scaler) or fp32")
     ok = dry(write_spec(train={"precision": "fp16"}, resources={"gpu": "T4:1"}, backend="modal"))
     assert ok.returncode == 0, ok.stderr  # fp16 is what a T4 does
 

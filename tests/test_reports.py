@@ -229,7 +229,7 @@ def test_plan_refuses_what_a_card_cannot_run_and_bad_gpu_names(write_spec, tmp_p
     out = cli("plan", spec, "--gpus", "T4,A10G", "--runs-dir", tmp_path)
     assert out.exit_code == 0, out.stderr
     t4 = next(line for line in out.stdout.splitlines() if line.startswith("T4 x1"))
-    assert "no (T4 has no bf16; use fp16 or fp32)" in t4
+    assert "no (T4 (compute capability 7.5) has no bf16, which needs 8.0 (Ampere) or newer)" in t4
     assert "cheapest: A10G x1" in out.stdout  # the T4 that cannot run it is not offered
     bad = cli("plan", spec, "--gpus", "T4,Z80")
     assert bad.exit_code == 2 and "--gpus: unknown GPU type 'Z80'" in bad.stderr

@@ -191,3 +191,32 @@ def test_good_yaml_still_reads(tmp_path):
     spec = load_spec(path)
     assert (spec.name, spec.train.epochs, spec.train.seed, spec.train.log_every_steps) == ("ok", 2, 7, 5)
     assert spec.model.args == {"when": "2026-13-45", "at": "1:30", "again": {"epochs": 2, "seed": 7}}
+
+
+@pytest.mark.parametrize("gpu, card, capability", [("T4", "T4", "7.5"), ("V100:2", "V100", "7.0")])
+def test_bf16_on_a_card_below_ampere_is_refused_when_the_spec_is_read(write_spec, gpu, card, capability):
+    """Issue 22: torch says a T4 supports bf16 (emulated), but cuDNN has no bf16 convolutions there."""
+    path = write_spec(train={"precision": "bf16"}, resources={"gpu": gpu})
+    result = cli("validate", path)
+    assert result.exit_code == 2, result.stdout
+    assert result.stderr == (f"gpujob: {path}:3: train.precision: bf16, but resources.gpu {card} (compute capability "
+                             f"{capability}) has no bf16, which needs 8.0 (Ampere) or newer; use fp16 (gpujob runs "
+                             "it with a gradient scaler) or fp32\n")
+    assert cli("validate", write_spec(train={"precision": "fp16"}, resources={"gpu": gpu})).exit_code == 0
+    assert cli("validate", write_spec(train={"precision": "bf16"}, resources={"gpu": "A10G"})).exit_code == 0
+    assert cli("validate", path, "--set", "resources.gpu=cpu").exit_code == 0  # bf16 on a CPU is fine
+
+
+def test_bf16_on_a_t4_is_refused_at_submit_before_anything_is_made(write_spec, tmp_path):
+    spec = write_spec(train={"precision": "bf16"}, resources={"gpu": "A10G"}, backend="modal")
+    result = cli("submit", spec, "--gpu", "T4", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"gpujob: {spec}:") and "train.precision: bf16, but resources.gpu T4" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_catalogs_bf16_is_its_compute_capability():
+    from runner.gpus import CATALOG
+
+    assert {g.name for g in CATALOG if not g.bf16} == {"T4", "V100"}
+    assert all(g.bf16 == (g.compute_capability >= 8.0) for g in CATALOG)
