@@ -20,6 +20,7 @@ otherwise on, and the export says why.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -32,17 +33,24 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from runner.errors import bad_input, missing_backend
-from runner.spec import JobSpec
+from runner.gpus import bf16_refusal, parse_gpu
+from runner.spec import JobSpec, validate_spec
 
 if TYPE_CHECKING:
     from runner.user_code import UserCode
 
 CODE_FILE = "run_gpujob.py"
 PLACEHOLDER_USER = "YOUR-KAGGLE-USERNAME"
-# Kaggle's T4 x2. Without a machine_shape a GPU kernel may get a P100 (sm_60), which current
-# torch builds no longer support; the value is not checked by Kaggle, so it must be exact.
+# Kaggle's "GPU T4 x2", its one T4 accelerator (a single T4 is not offered): kaggle-cli PR #1198.
+# `kaggle kernels push` sends it as the request's machine_shape; without one a GPU kernel may get
+# a P100 (sm_60), which current torch builds no longer support. Not checked by the CLI: it must be exact.
 MACHINE_SHAPE = "NvidiaTeslaT4"
+ACCELERATOR = "GPU T4 x2"
+KAGGLE_GPU = "T4"
 KAGGLE_GPUS = 2
+# Kaggle's server refuses a kernel title over 50 characters (an HTTP 500 from `kaggle kernels push`:
+# kaggle-cli PR #179, learntools PR #48); its CLI wants 5 or more, and the id's slug to be the title's.
+TITLE_MAX = 50
 PACKAGE = Path(__file__).resolve().parent  # runner/
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
 # What `gpujob run` never imports: clients for other backends, and the export's own helper (the
@@ -61,8 +69,20 @@ DOWNLOADED_DATASETS = {"fashion_mnist", "mnist", "cifar10"}
 
 
 def kernel_slug(title: str) -> str:
-    """Kaggle derives a kernel's URL slug from its title: lower case, dashes for the rest."""
+    """Kaggle derives a kernel's URL slug from its title (python-slugify): lower case, dashes for
+    the rest. The same for the letters, digits, '.', '_' and '-' a spec's name may hold."""
     return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def kernel_title(name: str) -> str:
+    """`gpujob NAME`, or where that passes TITLE_MAX, its start and a hash of the whole name: the
+    same name always gets the same kernel, and two long names that start alike never share one
+    (a push to an existing slug replaces that kernel's code)."""
+    title = f"gpujob {name}"
+    if len(title) <= TITLE_MAX:
+        return title
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{title[:TITLE_MAX - len(digest) - 1].rstrip('._-')}-{digest}"
 
 
 def kernel_requirements() -> list[str]:
@@ -95,7 +115,7 @@ def internet_reasons(spec: JobSpec, requirements: list[str]) -> list[str]:
 
 
 def kernel_metadata(spec: JobSpec, user: str | None, datasets: list[str], internet: bool = True) -> dict:
-    title = f"gpujob {spec.name}"
+    title = kernel_title(spec.name)
     return {
         "id": f"{user or PLACEHOLDER_USER}/{kernel_slug(title)}",
         "title": title,
@@ -150,6 +170,37 @@ def render_script(spec: JobSpec, requirements: list[str], code: "UserCode | None
     return template
 
 
+def on_kaggles_cards(spec: JobSpec) -> JobSpec:
+    """The spec as the kernel runs it: resources.gpu says the T4s it gets (the run's spec.yaml then
+    says what ran it), as many as the spec asks for (no GPU: one). What a T4 cannot do, or more
+    GPUs than the accelerator has, is refused here, before anything is written."""
+    request = spec.resources.gpu_request
+    count = request.count if request else 1
+    if count > KAGGLE_GPUS:
+        raise bad_input(f"resources.gpu: {spec.resources.gpu} asks for {count} GPUs; Kaggle's largest GPU "
+                        f"accelerator, {ACCELERATOR}, has {KAGGLE_GPUS}: ask for {KAGGLE_GPU}:{KAGGLE_GPUS} "
+                        f"(e.g. --set resources.gpu={KAGGLE_GPU}:{KAGGLE_GPUS})")
+    card = parse_gpu(f"{KAGGLE_GPU}:{count}")
+    refusal = bf16_refusal(KAGGLE_GPU, card.type.compute_capability) if spec.train.precision == "bf16" else None
+    if refusal:
+        raise bad_input(f"train.precision: bf16, but Kaggle's {ACCELERATOR} runs it: {refusal}, e.g. "
+                        "--set train.precision=fp16")
+    data = spec.model_dump(mode="json")
+    data["resources"]["gpu"] = str(card)
+    return validate_spec(data, source="the spec on Kaggle's T4s")
+
+
+def accelerator_line(asked: JobSpec, runs: JobSpec) -> str:
+    count = runs.resources.gpu_request.count
+    workers = (f"{count} DDP workers, one per {KAGGLE_GPU}" if count == KAGGLE_GPUS else
+               f"1 worker on one of its {KAGGLE_GPUS} {KAGGLE_GPU}s (resources.gpu {KAGGLE_GPU}:{KAGGLE_GPUS} uses both)")
+    request = asked.resources.gpu_request
+    if request and request.type.name != KAGGLE_GPU:
+        workers += f" (resources.gpu {request} becomes {runs.resources.gpu}: Kaggle's cards are {KAGGLE_GPU}s)"
+    return (f"accelerator: {ACCELERATOR} (machine_shape {MACHINE_SHAPE}): {workers}; if the kernel's log shows other "
+            f"GPUs, pick {ACCELERATOR} under the notebook's Settings > Accelerator")
+
+
 def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str],
                   code: "UserCode | None" = None) -> list[str]:
     """Write OUT/kernel-metadata.json and OUT/run_gpujob.py (carrying the user's `code`, if
@@ -160,24 +211,26 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
     for dataset in datasets:
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset):
             raise bad_input(f"--dataset {dataset}: expected OWNER/SLUG, e.g. zalando-research/fashionmnist")
+    kernel_spec = on_kaggles_cards(spec)
     requirements = kernel_requirements()
-    reasons = internet_reasons(spec, requirements)
-    metadata = kernel_metadata(spec, user, datasets, internet=bool(reasons))
-    script = render_script(spec, requirements, code)  # before writing: no half-made folder
+    reasons = internet_reasons(kernel_spec, requirements)
+    metadata = kernel_metadata(kernel_spec, user, datasets, internet=bool(reasons))
+    script = render_script(kernel_spec, requirements, code)  # before writing: no half-made folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / CODE_FILE).write_text(script)
     kernel = metadata["id"]
-    lines = [f"wrote {out / 'kernel-metadata.json'} and {out / CODE_FILE} (kernel {kernel}, GPU T4 x{KAGGLE_GPUS})",
+    lines = [f"wrote {out / 'kernel-metadata.json'} and {out / CODE_FILE} (kernel {kernel})",
+             accelerator_line(spec, kernel_spec),
              f"internet on, for: {'; '.join(reasons)}" if reasons else
              "internet off: Kaggle's image has every requirement and the job downloads nothing"]
+    if metadata["title"] != f"gpujob {spec.name}":
+        lines.append(f"title: '{metadata['title']}': `gpujob {spec.name}` is {len(spec.name) + 7} characters and "
+                     f"Kaggle allows {TITLE_MAX} characters, so the name is cut and ends in a hash of the whole name "
+                     "(one name, one kernel)")
     if not user:
         lines.append(f"edit the id in kernel-metadata.json: replace {PLACEHOLDER_USER} with your Kaggle username "
                      "(or export again with --kaggle-user or KAGGLE_USERNAME set)")
-    request = spec.resources.gpu_request
-    if request and request.count > KAGGLE_GPUS:
-        lines.append(f"note: resources.gpu asks for {request.count} GPUs; Kaggle gives {KAGGLE_GPUS}, so the "
-                     "job will stop with that error: lower the count")
     lines += [f"run it:        kaggle kernels push -p {out}",
               f"follow it:     kaggle kernels status {kernel}",
               f"fetch results: kaggle kernels output {kernel} -p DEST   (the run folder is runs/{spec.name}/)"]

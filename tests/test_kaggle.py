@@ -223,3 +223,87 @@ def test_a_failed_install_stops_the_kernel_saying_what_to_do(kernel_script, tmp_
     kernel_script.pip_exit = 1
     with pytest.raises(SystemExit, match="set enable_internet: true in kernel-metadata.json"):
         kernel_script.install(tmp_path)
+
+
+def test_bf16_is_refused_at_export_because_kaggles_cards_are_t4s(tmp_path):
+    """jobs/resnet18.yaml asks for bf16 on A10Gs; Kaggle runs it on T4s, which have no bf16."""
+    result = cli("export", "kaggle", "jobs/resnet18.yaml", tmp_path / "k")
+    assert result.exit_code == 2, result.stdout
+    assert result.stderr == ("gpujob: train.precision: bf16, but Kaggle's GPU T4 x2 runs it: T4 (compute capability "
+                             "7.5) has no bf16, which needs 8.0 (Ampere) or newer; use fp16 (gpujob runs it with a "
+                             "gradient scaler) or fp32, e.g. --set train.precision=fp16\n")
+    assert not (tmp_path / "k").exists()
+    ok = cli("export", "kaggle", "jobs/resnet18.yaml", tmp_path / "k", "--set", "train.precision=fp16")
+    assert ok.exit_code == 0, ok.stderr
+
+
+def _title_and_id(out):
+    meta = json.loads((out / "kernel-metadata.json").read_text())
+    return meta["title"], meta["id"].split("/", 1)[1]
+
+
+def test_a_long_name_gets_a_title_and_slug_within_kaggles_50_characters(write_spec, tmp_path):
+    """Kaggle's server refuses a kernel title over 50 characters; its CLI wants the id's slug to
+    be the title's slug, and both of 5 characters or more."""
+    long = "a-very-long-job-name-that-goes-well-past-fifty-chars-x"
+    result = cli("export", "kaggle", _spec(write_spec), tmp_path / "k", "--set", f"name={long}",
+                 "--kaggle-user", "alice")
+    assert result.exit_code == 0, result.stderr
+    title, slug = _title_and_id(tmp_path / "k")
+    assert 5 <= len(title) <= 50 and 5 <= len(slug) <= 50 and slug == kernel_slug(title)
+    assert title.startswith("gpujob a-very-long-job-name")
+    said = [line for line in result.stdout.splitlines() if "50 characters" in line]
+    assert said == [f"title: '{title}': `gpujob {long}` is {len(long) + 7} characters and Kaggle allows 50 characters, "
+                    "so the name is cut and ends in a hash of the whole name (one name, one kernel)"]
+    # predictable: the same name, the same kernel; another long name with the same start, another one
+    cli("export", "kaggle", _spec(write_spec), tmp_path / "again", "--set", f"name={long}")
+    cli("export", "kaggle", _spec(write_spec), tmp_path / "other", "--set", f"name={long[:-1]}y")
+    assert _title_and_id(tmp_path / "again")[0] == title != _title_and_id(tmp_path / "other")[0]
+    # a name that fits is left as it is, and nothing is said about it
+    short = cli("export", "kaggle", _spec(write_spec), tmp_path / "short", "--set", "name=" + "b" * 43)
+    assert _title_and_id(tmp_path / "short")[0] == "gpujob " + "b" * 43 and "50 characters" not in short.stdout
+
+
+def _shipped_spec(out):
+    import yaml
+
+    script = _load_script(out / CODE_FILE)
+    return yaml.safe_load(script.SPEC_YAML)
+
+
+def test_t4_2_uses_both_of_kaggles_t4s_and_says_which_accelerator(write_spec, tmp_path, monkeypatch):
+    """Kaggle's "GPU T4 x2" is machine_shape NvidiaTeslaT4 (kaggle-cli PR #1198): the spec's
+    T4:2 runs two DDP workers on it, and the export says so."""
+    import runner.hardware
+    from runner.launch import workers_per_node
+    from runner.spec import validate_spec
+
+    result = cli("export", "kaggle", _spec(write_spec, resources={"gpu": "T4:2"}), tmp_path / "k")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "k" / "kernel-metadata.json").read_text())["machine_shape"] == "NvidiaTeslaT4"
+    assert ("accelerator: GPU T4 x2 (machine_shape NvidiaTeslaT4): 2 DDP workers, one per T4; if the kernel's log "
+            "shows other GPUs, pick GPU T4 x2 under the notebook's Settings > Accelerator") in result.stdout.splitlines()
+    shipped = _shipped_spec(tmp_path / "k")
+    monkeypatch.setattr(runner.hardware, "cuda_gpus", lambda: [("Tesla T4", 15.8)] * 2)  # as the kernel sees them
+    assert shipped["resources"]["gpu"] == "T4:2" and workers_per_node(validate_spec(shipped)) == 2
+
+
+def test_another_card_or_one_gpu_runs_on_kaggles_t4s_and_says_so(write_spec, tmp_path):
+    result = cli("export", "kaggle", _spec(write_spec, resources={"gpu": "A10G:2"}), tmp_path / "a10g")
+    assert result.exit_code == 0, result.stderr
+    assert _shipped_spec(tmp_path / "a10g")["resources"]["gpu"] == "T4:2"  # the run's spec.yaml says what ran it
+    assert "2 DDP workers, one per T4 (resources.gpu A10G:2 becomes T4:2: Kaggle's cards are T4s)" in result.stdout
+    one = cli("export", "kaggle", _spec(write_spec, resources={"gpu": "T4"}), tmp_path / "one")
+    assert "accelerator: GPU T4 x2 (machine_shape NvidiaTeslaT4): 1 worker on one of its 2 T4s (resources.gpu " \
+           "T4:2 uses both)" in one.stdout
+    assert _shipped_spec(tmp_path / "one")["resources"]["gpu"] == "T4:1"
+    cpu = cli("export", "kaggle", _spec(write_spec, resources={}), tmp_path / "cpu")
+    assert _shipped_spec(tmp_path / "cpu")["resources"]["gpu"] == "T4:1" and "1 worker on one of its 2 T4s" in cpu.stdout
+
+
+def test_more_gpus_than_kaggle_gives_is_exit_2_and_nothing_is_written(write_spec, tmp_path):
+    result = cli("export", "kaggle", _spec(write_spec, resources={"gpu": "T4:4"}), tmp_path / "k")
+    assert result.exit_code == 2, result.stdout
+    assert result.stderr == ("gpujob: resources.gpu: T4:4 asks for 4 GPUs; Kaggle's largest GPU accelerator, GPU T4 "
+                             "x2, has 2: ask for T4:2 (e.g. --set resources.gpu=T4:2)\n")
+    assert not (tmp_path / "k").exists()
