@@ -20,7 +20,7 @@ def describe(err: ValidationError, source: str, lines: dict, origins: dict) -> s
     first = sorted(err.errors(), key=lambda e: e["type"] == "missing")[0]
     loc = tuple(str(p) for p in first["loc"])
     field = ".".join(_shown(p, 40) for p in loc) or "spec"
-    origin = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+    origin = _origin(loc, origins, lines)
     where = origin or source
     line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
     if origin is None and line:
@@ -28,6 +28,16 @@ def describe(err: ValidationError, source: str, lines: dict, origins: dict) -> s
     more = len(err.errors()) - 1
     tail = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{where}: {field}: {_shown(_explain(first, loc, origin), 400)}{tail}"
+
+
+def _origin(loc: tuple, origins: dict, lines: dict) -> str | None:
+    """The option that set the field in error: the one that set it or a section above it, or,
+    for a field the file does not have, the one that made it on the way to a field below it
+    (`--set trian.epochs=2` makes `trian`)."""
+    above = next((origins[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in origins), None)
+    if above is not None or not loc or loc in lines:
+        return above
+    return next((origin for key, origin in origins.items() if key[:len(loc)] == loc), None)
 
 
 def _explain(error: dict, loc: tuple, origin: str | None) -> str:

@@ -220,3 +220,18 @@ def test_the_catalogs_bf16_is_its_compute_capability():
 
     assert {g.name for g in CATALOG if not g.bf16} == {"T4", "V100"}
     assert all(g.bf16 == (g.compute_capability >= 8.0) for g in CATALOG)
+
+
+def test_an_unknown_section_made_by_set_is_blamed_on_set_not_the_file():
+    """Issue 23: `--set trian.epochs=2` said "quickstart.yaml: trian: unknown field"."""
+    result = cli("validate", "jobs/quickstart.yaml", "--set", "trian.epochs=2")
+    assert result.exit_code == 2
+    assert result.stderr == "gpujob: --set trian.epochs=2: trian: unknown field; did you mean `train`?\n"
+    nested = cli("validate", "jobs/quickstart.yaml", "--set", "slurm.extra.deep=1")
+    assert nested.stderr.startswith("gpujob: --set slurm.extra.deep=1: slurm.extra: unknown field")
+
+
+def test_an_unknown_section_in_the_file_is_still_blamed_on_its_line(write_spec):
+    path = write_spec(trian={"epochs": 2})
+    result = cli("validate", path, "--set", "trian.seed=1")
+    assert result.exit_code == 2 and result.stderr.startswith(f"gpujob: {path}:2: trian: unknown field")
