@@ -40,7 +40,7 @@ def compare(runs: list[RunView]) -> dict:
     base = runs[0]
     rows = [_row(run, base, runs, like_for_like) for run in runs]
     return {"runs": rows, "differing_fields": differ, "like_for_like": like_for_like,
-            "baseline": base.name}
+            "baseline": base.name, "damaged": [problem for run in runs for problem in run.damaged]}
 
 
 def _row(run: RunView, base: RunView, runs: list[RunView], like_for_like: bool) -> dict:
@@ -105,6 +105,7 @@ def table(result: dict) -> list[str]:
     if result["differing_fields"]:
         verdict = "speed is not like for like" if not result["like_for_like"] else "speed still compares"
         out.append(f"note: the runs differ in {', '.join(result['differing_fields'])}: {verdict}")
+    out += [f"note: {problem}: its figures are left out" for problem in result.get("damaged", [])]
     return out
 
 

@@ -9,8 +9,80 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import run_record
-from runner.errors import GpujobError, bad_input
+from runner.errors import BAD_INPUT, GpujobError, bad_input
 from runner.run_folder import ENV, METRICS, SPEC, SUMMARY, TIMING
+
+# What every finished run's summary.json holds, as numbers: without them it cannot be shown.
+SUMMARY_FIGURES = ("epochs", "train_loss", "test_loss", "wall_s")
+
+
+class DamagedFile(GpujobError):
+    """A run's file that is there but cannot be read as what gpujob wrote: cut short by a crash
+    or a full disk, a folder in its place, another value. Not the same as missing."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: damaged ({why})", BAD_INPUT)
+        self.path, self.why = Path(path), why
+
+
+def read_json(path: Path) -> dict | None:
+    """A run's JSON file as the object gpujob wrote; None where it is missing; DamagedFile where
+    it is there but is not one JSON object."""
+    try:
+        text = Path(path).read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        raise DamagedFile(path, "a folder, not a file") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(path, "not text") from None
+    except OSError as err:
+        raise DamagedFile(path, f"unreadable: {err.strerror or err}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DamagedFile(path, f"not JSON, cut short? {err.msg} at line {err.lineno} column {err.colno}") from None
+    if not isinstance(data, dict):
+        raise DamagedFile(path, f"a JSON {_json_kind(data)}, not an object")
+    return data
+
+
+def read_summary(folder: Path) -> dict | None:
+    """summary.json with the figures every finished run has; None where the run has none yet."""
+    path = Path(folder) / SUMMARY
+    summary = read_json(path)
+    if summary is None:
+        return None
+    lacking = [key for key in SUMMARY_FIGURES if not _is_number(summary.get(key))]
+    if lacking:
+        raise DamagedFile(path, f"no {', '.join(lacking)}")
+    return summary
+
+
+def metrics_records(path: Path) -> list[dict]:
+    """metrics.jsonl's records; a line that is not a JSON object (cut short, `null`) is left out:
+    the others still tell the run's story."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _json_kind(value) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "true/false"}.get(type(value), "null")
 
 
 @dataclass
@@ -23,6 +95,7 @@ class RunView:
     record: "run_record.Submission | None" = None
     cost: dict | None = None
     env: dict | None = None
+    damaged: list[str] = field(default_factory=list)  # what is wrong with its other files, said by show
 
     @property
     def name(self) -> str:
@@ -69,9 +142,10 @@ class RunView:
 
 
 def load_run(folder: Path) -> RunView:
-    """A finished run (one with summary.json); exit 2 naming the folder otherwise."""
+    """A finished run (one with summary.json); exit 2 naming the folder otherwise, or naming the
+    summary where it is damaged. Its other files, where damaged, are named in `damaged`."""
     folder = Path(folder)
-    summary = _json(folder / SUMMARY)
+    summary = read_summary(folder)
     if summary is None:
         if not folder.is_dir():
             raise bad_input(f"{folder}: no such run folder")
@@ -87,8 +161,10 @@ def load_run(folder: Path) -> RunView:
         record = run_record.read(folder) if run_record.is_run(folder) else None
     except GpujobError:  # a damaged record hides the backend's phases, nothing else
         record = None
-    return RunView(folder, summary, _json(folder / TIMING) or {}, spec, _epochs(folder / METRICS), record,
-                   _json(folder / "cost.json"), _json(folder / ENV))
+    damaged: list[str] = []
+    timing, cost, env = (_optional(folder / name, damaged) for name in (TIMING, "cost.json", ENV))
+    return RunView(folder, summary, timing or {}, spec if isinstance(spec, dict) else {}, _epochs(folder / METRICS),
+                   record, cost, env, damaged)
 
 
 def find_finished(run: str, runs_dir: Path) -> RunView:
@@ -99,26 +175,14 @@ def find_finished(run: str, runs_dir: Path) -> RunView:
     raise bad_input(f"{run}: no such run folder (nor {Path(runs_dir) / str(run)})")
 
 
-def _json(path: Path) -> dict | None:
+def _optional(path: Path, damaged: list[str]) -> dict | None:
+    """A file the run can be shown without: where damaged, left out and named."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path)
+    except DamagedFile as err:
+        damaged.append(err.message)
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _epochs(path: Path) -> list[dict]:
-    out = []
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a damaged line: the others still tell the curve
-        if isinstance(record, dict) and record.get("kind") == "epoch":
-            out.append(record)
-    return out
-
+    return [record for record in metrics_records(path) if record.get("kind") == "epoch"]

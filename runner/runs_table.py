@@ -15,6 +15,7 @@ from pathlib import Path
 from runner import run_lock, run_record
 from runner.backends import FINISHED, RUNNING, Run
 from runner.run_folder import METRICS, SUMMARY
+from runner.run_view import DamagedFile, read_json, read_summary
 
 TAIL_BYTES = 8192  # enough for the last epoch line of metrics.jsonl
 COLUMNS = ("run", "backend", "state", "gpu", "epoch", "test_acc", "wall", "cost")
@@ -32,13 +33,6 @@ def collect(runs_dir: Path) -> list[dict]:
     return sorted(rows, key=lambda r: (r["submitted_at"] or "", r["run"]), reverse=True)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _last_epoch(path: Path) -> dict | None:
     try:
         with path.open("rb") as handle:
@@ -51,7 +45,7 @@ def _last_epoch(path: Path) -> dict | None:
             record = json.loads(line)
         except ValueError:
             continue
-        if record.get("kind") == "epoch":
+        if isinstance(record, dict) and record.get("kind") == "epoch":  # `null`, a list: not a record
             return record
     return None
 
@@ -62,19 +56,35 @@ def _row(folder: Path) -> dict:
     except Exception:  # a damaged record is listed as such, never a reason to fail the listing
         return {"run": folder.name, "backend": "?", "state": "damaged record", "gpu": None, "world_size": None,
                 "epoch": None, "epochs": None, "test_accuracy": None, "wall_s": None, "cost_usd": None,
-                "submitted_at": None, "path": str(folder)}
-    summary = _read_json(folder / SUMMARY)
+                "submitted_at": None, "path": str(folder), "damaged": []}
+    damaged: list[str] = []
+    summary = _readable(lambda: read_summary(folder), damaged)
     last = _last_epoch(folder / METRICS) if summary is None else None
-    cost = _read_json(folder / "cost.json")
-    state = _state(folder, record, summary)
+    cost = _readable(lambda: read_json(folder / "cost.json"), damaged)
+    state = "summary.json damaged" if (folder / SUMMARY).exists() and summary is None else \
+        _state(folder, record, summary)
     return {"run": folder.name, "backend": record.backend, "state": state,
             "gpu": record.asks.get("gpu"), "world_size": record.asks.get("world_size"),
-            "epoch": summary["epochs"] if summary else (last or {}).get("epoch"),
+            "epoch": _number(summary["epochs"] if summary else (last or {}).get("epoch")),
             "epochs": record.asks.get("epochs"),
-            "test_accuracy": (summary or last or {}).get("test_accuracy"),
-            "wall_s": (summary or {}).get("wall_s"),
-            "cost_usd": (cost or {}).get("estimated_usd"),
-            "submitted_at": record.submitted_at or None, "path": str(folder)}
+            "test_accuracy": _number((summary or last or {}).get("test_accuracy")),
+            "wall_s": _number((summary or {}).get("wall_s")),
+            "cost_usd": _number((cost or {}).get("estimated_usd")),
+            "submitted_at": record.submitted_at or None, "path": str(folder), "damaged": damaged}
+
+
+def _readable(read, damaged: list[str]):
+    """What `read` returns; a damaged file is named in `damaged` and read as absent."""
+    try:
+        return read()
+    except DamagedFile as err:
+        damaged.append(err.path.name)
+        return None
+
+
+def _number(value):
+    """A figure from a run's files, where it is one: a damaged line's text never breaks the table."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _state(folder: Path, record, summary: dict | None) -> str:
@@ -93,7 +103,8 @@ def table(rows: list[dict]) -> list[str]:
     if not rows:
         return ["no runs here yet"]
     cells = [COLUMNS] + [(
-        r["run"], r["backend"], r["state"],
+        r["run"], r["backend"], r["state"] + "".join(f", {name} damaged" for name in r.get("damaged") or []
+                                                   if name != SUMMARY),
         (f"{r['gpu']}" if r["gpu"] else "cpu") + (f" x{r['world_size']}" if r["world_size"] else ""),
         f"{r['epoch'] or 0}/{r['epochs'] or '?'}",
         f"{100 * r['test_accuracy']:.1f}%" if r["test_accuracy"] is not None else "-",

@@ -3,9 +3,11 @@ where its start-up and its epochs' time went, what it cost, and the diagnosis.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from runner.diagnosis import diagnose, lines, shares
 from runner.progress import test_result
-from runner.run_view import RunView
+from runner.run_view import RunView, read_summary
 
 
 def show_lines(run: RunView) -> list[tuple[str, str]]:
@@ -36,6 +38,8 @@ def show_lines(run: RunView) -> list[tuple[str, str]]:
         rows.append(("cost", cost_line(run.cost)))
     for i, line in enumerate(lines(diagnose(s, t, run.spec))):
         rows.append(("diagnosis" if i == 0 else "", line))
+    for i, problem in enumerate(run.damaged):  # left out above; said, not silently dropped
+        rows.append(("damaged" if i == 0 else "", problem))
     rows.append(("folder", str(run.folder)))
     return rows
 
@@ -63,3 +67,16 @@ def cost_line(cost: dict) -> str:
     if before and before.get("total_usd") is not None:
         line += f"; estimated before the run: ${before['total_usd']:.2f}"
     return line
+
+
+def done_lines(folder: Path) -> list[str]:
+    """What a submit, resume or fetch that waited for the run prints at its end: the result and
+    what held the run back. [] without a summary; a damaged one is DamagedFile (exit 2, one line)."""
+    s = read_summary(folder)
+    if s is None:
+        return []
+    out = [f"done: {test_result(s)}  {s['wall_s']:.1f} s on {s.get('device')} x{s.get('world_size')}"]
+    for finding in s.get("diagnosis") or []:  # what held it back, and the change to make
+        if isinstance(finding, dict):
+            out.append(f"diagnosis: {finding.get('kind')}: {finding.get('evidence')}; {finding.get('change')}")
+    return out

@@ -4,6 +4,7 @@ a traceback, whatever the run folder holds and whenever Ctrl-C comes (issues 22 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -58,3 +59,146 @@ def test_the_dry_run_on_this_machines_t4_refuses_bf16(monkeypatch, write_spec, t
                                   "needs 8.0 (Ampere) or newer; use fp16 (gpujob runs it with a gradient scaler) "
                                   "or fp32\n")
     assert not (tmp_path / "runs").exists()
+
+
+# ---- a run folder whose files are damaged --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One real finished run (digits, one epoch), copied by `a_run` for each case to damage."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("finished")
+    spec = root / "tiny.yaml"
+    spec.write_text(yaml.safe_dump({"name": "tiny", "model": {"name": "mlp"},
+                                    "data": {"dataset": "digits", "batch_size": 64},
+                                    "train": {"epochs": 1, "log_every_steps": 5}}))
+    out = cli_subprocess("submit", spec, "--runs-dir", root / "runs")
+    assert out.returncode == 0, out.stderr
+    return root / "runs" / out.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
+
+
+@pytest.fixture
+def a_run(finished_run, tmp_path):
+    def copy(name: str):
+        folder = tmp_path / "runs" / name
+        shutil.copytree(finished_run, folder)
+        return folder
+
+    return copy
+
+
+def _damage(folder, how: str) -> str:
+    """Damage the run's summary.json as `how` says; returns what gpujob should say it is."""
+    summary = folder / "summary.json"
+    whole = summary.read_text()
+    if how == "truncated":
+        summary.write_text(whole[:40])
+        return "damaged (not JSON, cut short?"
+    if how == "folder":
+        summary.unlink()
+        summary.mkdir()
+        return "damaged (a folder, not a file)"
+    if how == "a list":
+        summary.write_text("[1, 2]\n")
+        return "damaged (a JSON list, not an object)"
+    summary.write_text("{}\n")
+    return "damaged (no epochs, train_loss, test_loss, wall_s)"
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+DAMAGES = ["truncated", "folder", "a list", "empty object"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_show_and_compare_say_a_damaged_summary_is_damaged_not_missing(a_run, finished_run, tmp_path, how):
+    run = a_run("damaged")
+    said = _damage(run, how)
+    for result in (cli("show", run), cli("compare", finished_run, run, "--out", tmp_path / "cmp")):
+        assert result.exit_code == 2, result.stdout
+        line = _one_line(result.stderr)
+        assert line.startswith(f"gpujob: {run / 'summary.json'}: {said}") and "no summary.json" not in line
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_show_still_tells_a_missing_summary_from_a_damaged_one(a_run):
+    run = a_run("unfinished")
+    (run / "summary.json").unlink()
+    result = cli("show", run)
+    assert result.exit_code == 2 and "the run has not finished (no summary.json)" in _one_line(result.stderr)
+
+
+def test_show_names_a_damaged_timing_json_and_shows_the_rest(a_run):
+    run = a_run("timing")
+    (run / "timing.json").write_text('{"epochs": [')
+    result = cli("show", run)
+    assert result.exit_code == 0, result.stderr
+    assert re.search(rf"^damaged +{re.escape(str(run / 'timing.json'))}: damaged \(not JSON", result.stdout, re.M)
+    assert re.search(r"^result +test_accuracy", result.stdout, re.M)
+
+
+@pytest.mark.parametrize("line", ["null", "[1]", '"text"', '{"kind": "epoch", "epoch": "two", "test_accuracy": "x"}'])
+def test_one_bad_run_never_breaks_the_listing_of_the_others(a_run, tmp_path, line):
+    """Issue 23: a line `null` in an unfinished run's metrics.jsonl broke `gpujob runs` for all."""
+    good = a_run("good")
+    stopped = a_run("stopped")
+    (stopped / "summary.json").unlink()
+    with (stopped / "metrics.jsonl").open("a") as metrics:
+        metrics.write(line + "\n")
+    damaged = a_run("damaged")
+    _damage(damaged, "truncated")
+    listed = cli("runs", "--runs-dir", tmp_path / "runs")
+    assert listed.exit_code == 0, listed.stderr
+    rows = {row.split()[0]: row for row in listed.stdout.splitlines()[1:]}
+    assert set(rows) == {"good", "stopped", "damaged"}
+    assert "finished" in rows["good"] and "summary.json damaged" in rows["damaged"]
+    as_json = cli("runs", "--runs-dir", tmp_path / "runs", "--json")
+    assert as_json.exit_code == 0 and len(json.loads(as_json.stdout)) == 3
+    assert good.is_dir()
+
+
+@pytest.mark.xfail(strict=True, reason="the lead's: runner/cli.py _finish reads summary.json with json.loads and "
+                                       "s['wall_s'] (runner.show.done_lines is the reader to call)")
+@pytest.mark.parametrize("command", ["resume", "fetch"])
+@pytest.mark.parametrize("how", DAMAGES)
+def test_resume_and_fetch_of_a_run_with_a_damaged_summary_say_so_in_one_line(a_run, command, how):
+    run = a_run("damaged")
+    said = _damage(run, how)
+    result = cli_subprocess(command, run)
+    assert result.returncode == 2, result.stderr
+    assert f"{run / 'summary.json'}: {said}" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(run)  # the run folder, last, as always
+
+
+@pytest.mark.xfail(strict=True, reason="the lead's: runner/lifecycle.py progress_lines calls record.get on each "
+                                       "metrics.jsonl line, a `null` among them")
+def test_logs_of_a_run_with_a_null_metrics_line(a_run):
+    run = a_run("nullline")
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write("null\n")
+    result = cli_subprocess("logs", run)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "epoch 1  train_loss" in result.stdout
+
+
+def test_done_lines_read_the_summary_through_the_one_reader(a_run):
+    """The end of an attached submit, resume or fetch (runner/cli.py _finish can print these)."""
+    from runner.run_view import DamagedFile
+    from runner.show import done_lines
+
+    run = a_run("done")
+    lines = done_lines(run)
+    assert lines[0].startswith("done: test_accuracy ") and " s on cpu x1" in lines[0]
+    (run / "summary.json").write_text("{}")
+    with pytest.raises(DamagedFile) as err:
+        done_lines(run)
+    assert err.value.exit_code == 2 and err.value.message == f"{run / 'summary.json'}: damaged (no epochs, " \
+                                                               "train_loss, test_loss, wall_s)"
+    (run / "summary.json").unlink()
+    assert done_lines(run) == []
