@@ -8,6 +8,8 @@ without a traceback, at the CLI edge.
 
 from __future__ import annotations
 
+import re
+
 JOB_FAILED = 1
 BAD_INPUT = 2
 MISSING_BACKEND = 3
@@ -33,8 +35,15 @@ def job_failed(message: str) -> GpujobError:
     return GpujobError(message, JOB_FAILED)
 
 
+# A traceback's own error line: `ValueError: ...`, `torch.distributed.DistBackendError: ...`,
+# `KeyboardInterrupt`. Not its frames (indented) nor the `At:` lines torch adds below some errors.
+ERROR_LINE = re.compile(r"^\w+(\.\w+)*(Error|Exception|Interrupt)\b")
+
+
 def last_error_line(lines: list[str]) -> str:
     """From a worker's output, its own one-line error (the `gpujob: ...` the CLI prints) if it
-    printed one, else its last line: how a launcher or backend reports a worker's failure."""
+    printed one, else the error line of its last traceback, else its last line: how a launcher
+    or backend reports a worker's failure."""
     mine = [line.removeprefix("gpujob: ") for line in lines if line.startswith("gpujob: ")]
-    return (mine or [line for line in lines if line.strip()] or [""])[-1].strip()
+    errors = [line for line in lines if ERROR_LINE.match(line)]
+    return (mine or errors or [line for line in lines if line.strip()] or [""])[-1].strip()

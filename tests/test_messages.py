@@ -202,3 +202,62 @@ def test_done_lines_read_the_summary_through_the_one_reader(a_run):
                                                                "train_loss, test_loss, wall_s)"
     (run / "summary.json").unlink()
     assert done_lines(run) == []
+
+
+# ---- the error a failed run is remembered by -------------------------------------------------
+
+TORCH_CALLBACK_TRACEBACK = """Traceback (most recent call last):
+  File "/work/runner/train.py", line 301, in step
+    self.scaler.scale(loss).backward()
+RuntimeError: Got the following error when running the callback: RuntimeError: [../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:7365
+
+At:
+  /work/runner/distributed.py(157): done
+""".splitlines()
+
+
+def test_last_error_line_is_a_tracebacks_error_not_its_last_frame():
+    assert last_error_line(TORCH_CALLBACK_TRACEBACK).startswith("RuntimeError: Got the following error when running")
+    chained = ["Traceback (most recent call last):", '  File "x.py", line 1, in f', "KeyError: 'a'", "",
+               "During handling of the above exception, another exception occurred:", "",
+               "Traceback (most recent call last):", '  File "x.py", line 3, in f',
+               "torch.distributed.DistBackendError: NCCL error in: ../init.cpp:1", "  frame #0: c10::Error"]
+    assert last_error_line(chained) == "torch.distributed.DistBackendError: NCCL error in: ../init.cpp:1"
+    assert last_error_line(["gpujob-worker: joined", "gpujob: job failed: ValueError: x"]) == "job failed: ValueError: x"
+    assert last_error_line(["some output", "the last line"]) == "the last line"  # no error line: as before
+    assert last_error_line([]) == ""
+
+
+@pytest.fixture(scope="module")
+def a_failed_ddp_run(tmp_path_factory):
+    """A real 2-worker run whose rank 1 raises at its third step (tests/plugins.py saboteur)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("ddp-failure")
+    spec = root / "fails.yaml"
+    spec.write_text(yaml.safe_dump({"name": "fails", "model": {"name": "tests.plugins:saboteur",
+                                                               "args": {"rank": 1, "at_step": 3}},
+                                    "data": {"dataset": "digits", "batch_size": 64},
+                                    "train": {"epochs": 1, "log_every_steps": 5}, "resources": {"processes": 2}}))
+    out = cli_subprocess("submit", spec, "--runs-dir", root / "runs")
+    assert out.returncode == 1, out.stderr
+    assert "rank 1 of 2 failed: job failed: ValueError: planted failure at step 3" in out.stderr
+    run = root / "runs" / out.stdout.strip().splitlines()[-1].rsplit("/", 1)[-1]
+    status = cli_subprocess("status", run)
+    assert status.returncode == 0, status.stderr
+    return run, status.stdout.strip()
+
+
+def test_status_after_a_ddp_failure_names_an_error_not_a_stack_frame(a_failed_ddp_run):
+    """Issue 23: it said "failed: .../runner/distributed.py(157): done"."""
+    run, said = a_failed_ddp_run
+    assert said.startswith(f"{run.name}: failed: ")
+    assert re.search(r"failed: [\w.]*(Error|Exception)\b", said) and not re.search(r"\.py\(\d+\)", said), said
+
+
+@pytest.mark.xfail(strict=True, reason="the lead's: error.log holds rank 0's traceback (its peer was lost); the "
+                                       "launcher's verdict naming rank 1 is printed by submit but not kept where "
+                                       "status reads it (runner/launch.py _failure)")
+def test_status_after_a_ddp_failure_names_the_rank_that_failed_and_its_error(a_failed_ddp_run):
+    _, said = a_failed_ddp_run
+    assert "rank 1 of 2" in said and "ValueError: planted failure at step 3" in said
