@@ -11,9 +11,13 @@ not retried. FunctionCall.get() answers as the installed SDK's does (modal/_func
 modal/_utils/function_utils.py): the return value; the last attempt's exception; a
 FunctionTimeoutError when the last attempt ran past the timeout; a RemoteError for an input
 that ended cancelled without returning (a TERMINATED result); an OutputExpiredError once Modal
-no longer keeps the result (`expired`); the builtin TimeoutError while it runs. The volume is
-a folder, logs are the containers' output, and `fail_next` makes the next calls of one kind
-meet Modal's own trouble (InternalError, ServiceError, ...)."""
+no longer keeps the result (`expired`); the builtin TimeoutError while it runs; InternalFailure
+for an input whose containers Modal kept losing (`lost_containers`: Modal reruns a lost attempt
+at once, outside the function's retries, and gives up after INTERNAL_FAILURE_LIMIT of them with
+a GENERIC_STATUS_INTERNAL_FAILURE result, modal/_functions.py and _process_result). App.run()
+swallows a KeyboardInterrupt, and a modal ConnectionError in a detached app's block, as
+modal/runner.py's does. The volume is a folder, logs are the containers' output, and `fail_next`
+makes the next calls of one kind meet Modal's own trouble (InternalError, ServiceError, ...)."""
 
 from __future__ import annotations
 
@@ -35,6 +39,10 @@ from unittest import mock
 from runner.backends.modal.app import VOLUME_PATH_ENV
 from runner.backends.modal.service import ModalService
 from tests.conftest import REPO
+
+# How many lost attempts of one input Modal reruns before it gives up on it: the client's own
+# limit for the inputs it retries itself (MAX_INTERNAL_FAILURE_COUNT in modal/_functions.py).
+INTERNAL_FAILURE_LIMIT = 8
 
 
 class FolderVolume:
@@ -119,12 +127,13 @@ class ContainerCall:
     # ---- what Modal does with the input --------------------------------------------------
 
     def _run_input(self) -> None:
-        from modal.exception import FunctionTimeoutError, RemoteError
+        from modal.exception import FunctionTimeoutError, InternalFailure, RemoteError
 
         policy = self.request.options()["retries"]
         timeout_here = self.request.timeout_s * self.modal.modal_second
-        for attempt in range(1, policy.max_retries + 2):
-            result_file = self.modal.scratch / f"{self.object_id}.attempt-{attempt}.json"
+        attempt = lost = 0
+        while attempt <= policy.max_retries:
+            result_file = self.modal.scratch / f"{self.object_id}.attempt-{attempt + lost + 1}.json"
             with self.lock:
                 if self.cancelled:
                     break
@@ -135,6 +144,15 @@ class ContainerCall:
                         env={**self._container_env(), VOLUME_PATH_ENV: str(self.modal.volume),
                              "PYTHONUNBUFFERED": "1"})
             began = time.monotonic()
+            if lost < self.modal.lost_containers:  # the worker under the container is lost
+                self._kill()
+                lost += 1
+                self.attempts.append(("lost", time.monotonic() - began))
+                if lost < INTERNAL_FAILURE_LIMIT:
+                    continue  # rerun at once; not one of the function's retries
+                self.outcome = ("raise", InternalFailure("the input failed inside Modal: its container was lost"))
+                break
+            attempt += 1
             try:
                 self.proc.wait(timeout=timeout_here)
                 timed_out = False
@@ -292,9 +310,10 @@ class ContainerModal(ModalService):
     `interrupt_after`: the user presses Ctrl-C once an attached submit has shown that many lines."""
 
     def __init__(self, volume: Path, scratch: Path, interrupt_after: int | None = None, modal_second: float = 1.0,
-                 expired: bool = False):
+                 expired: bool = False, lost_containers: int = 0):
         self.volume, self.scratch = volume, scratch
         self.interrupt_after, self.modal_second, self.expired = interrupt_after, modal_second, expired
+        self.lost_containers = lost_containers  # each call's first attempts whose container Modal loses
         self.calls: dict[str, ContainerCall] = {}
         self.cancels: list[str] = []
         self.app_runs: list[bool] = []  # each app.run(detach=...)
@@ -345,12 +364,19 @@ class ContainerModal(ModalService):
     @contextmanager
     def _app_run(self, detach: bool = False):
         """modal.App.run(): an ephemeral app; like Modal's runner, it swallows a KeyboardInterrupt
-        raised inside its block ("Disconnecting from Modal")."""
+        raised inside its block ("Disconnecting from Modal"), and in a detached app with output
+        enabled a modal ConnectionError too ("Connection lost!": the app keeps running)."""
+        from modal.exception import ConnectionError as ModalConnectionError
+
         self.app_runs.append(detach)
         try:
             yield
         except KeyboardInterrupt:
             return
+        except ModalConnectionError:
+            if detach and self.echoing:
+                return
+            raise
 
     def start(self, request, run_name, detach, spawned):
         """ModalService.start itself, with the App's run() and the function's spawn() stood in for."""

@@ -477,7 +477,7 @@ def test_modals_own_trouble_in_status_logs_cancel_fetch_is_exit_3_naming_the_cal
     for command, kind, error in [("status", "get", errors.InternalError("internal")),
                                  ("logs", "logs", errors.ServiceError("unavailable")),
                                  ("cancel", "get", errors.ResourceExhaustedError("rate limited")),
-                                 ("fetch", "get", errors.InternalFailure("retry")),
+                                 ("fetch", "get", errors.InternalError("internal")),
                                  ("fetch", "volume", errors.ServiceError("unavailable"))]:
         service.fail_next(kind, error)
         out = cli(command, run)
@@ -489,6 +489,28 @@ def test_modals_own_trouble_in_status_logs_cancel_fetch_is_exit_3_naming_the_cal
     fetched = cli("fetch", run)  # Modal answers again: nothing was lost
     assert fetched.exit_code == 0 and (run / "summary.json").exists()
     assert cli("status", run).stdout.startswith(f"{run.name}: finished")
+
+
+def test_a_call_modal_failed_inside_its_infrastructure_is_the_jobs_failure(modal_spec, container_modal, tmp_path,
+                                                                           monkeypatch):
+    """An input whose containers Modal keeps losing ends, after Modal's own reruns, with an
+    INTERNAL_FAILURE result, which FunctionCall.get raises as InternalFailure on every poll: the
+    job's outcome, said at once, not Modal's passing trouble waited out and called harmless."""
+    from runner.backends.modal import service as service_module
+
+    monkeypatch.setattr(service_module, "FOLLOW_OUTAGE_S", 3.0)  # what was waited out: 10 min for a user
+    service = container_modal(lost_containers=8)
+    result = cli("submit", modal_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    said = result.stderr + result.stdout
+    assert "InternalFailure" in result.stderr and "Modal's infrastructure" in result.stderr, result.stderr
+    assert "not affected" not in said and "try again" not in said and "the job runs on" not in said
+    (call,) = service.calls.values()
+    assert [how for how, _ in call.attempts] == ["lost"] * 8  # Modal's own reruns, none of the function's retries
+    status = cli("status", run)
+    assert status.exit_code == 0 and status.stdout.startswith(f"{run.name}: failed"), status.stdout
+    assert "InternalFailure" in status.stdout
 
 
 def test_status_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path):

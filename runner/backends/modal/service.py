@@ -122,12 +122,12 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 
 def service_errors() -> tuple[type[BaseException], ...]:
-    """What Modal raises when *Modal* (or the way to it) has trouble: never the job's outcome."""
+    """What Modal raises when *Modal* (or the way to it) has trouble: never the job's outcome.
+    (Not InternalFailure: that is a call's final result, ModalService._wait.)"""
     import modal.exception
 
     return (*_network_errors(), modal.exception.InternalError, modal.exception.ServiceError,
-            modal.exception.ResourceExhaustedError, modal.exception.InternalFailure, modal.exception.ClientClosed,
-            modal.exception.DataLossError)
+            modal.exception.ResourceExhaustedError, modal.exception.ClientClosed, modal.exception.DataLossError)
 
 
 @contextmanager
@@ -285,6 +285,13 @@ class ModalService:
             return CallState("failed", JOB_FAILED, f"RemoteError: {_first_line(err)}")
         except modal.exception.FunctionTimeoutError as err:
             return CallState("failed", JOB_FAILED, f"it ran past its Modal timeout ({_first_line(err)})")
+        except modal.exception.InternalFailure as err:
+            # The input's final result (GENERIC_STATUS_INTERNAL_FAILURE, modal/_utils/function_utils.py):
+            # it failed inside Modal's infrastructure and Modal gave up rerunning it. Every later get()
+            # says the same, so it is the job's outcome, not trouble to wait out.
+            return CallState("failed", JOB_FAILED, f"it failed inside Modal's infrastructure, after Modal's own "
+                                                   f"reruns (InternalFailure: {_first_line(err)}); `gpujob resume` "
+                                                   "continues it from its last checkpoint on the volume")
         except (modal.exception.AuthError, *service_errors()):
             raise  # about this machine or Modal, not the job: modal_errors says what to do
         except Exception as err:  # what train_remote raised on its last attempt
