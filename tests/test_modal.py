@@ -111,6 +111,17 @@ def test_the_app_ships_the_pinned_requirements_and_gpujobs_own_code():
     assert "images/requirements.txt" in image and "torch 2." in image and "local source of: runner" in image
 
 
+def test_no_container_stays_up_billed_once_the_call_has_ended(modal_spec, tmp_path):
+    """Modal keeps an idle container up, and bills it, for its scale-down window (60 s unless set):
+    each container serves one input and stops, and one left without an input goes after 2 s.
+    Read through Modal's public API: the options sent, and the shipped function's FunctionInfo."""
+    request = modal_request(load_spec(modal_spec()), "idle-1")
+    assert request.options()["scaledown_window"] == 2  # the least Modal accepts
+    with_code = dataclasses.replace(request, code_dir=str(tmp_path))
+    for function in (request.function(), with_code.function()):
+        assert function.info().single_use_containers
+
+
 def test_requirements_file_is_a_fresh_export_of_uv_lock(tmp_path):
     if shutil.which("uv") is None:
         pytest.skip("uv is not installed here: cannot export uv.lock")
@@ -133,8 +144,8 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
     assert "gpujob-runs at /runs" in rows["volume"]
     run_name = rows["run folder"].split("/")[-1]
     assert re.fullmatch(r"test-job-\d{8}-\d{6}", run_name)
-    assert rows["call"] == ("app 'gpujob': train_remote.with_options(gpu='A10G:2', timeout=1800, retries=3)"
-                            f".spawn(<spec yaml>, '{run_name}')")
+    assert rows["call"] == ("app 'gpujob': train_remote.with_options(gpu='A10G:2', timeout=1800, retries=3, "
+                            f"scaledown_window=2).spawn(<spec yaml>, '{run_name}')")
     from runner.gpus import PRICES_READ_ON
 
     assert rows["cost"].startswith("$2.20/h for A10G:2") and f"read {PRICES_READ_ON}" in rows["cost"]

@@ -8,8 +8,13 @@ every backend runs, `gpujob run SPEC --run-dir /runs/NAME --nproc-per-node auto 
 called in-process so that Modal's stop signals reach the launcher directly.
 
 The GPU, timeout and retries of one job come from its spec through `train_remote.with_options`
-(runner/backends/modal.py): Modal's documented way to configure a function per call
+(runner/backends/modal/backend.py): Modal's documented way to configure a function per call
 (https://modal.com/docs/guide/dynamic-function-config).
+
+Nothing is billed once a call has ended: a container serves one input and stops
+(`single_use_containers`; a retry gets a fresh one anyway), where Modal would otherwise keep an
+idle container up, billed, for its scale-down window (60 s by default); and the call sets that
+window to Modal's least, SCALEDOWN_WINDOW_S, for a container that starts and gets no input.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job se
 # Every attempt resumes from the run folder's last checkpoint.
 RETRIES = 3
 FIRST_ATTEMPT = "first-attempt-at"  # in the run's job/ on the volume
+SCALEDOWN_WINDOW_S = 2  # the least Modal accepts: how long a container without an input is kept
 CODE_MOUNT = "/gpujob/code"  # where a job's own code (its run folder's job/code) is in the container
 CODE_MOUNT_ENV = "GPUJOB_CODE_MOUNT"  # tests point it at the folder a stand-in image put the code in
 
@@ -54,6 +60,7 @@ def retry_policy(max_retries: int = RETRIES) -> modal.Retries:
 
 
 @app.function(image=image, volumes={VOLUME_MOUNT: volume}, timeout=DEFAULT_TIMEOUT_S, retries=retry_policy(),
+              single_use_containers=True,
               include_source=False)  # the image adds runner/ itself (LOCAL_SOURCES)
 def train_remote(spec_yaml: str, run_name: str) -> dict:
     """Run one job into VOLUME/run_name, resuming what an earlier attempt left there."""
@@ -79,7 +86,8 @@ def with_code(code_dir: str) -> tuple[modal.App, modal.Function]:
     own = modal.App(APP_NAME)
     function = own.function(image=image_with_code(code_dir),
                             volumes={VOLUME_MOUNT: volume}, timeout=DEFAULT_TIMEOUT_S, retries=retry_policy(),
-                            include_source=False, name="train_remote")(train_remote_with_code)
+                            single_use_containers=True, include_source=False,
+                            name="train_remote")(train_remote_with_code)
     return own, function
 
 

@@ -50,10 +50,11 @@ class ModalRequest:
     code_dir: str | None = None  # the run's job/code: the user's code, which the image adds
 
     def options(self) -> dict:
-        from runner.backends.modal.app import retry_policy
+        from runner.backends.modal.app import SCALEDOWN_WINDOW_S, retry_policy
 
         gpu = {"gpu": self.gpu} if self.gpu else {}  # with_options cannot unset a GPU; the base has none
-        return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries)}
+        return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries),
+                "scaledown_window": SCALEDOWN_WINDOW_S}
 
     def function(self):
         """The very Modal function that is shipped, configured for this job."""
@@ -75,9 +76,12 @@ class ModalRequest:
         return image_with_code(self.code_dir) if self.code_dir else image
 
     def call(self) -> str:
+        from runner.backends.modal.app import SCALEDOWN_WINDOW_S
+
         gpu = f"gpu={self.gpu!r}, " if self.gpu else ""
         return (f"app {APP!r}: train_remote.with_options({gpu}timeout={self.timeout_s}, "
-                f"retries={self.retries}).spawn(<spec yaml>, {self.run_name!r})")
+                f"retries={self.retries}, scaledown_window={SCALEDOWN_WINDOW_S}).spawn(<spec yaml>, "
+                f"{self.run_name!r})")
 
 
 def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
@@ -131,7 +135,8 @@ def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
     return (f"${hourly:.2f}/h for {request} (${per_gpu:.2f} per GPU-hour, Modal's list price read {PRICES_READ_ON}; "
             f"CPU and memory extra); at most ${hourly * most_h:.2f} for the whole job: its "
             f"{spec.resources.timeout_minutes} min limit across all {attempts} attempts, plus up to "
-            f"{TIMEOUT_GRACE_S // 60} min of start-up and save for each")
+            f"{TIMEOUT_GRACE_S // 60} min of start-up and save for each; no container is billed once the "
+            "job has ended (each serves its one call and stops)")
 
 
 REQUEST_FILE = "modal-call.json"  # in job/: the call as sent, for `gpujob resume`
