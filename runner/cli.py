@@ -16,14 +16,10 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from runner import interrupts
+import typer
 
-interrupts.install_if_this_is_gpujob()  # first: a Ctrl-C while typer, torch and the rest import is one line too
-
-import typer  # noqa: E402
-
-from runner.backends import AUTO, NAMES  # noqa: E402
-from runner.errors import GpujobError  # noqa: E402
+from runner.backends import AUTO, NAMES
+from runner.errors import GpujobError
 
 # Plain help (no rich tables): they print a type tag such as <bool> or <list[str]> beside every option.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -43,8 +39,7 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            with interrupts.inside_a_command():
-                return command(*args, **kwargs)
+            return command(*args, **kwargs)
         except GpujobError as err:
             typer.echo(f"gpujob: {err.message}", err=True)
             if err.run_dir is not None and Path(err.run_dir).is_dir() and not os.environ.get(INNER_RUN):
@@ -485,7 +480,6 @@ def _finish(folder: Path) -> None:
 
 
 def main() -> None:
-    interrupts.install()
     if "--worker" in sys.argv:
         _worker_main()
     app()

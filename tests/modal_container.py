@@ -30,7 +30,7 @@ def main(request_file: str, result_file: str) -> None:
 
     request = ModalRequest(**json.loads(Path(request_file).read_text()))
     try:
-        result: dict = {"return": request.function().local(request.spec_yaml, request.run_name)}
+        result: dict = {"return": request.function().local(*request.args())}
     except InputCancellation:
         result = {"cancelled": True}
     except Exception as err:  # Modal logs the traceback and retries the input

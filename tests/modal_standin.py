@@ -385,7 +385,7 @@ class ContainerModal(ModalService):
         service = self
 
         class Spawning:
-            spec_yaml = request.spec_yaml
+            args = staticmethod(request.args)
 
             @staticmethod
             def app():
@@ -393,14 +393,14 @@ class ContainerModal(ModalService):
 
             @staticmethod
             def function():
-                return SimpleNamespace(spawn=lambda spec_yaml, name: service._spawn(request, spec_yaml, name))
+                return SimpleNamespace(spawn=lambda *args: service._spawn(request, *args))
 
         with mock.patch.object(app, "run", self._app_run):
             return super().start(Spawning, run_name, detach, spawned)
 
-    def _spawn(self, request, spec_yaml: str, run_name: str) -> ContainerCall:
+    def _spawn(self, request, spec_yaml: str, run_name: str, submission: str) -> ContainerCall:
         self.trouble("spawn")
-        assert (spec_yaml, run_name) == (request.spec_yaml, request.run_name)
+        assert (spec_yaml, run_name, submission) == request.args() and submission
         call_id = f"fc-test-{len(self.calls) + 1}"
         self.calls[call_id] = ContainerCall(self, call_id, request)
         return self.calls[call_id]

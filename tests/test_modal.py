@@ -67,6 +67,12 @@ def _curve(run: Path) -> list[dict]:
     return [{k: v for k, v in m.items() if k not in TIMING_ONLY} for m in read_jsonl(run / "metrics.jsonl")]
 
 
+def submitted(spec, run_name: str, submission: str = "s-1"):
+    """The request for `spec`, as one submission of run `run_name` sends it (each submit and
+    resume has its own id; Modal's retries of one submission carry the same)."""
+    return dataclasses.replace(modal_request(load_spec(spec), run_name), submission=submission)
+
+
 def _same_weights(a: Path, b: Path) -> bool:
     import torch
 
@@ -145,12 +151,12 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
     run_name = rows["run folder"].split("/")[-1]
     assert re.fullmatch(r"test-job-\d{8}-\d{6}", run_name)
     assert rows["call"] == ("app 'gpujob': train_remote.with_options(gpu='A10G:2', timeout=1800, retries=3, "
-                            f"scaledown_window=2).spawn(<spec yaml>, '{run_name}')")
+                            f"scaledown_window=2).spawn(<spec yaml>, '{run_name}', <submission id>)")
     from runner.gpus import PRICES_READ_ON
 
     assert rows["cost"].startswith("$2.20/h for A10G:2") and f"read {PRICES_READ_ON}" in rows["cost"]
     # 20 min of job + 4 attempts x 10 min of start-up and save = 1 h at $2.20/h, not "per attempt"
-    assert "at most $2.20 for the whole job" in rows["cost"] and "per attempt" not in rows["cost"]
+    assert "at most $2.20 for the job as submitted" in rows["cost"] and "per attempt" not in rows["cost"]
     assert "images/requirements.txt" in rows["image"] and "torch 2." in rows["image"] and "runner" in rows["image"]
     assert "credentials" in rows and "dry steps" in rows
     assert not (tmp_path / "runs").exists()
@@ -173,47 +179,47 @@ def test_what_modal_cannot_run_is_exit_2_before_anything_starts(modal_spec, tmp_
 
 
 def test_the_shipped_function_trains_into_the_volume_and_a_rerun_resumes_nothing(modal_spec, volume):
-    request = modal_request(load_spec(modal_spec()), "tiny-1")
-    assert request.function().local(request.spec_yaml, "tiny-1") == {"exit_code": 0, "message": ""}
+    request = submitted(modal_spec(), "tiny-1")
+    assert request.function().local(*request.args()) == {"exit_code": 0, "message": ""}
     run = volume / "tiny-1"
     assert all((run / name).is_file() for name in ARTIFACTS)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["steps"] == 6
     before = (run / "summary.json").stat().st_mtime_ns
     # What Modal's restart of a finished input would do: nothing is trained again.
-    assert request.function().local(request.spec_yaml, "tiny-1") == {"exit_code": 0, "message": ""}
+    assert request.function().local(*request.args()) == {"exit_code": 0, "message": ""}
     assert (run / "summary.json").stat().st_mtime_ns == before
 
 
 def test_two_gpus_start_two_ddp_workers_through_the_launcher(modal_spec, volume):
-    request = modal_request(load_spec(modal_spec(gpu="A10G:2", processes=2)), "ddp-1")
+    request = submitted(modal_spec(gpu="A10G:2", processes=2), "ddp-1")
     assert request.world_size == 2
-    assert request.function().local(request.spec_yaml, "ddp-1")["exit_code"] == 0
+    assert request.function().local(*request.args())["exit_code"] == 0
     summary = json.loads((volume / "ddp-1" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["local_batch_size"] == 32
     assert all(e["allreduce_s"] > 0 for e in json.loads((volume / "ddp-1" / "timing.json").read_text())["epochs"])
 
 
 def test_a_job_error_is_returned_not_raised_so_modal_does_not_retry_it(modal_spec, volume):
-    spec = load_spec(modal_spec(optimizer={"name": "sgd", "lr": 1e12},
-                                train={"epochs": 2, "log_every_steps": 1, "checkpoint_every_minutes": 0}))
-    result = modal_request(spec, "nan-1").function().local(spec.to_yaml(), "nan-1")
+    request = submitted(modal_spec(optimizer={"name": "sgd", "lr": 1e12},
+                                   train={"epochs": 2, "log_every_steps": 1, "checkpoint_every_minutes": 0}), "nan-1")
+    result = request.function().local(*request.args())
     assert result["exit_code"] == 1 and "nan" in result["message"].lower()
 
 
 DRIVER = """
-import sys
+import dataclasses, sys
 from runner.backends.modal.backend import modal_request
 from runner.spec import load_spec  # noqa: E402
-request = modal_request(load_spec(sys.argv[1]), sys.argv[2])
-print(request.function().local(request.spec_yaml, sys.argv[2]), flush=True)
+request = dataclasses.replace(modal_request(load_spec(sys.argv[1]), sys.argv[2]), submission=sys.argv[3])
+print(request.function().local(*request.args()), flush=True)
 """
 
 
 def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes(modal_spec, volume):
     """The restart ends where a run that was never stopped ends: the same curve, the same weights."""
     spec = modal_spec(train={"epochs": 30, "log_every_steps": 5, "checkpoint_every_minutes": 10})
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(spec), "long-1"], cwd=REPO, env={**os.environ},
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(spec), "long-1", "s-1"], cwd=REPO, env={**os.environ},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: proc.poll() is not None or len(read_jsonl_if(volume / "long-1" / "metrics.jsonl")) >= 3,
@@ -227,11 +233,11 @@ def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes
     assert list((volume / "long-1" / "checkpoints").glob("step-*.pt"))
     assert not (volume / "long-1" / "summary.json").exists()
 
-    request = modal_request(load_spec(spec), "long-1")
-    assert request.function().local(request.spec_yaml, "long-1")["exit_code"] == 0  # Modal's restart
+    request = submitted(spec, "long-1", "s-1")
+    assert request.function().local(*request.args())["exit_code"] == 0  # Modal's restart, of the same submission
     assert json.loads((volume / "long-1" / "summary.json").read_text())["resumed"] == 1
-    never_stopped = modal_request(load_spec(spec), "long-2")
-    assert never_stopped.function().local(never_stopped.spec_yaml, "long-2")["exit_code"] == 0
+    never_stopped = submitted(spec, "long-2")
+    assert never_stopped.function().local(*never_stopped.args())["exit_code"] == 0
     assert _curve(volume / "long-1") == _curve(volume / "long-2")  # every step once, the same losses
     assert _same_weights(volume / "long-1", volume / "long-2")
 
@@ -502,6 +508,38 @@ def test_modals_own_trouble_in_status_logs_cancel_fetch_is_exit_3_naming_the_cal
     assert cli("status", run).stdout.startswith(f"{run.name}: finished")
 
 
+def test_a_resume_gets_its_own_time_limit_however_long_ago_the_first_submit_was(modal_spec, container_modal,
+                                                                                 tmp_path):
+    """resources.timeout_minutes holds per submission, as on every other backend: a run cancelled
+    (or timed out) a day ago trains again when resumed, though its first attempt began long before."""
+    from runner.backends.modal.app import FIRST_ATTEMPT
+
+    container_modal()
+    spec = modal_spec(train={"epochs": 3, "max_steps": 60, "log_every_steps": 5, "checkpoint_every_minutes": 10})
+    run = cli("submit", spec, "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    remote = tmp_path / "volume" / run.name
+    wait_for(lambda: len(read_jsonl_if(remote / "metrics.jsonl")) >= 2, "the job's steps")
+    assert cli("cancel", run).exit_code == 0
+    _a_day_earlier(remote / "job" / FIRST_ATTEMPT)
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "across its attempts" not in resumed.stderr
+    assert json.loads((run / "summary.json").read_text())["resumed"] == 1
+    steps = [r["step"] for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "step"]
+    assert steps[-1] == 60
+
+
+def _a_day_earlier(mark: Path) -> None:
+    """Move the time a submission's first attempt began a day back (a mark from before
+    submissions were told apart holds the bare time)."""
+    text = mark.read_text()
+    try:
+        kept = json.loads(text)
+        mark.write_text(json.dumps({**kept, "at": kept["at"] - 24 * 3600}) + "\n")
+    except (TypeError, KeyError):
+        mark.write_text(f"{float(text) - 24 * 3600}\n")
+
+
 def test_a_call_modal_failed_inside_its_infrastructure_is_the_jobs_failure(modal_spec, container_modal, tmp_path,
                                                                            monkeypatch):
     """An input whose containers Modal keeps losing ends, after Modal's own reruns, with an
@@ -705,10 +743,11 @@ def modal_exception():
 
 
 class FakeRequest:
-    spec_yaml = "name: x\n"
-
     def __init__(self, call, on_spawn=None):
         self.call, self.on_spawn = call, on_spawn
+
+    def args(self):
+        return "name: x\n", "run-1", "s-1"
 
     def app(self):  # a job without code of its own runs on the module's app (ModalRequest.app)
         from runner.backends.modal.app import app
@@ -719,7 +758,7 @@ class FakeRequest:
         request = self
 
         class Function:
-            def spawn(self, spec_yaml, run_name):
+            def spawn(self, spec_yaml, run_name, submission):
                 if request.on_spawn:
                     request.on_spawn()
                 return request.call
@@ -786,13 +825,19 @@ def test_a_modal_side_error_is_not_taken_for_the_job_failing(service):
     assert err.value.exit_code == 3 and "the job itself is not affected (call fc-fake)" in err.value.message
 
 
-def test_the_time_limit_holds_across_attempts(modal_spec, volume):
+def test_the_time_limit_holds_across_modals_retries_of_one_submission(modal_spec, volume):
+    """Modal starts its timeout again with each retry; resources.timeout_minutes is the
+    submission's, shared by all its attempts. Another submission (a resume) has its own."""
     from runner.backends.modal.app import FIRST_ATTEMPT
 
-    spec = load_spec(modal_spec(resources={"timeout_minutes": 1, "gpu": "A10G:1"}))
-    request = modal_request(spec, "late-1")
+    spec = modal_spec(resources={"timeout_minutes": 1, "gpu": "A10G:1"})
+    request = submitted(spec, "late-1", "s-1")
     (volume / "late-1" / "job").mkdir(parents=True)
-    (volume / "late-1" / "job" / FIRST_ATTEMPT).write_text(f"{time.time() - 90}\n")  # 90 s spent already
-    result = request.function().local(request.spec_yaml, "late-1")
+    (volume / "late-1" / "job" / FIRST_ATTEMPT).write_text(
+        json.dumps({"submission": "s-1", "at": time.time() - 90}))  # its first attempt began 90 s ago
+    result = request.function().local(*request.args())  # a retry of that submission
     assert result["exit_code"] == 1 and "across its attempts" in result["message"]
     assert not (volume / "late-1" / "metrics.jsonl").exists()  # nothing trained past the limit
+    resumed = submitted(spec, "late-1", "s-2")
+    assert resumed.function().local(*resumed.args()) == {"exit_code": 0, "message": ""}
+    assert (volume / "late-1" / "summary.json").exists()

@@ -20,6 +20,7 @@ window to Modal's least, SCALEDOWN_WINDOW_S, for a container that starts and get
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import tempfile
@@ -41,7 +42,7 @@ DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job se
 # Modal restarts a preempted input by itself; these retries also cover a crashed container.
 # Every attempt resumes from the run folder's last checkpoint.
 RETRIES = 3
-FIRST_ATTEMPT = "first-attempt-at"  # in the run's job/ on the volume
+FIRST_ATTEMPT = "first-attempt-at"  # in the run's job/ on the volume: {"submission", "at"}
 SCALEDOWN_WINDOW_S = 2  # the least Modal accepts: how long a container without an input is kept
 CODE_MOUNT = "/gpujob/code"  # where a job's own code (its run folder's job/code) is in the container
 CODE_MOUNT_ENV = "GPUJOB_CODE_MOUNT"  # tests point it at the folder a stand-in image put the code in
@@ -62,16 +63,17 @@ def retry_policy(max_retries: int = RETRIES) -> modal.Retries:
 @app.function(image=image, volumes={VOLUME_MOUNT: volume}, timeout=DEFAULT_TIMEOUT_S, retries=retry_policy(),
               single_use_containers=True,
               include_source=False)  # the image adds runner/ itself (LOCAL_SOURCES)
-def train_remote(spec_yaml: str, run_name: str) -> dict:
-    """Run one job into VOLUME/run_name, resuming what an earlier attempt left there."""
-    return run_job(spec_yaml, run_name)
+def train_remote(spec_yaml: str, run_name: str, submission: str) -> dict:
+    """Run one job into VOLUME/run_name, resuming what an earlier attempt left there.
+    `submission` tells this submit or resume apart from the others of the run (run_job)."""
+    return run_job(spec_yaml, run_name, submission)
 
 
-def train_remote_with_code(spec_yaml: str, run_name: str) -> dict:
+def train_remote_with_code(spec_yaml: str, run_name: str, submission: str) -> dict:
     """train_remote for a job that brings its own code: decorated per job (`with_code`), since
     its image adds that job's files. Modal's container finds it here by name, undecorated, as
     it does any function decorated outside the module's global scope."""
-    return run_job(spec_yaml, run_name)
+    return run_job(spec_yaml, run_name, submission)
 
 
 def image_with_code(code_dir: str) -> modal.Image:
@@ -91,7 +93,7 @@ def with_code(code_dir: str) -> tuple[modal.App, modal.Function]:
     return own, function
 
 
-def run_job(spec_yaml: str, run_name: str) -> dict:
+def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     """`gpujob run SPEC --run-dir RUNS/run_name --nproc-per-node auto --resume`, in this process.
 
     Returns {"exit_code", "message"} for an outcome a retry would not change (done, bad spec,
@@ -120,9 +122,10 @@ def run_job(spec_yaml: str, run_name: str) -> dict:
             spec_file = Path(scratch, "spec.yaml")
             spec_file.write_text(spec_yaml)
             spec = load_spec(spec_file)  # validated exactly as `gpujob run SPEC` would
-        # resources.timeout_minutes caps the job, not each attempt: Modal restarts its timeout with
-        # every retry, so each attempt gets only what the earlier ones left.
-        used_s = time.time() - _first_attempt_at(runs_root / run_name)
+        # resources.timeout_minutes caps each submission, not each attempt: Modal restarts its
+        # timeout with every retry, so an attempt gets only what the submission's earlier ones
+        # left; a `gpujob resume` is a new submission, with a limit of its own.
+        used_s = time.time() - _submission_began_at(runs_root / run_name, submission)
         if used_s >= spec.resources.timeout_minutes * 60:
             return {"exit_code": 1, "message": f"the job ran past resources.timeout_minutes "
                                                f"({spec.resources.timeout_minutes} min) across its attempts"}
@@ -153,16 +156,22 @@ class _CancelledBeforeTraining(Exception):
     pass
 
 
-def _first_attempt_at(run_dir: Path) -> float:
-    """When the job's first attempt began (wall clock), kept in its run folder on the volume."""
+def _submission_began_at(run_dir: Path, submission: str) -> float:
+    """When this submission's first attempt began (wall clock), kept in the run folder on the
+    volume: Modal's retries of the submission find it there; a new submission replaces it."""
     mark = run_dir / "job" / FIRST_ATTEMPT
     try:
-        return float(mark.read_text())
-    except (OSError, ValueError):
-        mark.parent.mkdir(parents=True, exist_ok=True)
-        now = time.time()
-        mark.write_text(f"{now}\n")
-        return now
+        kept = json.loads(mark.read_text())
+        if kept["submission"] == submission:
+            return float(kept["at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or from before submissions were told apart (the bare time)
+    from runner.run_folder import atomic_write
+
+    now = time.time()
+    mark.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(mark, json.dumps({"submission": submission, "at": now}).encode() + b"\n")
+    return now
 
 
 def _cancel_becomes_a_stop(cancelled: list):

@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -39,7 +40,7 @@ KEY_PINS = ("torch", "torchvision")
 
 @dataclass(frozen=True)
 class ModalRequest:
-    """One job as Modal will run it: train_remote.with_options(**options).spawn(spec_yaml, NAME)."""
+    """One job as Modal will run it: train_remote.with_options(**options).spawn(*args())."""
 
     gpu: str | None  # Modal's syntax, e.g. "A10G:2"; None runs on CPU
     timeout_s: int
@@ -48,6 +49,9 @@ class ModalRequest:
     spec_yaml: str
     run_name: str  # the run folder's name, locally and on the volume
     code_dir: str | None = None  # the run's job/code: the user's code, which the image adds
+    # This submit's or resume's own id, new for each spawn (ModalBackend._send): Modal's retries
+    # of one submission share its time limit, a resume gets a limit of its own (app.run_job).
+    submission: str = ""
 
     def options(self) -> dict:
         from runner.backends.modal.app import SCALEDOWN_WINDOW_S, retry_policy
@@ -55,6 +59,10 @@ class ModalRequest:
         gpu = {"gpu": self.gpu} if self.gpu else {}  # with_options cannot unset a GPU; the base has none
         return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries),
                 "scaledown_window": SCALEDOWN_WINDOW_S}
+
+    def args(self) -> tuple[str, str, str]:
+        """What train_remote is called with."""
+        return self.spec_yaml, self.run_name, self.submission
 
     def function(self):
         """The very Modal function that is shipped, configured for this job."""
@@ -81,7 +89,7 @@ class ModalRequest:
         gpu = f"gpu={self.gpu!r}, " if self.gpu else ""
         return (f"app {APP!r}: train_remote.with_options({gpu}timeout={self.timeout_s}, "
                 f"retries={self.retries}, scaledown_window={SCALEDOWN_WINDOW_S}).spawn(<spec yaml>, "
-                f"{self.run_name!r})")
+                f"{self.run_name!r}, <submission id>)")
 
 
 def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
@@ -121,7 +129,7 @@ def describe_image() -> str:
 
 
 def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
-    """The price, and what the whole job can cost at most: its time limit holds across all
+    """The price, and what one submission can cost at most: its time limit holds across all its
     attempts (runner/backends/modal/app.py), and each attempt may add its start-up and save."""
     from runner.backends.modal.app import TIMEOUT_GRACE_S
 
@@ -133,8 +141,8 @@ def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
     attempts = retries + 1
     most_h = spec.resources.timeout_minutes / 60 + attempts * TIMEOUT_GRACE_S / 3600
     return (f"${hourly:.2f}/h for {request} (${per_gpu:.2f} per GPU-hour, Modal's list price read {PRICES_READ_ON}; "
-            f"CPU and memory extra); at most ${hourly * most_h:.2f} for the whole job: its "
-            f"{spec.resources.timeout_minutes} min limit across all {attempts} attempts, plus up to "
+            f"CPU and memory extra); at most ${hourly * most_h:.2f} for the job as submitted (a resume has its "
+            f"own): its {spec.resources.timeout_minutes} min limit across all {attempts} attempts, plus up to "
             f"{TIMEOUT_GRACE_S // 60} min of start-up and save for each; no container is billed once the "
             "job has ended (each serves its one call and stops)")
 
@@ -199,6 +207,8 @@ class ModalBackend:
 
     def _send(self, service, run: Run, request: "ModalRequest", detach: bool) -> None:
         from runner.backends.modal.service import modal_errors
+
+        request = replace(request, submission=uuid.uuid4().hex)  # a new submission of the run
 
         def spawned(call_id: str) -> None:
             run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,

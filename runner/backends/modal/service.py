@@ -203,7 +203,7 @@ class ModalService:
         interrupted, state = False, None
         with self.modal.enable_output(), request.app().run(detach=True):  # a client's trouble never stops the job
             with held_interrupts() as held:
-                call = request.function().spawn(request.spec_yaml, run_name)
+                call = request.function().spawn(*request.args())
                 spawned(call.object_id)
             if held.interrupted:
                 interrupted = True
