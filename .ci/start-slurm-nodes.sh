@@ -68,7 +68,8 @@ for NS in "${NODES[@]}"; do
   alive "/run/slurm/slurmd-$NS.pid" && continue
   install -d -m 755 /var/spool/slurmd/"$NS"
   # slurmd forks into the background itself, keeping the namespaces it was started in.
-  "$HERE/on-node.sh" "$NS" slurmd -N "$NS"
+  # Their own slurm.conf: task/none (start-slurm.sh says why).
+  "$HERE/on-node.sh" "$NS" slurmd -f /etc/slurm/slurm-nodes.conf -N "$NS"
 done
 
 state() { timeout 5 sinfo -h -N -p multi -o '%N %t' 2>/dev/null | sort -u || true; }

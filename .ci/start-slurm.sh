@@ -7,6 +7,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 CONF=/etc/slurm/slurm.conf
+NODES_CONF=/etc/slurm/slurm-nodes.conf  # the namespaced nodes' (start-slurm-nodes.sh)
 LOG=/var/log/slurm
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -44,9 +45,14 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 # No cgroup plugins anywhere: without systemd nothing delegates a cgroup tree to slurmd (and CI
-# containers may have none); with linuxproc + task/none + jobacct none no cgroup.conf is needed.
+# containers may have none); with linuxproc + task/affinity + jobacct none no cgroup.conf is needed.
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+# task/affinity confines each task to its CPUs (sched_setaffinity) and binds them as srun's
+# --cpu-bind says, as clusters do. The namespaced nodes run task/none ($NODES_CONF): they share
+# this machine's CPUs, and each would confine its tasks to the same CPU 0.
+TaskPlugin=task/affinity
+# The two configurations differ on purpose (TaskPlugin): no warning about it.
+DebugFlags=NO_CONF_HASH
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
@@ -77,9 +83,13 @@ NodeName=${NODES_PREFIX}[1-2] NodeAddr=${NODES_NET}.11,${NODES_NET}.12 ${NODE#No
 PartitionName=multi Nodes=${NODES_PREFIX}[1-2] MaxTime=INFINITE State=UP
 EOF
 )
+NODES_NEW=${NEW/TaskPlugin=task\/affinity/TaskPlugin=task\/none}
 CHANGED=0
 if [ "$(cat "$CONF" 2>/dev/null)" != "$NEW" ]; then
   printf '%s\n' "$NEW" >"$CONF"; CHANGED=1
+fi
+if [ "$(cat "$NODES_CONF" 2>/dev/null)" != "$NODES_NEW" ]; then
+  printf '%s\n' "$NODES_NEW" >"$NODES_CONF"; CHANGED=1
 fi
 
 # A pid file names a live daemon: not a zombie (PID 1 here reaps orphans only now and then).
