@@ -16,10 +16,14 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-import typer
+from runner import interrupts
 
-from runner.backends import AUTO, NAMES
-from runner.errors import GpujobError
+interrupts.install_if_this_is_gpujob()  # first: a Ctrl-C while typer, torch and the rest import is one line too
+
+import typer  # noqa: E402
+
+from runner.backends import AUTO, NAMES  # noqa: E402
+from runner.errors import GpujobError  # noqa: E402
 
 # Plain help (no rich tables): they print a type tag such as <bool> or <list[str]> beside every option.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -39,7 +43,8 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            return command(*args, **kwargs)
+            with interrupts.inside_a_command():
+                return command(*args, **kwargs)
         except GpujobError as err:
             typer.echo(f"gpujob: {err.message}", err=True)
             if err.run_dir is not None and Path(err.run_dir).is_dir() and not os.environ.get(INNER_RUN):
@@ -480,6 +485,7 @@ def _finish(folder: Path) -> None:
 
 
 def main() -> None:
+    interrupts.install()
     if "--worker" in sys.argv:
         _worker_main()
     app()

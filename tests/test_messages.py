@@ -261,3 +261,38 @@ def test_status_after_a_ddp_failure_names_an_error_not_a_stack_frame(a_failed_dd
 def test_status_after_a_ddp_failure_names_the_rank_that_failed_and_its_error(a_failed_ddp_run):
     _, said = a_failed_ddp_run
     assert "rank 1 of 2" in said and "ValueError: planted failure at step 3" in said
+
+
+# ---- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def _entry_points():
+    """The console script users run (`from runner.cli import main`), at every moment; and
+    `python -m runner.cli`, as backends and workers start it, at two."""
+    script = REPO / ".venv" / "bin" / "gpujob"
+    module = [sys.executable, "-m", "runner.cli"]
+    return ([pytest.param([str(script)], (0.2, 0.5, 1, 2, 3), id="script")] if script.exists() else []) + \
+        [pytest.param(module, (0.2, 2), id="module")]
+
+
+@pytest.mark.parametrize("entry, moments", _entry_points())
+def test_ctrl_c_at_any_moment_of_a_dry_run_is_one_line_and_exit_130(tmp_path, entry, moments):
+    """Issue 23: SIGINT 2 s into `submit --dry-run` printed a 31-line traceback from typer; 0.7 s
+    in (numpy half imported) a RecursionError. Each moment: one line, exit 130, or, where the
+    dry run had already finished, its whole output."""
+    import yaml
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump({"name": "ctrl-c", "model": {"name": "cnn"}, "data": {"dataset": "digits"}}))
+    seen = []
+    for moment in moments:
+        job = subprocess.Popen([*entry, "submit", spec, "--dry-run", "--runs-dir", tmp_path / "runs"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(moment)
+        job.send_signal(signal.SIGINT)
+        out, err = job.communicate(timeout=120)
+        finished = job.returncode == 0 and out.endswith("dry run: nothing was submitted\n") and not err
+        assert finished or (job.returncode, err) == (130, "gpujob: interrupted\n"), (moment, job.returncode, err)
+        seen.append("finished" if finished else "interrupted")
+        assert not (tmp_path / "runs").exists()
+    assert seen[:2] == ["interrupted"] * 2  # the dry run takes longer than a second
