@@ -281,6 +281,9 @@ class Loop:
                 s.epoch_train_s, s.epoch_data_s = time.perf_counter() - self.epoch_start, self.data_s
                 self.save_checkpoint()
                 if stopping:
+                    # Every rank waits for rank 0's save: one that exited first would make SLURM's
+                    # srun --kill-on-bad-exit kill rank 0 mid-write.
+                    self.comm.wait_for_all(self.ctx)
                     raise Stopped(self.stop.signum or 15, s.step)
         return s.epoch_steps > 0
 
