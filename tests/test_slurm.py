@@ -118,10 +118,12 @@ def test_the_batch_script_asks_slurm_for_what_the_spec_says(write_spec, tmp_path
     for expected in ("--nodes=2", "--ntasks-per-node=4", "--time=90", "--gres=gpu:a100:4", "--partition=gpu",
                      "--account=lab", "--qos=high", "--cpus-per-task=8", "--mem=64G", "--constraint=ib",
                      "--requeue", f"--chdir={tmp_path}", f"--output={tmp_path}/run/job/slurm-%j.out",
-                     "--signal=TERM@120"):
+                     "--signal=ALRM@120"):
         assert expected in options
     body = script.split("\n\n", 1)[1]
     assert body.index("module load cuda/12") < body.index("srun")
+    # srun (SLURM 22.05 and later) takes the tasks' CPUs from SRUN_CPUS_PER_TASK, not from sbatch
+    assert body.index("export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK") < body.index("srun")
     assert "srun --kill-on-bad-exit=1" in body and "RANK=$SLURM_PROCID" in body
     assert f"/opt/py/bin/python -m runner.cli run {tmp_path}/run/job/spec.yaml --run-dir {tmp_path}/run " \
            "--worker --resume" in body
@@ -134,12 +136,13 @@ def test_the_batch_script_asks_slurm_for_what_the_spec_says(write_spec, tmp_path
     (1, 5, 10),      # never under 10 s
     (600, 300, 300),  # a long checkpoint gets its time
 ])
-def test_the_workers_get_sigterm_before_the_time_limit_in_time_to_checkpoint(
+def test_the_workers_get_the_time_limits_signal_before_it_in_time_to_checkpoint(
         write_spec, tmp_path, timeout_minutes, stop_grace_s, seconds_before_the_limit):
+    """SIGALRM, the workers' own time-limit signal: SIGTERM would read as a preemption."""
     spec = load_spec(write_spec(resources={"timeout_minutes": timeout_minutes},
                                 train={"stop_grace_s": stop_grace_s}))
     options = _options(sbatch_script(spec, tmp_path / "run", sys.executable, tmp_path))
-    assert [o for o in options if o.startswith("--signal")] == [f"--signal=TERM@{seconds_before_the_limit}"]
+    assert [o for o in options if o.startswith("--signal")] == [f"--signal=ALRM@{seconds_before_the_limit}"]
     assert f"--time={timeout_minutes}" in options
 
 
@@ -156,6 +159,18 @@ def test_dry_run_prints_the_batch_script_and_submits_nothing(fashion_spec, tmp_p
     assert result.exit_code == 0, result.stderr
     assert "#SBATCH --ntasks-per-node=2" in result.stdout and "nothing was submitted" in result.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_runs_dir_a_batch_script_cannot_name_is_one_line_exit_2(fashion_spec, tmp_path):
+    """A backslash would turn off --output's %j (the job's output could not be found), a newline
+    would end the #SBATCH line: refused before anything is written or submitted."""
+    runs = tmp_path / "back\\slash"
+    result = cli("submit", fashion_spec(), "--backend", "slurm", "--dry-run", "--runs-dir", runs)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"gpujob: --runs-dir: {str(runs.resolve())!r} holds a newline or a backslash, "
+        "which a SLURM batch script cannot carry in its #SBATCH lines; use a folder without them"]
+    assert not runs.exists()
 
 
 def test_without_slurm_commands_it_exits_3_and_says_what_to_do(fashion_spec, tmp_path, monkeypatch):
@@ -187,11 +202,13 @@ case "$1" in
   ping) [ "$FAKE_HANG" = ping ] && exec sleep 30
         echo "Slurmctld(primary) at fake is UP";;
   show) [ "$FAKE_HANG" = show ] && exec sleep 30
-        echo "JobId=4242 JobName=gpujob-test-job JobState=${FAKE_STATE:-RUNNING} Reason=None";;
+        echo "JobId=4242 JobName=gpujob-test-job JobState=${FAKE_STATE:-RUNNING} Reason=None Restarts=0";;
 esac
 """
+# FAKE_JOB_FILES: a folder of what the job wrote into the run's job/ (copied there on submit).
 FAKE_SBATCH = """#!/bin/sh
 [ "$FAKE_HANG" = sbatch ] && exec sleep 30
+[ -n "$FAKE_JOB_FILES" ] && cp "$FAKE_JOB_FILES"/* "$(dirname "$2")"/
 echo 4242
 """
 
@@ -244,6 +261,57 @@ def test_a_job_slurm_stopped_at_its_time_limit_is_exit_1_naming_the_limit(fashio
         f"gpujob: slurm: job 4242 ran past resources.timeout_minutes (2 min) and was stopped; its last checkpoint "
         f"is in {run}; continue it with: gpujob resume {run}")
     assert result.stdout.strip().splitlines()[-1] == str(run)
+
+
+# What a two-node job wrote when node 2's worker was SIGKILLed mid-run (tests/test_multinode.py),
+# as seen under load: srun's teardown SIGTERM reached rank 0 before it noticed its peer was gone,
+# so rank 0 ended 143, and srun's exit was 143 too. Rank 0 had said it resumed ("gpujob: ...").
+KILLED_ON_NODE_2 = {
+    "slurm-4242.out": """0: gpujob: resuming from step 50 (checkpoint step-00000050.pt, written 2026-12-03 01:57:10)
+0: gpujob-worker: joined the job (rank 0 of 2)
+1: gpujob-worker: joined the job (rank 1 of 2)
+0: step 60/300  epoch 2  loss 0.9638  lr 0.05  7868 samples/s
+1: worker: line 1: 23255 Killed                  "$@"
+srun: error: gpujob-node2: task 1: Exited with exit code 137
+srun: launch/slurm: _step_signal: Terminating StepId=4242.0
+0: slurmstepd-gpujob-node1: error: *** STEP 4242.0 ON gpujob-node1 CANCELLED AT 2026-12-03T01:57:19 ***
+srun: error: gpujob-node1: task 0: Exited with exit code 143
+""",
+    "rank-0.exit": "143 gpujob-node1\n", "rank-1.exit": "137 gpujob-node2\n", "exit-code": "143\n"}
+# Rank 1 failed with its own error; rank 0 then failed too: srun's teardown SIGTERM killed its
+# DataLoader workers, an error that names no peer. Each task's line says when it ended.
+FAILED_ON_RANK_1 = {
+    "slurm-4242.out": """0: gpujob-worker: joined the job (rank 0 of 2)
+1: gpujob-worker: joined the job (rank 1 of 2)
+1: gpujob: job failed: ValueError: planted failure at step 3 (traceback in /runs/x/error.log)
+srun: error: vm: task 1: Exited with exit code 1
+srun: launch/slurm: _step_signal: Terminating StepId=4242.0
+0: gpujob: job failed: RuntimeError: DataLoader worker (pid(s) 812) exited unexpectedly
+srun: error: vm: task 0: Exited with exit code 1
+""",
+    "rank-0.exit": "1 vm 1796263246.912301 TERM,\n", "rank-1.exit": "1 vm 1796263246.401622 -\n",
+    "exit-code": "1 0\n"}
+
+
+@pytest.mark.parametrize("wrote, said", [
+    (KILLED_ON_NODE_2, "rank 1 of 2 on node gpujob-node2 was killed by SIGKILL, not by gpujob"),
+    (FAILED_ON_RANK_1, "rank 1 of 2 on node vm: the job failed (exit 1): job failed: ValueError: planted failure"),
+], ids=["killed-then-srun-stopped-the-other", "failed-then-the-other-failed-too"])
+def test_the_rank_that_failed_first_is_blamed_not_one_that_ended_after_it(fashion_spec, tmp_path, fake_slurm,
+                                                                          wrote, said):
+    """Which rank ended the job is decided by what happened first (a rank's own end, before srun's
+    teardown), not by the rank numbers or by what a rank said before."""
+    files = tmp_path / "wrote"
+    files.mkdir()
+    for name, text in wrote.items():
+        (files / name).write_text(text)
+    fake_slurm.setenv("FAKE_JOB_FILES", str(files))
+    fake_slurm.setenv("FAKE_STATE", "FAILED")
+    result = cli("submit", fashion_spec(resources={"processes": 2}), "--backend", "slurm",
+                 "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1, result.stderr
+    last = [line for line in result.stderr.splitlines() if line.startswith("gpujob: slurm job")]
+    assert len(last) == 1 and last[0].startswith(f"gpujob: slurm job 4242: {said}"), result.stderr
 
 
 def test_two_tasks_on_slurm_train_like_two_local_workers(fashion_spec, tmp_path, slurm_cluster):
@@ -400,6 +468,116 @@ def test_a_requeued_job_resumes_from_its_checkpoint_into_the_same_folder(write_s
     summary = json.loads((run / "summary.json").read_text())
     assert summary["resumed"] == 1 and summary["epochs"] == 20
     _assert_trained_like(run, uninterrupted)
+
+
+def test_a_requeued_job_whose_restart_fails_before_its_script_runs_is_not_reported_as_stopped(
+        write_spec, tmp_path, slurm_cluster):
+    """The first attempt was stopped by the requeue and wrote its exit code (143); the restart then
+    fails before its batch script runs (its output file cannot be opened: JobLaunchFailure), so
+    the exit code on disk is the first attempt's, not this one's."""
+    spec = write_spec(name="requeue-fails", **PREEMPTIBLE)
+    runs = tmp_path / "runs"
+    proc = _submit_in_background(spec, runs)
+    run = _only_run(runs, proc)
+    wait_for(lambda: _steps(run) or proc.poll() is not None, "the SLURM job's first steps")
+    assert proc.poll() is None, proc.stderr.read()
+    job_id = read_record(run).handles["slurm_job_id"]
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait_for(lambda: (run / "job" / "exit-code").exists(), "the first attempt's batch script to end", 60)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"StdOut={tmp_path}/no-such-folder/out"], check=True)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"gpujob: slurm: job {job_id} was requeued, and its restart (1) ended FAILED (JobLaunchFailure) before its "
+        f"batch script ran; its last checkpoint is in {run}; continue it with: gpujob resume {run}")
+    assert cli("status", run).stdout.startswith(f"{run.name}: failed"), "not stopped, not preempted"
+
+
+def test_a_job_that_reaches_its_time_limit_is_a_timeout_not_a_preemption(write_spec, tmp_path, slurm_cluster):
+    """SLURM's own warning before the time limit (--signal) stops the workers, which checkpoint:
+    that is resources.timeout_minutes reached, exit 1, as on every backend, not a preemption to
+    resume (143). --time is whole minutes, so this takes one."""
+    spec = write_spec(name="time-limit", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                      resources={"processes": 2, "timeout_minutes": 1},
+                      # stop_grace_s 40: the warning comes 40 s before the limit, before SLURM's 30-second checks
+                      train={"epochs": 1000, "log_every_steps": 10, "checkpoint_every_minutes": 60,
+                             "stop_grace_s": 40})
+    result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    run = result.run_dir
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"gpujob: slurm: job {read_record(run).handles['slurm_job_id']} ran past resources.timeout_minutes (1 min) "
+        f"and was stopped; its last checkpoint is in {run}; continue it with: gpujob resume {run}")
+    stopped = re.search(r"ran past resources.timeout_minutes \(1 min\) and was stopped at step (\d+), checkpoint "
+                        "saved", result.stdout)
+    assert stopped, result.stdout[-2000:]
+    assert CheckpointStore(run).paths()[0].name == f"step-{int(stopped[1]):08d}.pt"
+    assert cli("status", run).stdout.startswith(f"{run.name}: failed")
+
+
+def _kill_wait_s() -> int:
+    """How long SLURM waits between SIGTERM and SIGKILL when it stops a job step (KillWait)."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"^KillWait\s*=\s*(\d+)", config, re.M)[1])
+
+
+def test_a_stop_keeps_the_checkpoint_rank_0_is_still_writing(write_spec, tmp_path, slurm_cluster):
+    """On a stop, rank 1 has nothing to save; had it exited at once, srun --kill-on-bad-exit would
+    have killed rank 0 KillWait seconds later, mid-write. Here rank 0's write takes longer than
+    that (a large model), and the stop's checkpoint is still the newest, whole."""
+    slow_from = tmp_path / "slow-from-now"
+    save_s = _kill_wait_s() + 10
+    spec = write_spec(name="slow-save",
+                      model={"name": "tests.slurm_plugins:slow_to_save",
+                             "args": {"slow_from": str(slow_from), "save_s": save_s}},
+                      data={"dataset": "digits", "batch_size": 32}, resources={"processes": 2},
+                      train={"epochs": 1000, "log_every_steps": 10, "checkpoint_every_minutes": 60,
+                             "stop_grace_s": save_s + 30, "collective_timeout_s": save_s + 60})
+    submitted = cli("submit", spec, "--backend", "slurm", "--detach", "--runs-dir", tmp_path / "runs")
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir.resolve()
+    wait_for(lambda: _steps(run), "the SLURM job's first steps")
+    slow_from.touch()
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0, cancelled.stderr
+    job_id = read_record(run).handles["slurm_job_id"]
+    output = (run / "job" / f"slurm-{job_id}.out").read_text()
+    stopped = re.search(r"^0: gpujob: stopped at step (\d+) by SIGTERM, checkpoint saved", output, re.M)
+    assert stopped, output[-3000:]
+    store = CheckpointStore(run)
+    assert store.paths()[0].name == f"step-{int(stopped[1]):08d}.pt"
+    assert store.load_latest()["loop"]["step"] == int(stopped[1]), "whole, and the stop's"
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
+
+
+def test_each_task_gets_the_cpus_it_asked_for(write_spec, tmp_path, slurm_cluster):
+    """slurm.cpus_per_task: 2 on a cluster that binds tasks to cores (SLURM_CPU_BIND=cores, as a
+    site's default may): the task runs on 2 CPUs with 2 threads. srun (SLURM 22.05 and later)
+    does not take --cpus-per-task from sbatch: each task was bound to one CPU."""
+    report = tmp_path / "cpus"
+    spec = write_spec(model={"name": "tests.slurm_plugins:cpu_reporter", "args": {"report_to": str(report)}},
+                      data={"dataset": "digits", "batch_size": 64}, train={"epochs": 1, "max_steps": 2},
+                      slurm={"cpus_per_task": 2, "setup": ["export SLURM_CPU_BIND=cores"]})
+    result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    seen = json.loads(Path(f"{report}-0.json").read_text())
+    assert (len(seen["cpus"]), seen["threads"]) == (2, 2), seen
+
+
+def test_a_runs_dir_with_a_space_a_hash_a_percent_and_non_ascii_runs_on_slurm(write_spec, tmp_path, slurm_cluster):
+    runs = tmp_path / "my runs ü#1 100%"
+    spec = write_spec(data={"dataset": "digits", "batch_size": 64}, resources={"processes": 2},
+                      train={"epochs": 1, "max_steps": 4})
+    dry = cli("submit", spec, "--backend", "slurm", "--dry-run", "--runs-dir", runs)
+    assert dry.exit_code == 0, dry.stderr
+    result = cli("submit", spec, "--backend", "slurm", "--runs-dir", runs)
+    assert result.exit_code == 0, result.stderr
+    run = result.run_dir
+    assert run.parent == runs.resolve() and (run / "summary.json").is_file()
+    job_id = read_record(run).handles["slurm_job_id"]
+    assert (run / "job" / f"slurm-{job_id}.out").is_file()
+    assert sorted(path.name for path in (run / "job").glob("rank-*.exit")) == ["rank-0.exit", "rank-1.exit"]
 
 
 def test_a_runs_dir_the_nodes_do_not_share_is_named_in_the_error(write_spec, tmp_path, slurm_cluster):

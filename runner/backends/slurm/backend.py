@@ -14,7 +14,6 @@ again, which continues from the last checkpoint.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -24,13 +23,14 @@ from typing import Iterator
 from runner import run_lock, run_record
 from runner.backends import PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.exit_codes import remote_exit_error
-from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_start_time, job_state,
+from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_restarts, job_start_time, job_state,
                                             require_controller, sbatch, slurm_command)
-from runner.backends.slurm.script import EXIT_CODE_FILE, sbatch_script
-from runner.errors import GpujobError, job_failed
+from runner.backends.slurm.outcome import ScriptExit, failed_rank, rank_ends, script_exit
+from runner.backends.slurm.script import check_path, sbatch_script
+from runner.errors import JOB_FAILED, GpujobError, job_failed
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
-from runner.stop_signals import INTERRUPTED, PREEMPTED
+from runner.stop_signals import INTERRUPTED
 
 POLL_S = 0.5
 STOP_GRACE_S = 30  # after Ctrl-C or cancel, besides train.stop_grace_s: SLURM's own time to pass the signal on
@@ -51,6 +51,8 @@ class SlurmBackend:
     ships_code = True  # a copy in the run's job/code, which the job imports
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
+        check_path(Path(runs_dir).resolve(), "--runs-dir")
+        check_path(Path.cwd(), "the folder gpujob runs in")
         folder = (Path(runs_dir) / run_name).resolve()
         script = sbatch_script(spec, folder, spec.slurm.python or sys.executable, Path.cwd())
         world = spec.resources.nodes * spec.resources.workers_per_node
@@ -63,8 +65,8 @@ class SlurmBackend:
         require_controller()
         job_dir = run.folder / JOB_FILES
         job_dir.mkdir(exist_ok=True)
-        (job_dir / "spec.yaml").write_text(plan.spec.to_yaml())
-        (job_dir / SCRIPT).write_text(plan.request.script)
+        (job_dir / "spec.yaml").write_text(plan.spec.to_yaml(), encoding="utf-8")
+        (job_dir / SCRIPT).write_text(plan.request.script, encoding="utf-8")  # a run folder's path may be any text
         self._send(run, plan.spec, detach)
 
     def _send(self, run: Run, spec: JobSpec, detach: bool) -> None:
@@ -113,20 +115,31 @@ class SlurmBackend:
 
     def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
         job_dir = folder / JOB_FILES
+        time_limit = (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} "
+                      f"min) and was stopped; its last checkpoint is in {folder}; continue it with: gpujob resume "
+                      f"{folder}")
         if state == "TIMEOUT":
-            raise job_failed(f"slurm: job {job_id} ran past resources.timeout_minutes "
-                             f"({spec.resources.timeout_minutes} min) and was stopped; its last checkpoint is in "
-                             f"{folder}; continue it with: gpujob resume {folder}")
+            raise job_failed(time_limit)
         if not output.path.exists() and state != "CANCELLED":
             raise job_failed(f"slurm: job {job_id} ended {state}, but nothing it wrote is visible here; --runs-dir "
                              f"({folder.parent}) must be on a file system the compute nodes share with this machine")
-        if not (job_dir / EXIT_CODE_FILE).exists():
+        ended = script_exit(job_dir)
+        if ended is None:
             raise job_failed(f"slurm: job {job_id} ended {state} before its script finished; see "
                              f"{_output(folder, job_id)}")
-        code, lines, where = int((job_dir / EXIT_CODE_FILE).read_text()), output.lines(), f"slurm job {job_id}"
-        failed = failed_rank(job_dir, output)
+        restarts = job_restarts(job_id)
+        if _earlier_start(ended, restarts):
+            reason = job_state(job_id)[1]
+            raise job_failed(f"slurm: job {job_id} was requeued, and its restart ({restarts}) ended {state}"
+                             + (f" ({reason})" if reason not in ("None", "") else "")
+                             + f" before its batch script ran; its last checkpoint is in {folder}; continue it "
+                             f"with: gpujob resume {folder}")
+        if _stopped_by_time_limit(folder, job_id):  # by SLURM's warning before the limit (--signal)
+            raise job_failed(time_limit)
+        failed = failed_rank(rank_ends(job_dir, output))
+        code, lines, where = ended.code, output.lines(), f"slurm job {job_id}"
         if failed is not None:
-            code, lines = failed.code, failed.lines
+            code, lines = failed.code, list(failed.lines)
             world = spec.resources.nodes * spec.resources.workers_per_node
             where += f": rank {failed.rank} of {world}" + (f" on node {failed.node}" if failed.node else "")
             if failed.signal is not None:
@@ -150,9 +163,13 @@ class SlurmBackend:
             return RunState(PENDING, f"SLURM job {job_id} is waiting: {reason}")
         if state not in FINAL_STATES or run_lock.holder(run.folder) is not None:
             return RunState(RUNNING, f"SLURM job {job_id} is {state.lower()}")
-        code_file = run.folder / JOB_FILES / EXIT_CODE_FILE
-        code = int(code_file.read_text()) if code_file.exists() else None
-        return ended_state(run, code, f"SLURM job {job_id} ended {state}")
+        ended = script_exit(run.folder / JOB_FILES)
+        if ended is not None and _earlier_start(ended, job_restarts(job_id)):
+            return ended_state(run, JOB_FAILED, f"SLURM job {job_id} was requeued, and its restart ended {state} "
+                                                "before its batch script ran")
+        if state == "TIMEOUT" or _stopped_by_time_limit(run.folder, job_id):
+            return ended_state(run, JOB_FAILED, f"SLURM job {job_id} ran past resources.timeout_minutes")
+        return ended_state(run, ended.code if ended else None, f"SLURM job {job_id} ended {state}")
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
         job_id = run.handles.get("slurm_job_id")
@@ -200,6 +217,22 @@ def _output(folder: Path, job_id: str) -> Path:
     return folder / JOB_FILES / f"slurm-{job_id}.out"
 
 
+def _earlier_start(ended: ScriptExit, restarts: int | None) -> bool:
+    """Whether the batch script's exit code is from an earlier start of a requeued job: its
+    restart ended before the script ran again (None: SLURM no longer knows the job)."""
+    return ended.attempt is not None and restarts is not None and ended.attempt < restarts
+
+
+def _stopped_by_time_limit(folder: Path, job_id: str) -> bool:
+    """Whether SLURM's warning before the time limit stopped the job's workers (rank-N.exit, and
+    what they said in the job's output)."""
+    output = OutputFollower(_output(folder, job_id))
+    output.poll(final=True)
+    ends = rank_ends(folder / JOB_FILES, output)
+    failed = failed_rank(ends)
+    return any(end.stopped_by_time_limit for end in ends.values()) and (failed is None or failed.stopped_by_time_limit)
+
+
 def _note_queue_time(folder: Path, job_id: str) -> None:
     """From the submission to SLURM's own StartTime of the job (whole seconds: a start within the
     submission's second counts as no wait)."""
@@ -214,82 +247,6 @@ def _note_queue_time(folder: Path, job_id: str) -> None:
 def _echo(lines: list[str]) -> None:
     for line in lines:
         print(line, flush=True)
-
-
-@dataclass(frozen=True)
-class RankEnd:
-    """How the rank that ended a job ended: its exit code as its shell saw it, its node, its last lines."""
-
-    rank: int
-    code: int
-    node: str | None
-    lines: list[str]
-
-    @property
-    def signal(self) -> str | None:
-        """The signal that killed its worker ("SIGKILL"), unless it is one of gpujob's own stops
-        (SIGTERM, SIGINT: the worker checkpoints and exits 143 or 130) or the worker said why."""
-        import signal
-
-        if self.code in (PREEMPTED, INTERRUPTED) or not 128 < self.code < 128 + signal.NSIG:
-            return None
-        if any(line.startswith("gpujob: ") for line in self.lines):
-            return None
-        try:
-            return signal.Signals(self.code - 128).name
-        except ValueError:
-            return None
-
-
-# srun's own line for a task that ended badly, e.g. "srun: error: node2: task 1: Killed".
-SRUN_TASK_ENDED = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+)$")
-
-
-def rank_exits(job_dir: Path, output: OutputFollower) -> dict[int, tuple[int, str | None]]:
-    """{rank: (exit code, node)} from the files each task's shell writes (job.sbatch), and, for
-    a task whose shell died with its worker (its process group killed, its node lost), from
-    srun's own line. Of those, only the first srun reports can have ended the job: srun stopped
-    the ones after it, and they count as stopped (-SIGKILL)."""
-    import signal
-
-    exits: dict[int, tuple[int, str | None]] = {}
-    for path in job_dir.glob("rank-*.exit"):
-        code, _, node = path.read_text().strip().partition(" ")  # "CODE NODE"; "CODE" before nodes were named
-        exits[int(path.stem.removeprefix("rank-"))] = (int(code), node or None)
-    first = True
-    for line in output.unlabelled():
-        match = SRUN_TASK_ENDED.match(line)
-        if not match:
-            continue
-        how = match[3]
-        code = (int(how.rsplit(" ", 1)[-1]) if how.startswith("Exited with exit code") else
-                128 + signal.SIGKILL if how.startswith("Killed") else PREEMPTED)
-        for rank in _task_ids(match[2]):
-            exits.setdefault(rank, (code if first else -signal.SIGKILL, match[1]))
-        first = False
-    return exits
-
-
-def _task_ids(listed: str) -> list[int]:
-    """srun's task list, "1" or "0-1,3", as ranks."""
-    ids = []
-    for part in listed.split(","):
-        low, _, high = part.partition("-")
-        ids += range(int(low), int(high or low) + 1)
-    return ids
-
-
-def failed_rank(job_dir: Path, output: OutputFollower) -> RankEnd | None:
-    """The rank whose failure ended the job, if one failed: not one of those that srun stopped
-    afterwards, nor one that failed only because another rank died."""
-    from runner.launch import failed_ranks
-
-    exits = rank_exits(job_dir, output)
-    failed = failed_ranks({rank: code for rank, (code, _) in exits.items()}, {rank: output.lines(rank) for rank in exits})
-    if not failed:
-        return None
-    code, node = exits[failed[0]]
-    return RankEnd(failed[0], code, node, output.lines(failed[0]))
 
 
 BACKEND = SlurmBackend()

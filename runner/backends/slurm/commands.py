@@ -73,6 +73,13 @@ def job_state(job_id: str) -> tuple[str, str]:
     return fields.get("JobState", "UNKNOWN"), fields.get("Reason", "None")
 
 
+def job_restarts(job_id: str) -> int | None:
+    """How many times SLURM started the job again (requeued); None once it has forgotten the job."""
+    _, fields = _show_job(job_id)
+    restarts = fields.get("Restarts", "")
+    return int(restarts) if restarts.isdigit() else None
+
+
 def job_start_time(job_id: str) -> float | None:
     """When SLURM started the job (its StartTime, to the second), in epoch seconds; None if unknown."""
     _, fields = _show_job(job_id)
