@@ -508,6 +508,74 @@ def test_modals_own_trouble_in_status_logs_cancel_fetch_is_exit_3_naming_the_cal
     assert cli("status", run).stdout.startswith(f"{run.name}: finished")
 
 
+def test_a_long_outage_while_following_ends_naming_the_call_that_runs_on(modal_spec, container_modal, tmp_path,
+                                                                         monkeypatch):
+    """Modal's own trouble outlasting what an attached submit waits out: the client lets go, never
+    the job, and its last line names this submission's call (on a resume too, not the one before)
+    and how to follow it again. A dropped connection is the same, though Modal's App.run()
+    swallows a ConnectionError raised inside a detached app's block."""
+    import modal.exception as errors
+
+    from runner.backends.modal import service as service_module
+
+    monkeypatch.setattr(service_module, "FOLLOW_OUTAGE_S", 3.0)  # 10 min for a user
+    service = container_modal()
+    service.fail_next("get", *[errors.InternalError("internal")] * 100)
+    result = cli("submit", modal_spec(train=LONG), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 3, result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    last = result.stderr.strip().splitlines()[-1]
+    assert "InternalError" in last and "the job is still running on Modal (call fc-test-1)" in last, last
+    assert f"gpujob logs {run} --follow" in last and f"gpujob status {run}" in last and "try again" not in last
+    service.failures["get"].clear()  # Modal answers again: the job ran on all along
+    assert service.cancels == [] and cli("status", run).stdout.startswith(f"{run.name}: running")
+    assert cli("cancel", run).exit_code == 0
+
+    spawn = service._spawn
+
+    def spawn_then_drop_the_connection(*args):  # the resume's own status check still reaches Modal
+        call = spawn(*args)
+        service.fail_next("get", *[errors.ConnectionError("Deadline exceeded")] * 100)
+        return call
+
+    monkeypatch.setattr(service, "_spawn", spawn_then_drop_the_connection)
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 3, resumed.stderr
+    last = resumed.stderr.strip().splitlines()[-1]
+    assert "the job is still running on Modal (call fc-test-2)" in last and "fc-test-1" not in last, last
+    assert f"gpujob logs {run} --follow" in last
+    service.failures["get"].clear()
+    assert cli("status", run).stdout.strip() == f"{run.name}: running: on Modal (call fc-test-2)"
+    assert cli("cancel", run).exit_code == 0
+
+
+def test_a_call_the_run_folder_cannot_record_is_cancelled_not_left_billing(modal_spec, container_modal, tmp_path,
+                                                                           monkeypatch):
+    """The call is spawned, then writing its id into the run record fails (a full disk): nothing
+    could follow, fetch or cancel it later, so it is cancelled and the line says so, naming it."""
+    import errno
+
+    from runner import run_record
+
+    service = container_modal()
+    written = run_record.update
+    full = []
+
+    def update(folder, **changes):
+        if "handles" in changes and not full:  # the call's id, the record's first write after the spawn
+            full.append(True)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return written(folder, **changes)
+
+    monkeypatch.setattr(run_record, "update", update)
+    result = cli("submit", modal_spec(train=LONG), "--detach", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 3, (result.stderr, result.exception)
+    line = result.stderr.strip().splitlines()[-1]
+    assert "fc-test-1" in line and "No space left on device" in line and "cancelled" in line, line
+    assert service.cancels == ["fc-test-1"]
+    assert service.call("fc-test-1").ended.wait(60)  # nothing runs on, billed, that no folder names
+
+
 def test_a_resume_gets_its_own_time_limit_however_long_ago_the_first_submit_was(modal_spec, container_modal,
                                                                                  tmp_path):
     """resources.timeout_minutes holds per submission, as on every other backend: a run cancelled
@@ -719,10 +787,11 @@ def test_modal_errors_become_one_line_gpujob_errors():
 
 
 class FakeCall:
-    """A FunctionCall whose get() follows a script: exceptions to raise, then the result."""
+    """A FunctionCall whose get() follows a script: exceptions to raise, then the result; its
+    cancel() raises `cancel_error` where Modal refuses it."""
 
-    def __init__(self, script, result):
-        self.script, self.result, self.cancels = list(script), result, []
+    def __init__(self, script, result, cancel_error=None):
+        self.script, self.result, self.cancels, self.cancel_error = list(script), result, [], cancel_error
         self.object_id = "fc-fake"
 
     def get(self, timeout=None):
@@ -731,6 +800,8 @@ class FakeCall:
         return self.result
 
     def cancel(self, terminate_containers=False):
+        if self.cancel_error is not None:
+            raise self.cancel_error
         self.cancels.append(terminate_containers)
         self.result = None
         self.script = [modal_exception().InputCancellation("cancelled")]
@@ -815,6 +886,28 @@ def test_ctrl_c_during_the_spawn_leaves_a_tracked_job_or_none(service):
             service.start(request, "run-1", detach=detach, spawned=recorded.append)
         assert recorded == ["fc-fake"]  # the handle is kept before the interrupt is acted on
         assert call.cancels == ([] if detach else [False])  # attached: cancelled, letting it checkpoint
+
+
+def test_a_call_the_record_cannot_take_is_cancelled_or_named_with_how_to_cancel_it(service):
+    """Attached or detached alike: a call no run folder names would bill unseen to its time limit."""
+    import errno
+
+    def full_disk(call_id):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for detach in (False, True):
+        call = FakeCall([TimeoutError()] * 5, {"exit_code": 0, "message": ""})
+        with pytest.raises(GpujobError) as err:
+            service.start(FakeRequest(call), "run-1", detach=detach, spawned=full_disk)
+        assert call.cancels == [True] and err.value.exit_code == 3
+        assert "call fc-fake" in err.value.message and "No space left on device" in err.value.message
+        assert "was cancelled" in err.value.message
+    refused = FakeCall([TimeoutError()] * 5, {"exit_code": 0, "message": ""},
+                       cancel_error=modal_exception().ServiceError("unavailable"))
+    with pytest.raises(GpujobError) as err:
+        service.start(FakeRequest(refused), "run-1", detach=True, spawned=full_disk)
+    assert "may be running, billed" in err.value.message and "ServiceError: unavailable" in err.value.message
+    assert "modal.FunctionCall.from_id('fc-fake').cancel()" in err.value.message
 
 
 def test_a_modal_side_error_is_not_taken_for_the_job_failing(service):

@@ -23,7 +23,7 @@ from typing import Iterator
 
 from runner import run_record
 from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Plan, Run, RunState
-from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed
+from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed, missing_backend
 from runner.gpus import PRICES_READ_ON
 from runner.lifecycle import summary_line
 from runner.run_folder import JOB_FILES, SUMMARY
@@ -206,32 +206,39 @@ class ModalBackend:
         self._send(service, run, request, detach)
 
     def _send(self, service, run: Run, request: "ModalRequest", detach: bool) -> None:
-        from runner.backends.modal.service import modal_errors
+        """Spawn the call as a new submission of the run; attached, follow it and bring the folder back.
+        What is said about the call is about this spawn's, never the one the record held before it."""
+        from runner.backends.modal.service import LostTouch, modal_errors
 
         request = replace(request, submission=uuid.uuid4().hex)  # a new submission of the run
 
         def spawned(call_id: str) -> None:
             run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,
                                                                 "modal_volume": VOLUME})
+            about.call_id = call_id  # this spawn's call, now that the run record names it
             # What this side sees of the start: the app and image set up and the call spawned; the
             # container's own start is the job's (timing.json).
             run.record = run_record.phase_ended(run.folder, "spawned", "Modal app, image and call set up")
             print(f"modal: started {run.folder.name} (call {call_id})", file=sys.stderr)
 
         try:
-            with modal_errors("running the job", run.handles.get("modal_call_id")):
+            with modal_errors("running the job") as about:
                 state = service.start(request, run.folder.name, detach, spawned)
         except KeyboardInterrupt:
-            started = "modal_call_id" in run_record.read(run.folder).handles
-            if started and detach:
+            if about.call_id and detach:
                 what = f"the job was started and runs on Modal; its folder {run.folder} tracks it"
-            elif started:
+            elif about.call_id:
                 what = f"the remote job was stopped; download what it wrote with: gpujob fetch {run.folder}"
             else:
                 what = "nothing was started"
             raise GpujobError(f"modal: interrupted; {what}", INTERRUPTED) from None
+        except LostTouch as lost:
+            raise missing_backend(
+                f"modal: Modal had trouble for {_duration(lost.lasted_s)} while this terminal followed the job "
+                f"({lost.cause}); the job is still running on Modal (call {lost.call_id}): follow it again with "
+                f"`gpujob logs {run.folder} --follow`, or see `gpujob status {run.folder}`") from None
         if not detach:
-            self._bring_back(service, run.folder, state, run.handles.get("modal_call_id"))
+            self._bring_back(service, run.folder, state, about.call_id)
 
     def status(self, run: Run) -> RunState:
         from runner.lifecycle import ended_state
@@ -326,6 +333,10 @@ class ModalBackend:
         if code is None:
             raise job_failed(f"modal: {folder.name} ended without a summary.json; see {folder}")
         raise GpujobError(f"modal: {_said_here(state.message, folder)}; run folder: {folder}", code)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _said_here(message: str, folder: Path) -> str:

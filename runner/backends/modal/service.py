@@ -18,6 +18,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
@@ -133,11 +134,13 @@ def service_errors() -> tuple[type[BaseException], ...]:
 @contextmanager
 def modal_errors(doing: str, call_id: str | None = None):
     """Turn what Modal raises while `doing` something into one-line GpujobErrors: Modal's own
-    trouble is exit 3 (with the call id, so the user can look it up), never the job failing."""
+    trouble is exit 3 (with the call id, so the user can look it up), never the job failing.
+    Yields where the call id is kept, for a block that spawns the call it is about."""
     import modal.exception
 
+    about = SimpleNamespace(call_id=call_id)
     try:
-        yield
+        yield about
     except GpujobError:
         raise
     except modal.exception.AuthError as err:
@@ -147,11 +150,20 @@ def modal_errors(doing: str, call_id: str | None = None):
         raise missing_backend(f"modal: cannot reach Modal while {doing} ({type(err).__name__}: {_first_line(err)}); "
                               "check your network connection and try again") from None
     except service_errors() as err:
-        call = f"; the job itself is not affected (call {call_id})" if call_id else ""
+        call = f"; the job itself is not affected (call {about.call_id})" if about.call_id else ""
         raise missing_backend(f"modal: Modal had trouble while {doing} ({type(err).__name__}: {_first_line(err)})"
                               f"{call}; try again in a minute") from None
     except modal.exception.Error as err:
         raise job_failed(f"modal: {doing} failed: {type(err).__name__}: {_first_line(err)}") from None
+
+
+class LostTouch(Exception):
+    """Following a call, Modal's own trouble lasted past FOLLOW_OUTAGE_S; the call runs on."""
+
+    def __init__(self, call_id: str, cause: BaseException, lasted_s: float):
+        super().__init__(call_id)
+        self.call_id, self.lasted_s = call_id, lasted_s
+        self.cause = f"{type(cause).__name__}: {_first_line(cause)}"
 
 
 @dataclass(frozen=True)
@@ -200,23 +212,28 @@ class ModalService:
 
         Ctrl-C during the spawn itself is held back until the call's id is recorded (`spawned`),
         so it leaves either no remote job or a run folder that tracks it."""
-        interrupted, state = False, None
+        interrupted, state, failure = False, None, None
         with self.modal.enable_output(), request.app().run(detach=True):  # a client's trouble never stops the job
-            with held_interrupts() as held:
-                call = request.function().spawn(*request.args())
-                spawned(call.object_id)
-            if held.interrupted:
-                interrupted = True
-                if not detach:  # the user wanted it stopped: it checkpoints and returns
-                    call.cancel(terminate_containers=False)
-                    self._wait_until_ended(call)
-            elif not detach:
-                try:
-                    state = self.follow(call)
-                except KeyboardInterrupt:
+            try:
+                with held_interrupts() as held:
+                    call = request.function().spawn(*request.args())
+                    _record(call, spawned)
+                if held.interrupted:
                     interrupted = True
-                    call.cancel(terminate_containers=False)  # the job checkpoints and returns
-                    self._wait_until_ended(call)
+                    if not detach:  # the user wanted it stopped: it checkpoints and returns
+                        call.cancel(terminate_containers=False)
+                        self._wait_until_ended(call)
+                elif not detach:
+                    try:
+                        state = self.follow(call)
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        call.cancel(terminate_containers=False)  # the job checkpoints and returns
+                        self._wait_until_ended(call)
+            except Exception as err:  # app.run() of a detached app swallows a ConnectionError: raised below
+                failure = err
+        if failure is not None:
+            raise failure
         if interrupted:
             raise KeyboardInterrupt  # app.run() swallows it inside its block: raised here instead
         return state
@@ -232,7 +249,7 @@ class ModalService:
                 now = time.monotonic()
                 trouble_since = trouble_since or now
                 if now - trouble_since > FOLLOW_OUTAGE_S:
-                    raise
+                    raise LostTouch(call.object_id, err, now - trouble_since) from None
                 print(f"gpujob: warning: Modal had trouble ({type(err).__name__}: {_first_line(err)}); the job "
                       f"runs on; asking again", file=sys.stderr)
                 time.sleep(min(30.0, 2 + now - trouble_since))
@@ -305,6 +322,27 @@ class ModalService:
             return copy_run_folder(self._volume(), run_name, dest)
         except (modal.exception.NotFoundError, FileNotFoundError):
             return []  # the job never wrote its folder (it failed at start-up)
+
+
+def _record(call, spawned: Callable[[str], None]) -> None:
+    """spawned(call id), or, where the run folder cannot take it (a full disk, say), the call
+    cancelled. Attached or with --detach alike: a call no run folder names is one that no `gpujob
+    status`, `logs`, `fetch` or `cancel` can ever find, billed until its time limit for a job the
+    user was told did not start. Only where Modal refuses the cancel too is the user handed the id
+    and the way to cancel it by hand."""
+    try:
+        spawned(call.object_id)
+    except Exception as err:
+        why = f"{type(err).__name__}: {_first_line(err)}"
+        try:
+            call.cancel(terminate_containers=True)  # it has just started: nothing to checkpoint
+        except Exception as refused:
+            raise missing_backend(
+                f"modal: could not record call {call.object_id} in the run folder ({why}), and Modal refused to "
+                f"cancel it ({type(refused).__name__}: {_first_line(refused)}); it may be running, billed: cancel it "
+                f"with: python -c \"import modal; modal.FunctionCall.from_id('{call.object_id}').cancel()\"") from None
+        raise missing_backend(f"modal: could not record call {call.object_id} in the run folder ({why}); the call "
+                              "was cancelled, so nothing runs untracked; fix that and try again") from None
 
 
 def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
