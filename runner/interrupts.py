@@ -37,8 +37,12 @@ class _State:
 
 def install_if_this_is_gpujob() -> None:
     """Install the handler where this process is the `gpujob` command (its console script, or
-    `python -m runner.cli`), never where gpujob is imported as a library (tests, a notebook)."""
-    main = sys.modules.get("__main__")
+    `python -m runner.cli`), never where gpujob is imported as a library (tests, a notebook) nor
+    in a process multiprocessing spawned from it (which runs the parent's main module again, as
+    `__mp_main__`, before its own code: a DataLoader worker's Ctrl-C is its parent's to handle)."""
+    main, spawned_as = sys.modules.get("__main__"), sys.modules.get("__mp_main__")
+    if spawned_as is not None and spawned_as is not main:
+        return
     if getattr(getattr(main, "__spec__", None), "name", None) == "runner.cli" or Path(sys.argv[0]).name == "gpujob":
         install()
 
