@@ -664,6 +664,42 @@ def test_the_users_own_code_is_sent_to_the_instance_before_the_job_starts(local_
     assert set(last["test_metrics"]) == {"mae"} and last["test_accuracy"] is None
 
 
+class UploadingVast(FakeVast):
+    """FakeVast that takes uploads (VastApi.copy_to), failing the mark's when told to."""
+
+    def __init__(self, fail_mark=False, **life):
+        super().__init__(**life)
+        self.fail_mark = fail_mark
+
+    def copy_to(self, instance_id, local_path, remote_path, exclude=()):
+        from pathlib import Path
+
+        self.calls.append(("upload", instance_id, remote_path))
+        assert Path(local_path).exists()
+        if self.fail_mark and remote_path.endswith(vast_backend.UPLOADED):
+            raise job_failed(f"vast: rsync with instance {instance_id} failed (exit 23): fake")
+
+
+@pytest.mark.parametrize("fail_mark", [False, True])
+def test_an_upload_leaves_nothing_in_the_temp_folder(tmp_path, fake_vast, monkeypatch, fail_mark):
+    """The mark sent last (vast-start.sh waits for it) is an empty file made here: it is removed
+    once sent, or once the copy failed (issue 23: every upload left a /tmp/gpujob-uploaded-*)."""
+    import tempfile
+
+    from tests.test_user_code import example
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    fake = fake_vast(UploadingVast(fail_mark=fail_mark, timeline=DONE))
+    spec = example(tmp_path, "regression", train={"epochs": 2}, resources={"gpu": "A10G:2", "timeout_minutes": 5},
+                   backend="vast", vast={"image": IMAGE})
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == (1 if fail_mark else 0), result.stderr
+    assert ("upload", 42, "/workspace/job/.gpujob-uploaded") in fake.calls
+    assert list(scratch.iterdir()) == []
+
+
 # ---- what real services do: fast jobs, flaky APIs, pauses, the wrong card --------------------
 
 

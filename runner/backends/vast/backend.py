@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -133,13 +135,13 @@ def _kept_log(folder: Path) -> list[str]:
     return path.read_text(errors="replace").splitlines() if path.exists() else []
 
 
-def _upload_mark() -> Path:
-    """An empty file to send as the upload's last step."""
-    import tempfile
-
-    handle = tempfile.NamedTemporaryFile(prefix="gpujob-uploaded-", delete=False)
-    handle.close()
-    return Path(handle.name)
+@contextmanager
+def _upload_mark() -> Iterator[Path]:
+    """An empty file to send as the upload's last step, removed once sent (or not)."""
+    with tempfile.TemporaryDirectory(prefix="gpujob-upload-") as scratch:
+        mark = Path(scratch) / UPLOADED
+        mark.touch()
+        yield mark
 
 
 class VastBackend:
@@ -255,7 +257,8 @@ class VastBackend:
         code = folder / JOB_FILES / CODE_DIR
         if code.is_dir():
             api.copy_to(instance_id, code, f"{REMOTE_JOB}/{CODE_DIR}")
-        api.copy_to(instance_id, _upload_mark(), f"{remote}/{UPLOADED}" if whole else f"{REMOTE_JOB}/{UPLOADED}")
+        with _upload_mark() as mark:
+            api.copy_to(instance_id, mark, f"{remote}/{UPLOADED}" if whole else f"{REMOTE_JOB}/{UPLOADED}")
         if whole:
             print(f"vast: sent the run folder to instance {instance_id}; the job continues from its checkpoint",
                   file=sys.stderr)
