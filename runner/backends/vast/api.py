@@ -18,6 +18,8 @@ from pathlib import Path
 from runner.errors import MISSING_BACKEND, GpujobError, job_failed, missing_backend
 
 RSYNC_TIMEOUT_S = 3600
+# Each HTTP request's connect and read timeout: the SDK's own default, long enough for a rent.
+CALL_TIMEOUT_S = 120.0
 RSYNC_NETWORK_CODES = (10, 12, 30, 35, 255)  # rsync's socket, protocol-stream and timeout errors; ssh's 255
 NO_API_KEY = "vast: no API key; run `vastai set api-key KEY` or set VAST_API_KEY"
 
@@ -88,7 +90,12 @@ class VastApi:
         self.sdk = sdk
 
     @classmethod
-    def connect(cls) -> "VastApi":
+    def connect(cls, timeout_s: float | None = None) -> "VastApi":
+        """The SDK with the account's key, each request sent once and given up after `timeout_s`
+        (default CALL_TIMEOUT_S). The SDK would send a request again itself (retry=3) after a
+        timeout, a dropped connection, 429 or 502-504: for a rent (PUT /asks/ID/) whose reply was
+        lost, that rents a second instance while the first bills. Asking again is PatientApi's
+        and the backend's, which look for the instance by its label before a rent is asked again."""
         key = find_api_key()
         if not key:
             raise missing_backend(NO_API_KEY)
@@ -97,7 +104,9 @@ class VastApi:
         except ImportError:
             raise missing_backend("vast: the vastai package is not installed; install it with: "
                                   "uv sync --extra vast") from None
-        return cls(VastAI(api_key=key, quiet=True))
+        sdk = VastAI(api_key=key, quiet=True, retry=1)
+        sdk.client.timeout = timeout_s or CALL_TIMEOUT_S  # VastClient passes it to every request
+        return cls(sdk)
 
     def search_offers(self, query: str, offer_type: str, disk_gb: float, order: str) -> list[dict]:
         with _calling("searching offers"):

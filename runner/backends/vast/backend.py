@@ -42,6 +42,8 @@ EXITED_GRACE_S = 90  # an exited container may take this long for its last log l
 LOG_WINDOW = 2000  # log lines kept for diffing and for error messages
 DESTROY_OUTAGE_S = 300.0  # destroying is what stops the billing: worth minutes of patience
 PLAN_OUTAGE_S = 15.0  # --dry-run and the offer search: a user is waiting; say so soon
+PLAN_ATTEMPT_S = 6.0  # each of its attempts, in wall-clock time: two fit in PLAN_OUTAGE_S with the wait between
+PLAN_CALL_TIMEOUT_S = 5.0  # the SDK's own timeout for them, so it gives up before the wall-clock bound
 NOT_STARTED = (None, "loading", "created", "scheduling")  # actual_status before the container ever ran
 STOPPED = ("exited", "stopped", "offline", "unknown", "inactive")  # the container is not running
 CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint after the instance is told to stop
@@ -153,18 +155,22 @@ class VastBackend:
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
         self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
 
-    def _api(self, outage_s: float = OUTAGE_S) -> PatientApi:
-        """vast.ai's API, each call retried while it fails transiently for up to `outage_s`."""
+    def _api(self, outage_s: float = OUTAGE_S, while_waiting: bool = False) -> PatientApi:
+        """vast.ai's API, each call retried while it fails transiently for up to `outage_s`;
+        `while_waiting` (a user waits for the answer): each attempt bounded in wall-clock time,
+        quietly, so that the answer comes within `outage_s`."""
         if self.connect is not None:
             raw = self.connect()
         else:
             from runner.backends.vast.api import VastApi
 
-            raw = VastApi.connect()
+            raw = VastApi.connect(PLAN_CALL_TIMEOUT_S if while_waiting else None)
+        if while_waiting:
+            return PatientApi(raw, self.sleep, self.clock, outage_s, attempt_s=PLAN_ATTEMPT_S, quiet=True)
         return PatientApi(raw, self.sleep, self.clock, outage_s)
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
-        api = self._api(PLAN_OUTAGE_S)  # first: without a key nothing else can be checked
+        api = self._api(PLAN_OUTAGE_S, while_waiting=True)  # first: without a key nothing else can be checked
         offer = self._choose(api, spec)
         request = VastRequest(offer, instance_request(spec, run_name, offer))
         rows = [("offer", describe_offer(offer, spec)), ("price", describe_price(offer, spec)),
