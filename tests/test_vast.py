@@ -54,6 +54,7 @@ class FakeVast:
         self.calls: list[tuple] = []
         self.tick, self.now, self.interrupt_at = -1, 0.0, interrupt_at
         self.made: dict[int, str] = {}  # instance id -> label
+        self.new_id = 42  # the id the next rent makes
         self.copied_at: list[int] = []  # the tick each copy_back saw
 
     def _maybe_fail(self, name):
@@ -89,11 +90,11 @@ class FakeVast:
     def create_instance(self, offer_id, request):
         self.calls.append(("create", offer_id, request))
         if "create after making it" in self.fail:  # the reply was lost, the instance exists
-            self.made[42] = request["label"]
+            self.made[self.new_id] = request["label"]
         self._maybe_fail("create")
         self._maybe_fail("create after making it")
-        self.made[42] = request["label"]
-        return 42
+        self.made[self.new_id] = request["label"]
+        return self.new_id
 
     def instances_labelled(self, label):
         self._maybe_fail("list")
@@ -307,7 +308,7 @@ def test_a_bad_spec_found_in_the_container_is_exit_2(vast_spec, tmp_path):
 def test_ctrl_c_copies_what_is_there_and_destroys(vast_spec, fake_vast, tmp_path):
     fake = fake_vast(FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))], interrupt_at=1))
     result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
-    assert result.exit_code == 130 and "the instance was destroyed" in result.stderr
+    assert result.exit_code == 130 and "instance 42 was destroyed" in result.stderr
     assert fake.names()[-2:] == ["copy", "destroy"]
     (run,) = (tmp_path / "runs").iterdir()
     assert result.stdout.splitlines()[-1] == str(run)

@@ -1,19 +1,187 @@
-"""vast.ai when a user waits for its answer: a dry run against a vast.ai that never answers ends
-within its 15 s."""
+"""vast.ai's rental, where money is at stake: the instance's id reaches the run record before
+anything else can happen (a record that cannot be written, Ctrl-C, a resume), a rent whose reply
+is lost is sent once and leaves one instance (the real `vastai` SDK against a stand-in of vast.ai's
+REST API), and a dry run against a silent vast.ai ends within its 15 s."""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
-from tests.test_vast import vast_spec  # noqa: F401 (a fixture)
+from tests.conftest import REPO, cli
+from tests.test_vast import DONE, GOOD, FakeVast, fake_vast, started, vast_spec  # noqa: F401 (fixtures)
+
+
+def _when_the_record_names(instance_id: int, monkeypatch, do) -> list[int]:
+    """Call do() each time submission.json is written naming `instance_id`, before it is written
+    (`do` may raise). Returns the list of those writes done so far, each appended after do()."""
+    from runner import run_folder
+
+    real, calls = run_folder.atomic_write, []
+
+    def write(path, *parts):
+        if Path(path).name == "submission.json" and f'"vast_instance_id": {instance_id},' in b"".join(parts).decode():
+            do()
+            calls.append(instance_id)
+        return real(path, *parts)
+
+    monkeypatch.setattr(run_folder, "atomic_write", write)
+    return calls
+
+
+def _handles(run: Path) -> dict:
+    return json.loads((run / "submission.json").read_text())["handles"]
+
+
+def _disk_full():
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# ---- item 1: the id is recorded before anything else can happen -------------------------------
+
+
+def test_a_record_that_cannot_be_written_after_renting_still_destroys_the_instance(vast_spec, fake_vast, tmp_path,
+                                                                                  monkeypatch):
+    fake = fake_vast(FakeVast(timeline=DONE))
+    _when_the_record_names(42, monkeypatch, _disk_full)
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2, (result.exit_code, result.stderr, result.exception)
+    assert ("destroy", 42) in fake.calls and not fake.made  # nothing left billing
+    *_, last = result.stderr.strip().splitlines()
+    assert "No space left on device" in last and "gpujob must be able to write its run folder" in last
+    assert "destroyed instance 42" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_ctrl_c_while_the_rental_is_recorded_is_held_until_the_id_is_written(vast_spec, fake_vast, tmp_path,
+                                                                             monkeypatch):
+    fake = fake_vast(FakeVast(timeline=DONE))
+    tried = _when_the_record_names(42, monkeypatch, lambda: tried or os.kill(os.getpid(), signal.SIGINT))
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert tried and result.exit_code == 130, (result.exit_code, result.stderr, result.exception)
+    assert fake.names().count("create") == 1 and ("destroy", 42) in fake.calls and not fake.made
+    assert "show" not in fake.names()  # the held Ctrl-C stops the rental before anything else is asked
+    (run,) = (tmp_path / "runs").iterdir()
+    handles = _handles(run)
+    assert handles["vast_instance_id"] == 42 and handles["destroyed"] is True
+    assert "instance 42 was destroyed" in result.stderr.strip().splitlines()[-1]
+    assert json.loads((run / "cost.json").read_text())["billed_s"] == 0
+
+
+def test_a_resume_whose_record_fails_destroys_its_new_instance_not_the_old_one(vast_spec, fake_vast, tmp_path,
+                                                                             monkeypatch):
+    stopped = started("step 3/9", "gpujob: stopped at step 3 by SIGTERM", code=143)
+    fake = fake_vast(FakeVast(timeline=[("running", stopped)]))
+    first = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert first.exit_code == 143, first.stderr
+    run = first.run_dir
+    assert fake.calls.count(("destroy", 42)) == 1 and not fake.made
+    fake.new_id = 43  # the resume's instance
+    _when_the_record_names(43, monkeypatch, _disk_full)
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 2, (resumed.stderr, resumed.exception)
+    assert ("destroy", 43) in fake.calls and not fake.made  # the new one, not left billing
+    assert fake.calls.count(("destroy", 42)) == 1  # the old one, long gone, is not asked about again
+    assert "still billed" not in resumed.stderr and "could not destroy" not in resumed.stderr
+
+
+def test_a_second_ctrl_c_while_destroying_ends_naming_the_instance_that_may_still_bill(vast_spec, fake_vast, tmp_path):
+    # The first Ctrl-C while following; vast.ai then does not answer the destroy, and the user
+    # presses Ctrl-C again during its retries.
+    fake = fake_vast(FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))], interrupt_at=1,
+                              flaky={"destroy": 10_000}))
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 130, (result.stderr, result.exception)
+    assert 42 in fake.made and fake.names().count("destroy") == 1  # interrupted in its first retry's wait
+    last = result.stderr.strip().splitlines()[-1]
+    assert "instance 42" in last and "may still be billed" in last and "vastai destroy instance 42" in last, last
+    assert "was destroyed" not in result.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert _handles(run)["destroyed"] is False and _handles(run)["vast_instance_id"] == 42
+
+
+def test_a_rental_cut_off_before_its_id_was_recorded_is_found_by_its_label(vast_spec, fake_vast, tmp_path):
+    """A gpujob killed between the rent and the record (kill -9, a power cut) leaves a record
+    with the label and no id: `cancel` finds the instance by the label and destroys it."""
+    from runner import run_record
+
+    fake = fake_vast(FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))]))
+    run = cli("submit", vast_spec(), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    run_record.update(run, handles={"vast_instance_id": None})  # as the record stood just before the rent
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert ("destroy", 42) in fake.calls and not fake.made
+    assert _handles(run)["vast_instance_id"] == 42 and _handles(run)["destroyed"] is True
+
+
+def test_a_refused_rent_leaves_no_run_folder_and_nothing_billed(vast_spec, fake_vast, tmp_path):
+    """The label is in the record before vast.ai is asked; when nothing was rented (vast.ai said
+    no, and nothing carries the label) the record is as it was, and the submission leaves nothing."""
+    fake = fake_vast(FakeVast(timeline=DONE, fail={"create"}))
+    result = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1 and "create failed" in result.stderr, result.stderr
+    assert fake.names()[-2:] == ["create", "list"] and not fake.made  # looked for, none found
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- item 2: a rent is sent once; what a lost reply rented is found and kept to one ---------------
+
+
+def _gpujob_against(url: str, rsync, home: Path, *args, call_timeout_s: float = 3) -> subprocess.CompletedProcess:
+    """`gpujob ARGS` in a fresh process whose vastai SDK talks to `url` (VAST_URL, as the SDK reads
+    it), with each HTTP request's timeout shortened to `call_timeout_s` (120 s by default)."""
+    code = ("import sys, runner.backends.vast.api as api; "
+            f"api.CALL_TIMEOUT_S = {call_timeout_s}; "
+            f"from runner.cli import app; app({[str(a) for a in args]!r})")
+    env = {**os.environ, "VAST_API_KEY": "vast-stand-in-key", "VAST_URL": url, "HOME": str(home),
+           "XDG_CONFIG_HOME": str(home / ".config"), "PATH": f"{rsync.bin}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=420,
+                          env=env)
+
+
+@pytest.fixture
+def rsync(tmp_path):
+    from tests.vast_standin import FakeRsync
+
+    return FakeRsync(tmp_path / "rsync")
+
+
+@pytest.mark.parametrize("lost", ["timeout", "504"])
+def test_a_rent_whose_reply_is_lost_is_sent_once_and_leaves_one_instance(vast_spec, rsync, tmp_path, lost):
+    from tests.vast_standin import VastRest
+
+    vast = VastRest(GOOD, lose_first_reply=lost)
+    with vast as url:
+        out = _gpujob_against(url, rsync, tmp_path, "submit", vast_spec(), "--detach", "--runs-dir", tmp_path / "runs")
+    assert out.returncode == 0, out.stderr
+    assert vast.puts() == ["/api/v0/asks/13/"]  # sent once: neither the SDK nor gpujob asked again
+    run = Path(out.stdout.strip().splitlines()[-1])
+    assert vast.alive() == [_handles(run)["vast_instance_id"]] == [7001]  # one instance, and it is the recorded one
+
+
+def test_a_lost_rent_that_shows_late_is_destroyed_once_another_is_recorded(vast_spec, rsync, tmp_path):
+    """vast.ai's list may not show the instance a lost reply made: gpujob asks again (once it has
+    looked), records what that rent made, and destroys every other instance with the run's label."""
+    from tests.vast_standin import VastRest
+
+    vast = VastRest(GOOD, lose_first_reply="504", listed_late=1)
+    with vast as url:
+        out = _gpujob_against(url, rsync, tmp_path, "submit", vast_spec(), "--detach", "--runs-dir", tmp_path / "runs")
+    assert out.returncode == 0, out.stderr
+    run = Path(out.stdout.strip().splitlines()[-1])
+    assert vast.alive() == [_handles(run)["vast_instance_id"]] == [7002]
+    asked = [(m, p) for m, p in vast.requests if p.startswith(("/api/v0/asks/", "/api/v1/instances/", "/api/v0/inst"))]
+    assert asked[:3] == [("PUT", "/api/v0/asks/13/"), ("GET", "/api/v1/instances/"), ("PUT", "/api/v0/asks/13/")]
+    assert ("DELETE", "/api/v0/instances/7001/") in asked and "destroyed instance 7001" in out.stderr
 
 
 # ---- item 3: a dry run against a vast.ai that never answers ends within 15 s ------------------------

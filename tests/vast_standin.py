@@ -1,12 +1,14 @@
 """vast.ai, stood in for by this machine: VastApi's methods, where an instance is the image's own
 start script (images/vast-start.sh) run as a process, its disk a folder, `stop` the SIGTERM that
-`docker stop` sends the container's first process, and `copy` the folder copy rsync would make."""
+`docker stop` sends the container's first process, and `copy` the folder copy rsync would make;
+rsync itself (FakeRsync); and vast.ai's REST API for the real `vastai` SDK (VastRest)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +182,157 @@ class FakeRsync:
     def runs(self) -> list[str]:
         log = self.plan_file.with_suffix(".log")
         return [line.split()[0] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+class VastRest:
+    """vast.ai's REST API, as the real `vastai` SDK calls it, served on 127.0.0.1 (point the SDK
+    at it with VAST_URL): searching offers (POST /api/v0/bundles/), the account's ssh keys,
+    renting (PUT /api/v0/asks/OFFER/), the paged instance list (GET /api/v1/instances/), one
+    instance (GET /api/v0/instances/ID/) and destroying one (DELETE /api/v0/instances/ID/).
+    Every request is kept in `requests` as (method, path), in the order they came.
+
+    `lose_first_reply` is what happens to the first rent after vast.ai has made the instance:
+    "timeout" holds the reply back until the client hangs up (its read timeout), "504" answers as
+    a gateway whose upstream did not answer in time. `listed_late` hides a new instance from that
+    many listings (vast.ai's list may lag the rent)."""
+
+    def __init__(self, offers: list[dict], lose_first_reply: str | None = None, listed_late: int = 0):
+        import threading
+
+        self.offers, self.lose_first_reply, self.listed_late = offers, lose_first_reply, listed_late
+        self.requests: list[tuple[str, str]] = []
+        self.instances: dict[int, dict] = {}
+        self.lock = threading.Lock()
+        self.server = None
+
+    def alive(self) -> list[int]:
+        return sorted(i for i, inst in self.instances.items() if not inst["destroyed"])
+
+    def puts(self) -> list[str]:
+        return [path for method, path in self.requests if method == "PUT"]
+
+    def __enter__(self) -> str:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---- what each request does ----
+
+    def rent(self, offer_id: int, body: dict) -> tuple[int, dict] | None:
+        with self.lock:
+            instance_id = 7001 + len(self.instances)
+            self.instances[instance_id] = {"label": body.get("label"), "destroyed": False,
+                                           "hidden": self.listed_late, "offer": offer_id}
+            lost = self.lose_first_reply if len(self.instances) == 1 else None
+        if lost == "504":
+            return 504, {"error": "upstream request timeout"}
+        if lost == "timeout":
+            return None  # no reply: the handler waits for the client to hang up
+        return 200, {"success": True, "new_contract": instance_id}
+
+    def listing(self) -> dict:
+        rows = []
+        with self.lock:
+            for instance_id, inst in sorted(self.instances.items()):
+                if inst["destroyed"]:
+                    continue
+                if inst["hidden"] > 0:
+                    inst["hidden"] -= 1
+                    continue
+                rows.append(self.row(instance_id))
+        return {"instances": rows, "next_token": None, "total_instances": len(rows)}
+
+    def row(self, instance_id: int) -> dict:
+        inst = self.instances[instance_id]
+        return {"id": instance_id, "label": inst["label"], "actual_status": "loading", "start_date": 1.7e9,
+                "extra_env": [], "status_msg": ""}
+
+    def one(self, instance_id: int) -> dict:
+        inst = self.instances.get(instance_id)
+        return {"instances": None if inst is None or inst["destroyed"] else self.row(instance_id)}
+
+    def destroy(self, instance_id: int) -> tuple[int, dict]:
+        with self.lock:
+            inst = self.instances.get(instance_id)
+            if inst is None or inst["destroyed"]:
+                return 404, {"success": False, "msg": "no such instance"}
+            inst["destroyed"] = True
+        return 200, {"success": True}
+
+
+def _handler(vast: VastRest):
+    import json
+    import re
+    import select
+    import time
+    from http.server import BaseHTTPRequestHandler
+    from urllib.parse import urlsplit
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet: the test reads `requests`
+            pass
+
+        def _body(self) -> dict:
+            length = int(self.headers.get("Content-Length") or 0)
+            return json.loads(self.rfile.read(length) or b"{}")
+
+        def _answer(self, status: int, reply) -> None:
+            data = json.dumps(reply).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _hold_until_the_client_hangs_up(self, limit_s: float = 300) -> None:
+            ends = time.monotonic() + limit_s
+            while time.monotonic() < ends:
+                readable, _, _ = select.select([self.connection], [], [], 0.2)
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    return
+
+        def _serve(self, method: str) -> None:
+            path = urlsplit(self.path).path
+            body = self._body()
+            with vast.lock:
+                vast.requests.append((method, path))
+            if method == "POST" and path == "/api/v0/bundles/":
+                return self._answer(200, {"offers": vast.offers})
+            if method == "GET" and path == "/api/v0/ssh/":
+                return self._answer(200, [{"id": 1, "public_key": "ssh-ed25519 AAAA stand-in"}])
+            if method == "GET" and path == "/api/v1/instances/":
+                return self._answer(200, vast.listing())
+            asked = re.fullmatch(r"/api/v0/asks/(\d+)/", path)
+            if method == "PUT" and asked:
+                answer = vast.rent(int(asked.group(1)), body)
+                if answer is None:
+                    return self._hold_until_the_client_hangs_up()
+                return self._answer(*answer)
+            instance = re.fullmatch(r"/api/v0/instances/(\d+)/", path)
+            if method == "GET" and instance:
+                return self._answer(200, vast.one(int(instance.group(1))))
+            if method == "DELETE" and instance:
+                return self._answer(*vast.destroy(int(instance.group(1))))
+            self._answer(404, {"error": f"the stand-in has no {method} {path}"})
+
+        def do_GET(self):
+            self._serve("GET")
+
+        def do_POST(self):
+            self._serve("POST")
+
+        def do_PUT(self):
+            self._serve("PUT")
+
+        def do_DELETE(self):
+            self._serve("DELETE")
+
+    return Handler

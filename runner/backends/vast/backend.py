@@ -22,8 +22,8 @@ from typing import Callable, Iterator
 from runner import run_record
 from runner.backends import FINISHED, PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.exit_codes import remote_exit_error
-from runner.backends.vast.api import VastUnavailable
-from runner.backends.vast.patience import FIRST_DELAY_S, MAX_DELAY_S, OUTAGE_S, PatientApi
+from runner.backends.vast.patience import OUTAGE_S, PatientApi
+from runner.backends.vast.rental import Rental, end_rental, record, rent
 from runner.errors import GpujobError, bad_input, job_failed, last_error_line
 from runner.run_folder import JOB_FILES
 from runner.spec import JobSpec
@@ -40,7 +40,6 @@ POLL_S = 15.0
 RUN_GRACE_S = RUN_GRACE_MINUTES * 60  # past resources.timeout_minutes: data download, the final checkpoint
 EXITED_GRACE_S = 90  # an exited container may take this long for its last log lines to show
 LOG_WINDOW = 2000  # log lines kept for diffing and for error messages
-DESTROY_OUTAGE_S = 300.0  # destroying is what stops the billing: worth minutes of patience
 PLAN_OUTAGE_S = 15.0  # --dry-run and the offer search: a user is waiting; say so soon
 PLAN_ATTEMPT_S = 6.0  # each of its attempts, in wall-clock time: two fit in PLAN_OUTAGE_S with the wait between
 PLAN_CALL_TIMEOUT_S = 5.0  # the SDK's own timeout for them, so it gives up before the wall-clock bound
@@ -209,15 +208,13 @@ class VastBackend:
         """Rent the instance the request names and start the job on it; attached, follow it to
         its end. With `upload`, the user's code goes to the instance first, and with `whole` the
         run folder too (a resume)."""
-        folder, watch, rented_at = run.folder, Watch(), self.clock()
+        folder, watch = run.folder, Watch()
         (folder / JOB_FILES).mkdir(exist_ok=True)
-        instance_id = None
+        rental = Rental(request.payload["label"], before=dict(run.handles))
         try:
-            instance_id = self._create(api, request.offer["id"], request.payload)
-            run.record = run_record.update(folder, handles={
-                "vast_instance_id": instance_id, "vast_label": request.payload["label"], "rented_at": rented_at,
-                "price_per_hour": hourly_cost(request.offer, spec), "interruptible": spec.vast.interruptible,
-                "destroyed": False,
+            instance_id = rent(api, run, rental, request.offer["id"], request.payload, {
+                "rented_at": self.clock(), "price_per_hour": hourly_cost(request.offer, spec),
+                "interruptible": spec.vast.interruptible,
                 "offer": {k: request.offer.get(k) for k in ("id", "gpu_name", "num_gpus")}})
             print(f"vast: rented instance {instance_id}, {describe_price(request.offer, spec)}; it pulls "
                   f"{spec.vast.image} first", file=sys.stderr)
@@ -235,12 +232,12 @@ class VastBackend:
                 _phase_seen(folder, watch)
             api.copy_back(instance_id, f"{REMOTE_RUNS}/{folder.name}", folder, exclude=COPY_BACK_SKIPS)
         except BaseException as err:
-            self._end_rental(api, run, must=False, watch=watch)
+            ended = self._end_rental(api, run, rental, must=False, watch=watch)
             if isinstance(err, KeyboardInterrupt):
-                raise GpujobError(f"vast: interrupted; the instance was destroyed; what the job had written is in "
-                                  f"{folder}", INTERRUPTED) from None
+                raise GpujobError(f"vast: interrupted; {ended}; what the job had written is in {folder}",
+                                  INTERRUPTED) from None
             raise
-        self._end_rental(api, run, must=True, watch=watch)
+        self._end_rental(api, run, rental, must=True, watch=watch)
         error = remote_exit_error(code, watch.lines, f"vast (instance {instance_id})", folder)
         if error is not None:
             raise error
@@ -274,8 +271,8 @@ class VastBackend:
     def status(self, run: Run) -> RunState:
         from runner.lifecycle import ended_state
 
-        instance_id = run.handles.get("vast_instance_id")
-        if instance_id is None or run.handles.get("destroyed"):
+        instance_id = self._instance(run)
+        if instance_id is None:
             return ended_state(run, exit_code(_kept_log(run.folder)), "its instance is gone")
         api = self._api()
         info = api.show_instance(instance_id) or {}
@@ -298,8 +295,8 @@ class VastBackend:
         return state
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
-        instance_id = run.handles.get("vast_instance_id")
-        if instance_id is None or run.handles.get("destroyed"):
+        instance_id = self._instance(run)
+        if instance_id is None:
             yield from _kept_log(run.folder)
             return
         api, seen = self._api(), []
@@ -316,11 +313,11 @@ class VastBackend:
         from runner.lifecycle import resume_hint
 
         state = self.status(run)
-        instance_id = run.handles.get("vast_instance_id")
-        if instance_id is None or run.handles.get("destroyed"):
+        instance_id = self._instance(run)
+        if instance_id is None:
             return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
         api = self._api()
-        gone = self._gone(api, run)
+        gone = self._gone(api, run, instance_id)
         if gone:
             return f"{run.folder.name} is not running: {gone}"
         run.record.note("cancel asked")
@@ -330,38 +327,52 @@ class VastBackend:
             deadline = self.clock() + CANCEL_WAIT_S
             while exit_code(api.logs(instance_id).splitlines()) is None and self.clock() < deadline:
                 self.sleep(min(self.poll_s, 5))
-        self._bring_back_and_destroy(api, run)
+        self._bring_back_and_destroy(api, run, instance_id)
         return f"cancelled {run.folder.name}; instance {instance_id} destroyed; {resume_hint(run.folder)}"
 
     def fetch(self, run: Run) -> str:
-        instance_id = run.handles.get("vast_instance_id")
-        if instance_id is None or run.handles.get("destroyed"):
+        instance_id = self._instance(run)
+        if instance_id is None:
             return f"{run.folder.name}: its instance is gone and its folder is here"
         api, state = self._api(), self.status(run)
-        gone = self._gone(api, run)
+        gone = self._gone(api, run, instance_id)
         if gone:
             return f"{run.folder.name}: {gone}"
         if state.live:
             api.copy_back(instance_id, f"{REMOTE_RUNS}/{run.folder.name}", run.folder, exclude=COPY_BACK_SKIPS)
             return f"copied what {run.folder.name} has written so far; instance {instance_id} keeps running"
-        self._bring_back_and_destroy(api, run)
+        self._bring_back_and_destroy(api, run, instance_id)
         return f"copied {run.folder.name} back; instance {instance_id} destroyed"
 
-    def _gone(self, api, run: Run) -> str | None:
+    def _instance(self, run: Run) -> int | None:
+        """The run's instance, while it may still exist: the recorded id or, for a rent cut off
+        before its id was recorded (gpujob killed in between), the one listed with the run's label."""
+        handles = run.handles
+        if handles.get("destroyed"):
+            return None
+        if handles.get("vast_instance_id") is not None or not handles.get("vast_label"):
+            return handles.get("vast_instance_id")
+        made = self._api().instances_labelled(handles["vast_label"])
+        return min(made) if made else None
+
+    def _gone(self, api, run: Run, instance_id: int) -> str | None:
         """Whether vast.ai no longer has the instance (destroyed outside gpujob): then there is
         nothing to stop, copy or destroy, and nothing is billed. Recorded, and said in a line."""
-        instance_id = run.handles["vast_instance_id"]
         if api.show_instance(instance_id):
             return None
-        run.record = run_record.update(run.folder, handles={"destroyed": True})
+        record(run, destroyed=True)
         return (f"instance {instance_id} is gone (destroyed outside gpujob), so nothing was copied back and "
                 f"nothing is billed; {run.folder} holds what was copied before")
 
-    def _bring_back_and_destroy(self, api, run: Run) -> None:
-        instance_id = run.handles["vast_instance_id"]
+    def _bring_back_and_destroy(self, api, run: Run, instance_id: int) -> None:
+        # One found by its label may have others beside it (a rent whose answer was lost): those go too.
+        found = run.handles.get("vast_instance_id") != instance_id
+        rental = Rental(run.handles["vast_label"], instance_id=instance_id, asked=True, uncertain=found)
+        if found:
+            record(run, vast_instance_id=instance_id)
         watch = Watch(lines=api.logs(instance_id).splitlines(), started=True)
         self._salvage(api, instance_id, run.folder)
-        self._end_rental(api, run, must=True, watch=watch)
+        self._end_rental(api, run, rental, must=True, watch=watch)
 
     def resume(self, run: Run, detach: bool) -> None:
         """Rent a new instance, send it the run folder (the checkpoint is in it), and continue."""
@@ -379,39 +390,6 @@ class VastBackend:
         instance_id = run.handles.get("vast_instance_id")
         return (f"Instance {instance_id} bills until the job ends, and its disk until `gpujob fetch RUN` copies the "
                 "folder back and destroys it; `gpujob cancel RUN` stops it at once")
-
-    def _create(self, api, offer_id: int, request: dict) -> int:
-        """Rent the offer. A create whose answer was lost may still have made the instance: look
-        for it by its label (which names this run) before asking again, so none is rented twice."""
-        began = self.clock()
-        delay = FIRST_DELAY_S
-        try:
-            while True:
-                try:
-                    return api.create_instance(offer_id, request)
-                except VastUnavailable as err:
-                    made = api.instances_labelled(request["label"])
-                    if made:
-                        for extra in made[1:]:
-                            self._destroy(api, extra, must=False)
-                        return made[0]
-                    if self.clock() - began + delay > api.outage_s:
-                        raise
-                    print(f"gpujob: warning: {err.message}; trying again in {delay:.0f} s", file=sys.stderr)
-                    self.sleep(delay)
-                    delay = min(delay * 2, MAX_DELAY_S)
-        except BaseException:
-            # The request may have failed after vast.ai made the instance (a lost reply, Ctrl-C):
-            # look for it by its label, which names this run, and destroy what is found.
-            try:
-                orphans = api.instances_labelled(request["label"])
-            except GpujobError as err:
-                print(f"gpujob: {err.message}; check for an instance left behind with: vastai show instances",
-                      file=sys.stderr)
-                orphans = []
-            for orphan in orphans:
-                self._destroy(api, orphan, must=False)
-            raise
 
     def _follow(self, api, instance_id: int, spec: JobSpec, watch: Watch) -> int:
         """Print the instance's state and the job's output until the job ends; its exit code."""
@@ -464,19 +442,21 @@ class VastBackend:
                 exited_since = None
             self.sleep(self.poll_s)
 
-    def _end_rental(self, api, run: Run, must: bool, watch: Watch) -> None:
-        """On every way out: destroy the instance, keep its log, record what it cost."""
-        instance_id = run.handles.get("vast_instance_id")
-        if instance_id is None:  # nothing was rented
-            _keep_log(run.folder, watch)
-            return
-        self._destroy(api, instance_id, must=must)
-        if run.folder.exists():
-            run.record = run_record.update(run.folder, handles={"destroyed": True})
-        _keep_log(run.folder, watch)
-        self._record_cost(run)
+    def _end_rental(self, api, run: Run, rental: Rental, must: bool, watch: Watch) -> str:
+        """On every way out: destroy what was rented, keep its log, record what it cost; what
+        became of the rental, in words."""
+        try:
+            return end_rental(api, run, rental, must)
+        finally:
+            try:
+                _keep_log(run.folder, watch)
+                if rental.instance_id is not None:
+                    self._record_cost(run, rental.instance_id)
+            except OSError as err:  # said, never raised over what brought us here
+                print(f"gpujob: warning: could not keep the instance's log and cost in {run.folder}: {err}",
+                      file=sys.stderr)
 
-    def _record_cost(self, run: Run) -> None:
+    def _record_cost(self, run: Run, instance_id: int) -> None:
         """cost.json, on every way out that rented something: the offer's price per hour times
         the time from the rent request to the destroy (vast.ai bills by the second)."""
         from runner.cost import describe, estimate, write_cost
@@ -485,13 +465,13 @@ class VastBackend:
         offer = h.get("offer", {})
         basis = ("your bid plus the disk's storage price" if h.get("interruptible")
                  else "the offer's on-demand price (dph_total, disk included)")
-        record = estimate("vast", f"instance {h['vast_instance_id']}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
-                          h["price_per_hour"], self.clock() - h["rented_at"],
-                          f"{basis} x the time from renting to destroying, measured here; "
-                          "vast.ai also bills network traffic")
+        cost = estimate("vast", f"instance {instance_id}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
+                        h["price_per_hour"], self.clock() - h["rented_at"],
+                        f"{basis} x the time from renting to destroying, measured here; "
+                        "vast.ai also bills network traffic")
         if run.folder.exists():  # gone when the job never started: the line below still says what it cost
-            write_cost(run.folder, record)
-        print(f"vast: {describe(record)}", file=sys.stderr)
+            write_cost(run.folder, cost)
+        print(f"vast: {describe(cost)}", file=sys.stderr)
 
     def _salvage(self, api, instance_id: int, folder: Path) -> None:
         """On the way out after a failure: fetch what the job wrote (its error.log, checkpoints)."""
@@ -501,24 +481,6 @@ class VastBackend:
             api.copy_back(instance_id, f"{REMOTE_RUNS}/{folder.name}", folder, exclude=COPY_BACK_SKIPS)
         except GpujobError as err:  # reported, and the failure that brought us here is raised after
             print(f"gpujob: {err.message}", file=sys.stderr)
-
-    def _destroy(self, api, instance_id: int | None, must: bool) -> None:
-        """Destroy the instance, retrying for minutes while vast.ai does not answer; if it cannot be
-        done, tell the user loudly. `must` raises that failure (nothing else is being raised);
-        otherwise the original error wins."""
-        if instance_id is None:
-            return
-        try:
-            PatientApi(getattr(api, "api", api), self.sleep, self.clock, DESTROY_OUTAGE_S).destroy_instance(instance_id)
-            print(f"vast: destroyed instance {instance_id}", file=sys.stderr)
-            return
-        except GpujobError as err:
-            failure = err
-        message = (f"vast: could not destroy instance {instance_id} ({failure.message}); it is still billed: "
-                   f"destroy it now with: vastai destroy instance {instance_id}")
-        print(f"gpujob: {message}", file=sys.stderr)
-        if must:
-            raise job_failed(message)
 
 
 BACKEND = VastBackend()

@@ -6,7 +6,7 @@ are never retried. Where a user waits for an answer (a dry run), each attempt is
 wall-clock time, so no call outlasts the patience, whatever the network does.
 
 create_instance is the exception: it is not safe to repeat (two instances would bill), so the
-backend asks again only after looking the instance up by its label (runner/backends/vast/backend.py).
+backend asks again only after looking the instance up by its label (runner/backends/vast/rental.py).
 """
 
 from __future__ import annotations
