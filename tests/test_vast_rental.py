@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, cli
-from tests.test_vast import DONE, GOOD, FakeVast, fake_vast, started, vast_spec  # noqa: F401 (fixtures)
+from tests.test_vast import DONE, GOOD, FakeVast, UploadingVast, fake_vast, started, vast_spec  # noqa: F401 (fixtures)
 
 
 def _when_the_record_names(instance_id: int, monkeypatch, do) -> list[int]:
@@ -92,6 +92,26 @@ def test_a_resume_whose_record_fails_destroys_its_new_instance_not_the_old_one(v
     assert ("destroy", 43) in fake.calls and not fake.made  # the new one, not left billing
     assert fake.calls.count(("destroy", 42)) == 1  # the old one, long gone, is not asked about again
     assert "still billed" not in resumed.stderr and "could not destroy" not in resumed.stderr
+
+
+def test_a_resume_first_brings_back_and_destroys_an_instance_left_billing(vast_spec, fake_vast, tmp_path):
+    """A job whose instance could not be destroyed (vast.ai did not answer for minutes): its disk
+    may hold a later checkpoint than the folder here, and it bills. `resume` copies it back and
+    destroys it before renting the next one, so the record never loses the only id it had."""
+    stopped = started("step 3/9", "gpujob: stopped at step 3 by SIGTERM", code=143)
+    fake = fake_vast(UploadingVast(timeline=[("running", stopped)], flaky={"destroy": 10_000}))
+    first = cli("submit", vast_spec(), "--runs-dir", tmp_path / "runs")
+    assert first.exit_code == 1 and "it is still billed" in first.stderr, first.stderr
+    run = first.run_dir
+    assert 42 in fake.made and _handles(run)["destroyed"] is False
+    fake.flaky["destroy"], fake.new_id = 0, 43  # vast.ai answers again
+    asked_before = len(fake.calls)
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 143, (resumed.stderr, resumed.exception)
+    names = [call[:2] for call in fake.calls[asked_before:] if call[0] in ("copy", "destroy", "create")]
+    assert names.index(("destroy", 42)) < names.index(("create", 13))  # the old one first
+    assert names.index(("copy", 42)) < names.index(("destroy", 42))  # what its disk held comes back
+    assert not fake.made and _handles(run)["vast_instance_id"] == 43
 
 
 def test_a_second_ctrl_c_while_destroying_ends_naming_the_instance_that_may_still_bill(vast_spec, fake_vast, tmp_path):

@@ -375,12 +375,17 @@ class VastBackend:
         self._end_rental(api, run, rental, must=True, watch=watch)
 
     def resume(self, run: Run, detach: bool) -> None:
-        """Rent a new instance, send it the run folder (the checkpoint is in it), and continue."""
+        """Rent a new instance, send it the run folder (the checkpoint is in it), and continue.
+        An earlier instance still there (its destroy failed, or the job ended detached and was
+        never fetched) holds the latest checkpoint and bills: it is copied back and destroyed first."""
         from runner.spec import load_spec
 
         spec = load_spec(run.folder / JOB_FILES / "spec.yaml")
         api = self._api()
         api.check_can_copy()
+        earlier = self._instance(run)
+        if earlier is not None and self._gone(api, run, earlier) is None:
+            self._bring_back_and_destroy(api, run, earlier)
         offer = self._choose(api, spec)
         payload = instance_request(spec, run.folder.name, offer)
         payload["env"]["GPUJOB_WAIT_FOR_UPLOAD"] = "1"
