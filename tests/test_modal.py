@@ -412,15 +412,17 @@ LONG = {"epochs": 400, "log_every_steps": 5, "checkpoint_every_minutes": 10}
 
 
 def test_resources_timeout_minutes_stops_the_job_with_a_checkpoint_and_exit_1(modal_spec, container_modal, tmp_path):
+    """Half a minute: on a loaded 2-core machine the container's start (Python, torch, the data)
+    alone has taken more than 6 s, and a job stopped before its first step keeps nothing."""
     service = container_modal()
-    spec = modal_spec(resources={"gpu": "A10G:1", "timeout_minutes": 0.1}, train=LONG)
+    spec = modal_spec(resources={"gpu": "A10G:1", "timeout_minutes": 0.5}, train=LONG)
     result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 1, result.stderr
     run = result.run_dir
     assert result.stdout.splitlines()[-1] == str(run) and run.parent == tmp_path / "runs"
-    assert "ran past resources.timeout_minutes (0.1 min)" in result.stderr and "checkpoint saved" in result.stderr
+    assert "ran past resources.timeout_minutes (0.5 min)" in result.stderr and "nothing was kept" not in result.stderr
     assert f"gpujob resume {run}" in result.stderr  # the folder here, not the volume's path in the container
-    assert json.loads((run / "job" / "modal-call.json").read_text())["timeout_s"] == 6 + 600  # Modal's, with grace
+    assert json.loads((run / "job" / "modal-call.json").read_text())["timeout_s"] == 30 + 600  # Modal's, with grace
     (call,) = service.calls.values()
     assert [how for how, _ in call.attempts] == ["returned"]  # the job's own outcome: Modal does not retry it
     assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()

@@ -211,7 +211,8 @@ class ModalService:
         out (the job runs on regardless), and Ctrl-C cancels it, letting it checkpoint.
 
         Ctrl-C during the spawn itself is held back until the call's id is recorded (`spawned`),
-        so it leaves either no remote job or a run folder that tracks it."""
+        so it leaves either no remote job or a run folder that tracks it; a call whose id cannot be
+        recorded is cancelled (_record). Following, Modal's trouble past FOLLOW_OUTAGE_S is LostTouch."""
         interrupted, state, failure = False, None, None
         with self.modal.enable_output(), request.app().run(detach=True):  # a client's trouble never stops the job
             try:
