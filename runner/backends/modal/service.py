@@ -10,7 +10,6 @@ here prints or stores them. Tests replace ModalService with a local stand-in.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 from typing import Callable, Iterator
 
+from runner.backends.interrupts import held_interrupts
 from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
 from runner.stop_signals import INTERRUPTED
 
@@ -41,28 +41,6 @@ def import_modal():
     except Exception as err:  # modal reads ~/.modal.toml when imported: a broken file fails here
         raise missing_backend(f"modal: cannot load Modal's client: {_first_line(err)}") from None
     return modal
-
-
-@contextmanager
-def held_interrupts():
-    """Hold Ctrl-C (SIGINT) back for the duration; `interrupted` says whether one came."""
-
-    class Held:
-        interrupted = False
-
-    held = Held()
-    if threading.current_thread() is not threading.main_thread():
-        yield held
-        return
-
-    def note(signum, frame):
-        held.interrupted = True
-
-    previous = signal.signal(signal.SIGINT, note)
-    try:
-        yield held
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def within(seconds: float, doing: str, call: Callable):
