@@ -4,8 +4,8 @@ A checkpoint is `checkpoints/step-NNNNNNNN.pt`, plain torch.save output that `to
 opens, with its SHA-256 beside it in `step-NNNNNNNN.pt.sha256`. Both are written to a temp file,
 fsynced and renamed, the digest first: a kill mid-write leaves the previous checkpoint whole,
 and a checkpoint file never lacks its digest. The last two are kept. Loading verifies the digest
-and falls back to the older file when the newest is damaged, saying so. (Checkpoints written
-before this carried the digest as their first 32 bytes; they are still read.)
+and falls back to the older file when the newest is damaged, saying so. A checkpoint whose digest
+file is missing is used if it loads, with a warning.
 """
 
 from __future__ import annotations
@@ -81,21 +81,32 @@ def digest_file(path: Path) -> Path:
 
 
 def read_checkpoint(path: Path) -> dict:
+    """A checkpoint, checked against its digest. One whose digest file is gone (deleted by hand,
+    not copied along) is loaded if it loads, and says so: only a mismatch or a file that does not
+    load is damaged."""
     import torch
 
     data = Path(path).read_bytes()
     digest = digest_file(Path(path))
-    if digest.exists():
+    try:
         expected = digest.read_text().strip()
-        payload = data
-        intact = hashlib.sha256(payload).hexdigest() == expected
-    else:  # the older format: the digest is the file's first 32 bytes
-        payload = data[32:]
-        intact = len(data) > 32 and hashlib.sha256(payload).digest() == data[:32]
-    if not intact:
+    except FileNotFoundError:
+        expected = None
+    except OSError as err:
+        raise ValueError(f"checkpoint {path}: its checksum file cannot be read ({err.strerror})") from None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise ValueError(f"checkpoint {path} is damaged (truncated or corrupted)")
-    # Our own file, digest-checked: it holds RNG states (numpy arrays), so not weights_only.
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
+    try:
+        # Our own file: it holds RNG states (numpy arrays), so not weights_only.
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"checkpoint {path} does not load ({type(err).__name__}); damaged") from None
+    if not (isinstance(state, dict) and {"model", "loop"} <= set(state)):
+        raise ValueError(f"checkpoint {path} is not a gpujob checkpoint (no model or loop state)")
+    if expected is None:
+        print(f"gpujob: warning: checkpoint {path.name} has no checksum file ({digest.name}); it loaded whole, "
+              "so it is used", file=sys.stderr)
+    return state
 
 
 def _fsync_dir(path: Path) -> None:

@@ -146,26 +146,28 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
 
     made_runs_dir = not plan.runs_dir.exists()
     expected = _estimate_before_run(plan)
-    for _ in range(3):
-        record = new_submission(plan.backend, plan.run_name, plan.spec, spec_path, detach, plan.world_size)
-        record.estimate = expected or {}
-        try:
-            folder = RunFolder.start(plan.folder, record)
-            break
-        except FileExistsError:  # another run took the name since the plan was made: plan again
-            plan = _plan(chosen, plan.spec, spec_path, plan.runs_dir)
-    else:
-        raise GpujobError(f"--runs-dir: could not make a new run folder under {plan.runs_dir}")
-    run = Run(folder.path, record)
+    folder = None
     try:
+        for _ in range(3):
+            record = new_submission(plan.backend, plan.run_name, plan.spec, spec_path, detach, plan.world_size)
+            record.estimate = expected or {}
+            try:
+                folder = RunFolder.start(plan.folder, record)
+                break
+            except FileExistsError:  # another run took the name since the plan was made: plan again
+                plan = _plan(chosen, plan.spec, spec_path, plan.runs_dir)
+        else:
+            raise GpujobError(f"--runs-dir: could not make a new run folder under {plan.runs_dir}")
+        run = Run(folder.path, record)
         _ship_code(plan, folder.path)
         with acting_on(run, "submitting"):
             chosen.submit(plan, run, detach)
     except (GpujobError, KeyboardInterrupt) as err:
-        _after_failed_submit(chosen, folder, err)
+        if folder is not None:
+            _after_failed_submit(chosen, folder, err)
         if made_runs_dir and plan.runs_dir.is_dir() and not any(plan.runs_dir.iterdir()):
             plan.runs_dir.rmdir()  # made for this run alone
-        if isinstance(err, GpujobError) and folder.path.is_dir():
+        if isinstance(err, GpujobError) and folder is not None and folder.path.is_dir():
             err.run_dir = folder.path
         raise
     return run
@@ -212,11 +214,10 @@ def _after_failed_submit(chosen, folder, err: BaseException) -> None:
     if not (folder.path.is_dir() and is_run(folder.path)):
         return  # the worker already took back what it made
     code = getattr(err, "exit_code", INTERRUPTED)
-    nothing_trained = not any((folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints"))
     if code == BAD_INPUT or not read(folder.path).handles:
         folder.remove_if_unstarted()
-    elif chosen.folder_is_here and nothing_trained and code in (INTERRUPTED, PREEMPTED):
-        folder.discard_unstarted()
+    elif chosen.folder_is_here and code in (INTERRUPTED, PREEMPTED):
+        folder.discard_unstarted()  # refused once anything was trained
     if folder.path.is_dir() and is_run(folder.path):
         record_state(Run(folder.path, read(folder.path)), state_of_error(err))
 
@@ -257,11 +258,16 @@ def run(
 
     What images, remote machines and batch scripts call; `submit` is for you."""
     started = time.perf_counter()
+    launched_at = os.environ.get("GPUJOB_STARTED_AT")  # runner.launch.STARTED_AT: a worker's job began there
+    if worker and launched_at:
+        started -= max(0.0, time.time() - float(launched_at))
     job = _load(spec, set_, worker=worker)
     if worker:
         from runner.worker import run_worker
 
-        run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume)
+        # under gpujob's launcher, the launcher keeps the time limit (SLURM's tasks keep their own)
+        run_worker(job, run_dir=run_dir, runs_dir=runs_dir, started=started, resume=resume,
+                   keeps_time_limit=not launched_at)
         return
     from runner.distributed import node_options
     from runner.launch import Topology, run_on_this_node
@@ -454,7 +460,12 @@ def _workers_here(job, nproc_per_node: str) -> int:
         return workers_per_node(job)
     if not (nproc_per_node.isdigit() and int(nproc_per_node) > 0):
         raise bad_input(f"--nproc-per-node: expected a positive number or 'auto', got '{nproc_per_node}'")
-    return int(nproc_per_node)
+    workers, batch = int(nproc_per_node), job.data.batch_size
+    if batch % workers:  # the workers would each refuse it at start-up: refused here, before anything is touched
+        fits = [n for n in range(1, batch + 1) if batch % n == 0 and n <= max(workers * 2, 8)]
+        raise bad_input(f"--nproc-per-node: {workers} workers cannot split data.batch_size {batch} evenly; use "
+                        f"one of {', '.join(map(str, fits))}")
+    return workers
 
 
 def print_rows(rows) -> None:
@@ -473,14 +484,14 @@ INNER_RUN = "GPUJOB_INNER_RUN"  # set by backends whose `gpujob run` reports to 
 def _finish(folder: Path) -> None:
     if os.environ.get(INNER_RUN):  # the gpujob outside says it once, with its own path for the folder
         return
-    summary = folder / "summary.json"
-    if summary.exists():
-        s = json.loads(summary.read_text())
-        from runner.progress import test_result
+    from runner.show import done_lines
 
-        typer.echo(f"done: {test_result(s)}  {s['wall_s']:.1f} s on {s['device']} x{s['world_size']}")
-        for finding in s.get("diagnosis") or []:  # what held it back, and the change to make
-            typer.echo(f"diagnosis: {finding['kind']}: {finding['evidence']}; {finding['change']}")
+    try:
+        for line in done_lines(folder):  # the result, and what held the run back
+            typer.echo(line)
+    except GpujobError as err:  # a damaged summary.json: one line, and the folder still printed last
+        err.run_dir = folder
+        raise
     typer.echo(str(folder))  # last line: the run folder, for scripts
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 
@@ -27,6 +28,8 @@ def local_accelerator() -> str:
     gpus = cuda_gpus()
     if gpus:
         return f"cuda x{len(gpus)} ({gpus[0][0]})"
+    if sys.platform != "darwin":  # MPS is Apple's: elsewhere torch need not even be imported to know
+        return "cpu"
     import torch
 
     if torch.backends.mps.is_available():

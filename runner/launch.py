@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, last_error_line
+from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, job_failed, last_error_line
+from runner.run_folder import SUMMARY
 from runner.run_lock import INHERITED
 from runner.spec import JobSpec
 from runner.stop_signals import INTERRUPTED, PREEMPTED
@@ -55,6 +56,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+STARTED_AT = "GPUJOB_STARTED_AT"  # the job's start (wall clock, launcher's): its workers' start-up begins there
 JOINED = "gpujob-worker: joined the job"  # a worker's stderr line once the rendezvous is done
 # What torch's C++ side prints while a rendezvous retries (log lines and their stack frames): kept
 # in the worker's log, not shown; if the rendezvous fails, the launcher says why in one line.
@@ -123,8 +125,11 @@ class Launch:
     and their logs are unlinked temporary files (the workers get them as open descriptors), and
     every worker dies with the launcher (PR_SET_PDEATHSIG)."""
 
-    def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False):
+    def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False,
+                 started: float | None = None):
         self.spec, self.topology, self.run_dir, self.resume = spec, topology, run_dir, resume
+        # the job's start on the wall clock, for the workers' timing of their start-up phases
+        self.started_at = time.time() - (time.perf_counter() - started) if started is not None else time.time()
         self.spec_file = tempfile.TemporaryFile()  # unlinked: it vanishes with the last descriptor
         self.spec_file.write(spec.to_yaml().encode())
         self.spec_file.flush()
@@ -149,6 +154,7 @@ class Launch:
         if self.run_dir is not None:  # node 0: the workers run under this launcher's lock on the folder
             env[INHERITED] = str(Path(self.run_dir).resolve())
         env["GPUJOB_INNER_RUN"] = "1"  # runner.cli.INNER_RUN: this launcher names the run folder, once
+        env[STARTED_AT] = repr(self.started_at)
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // t.nproc_per_node)))
         return env
@@ -252,9 +258,13 @@ class Launch:
             return GpujobError(f"{what}; node 0 keeps the run folder and its checkpoints", code)
         if newest is None:
             return GpujobError(f"{what} before the first checkpoint: nothing was kept", code)
-        written = "the workers saved it" if newest != self.checkpoint_before else "no newer one was written"
-        return GpujobError(f"{what}; last checkpoint {newest} ({written}); resume with: gpujob resume "
-                           f"{self.run_dir}", code)
+        resume = f"resume with: gpujob resume {self.run_dir}"
+        if newest == self.checkpoint_before:
+            return GpujobError(f"{what}; last checkpoint {newest} (no newer one was written); {resume}", code)
+        if self.topology.world_size == 1:  # as the worker itself says it
+            return GpujobError(f"{what} at step {int(newest.split('-')[1].split('.')[0])}, checkpoint saved; {resume}",
+                               code)
+        return GpujobError(f"{what}; last checkpoint {newest} (the workers saved it); {resume}", code)
 
     def _failure(self, codes: list[int], alive: dict[int, str]) -> GpujobError:
         lines = {r: self.lines(r) for r in range(len(codes))}
@@ -272,6 +282,8 @@ class Launch:
             return self._rendezvous_failed()
         if code == BAD_INPUT and local_rank not in hung:  # the spec's fault, said in one line
             return GpujobError(report, code)
+        if world == 1:
+            return self._lone_failure(codes[0], report, lines[0])
         self._keep_log(local_rank)
         where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
         if local_rank in hung:
@@ -288,6 +300,24 @@ class Launch:
                                "the other workers were stopped", JOB_FAILED)
         return GpujobError(f"rank {rank} of {world} failed: {report or f'exit code {died}'}{where}; "
                            "the other workers were stopped", code)
+
+    def _lone_failure(self, code: int | None, report: str, lines: list[str]) -> GpujobError:
+        """The one worker of a job failed: in its own words where it said why; otherwise how its
+        process ended, with its output kept (the only clue left)."""
+        said = any(line.startswith("gpujob: ") for line in lines)
+        if said and code in (1, 2, 3):
+            return GpujobError(report, code)
+        self._keep_log(0)
+        where = f"; its output is in {self.run_dir / 'rank-0.log'}" if self.run_dir else ""
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if code == -signal.SIGKILL else (
+                " (a crash in native code: a C extension, a driver)" if code in (-signal.SIGSEGV, -signal.SIGBUS,
+                                                                                -signal.SIGABRT) else "")
+            return GpujobError(f"the job's process was killed by {name}, not by gpujob{cause}{where}", JOB_FAILED)
+        return GpujobError(f"the job's process ended with exit code {code} before it finished, without an error of "
+                           f"its own (os._exit or sys.exit in your code, or a crash in native code?){where}",
+                           JOB_FAILED)
 
     def _never_joined(self, lines: dict[int, list[str]], report: str) -> bool:
         """Whether the job failed at the rendezvous: no worker here joined, and the failing one
@@ -354,10 +384,11 @@ def _newest_checkpoint(run_dir: Path | None) -> str | None:
 
 
 def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False,
-           timeout_s: float | None = None) -> None:
+           timeout_s: float | None = None, started: float | None = None) -> None:
     """Run one node's workers to the end. Raises GpujobError on failure, timeout or signal.
-    `timeout_s`: what is left of resources.timeout_minutes (all of it by default)."""
-    job = Launch(spec, topology, run_dir, resume)
+    `timeout_s`: what is left of resources.timeout_minutes (all of it by default); `started`:
+    when the job began in this process (perf_counter), which its workers time their start from."""
+    job = Launch(spec, topology, run_dir, resume, started)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def on_signal(signum, _frame):
@@ -394,30 +425,48 @@ def run_on_this_node(spec: JobSpec, topology: Topology, run_dir: Path | None, ru
 
 
 def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | None:
-    from runner.worker import run_worker
-
     folder = opened[0] if opened else None
     if opened and opened[1] and folder.finished:
         print(f"gpujob: {folder.path} already finished; nothing to resume", file=sys.stderr)
         return folder.path
-    if topology.world_size == 1:
-        return run_worker(spec, runs_dir=runs_dir, started=started, resume=resume, opened=opened)
+    # Even one worker runs as a process of its own under this launcher: only a parent can stop a
+    # worker blocked in a user's factory when a signal or the time limit comes, and say how one
+    # ended that died by a signal, called os._exit or crashed in native code.
     left_s = None if started is None else spec.resources.timeout_minutes * 60 - (time.perf_counter() - started)
     try:
-        launch(spec, topology, folder.path if folder else None, resume=resume, timeout_s=left_s)
+        launch(spec, topology, folder.path if folder else None, resume=resume, timeout_s=left_s, started=started)
+        if folder is not None and not folder.finished:
+            raise job_failed("the job's process ended with exit code 0 before it finished its epochs (no "
+                             f"{SUMMARY}); nothing in gpujob ends a job that way: does your code call sys.exit?")
     except GpujobError as err:
-        from runner.errors import BAD_INPUT
-
-        stopped_early = (err.exit_code in (PREEMPTED, INTERRUPTED) and folder is not None and folder.made_here
-                         and not any((folder.path / name).exists() for name in ("metrics.jsonl", "checkpoints")))
-        if folder is not None and not opened[1] and (err.exit_code == BAD_INPUT or stopped_early):
-            folder.discard()  # bad input, or stopped before anything was trained: leave nothing half-made
-        elif folder is not None and not opened[1] and folder.made_here and isinstance(err, NeverJoined):
-            folder.discard_unstarted()  # the nodes never met: not one step, and the error says it all
-        elif folder is not None:
+        if folder is not None and not (not opened[1] and _took_back(folder, err)):
             err.run_dir = folder.path
+            if err.exit_code == JOB_FAILED and topology.world_size > 1:
+                _keep_verdict(folder, err.message)
         raise
     return folder.path if folder else None
+
+
+def _keep_verdict(folder, message: str) -> None:
+    """The launcher's verdict (which rank failed first, and why) at the end of the run's error.log,
+    where `status` reads it: rank 0's own traceback there may only say it lost a peer."""
+    try:
+        with open(folder.file("error.log"), "a") as log:
+            log.write(f"gpujob: {message}\n")
+    except OSError:
+        pass  # a full or read-only disk: the line was printed, which is all there is
+
+
+def _took_back(folder, err: GpujobError) -> bool:
+    """Whether a new run folder whose launch failed was taken away: only when nothing was trained
+    in it (the folder's own rule) and the failure leaves nothing worth keeping: bad input found
+    at start-up, a stop before the first step, nodes that never met."""
+    stopped = err.exit_code in (PREEMPTED, INTERRUPTED) and folder.made_here
+    if err.exit_code == BAD_INPUT or stopped:
+        return folder.discard()
+    if folder.made_here and isinstance(err, NeverJoined):
+        return folder.discard_unstarted()  # not one step, and the error says it all
+    return False
 
 
 def workers_per_node(spec: JobSpec) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from runner import run_lock, run_record
 from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, Run, RunState
 from runner.errors import bad_input, last_error_line
-from runner.run_folder import METRICS, SUMMARY
+from runner.run_folder import METRICS, SUMMARY, read_summary
 from runner.stop_signals import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
 
 ERROR_LOG = "error.log"
@@ -44,7 +44,7 @@ def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
     """The state of a run whose job is no longer running, from its folder and its exit code
     (None where the backend could not tell: a process killed outright, a lost machine)."""
     folder = run.folder
-    if (folder / SUMMARY).exists():
+    if read_summary(folder) is not None:
         return RunState(FINISHED, summary_line(folder), 0)
     error = _error_line(folder)
     seen = run.record.last_state
@@ -78,29 +78,27 @@ def _error_line(folder: Path) -> str:
 
 
 def summary_line(folder: Path) -> str:
+    s = read_summary(folder)
     try:
-        s = json.loads((folder / SUMMARY).read_text())
         from runner.progress import test_result
 
         return (f"{test_result(s, ', ')}, {s['epochs']} epoch(s) in {s['wall_s']:.1f} s on {s['device']} "
                 f"x{s['world_size']}")
-    except (OSError, ValueError, KeyError, TypeError):
-        return "summary.json is unreadable"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{SUMMARY} is damaged"
 
 
 def progress_lines(folder: Path) -> list[str]:
     """metrics.jsonl as the progress lines the job printed (step and epoch lines)."""
     from runner.progress import epoch_line, step_line
+    from runner.run_view import metrics_records
 
     lines = []
-    path = folder / METRICS
-    if path.exists():
-        for raw in path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
+    for record in metrics_records(folder / METRICS):  # a line that is not a record is left out
+        try:
             lines.append(epoch_line(record) if record.get("kind") == "epoch" else step_line(record))
+        except (KeyError, TypeError, ValueError):
+            continue  # a record lacking what a progress line shows
     if (folder / ERROR_LOG).exists():
         lines.append(f"gpujob: {_error_line(folder)}")
     return lines

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV = (
     "spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json")
+CHECKPOINTS, MODEL, ERROR_LOG = "checkpoints", "model.pt", "error.log"
 JOB_FILES = "job"  # what a backend submitted to start the run (batch script, scheduler log)
 # What a folder holds before its job starts: nothing a user made, and nothing of a run's results.
 PRE_RUN = {run_record.RECORD, run_lock.LOCK, JOB_FILES}
@@ -78,7 +79,10 @@ def atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
                 handle.write(chunk)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as err:  # e.g. a folder where the file goes: name the file, not the temp one
+            raise type(err)(err.errno, err.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -112,7 +116,11 @@ class RunFolder:
             raise
         except OSError as err:
             raise bad_input(f"--runs-dir: cannot create {path}: {err.strerror}") from None
-        run_record.write(path, submission)
+        try:
+            run_record.write(path, submission)
+        except BaseException:  # Ctrl-C or a full disk in between: no folder that is not a run is left
+            shutil.rmtree(path, ignore_errors=True)
+            raise
         return cls(path, made_here=True)
 
     @classmethod
@@ -162,12 +170,21 @@ class RunFolder:
                 p.name in PRE_RUN or is_interrupted_write(p) for p in self.path.iterdir()):
             shutil.rmtree(self.path, ignore_errors=True)
 
-    def discard_unstarted(self) -> None:
-        """Take away a folder whose job was stopped before it trained anything (no metrics, no
-        checkpoint): its spec, environment and job files are all gpujob's, and nothing is lost."""
-        if (self.path / METRICS).exists() or (self.path / "checkpoints").exists():
-            return
-        for name in (SPEC, ENV, "error.log", *PRE_RUN):
+    def trained_anything(self) -> bool:
+        """Whether the job wrote anything of the user's: a metrics line, a checkpoint (or the
+        folder for them), the final weights or summary. Such a folder is never taken away."""
+        metrics = self.file(METRICS)
+        if metrics.is_dir() or (metrics.exists() and metrics.stat().st_size > 0):
+            return True
+        return any(self.file(name).exists() for name in (CHECKPOINTS, SUMMARY, MODEL))
+
+    def discard_unstarted(self) -> bool:
+        """Take away a folder whose job was stopped before it trained anything: its spec,
+        environment and job files are all gpujob's, and nothing is lost. False, touching nothing,
+        once anything was trained."""
+        if self.trained_anything():
+            return False
+        for name in (SPEC, ENV, ERROR_LOG, METRICS, *PRE_RUN):
             target = self.path / name
             if target.is_dir():
                 shutil.rmtree(target, ignore_errors=True)
@@ -178,10 +195,14 @@ class RunFolder:
             self.path.rmdir()
         except OSError:
             pass  # something else is in it: leave it alone
+        return True
 
     @property
     def finished(self) -> bool:
-        return self.file(SUMMARY).exists()
+        """Whether the run wrote its summary whole. A summary.json damaged since (cut short, a
+        folder in its place) is not a finished run: resuming from the final checkpoint writes it
+        again."""
+        return read_summary(self.path) is not None
 
     def keep_metrics(self, count: int) -> list[int]:
         """Cut metrics.jsonl back to its first `count` lines: the records a checkpoint includes
@@ -200,14 +221,19 @@ class RunFolder:
         self.write_text(METRICS, "".join(line + "\n" for line in kept))
         return damaged
 
-    def discard(self) -> None:
-        """Take back what a start that found bad input wrote: the run's files, and the folder
-        itself when this process made it. What a backend put there is the backend's to remove."""
-        for name in (SPEC, METRICS, SUMMARY, TIMING, PLOT, ENV):
+    def discard(self) -> bool:
+        """Take back what a start that found bad input wrote (gpujob's own files), and the folder
+        itself when this process made it; what a backend put there is the backend's to remove.
+        False, touching nothing, once anything was trained: a spec error found mid-run (a label
+        past num_classes, a folder made unwritable) keeps the run's metrics and checkpoints."""
+        if self.trained_anything():
+            return False
+        for name in (SPEC, METRICS, TIMING, PLOT, ENV, ERROR_LOG):
             self.file(name).unlink(missing_ok=True)
-        shutil.rmtree(self.file("checkpoints"), ignore_errors=True)
+        remove_interrupted_writes(self.path)
         if self.made_here:
             self.remove_if_unstarted()
+        return True
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -239,6 +265,19 @@ class RunFolder:
             except ValueError:
                 continue
         return records
+
+
+SUMMARY_KEYS = ("epochs", "train_loss", "test_loss", "wall_s")  # what every summary.json holds
+
+
+def read_summary(folder: Path) -> dict | None:
+    """The run's summary.json as a whole summary, or None where it is missing or damaged (cut
+    short, not an object, lacking what every summary holds)."""
+    try:
+        summary = json.loads((Path(folder) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and all(key in summary for key in SUMMARY_KEYS) else None
 
 
 class MetricsListener:

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from runner.spec import JobSpec
 
 
+DECIDE_EVERY_S = 1.0  # DDP: about how often the ranks agree whether to stop or checkpoint
+MAX_DECIDE_EVERY = 10  # steps: fast steps need not pay a sync each
+
+
 class Listener(Protocol):
     def on_start(self, plan: dict) -> None: ...
     def on_step(self, record: dict) -> None: ...
@@ -68,6 +72,10 @@ class LoopState:
     epoch_timing: list = field(default_factory=list)
     resumed: int = 0
     interruptions: list = field(default_factory=list)
+    # This attempt's own start, as of the checkpoint (the next attempt lists it among `attempts`),
+    # and the earlier attempts': each attempt's figures are its own, never mixed with another's.
+    attempt: dict = field(default_factory=dict)
+    attempts: list = field(default_factory=list)
     # The named values a user's train.step returns, in the order first seen, and their sums.
     names: list = field(default_factory=list)
     epoch_named: list = field(default_factory=list)
@@ -114,15 +122,18 @@ def evaluate(model, batches, autocast, ctx: WorkerContext, device, step_fn: Step
 
 def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Listener] = (),
           started: float | None = None, checkpoints: CheckpointStore | None = None,
-          resume_from: dict | None = None, device: "torch.device | None" = None) -> TrainResult:
+          resume_from: dict | None = None, device: "torch.device | None" = None,
+          keeps_time_limit: bool = True) -> TrainResult:
     """Train `spec`. `checkpoints` (rank 0) is where checkpoints go; `resume_from` (rank 0)
-    a loaded checkpoint to continue from: every rank receives it from rank 0."""
+    a loaded checkpoint to continue from: every rank receives it from rank 0. `keeps_time_limit`:
+    a lone process stops itself at resources.timeout_minutes, unless a launcher watches it."""
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext()
     device = device or pick_device(ctx)
     init_process_group(ctx, device, spec.train.collective_timeout_s)
-    # One process alone keeps its own time limit; several are stopped by their launcher (or SLURM).
-    limit_s = None if ctx.distributed else spec.resources.timeout_minutes * 60 - (time.perf_counter() - started)
+    # One process alone keeps its own time limit; under a launcher (or SLURM) it is stopped for it.
+    limit_s = (None if ctx.distributed or not keeps_time_limit else
+               spec.resources.timeout_minutes * 60 - (time.perf_counter() - started))
     try:
         with StopRequest(limit_s) as stop:
             loop = Loop(spec, ctx, listeners, started, device, checkpoints, stop)
@@ -175,8 +186,10 @@ class Loop:
         self.last_checkpoint = time.perf_counter()
         self.compile_s = None  # the first step's extra time when torch.compile builds the model's code
         # In DDP every rank must agree to stop (or checkpoint) at the same step; asking costs a sync,
-        # so ask every few steps.
-        self.decide_every = 1 if not ctx.distributed else 10
+        # so ranks ask every few steps, as many as take about DECIDE_EVERY_S (rank 0's clock decides,
+        # and every rank learns the next step to ask at from the same answer). A stop is then agreed
+        # within about a second and a step, however slow the steps: the launcher's grace is enough.
+        self.next_decision, self.last_decision = 0, (0, time.perf_counter())
 
     def _wrapped(self, model):
         self.comm = CommTimer()
@@ -221,7 +234,11 @@ class Loop:
                   f"the global batch stays {self.spec.data.batch_size}", file=sys.stderr)
         state.resumed += 1
         state.interruptions.append({"resumed_at_step": state.step, "epoch": state.epoch})
+        if state.attempt:  # the attempt that wrote this checkpoint, up to it (what came after is lost)
+            state.attempts.append({**state.attempt, "ended": "at its last checkpoint"})
+        state.attempt, state.time_to_first_step_s = {}, None  # this attempt times its own start
         self.state = state
+        self.last_decision = (state.step, time.perf_counter())
 
     def announce(self) -> None:
         s = self.state
@@ -274,7 +291,7 @@ class Loop:
                 now = time.perf_counter()
                 self.log_step(rate_steps * self.spec.data.batch_size / max(now - window_start, 1e-9))
                 window_start, rate_steps = now, 0
-            stopping, due = self.decide() if s.step % self.decide_every == 0 else (False, False)
+            stopping, due = self.decide() if s.step >= self.next_decision else (False, False)
             if stopping or due:
                 s.window_loss, s.epoch_loss, s.window_named, s.epoch_named = self.sums_onto_main(
                     self.window_loss, self.epoch_loss, self.window_named, self.epoch_named)
@@ -353,14 +370,22 @@ class Loop:
         s.window_steps = 0
 
     def decide(self) -> tuple[bool, bool]:
-        """(stop, checkpoint now), the same on every rank: rank 0's clock says when one is due."""
+        """(stop, checkpoint now), the same on every rank: rank 0's clock says when one is due,
+        and how many steps until the ranks ask again."""
         import torch
 
-        ctx = self.ctx
-        due = ctx.is_main and time.perf_counter() - self.last_checkpoint >= self.t.checkpoint_every_minutes * 60
+        ctx, now = self.ctx, time.perf_counter()
+        due = ctx.is_main and now - self.last_checkpoint >= self.t.checkpoint_every_minutes * 60
         if not ctx.distributed:
+            self.next_decision = self.state.step + 1
             return self.stop.requested, due
-        flags = all_sum(torch.tensor([float(self.stop.requested), float(due)], device=self.device), ctx)
+        steps, since = self.state.step - self.last_decision[0], now - self.last_decision[1]
+        # rank 0's proposal (the others add 0): steps that take about DECIDE_EVERY_S, 1 to MAX_DECIDE_EVERY
+        every = min(MAX_DECIDE_EVERY, max(1, int(DECIDE_EVERY_S * steps / since))) if steps and since > 0 else 1
+        flags = all_sum(torch.tensor([float(self.stop.requested), float(due), float(every if ctx.is_main else 0)],
+                                     device=self.device), ctx)
+        self.next_decision = self.state.step + int(flags[2].item())
+        self.last_decision = (self.state.step, now)
         return flags[0].item() > 0, flags[1].item() > 0
 
     def sums_onto_main(self, window_loss: "torch.Tensor", *more: "torch.Tensor") -> list:
@@ -428,6 +453,7 @@ class Loop:
 
     def save_checkpoint(self) -> None:
         self.last_checkpoint = time.perf_counter()
+        self.state.attempt = self.attempt_timing()
         if self.checkpoints is None:
             return
         self.checkpoints.save({
@@ -436,6 +462,12 @@ class Loop:
             "scaler": self.scaler.state_dict(), "rng": rng_states(), "loop": asdict(self.state),
             "world_size": self.ctx.world_size, "spec": self.spec.model_dump(mode="json"),
         }, self.state.step)
+
+    def attempt_timing(self) -> dict:
+        """This attempt's start-up and length so far, from its own clock."""
+        total_s = time.perf_counter() - self.started
+        return {"started_at": time.time() - total_s, "time_to_first_step_s": self.state.time_to_first_step_s,
+                "total_s": total_s, "phases": dict(self.phases)}
 
     def emit(self, kind: str, record: dict) -> None:
         self.state.records_emitted += 1
@@ -458,7 +490,8 @@ class Loop:
         if not s.epoch_records:
             raise job_failed("no epoch finished: nothing to report")
         self.save_checkpoint()
-        total_s = time.perf_counter() - self.started
+        this = self.attempt_timing()
+        total_s = this["total_s"]
         last = s.epoch_records[-1]
         samples_per_s = s.step * spec.data.batch_size / max(s.train_loop_s, 1e-9)
         achieved = self.flops_per_sample * samples_per_s / 1e12 if self.flops_per_sample else None
@@ -480,11 +513,17 @@ class Loop:
         }
         if "metrics" in last:  # a user step's named values, as the last epoch averaged them
             summary["metrics"], summary["test_metrics"] = last["metrics"], last["test_metrics"]
-        timing = {"time_to_first_step_s": s.time_to_first_step_s, "total_s": total_s,
+        attempts = [*s.attempts, this]
+        whole_s = sum(a["total_s"] for a in attempts)
+        summary["whole_wall_s"] = whole_s
+        # The top-level figures are this attempt's, each consistent with the others; `attempts`
+        # lists every attempt's own, and whole_s adds them up (earlier ones to their last checkpoint).
+        timing = {"time_to_first_step_s": this["time_to_first_step_s"], "total_s": this["total_s"],
                   "train_loop_s": s.train_loop_s, "compile_s": self.compile_s,
                   "train_loop_without_compile_s": s.train_loop_s - (self.compile_s or 0.0),
-                  "started_at": time.time() - total_s, "phases": self.phases,
-                  "epochs": s.epoch_timing, "interruptions": s.interruptions}
+                  "started_at": this["started_at"], "phases": this["phases"],
+                  "epochs": s.epoch_timing, "interruptions": s.interruptions,
+                  "attempts": attempts, "whole_s": whole_s}
         weights = self.model.state_dict() if ctx.is_main else None
         return TrainResult(summary, timing, s.epoch_records, weights)
 

@@ -37,7 +37,8 @@ def open_run_folder(spec: JobSpec, run_dir: Path | None, runs_dir: Path, resume:
 
 def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path("runs"),
                ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False,
-               resume: bool = False, opened: tuple[rf.RunFolder, bool] | None = None) -> Path | None:
+               resume: bool = False, opened: tuple[rf.RunFolder, bool] | None = None,
+               keeps_time_limit: bool = True) -> Path | None:
     """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0.
     With `resume`, a run_dir that holds a run continues from its last checkpoint. `opened` is
     the folder open_run_folder already gave the caller."""
@@ -53,7 +54,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         opened = open_run_folder(spec, run_dir, runs_dir, resume)
         try:
             return run_worker(spec, runs_dir=runs_dir, ctx=ctx, started=started, quiet=quiet, resume=resume,
-                              opened=opened)
+                              opened=opened, keeps_time_limit=keeps_time_limit)
         finally:
             run_lock.release(opened[0].path)
     if ctx.is_main:
@@ -73,7 +74,8 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         console = None if quiet else console_listener()
         listeners = [rf.MetricsListener(folder)] + ([console] if console else [])
     try:
-        result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from)
+        result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from,
+                       keeps_time_limit=keeps_time_limit)
         if ctx.is_main:
             _write_results(folder, spec, result, ctx.world_size)
     except Stopped as stop:
@@ -87,9 +89,9 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         error.run_dir = folder.path if folder else None
         raise error from None
     except GpujobError as err:
-        if err.exit_code == BAD_INPUT and folder is not None and not resuming and _nothing_trained(folder):
-            folder.discard()  # a spec mistake found at start-up leaves nothing half-written behind
-        else:
+        # A spec mistake found at start-up leaves nothing half-written behind; found after
+        # something was trained, the run keeps it (discard refuses) and says what went wrong.
+        if not (err.exit_code == BAD_INPUT and folder is not None and not resuming and folder.discard()):
             _record_failure(folder, err.message)
             err.run_dir = folder.path if folder else None
         raise
@@ -100,10 +102,11 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         _record_failure(folder, error.message)
         error.run_dir = folder.path if folder else None
         raise error from None
-    except Exception as err:  # the job's own failure (user code, OOM, ...): keep the traceback in the folder
+    except (Exception, SystemExit) as err:  # the job's own failure (user code, OOM, ...): traceback kept
+        # SystemExit too: a factory or step that calls sys.exit(0) must not pass for a finished job
         failure = _job_failure(folder, err)
         failure.run_dir = folder.path if folder else None
-        raise failure from err
+        raise failure from None if isinstance(err, SystemExit) else err
     finally:
         for listener in listeners or []:
             getattr(listener, "close", lambda: None)()
@@ -133,13 +136,11 @@ def _write_results(folder: rf.RunFolder, spec: JobSpec, result, world_size: int)
     folder.write_json(rf.SUMMARY, result.summary)  # last: its presence means the run finished
 
 
-def _nothing_trained(folder: rf.RunFolder) -> bool:
-    return not folder.metrics() and not CheckpointStore(folder.path).paths()
-
-
 def _job_failure(folder: rf.RunFolder | None, err: BaseException) -> GpujobError:
     where = _record_failure(folder, traceback.format_exc())
     said = (str(err).strip().splitlines() or [""])[0]  # one line: the rest is in error.log
+    if isinstance(err, SystemExit):
+        said = f"your code called sys.exit({said}) before the job finished"
     return job_failed(f"job failed: {type(err).__name__}: {said}" + (f" (traceback in {where})" if where else ""))
 
 

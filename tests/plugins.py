@@ -101,8 +101,20 @@ def unlabelled_blobs(train: bool, root: str, **args) -> Dataset:
     return UnlabelledBlobs(train, root, **args)
 
 
-SEEN_DTYPES: list = []  # what the probes saw, for tests that train in this process
+SEEN_DTYPES: list = []  # what the probes saw (read back from PROBE_LOG: the job trains in a process of its own)
 SEEN_COMPILING: list = []
+PROBE_LOG = "GPUJOB_TEST_PROBE_LOG"  # the file the probes note what they saw in, one JSON line per forward pass
+
+
+def read_probe_log(path) -> None:
+    """What the job's probes noted, into SEEN_DTYPES and SEEN_COMPILING."""
+    import json
+    from pathlib import Path
+
+    for line in Path(path).read_text().splitlines() if Path(path).exists() else []:
+        seen = json.loads(line)
+        SEEN_COMPILING.append(seen["compiling"])
+        SEEN_DTYPES.append(seen["dtype"])
 
 
 class Probe(nn.Module):
@@ -118,8 +130,13 @@ class Probe(nn.Module):
 
         hidden = self.net[1](self.net[0](x))
         if x.device.type != "meta":  # gpujob counting FLOPs and memory on the meta device is not training
-            SEEN_COMPILING.append(torch.compiler.is_compiling())
-            SEEN_DTYPES.append(str(hidden.dtype))
+            import json
+            import os
+
+            # read while tracing (torch.compile folds it to True there), before the file breaks the graph
+            seen = {"compiling": torch.compiler.is_compiling(), "dtype": str(hidden.dtype)}
+            with open(os.environ[PROBE_LOG], "a") as log:
+                log.write(json.dumps(seen) + "\n")
         return self.net[3](self.net[2](hidden))
 
 

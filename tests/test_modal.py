@@ -156,7 +156,7 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
 
     assert rows["cost"].startswith("$2.20/h for A10G:2") and f"read {PRICES_READ_ON}" in rows["cost"]
     # 20 min of job + 4 attempts x 10 min of start-up and save = 1 h at $2.20/h, not "per attempt"
-    assert "at most $2.20 for the job as submitted" in rows["cost"] and "per attempt" not in rows["cost"]
+    assert "at most $2.20 for the whole job as submitted" in rows["cost"] and "per attempt" not in rows["cost"]
     assert "images/requirements.txt" in rows["image"] and "torch 2." in rows["image"] and "runner" in rows["image"]
     assert "credentials" in rows and "dry steps" in rows
     assert not (tmp_path / "runs").exists()

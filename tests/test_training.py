@@ -122,14 +122,17 @@ def test_adam_and_adamw_differ_once_there_is_weight_decay(fashion_spec, tmp_path
 
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", "torch.bfloat16"), ("fp32", "torch.float32")])
-def test_the_precision_asked_for_is_what_the_forward_pass_computes_in(write_spec, tmp_path, precision, dtype):
+def test_the_precision_asked_for_is_what_the_forward_pass_computes_in(write_spec, tmp_path, precision, dtype,
+                                                                      monkeypatch):
     from tests import plugins
 
     plugins.SEEN_DTYPES.clear()
+    monkeypatch.setenv(plugins.PROBE_LOG, str(tmp_path / "probe.log"))
     spec = write_spec(model={"name": "tests.plugins:probe"}, data={"dataset": "digits", "batch_size": 64},
                       train={"epochs": 1, "max_steps": 3, "precision": precision})
     result = cli("run", spec, "--runs-dir", tmp_path)
     assert result.exit_code == 0, result.stderr
+    plugins.read_probe_log(tmp_path / "probe.log")
     assert plugins.SEEN_DTYPES and set(plugins.SEEN_DTYPES) == {dtype}  # training and evaluation
     assert json.loads((result.run_dir / "summary.json").read_text())["precision"] == precision
 
@@ -141,14 +144,16 @@ def test_fp16_on_cpu_is_a_clear_error(fashion_spec, tmp_path):
 
 
 @pytest.mark.parametrize("compiled", [True, False])
-def test_compile_is_applied_when_asked_and_only_then(write_spec, tmp_path, compiled):
+def test_compile_is_applied_when_asked_and_only_then(write_spec, tmp_path, compiled, monkeypatch):
     from tests import plugins
 
     plugins.SEEN_COMPILING.clear()
+    monkeypatch.setenv(plugins.PROBE_LOG, str(tmp_path / "probe.log"))
     spec = write_spec(model={"name": "tests.plugins:probe"}, data={"dataset": "digits", "batch_size": 64},
                       train={"epochs": 1, "compile": compiled})
     result = cli("run", spec, "--runs-dir", tmp_path)
     assert result.exit_code == 0, result.stderr
+    plugins.read_probe_log(tmp_path / "probe.log")
     assert (True in plugins.SEEN_COMPILING) is compiled  # torch.compile traced the training forward pass
 
 

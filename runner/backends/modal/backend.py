@@ -141,7 +141,7 @@ def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
     attempts = retries + 1
     most_h = spec.resources.timeout_minutes / 60 + attempts * TIMEOUT_GRACE_S / 3600
     return (f"${hourly:.2f}/h for {request} (${per_gpu:.2f} per GPU-hour, Modal's list price read {PRICES_READ_ON}; "
-            f"CPU and memory extra); at most ${hourly * most_h:.2f} for the job as submitted (a resume has its "
+            f"CPU and memory extra); at most ${hourly * most_h:.2f} for the whole job as submitted (a resume has its "
             f"own): its {spec.resources.timeout_minutes} min limit across all {attempts} attempts, plus up to "
             f"{TIMEOUT_GRACE_S // 60} min of start-up and save for each; no container is billed once the "
             "job has ended (each serves its one call and stops)")
