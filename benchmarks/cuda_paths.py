@@ -169,7 +169,7 @@ def check_resume(work: Path, device: str, precision: str) -> dict:
 def check_precision_error(work: Path) -> dict:
     """fp16 with no GPU in sight (CUDA_VISIBLE_DEVICES empty): the one line a user gets. And, as text only,
     what a card without bf16 says (no such card here: an H100 has both)."""
-    from runner.train_setup import precision_problem
+    from runner.training.setup import precision_problem
 
     spec = write_spec(work, {**job("cpu", "fp16"), "name": "no-fp16-here"}, "job-fp16-cpu")
     out = gpujob("run", spec, "--run-dir", work / "fp16-on-cpu", env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))

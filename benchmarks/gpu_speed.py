@@ -295,7 +295,7 @@ def run_child(kind: str, job_file: Path, result_file: Path) -> None:
     device = torch.device(case["device"])
     clock = {"imported_at": time.time()}
     epochs = (tight_loop if kind == "tight" else notebook_loop)(case, compile_, clock)
-    from runner.flops import peak_tflops  # after the loop: never part of its time
+    from runner.training.flops import peak_tflops  # after the loop: never part of its time
 
     typical = (epochs[0]["wall_s"] - clock["first_step_wall_s"]) / max(epochs[0]["samples"] // case["batch"] - 1, 1)
     result = {"epochs": epochs, "clock": clock, "process_started_at": STARTED,
@@ -397,8 +397,8 @@ def steady(result: dict, flops_per_sample: int | None) -> dict:
 
 
 def flops_per_sample(case: dict) -> int | None:
-    from runner.flops import training_flops_per_sample
-    from runner.spec import ModelSpec
+    from runner.training.flops import training_flops_per_sample
+    from runner.spec.model import ModelSpec
 
     return training_flops_per_sample(ModelSpec(name=case["model"]), tuple(case["shape"]), case["classes"])
 

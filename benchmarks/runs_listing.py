@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1000)
     args = parser.parse_args()
 
-    from runner.run_record import read, write
-    from runner.runs_table import collect
+    from runner.runs.record import read, write
+    from runner.cli.runs_table import collect
 
     with tempfile.TemporaryDirectory(prefix="gpujob-bench-") as scratch:
         runs_dir = Path(scratch) / "runs"

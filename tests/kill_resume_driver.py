@@ -31,8 +31,8 @@ import torch.utils.flop_counter  # noqa: F401  (the summary's FLOP count: likewi
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
 
-from runner.spec import load_spec
-from runner.worker import run_worker
+from runner.spec.model import load_spec
+from runner.launching.worker import run_worker
 
 
 SLOW_WRITE_S = 0.3
@@ -40,7 +40,7 @@ SLOW_WRITE_S = 0.3
 
 def _slow_checkpoint_writes() -> None:
     """In a child: every checkpoint is written half, then a pause, then the rest (a slow disk)."""
-    from runner import run_folder
+    from runner.runs import files as run_folder
 
     real = run_folder.atomic_write_chunks
 

@@ -4,9 +4,9 @@ batches the DataLoader path gives with per-sample ToTensor/Normalize."""
 import torch
 from torchvision import datasets, transforms
 
-from runner.batches import LoaderBatches, Shard, TensorBatches, train_order
-from runner.datasets import BUILTIN_INFO, load_image_tensors
-from runner.spec import DataSpec
+from runner.training.batches import LoaderBatches, Shard, TensorBatches, train_order
+from runner.training.datasets import BUILTIN_INFO, load_image_tensors
+from runner.spec.model import DataSpec
 
 
 def _both_paths(root, shard=Shard(), batch=100, seed=7):
@@ -73,7 +73,7 @@ def test_a_split_kept_in_host_memory_gives_exactly_the_batches_of_one_on_the_dev
 
 
 def test_data_stays_on_the_gpu_only_within_its_share_of_the_gpus_memory():
-    from runner.batches import DEVICE_DATA_FRACTION, data_home
+    from runner.training.batches import DEVICE_DATA_FRACTION, data_home
 
     gpu, gib = torch.device("cuda", 0), 2**30
     assert data_home(int(DEVICE_DATA_FRACTION * 16 * gib), gpu, 16 * gib) == "device"  # e.g. CIFAR-10 on a T4

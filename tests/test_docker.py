@@ -23,7 +23,7 @@ import pytest
 from runner.backends.docker.backend import container_run, docker_run_command
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.docker.image import build_command, engine_available
-from runner.spec import load_spec
+from runner.spec.model import load_spec
 from tests.conftest import REPO, TAG, _build, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json", "model.pt")
@@ -135,7 +135,7 @@ def test_the_image_is_lean_non_root_and_keeps_no_build_secret(image):
 # Run as root, so that Python could write any .pyc it finds missing or stale: none may appear.
 # Then count, for torch and gpujob's own package, the source files that have their .pyc.
 COMPILED = """
-import importlib.util, pathlib, torch, torchvision, runner.cli, runner.train, runner.worker
+import importlib.util, pathlib, torch, torchvision, runner.cli, runner.training.loop, runner.launching.worker
 for package in (torch, runner):
     sources = list(pathlib.Path(package.__file__).parent.rglob("*.py"))
     compiled = [s for s in sources if pathlib.Path(importlib.util.cache_from_source(s)).is_file()]

@@ -245,7 +245,7 @@ def test_a_full_disk_fails_the_job_and_keeps_the_last_good_checkpoint(digits, tm
     assert line.startswith("gpujob: the disk is full: writing") and "the last good checkpoint step-" in line
     kept = sorted((runs / "run" / "checkpoints").glob("step-*.pt"))
     assert kept and not list((runs / "run" / "checkpoints").glob(".*.tmp"))
-    from runner.checkpoint import read_checkpoint
+    from runner.training.checkpoint import read_checkpoint
 
     assert read_checkpoint(kept[-1])["loop"]["step"] > 0  # whole, checksum and all
 

@@ -199,8 +199,8 @@ def test_a_resumed_run_times_each_attempt_on_its_own_clock(write_spec, tmp_path)
 def test_ctrl_c_while_the_run_folder_is_made_leaves_no_folder_that_is_not_a_run(tmp_path, monkeypatch):
     """The window between the folder's mkdir and its record's write (2 of 3 tries once left an
     empty folder, which gpujob then refused as not a run)."""
-    from runner import run_record
-    from runner.run_folder import RunFolder
+    from runner.runs import record as run_record
+    from runner.runs.folder import RunFolder
 
     def interrupted(folder, submission):
         raise KeyboardInterrupt

@@ -15,8 +15,8 @@ from importlib import metadata
 import pytest
 from packaging.requirements import Requirement
 
-from runner import kaggle_export
-from runner.kaggle_export import CODE_FILE, MACHINE_SHAPE, PLACEHOLDER_USER, kernel_slug
+from runner.backends.kaggle import export as kaggle_export
+from runner.backends.kaggle.export import CODE_FILE, MACHINE_SHAPE, PLACEHOLDER_USER, kernel_slug
 from tests.conftest import cli, read_jsonl
 
 ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json", "model.pt")
@@ -275,8 +275,8 @@ def test_t4_2_uses_both_of_kaggles_t4s_and_says_which_accelerator(write_spec, tm
     """Kaggle's "GPU T4 x2" is machine_shape NvidiaTeslaT4 (kaggle-cli PR #1198): the spec's
     T4:2 runs two DDP workers on it, and the export says so."""
     import runner.hardware
-    from runner.launch import workers_per_node
-    from runner.spec import validate_spec
+    from runner.launching.launcher import workers_per_node
+    from runner.spec.model import validate_spec
 
     result = cli("export", "kaggle", _spec(write_spec, resources={"gpu": "T4:2"}), tmp_path / "k")
     assert result.exit_code == 0, result.stderr

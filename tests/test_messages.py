@@ -37,7 +37,7 @@ def _a_cuda_card(monkeypatch, name: str, capability: tuple[int, int]):
 def test_the_device_refuses_bf16_on_a_t4_and_allows_it_on_an_ampere_card(monkeypatch):
     import torch
 
-    from runner.train_setup import autocast_for
+    from runner.training.setup import autocast_for
 
     _a_cuda_card(monkeypatch, "Tesla T4", (7, 5))
     with pytest.raises(GpujobError) as err:
@@ -199,8 +199,8 @@ def test_logs_of_a_run_with_a_null_metrics_line(a_run):
 
 def test_done_lines_read_the_summary_through_the_one_reader(a_run):
     """The end of an attached submit, resume or fetch (runner/cli.py _finish can print these)."""
-    from runner.run_view import DamagedFile
-    from runner.show import done_lines
+    from runner.runs.view import DamagedFile
+    from runner.reports.show import done_lines
 
     run = a_run("done")
     lines = done_lines(run)

@@ -34,7 +34,7 @@ from runner.backends.modal.backend import modal_request  # noqa: E402
 from runner.backends.modal.app import REQUIREMENTS, VOLUME_PATH_ENV  # noqa: E402
 from runner.backends.modal.service import modal_errors  # noqa: E402
 from runner.errors import GpujobError  # noqa: E402
-from runner.spec import load_spec  # noqa: E402
+from runner.spec.model import load_spec  # noqa: E402
 from tests.conftest import REPO, assert_golden, cli, read_jsonl, read_jsonl_if, wait_for  # noqa: E402
 from tests.modal_standin import ContainerModal  # noqa: E402
 
@@ -210,7 +210,7 @@ def test_a_job_error_is_returned_not_raised_so_modal_does_not_retry_it(modal_spe
 DRIVER = """
 import dataclasses, sys
 from runner.backends.modal.backend import modal_request
-from runner.spec import load_spec  # noqa: E402
+from runner.spec.model import load_spec  # noqa: E402
 request = dataclasses.replace(modal_request(load_spec(sys.argv[1]), sys.argv[2]), submission=sys.argv[3])
 print(request.function().local(*request.args()), flush=True)
 """
@@ -557,7 +557,7 @@ def test_a_call_the_run_folder_cannot_record_is_cancelled_not_left_billing(modal
     could follow, fetch or cancel it later, so it is cancelled and the line says so, naming it."""
     import errno
 
-    from runner import run_record
+    from runner.runs import record as run_record
 
     service = container_modal()
     written = run_record.update
@@ -645,7 +645,7 @@ def test_a_folder_from_before_the_record_is_read_through_its_modal_json(tmp_path
     old.mkdir(parents=True)
     (old / ".modal.json").write_text(json.dumps({"backend": "modal", "call_id": "fc-old", "app": "gpujob",
                                                   "volume": "gpujob-runs", "gpu": "T4:1", "world_size": 1}))
-    from runner.run_record import read
+    from runner.runs.record import read
 
     record = read(old)
     assert record.backend == "modal" and record.handles["modal_call_id"] == "fc-old" and record.asks["gpu"] == "T4:1"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from runner.models import build_model
-from runner.spec import ModelSpec
+from runner.training.models import build_model
+from runner.spec.model import ModelSpec
 from tests.conftest import cli
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner.checkpoint import CheckpointStore
-from runner.run_record import read as read_record
+from runner.training.checkpoint import CheckpointStore
+from runner.runs.record import read as read_record
 from tests.conftest import REPO, cli, cli_subprocess, read_jsonl, read_jsonl_if, requeue_now, wait_for
 
 LOSS_TOLERANCE = 1e-4  # DDP against the same world size on one machine, as tests/test_ddp.py

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from runner.checkpoint import CheckpointStore, read_checkpoint
+from runner.training.checkpoint import CheckpointStore, read_checkpoint
 from tests.conftest import REPO, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 
@@ -50,7 +50,7 @@ def test_a_checkpoint_holds_everything_a_resume_needs(write_spec, tmp_path):
     state = read_checkpoint(CheckpointStore(run).paths()[0])
     assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "rng", "loop", "world_size", "spec"}
     assert set(state["rng"]) >= {"python", "numpy", "torch"}  # and "cuda" where there is one
-    from runner.checkpoint import restore_rng_states
+    from runner.training.checkpoint import restore_rng_states
 
     restore_rng_states({**state["rng"], "cuda": ["a CUDA machine's state"]})  # read on a CPU: left alone
 
@@ -122,7 +122,7 @@ def test_master_port_defaults_to_29500_across_nodes(digits, tmp_path):
 def test_the_device_is_cuda_then_mps_then_cpu(monkeypatch):
     import torch
 
-    from runner.distributed import WorkerContext, pick_device
+    from runner.training.distributed import WorkerContext, pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from runner.checkpoint import CheckpointStore, read_checkpoint
+from runner.training.checkpoint import CheckpointStore, read_checkpoint
 from tests.conftest import REPO, cli, read_jsonl
 
 TIMING_ONLY = {"samples_per_s", "wall_s"}
@@ -64,8 +64,8 @@ def test_a_kill_after_the_last_step_but_before_the_epoch_closed_resumes_to_the_s
                                                                                          monkeypatch):
     """The window the random kills found once: the last step's checkpoint is on disk, the epoch's
     record is written, and the process dies before the next checkpoint lands."""
-    from runner.spec import load_spec
-    from runner.worker import run_worker
+    from runner.spec.model import load_spec
+    from runner.launching.worker import run_worker
 
     spec = load_spec(digits_cnn())
     reference = run_worker(spec, run_dir=tmp_path / "reference", quiet=True)
@@ -94,9 +94,9 @@ def test_a_kill_while_the_run_folder_is_being_started_resumes_to_a_whole_folder(
                                                                                monkeypatch, killed_in):
     """The windows the random kills found next: dead with spec.yaml still a temp file, or with
     spec.yaml written and env.json not. Resuming must finish the run with every file in place."""
-    from runner import run_folder
-    from runner.spec import load_spec
-    from runner.worker import run_worker
+    from runner.runs import files as run_folder
+    from runner.spec.model import load_spec
+    from runner.launching.worker import run_worker
 
     spec = load_spec(digits_cnn(epochs=1, max_steps=6))
     reference = run_worker(spec, run_dir=tmp_path / "reference", quiet=True)

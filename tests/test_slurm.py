@@ -21,9 +21,9 @@ import yaml
 
 from runner.backends.slurm.commands import FINAL_STATES
 from runner.backends.slurm.script import sbatch_script
-from runner.checkpoint import CheckpointStore
-from runner.run_record import read as read_record
-from runner.spec import load_spec
+from runner.training.checkpoint import CheckpointStore
+from runner.runs.record import read as read_record
+from runner.spec.model import load_spec
 from tests.conftest import (REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, requeue_now,
                             start_if_down, wait_for)
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from runner.errors import GpujobError
-from runner.spec import load_spec
+from runner.spec.model import load_spec
 from tests.conftest import REPO, cli
 
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from runner.spec import load_spec
+from runner.spec.model import load_spec
 from tests.conftest import cli, read_jsonl
 
 SUMMARY_KEYS = {"train_loss", "test_loss", "test_accuracy", "epochs", "steps", "wall_s", "samples_per_s",
@@ -99,7 +99,7 @@ def test_the_optimizer_named_is_the_one_that_steps(fashion_spec, tmp_path, optim
     run = cli("run", spec, "--runs-dir", tmp_path).run_dir
     epochs = [m for m in read_jsonl(run / "metrics.jsonl") if m["kind"] == "epoch"]
     assert epochs[-1]["loss"] < epochs[0]["loss"]
-    from runner.checkpoint import CheckpointStore, read_checkpoint
+    from runner.training.checkpoint import CheckpointStore, read_checkpoint
 
     state = read_checkpoint(CheckpointStore(run).paths()[0])["optimizer"]
     group, (first,) = state["param_groups"][0], list(state["state"].values())[:1]

@@ -14,9 +14,9 @@ import pytest
 from runner.backends.vast import backend as vast_backend
 from runner.backends.vast.backend import (EXIT_MARK, EXITED_GRACE_S, NOT_STARTED, RUN_GRACE_S, START_MARK, VastBackend,
                                           exit_code, instance_request, new_lines)
-from runner.stop_signals import PREEMPTED
+from runner.training.stops import PREEMPTED
 from runner.errors import GpujobError, job_failed, missing_backend
-from runner.spec import load_spec
+from runner.spec.model import load_spec
 from runner.backends.vast.api import NO_API_KEY, VastUnavailable, find_api_key
 from runner.backends.vast.offers import bid_price, choose_offer, offer_query
 from tests.conftest import REPO, cli, read_jsonl
@@ -168,8 +168,8 @@ def backend_with(fake):
 def run_with(fake, spec_path, tmp_path):
     """What `gpujob submit` does: plan, make the run folder (its record first), submit attached."""
     from runner.backends import Run
-    from runner.run_folder import RunFolder
-    from runner.run_record import new_submission
+    from runner.runs.folder import RunFolder
+    from runner.runs.record import new_submission
 
     backend = backend_with(fake)
     spec = load_spec(spec_path)

@@ -25,9 +25,9 @@ from tests.test_vast import DONE, GOOD, FakeVast, UploadingVast, fake_vast, star
 def _when_the_record_names(instance_id: int, monkeypatch, do) -> list[int]:
     """Call do() each time submission.json is written naming `instance_id`, before it is written
     (`do` may raise). Returns the list of those writes done so far, each appended after do()."""
-    from runner import run_folder
+    from runner.runs import record
 
-    real, calls = run_folder.atomic_write, []
+    real, calls = record.atomic_write, []
 
     def write(path, *parts):
         if Path(path).name == "submission.json" and f'"vast_instance_id": {instance_id},' in b"".join(parts).decode():
@@ -35,7 +35,7 @@ def _when_the_record_names(instance_id: int, monkeypatch, do) -> list[int]:
             calls.append(instance_id)
         return real(path, *parts)
 
-    monkeypatch.setattr(run_folder, "atomic_write", write)
+    monkeypatch.setattr(record, "atomic_write", write)
     return calls
 
 
@@ -132,7 +132,7 @@ def test_a_second_ctrl_c_while_destroying_ends_naming_the_instance_that_may_stil
 def test_a_rental_cut_off_before_its_id_was_recorded_is_found_by_its_label(vast_spec, fake_vast, tmp_path):
     """A gpujob killed between the rent and the record (kill -9, a power cut) leaves a record
     with the label and no id: `cancel` finds the instance by the label and destroys it."""
-    from runner import run_record
+    from runner.runs import record as run_record
 
     fake = fake_vast(FakeVast(timeline=[("loading", []), ("running", started("step 1/9"))]))
     run = cli("submit", vast_spec(), "--detach", "--runs-dir", tmp_path / "runs").run_dir

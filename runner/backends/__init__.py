@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol
 from runner.errors import bad_input
 
 if TYPE_CHECKING:
-    from runner.run_record import Submission
-    from runner.spec import JobSpec
-    from runner.user_code import UserCode
+    from runner.runs.record import Submission
+    from runner.spec.model import JobSpec
+    from runner.usercode.shipping import UserCode
 
 # The one list of backend names: the spec's `backend` field, --backend and the registry read it.
 NAMES = ("local", "modal", "docker", "vast", "slurm")

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from runner import run_lock, run_record
+from runner.runs import lock as run_lock
+
+from runner.runs import record as run_record
 from runner.backends import RUNNING, Plan, Run, RunState
 from runner.backends.detached import OUTPUT, exit_code, start_detached, tail_lines
 from runner.errors import bad_input
-from runner.run_folder import JOB_FILES
+from runner.runs.paths import JOB
 
 STOP_WAIT_S = 60  # cancel: past train.stop_grace_s (the launcher's grace for a checkpoint), then some
 START_WAIT_S = 60  # --detach: how long the new process may take to lock its folder
@@ -48,7 +50,7 @@ class LocalBackend:
 
     def plan(self, spec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.hardware import local_accelerator
-        from runner.launch import workers_per_node
+        from runner.launching.launcher import workers_per_node
 
         if spec.resources.nodes > 1:
             raise bad_input(f"resources.nodes: backend local runs on this one machine; for {spec.resources.nodes} "
@@ -56,7 +58,7 @@ class LocalBackend:
         workers = workers_per_node(spec)
         device = local_accelerator()
         folder = (Path(runs_dir) / run_name).resolve()
-        command = worker_command(folder / JOB_FILES / "spec.yaml", folder, workers, resume=False)
+        command = worker_command(folder / JOB / "spec.yaml", folder, workers, resume=False)
         plan = Plan(self.name, spec, spec_path, runs_dir, run_name, workers, LocalRequest(workers, command),
                     rows=[("device here", device), ("detached command", " ".join(command))])
         if spec.resources.gpu and device == "cpu":
@@ -65,11 +67,11 @@ class LocalBackend:
         return plan
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
-        from runner.launch import Topology, run_on_this_node
+        from runner.launching.launcher import Topology, run_on_this_node
 
         for note in plan.notes:
             print(f"gpujob: {note}", file=sys.stderr)
-        spec_file = run.folder / JOB_FILES / "spec.yaml"
+        spec_file = run.folder / JOB / "spec.yaml"
         spec_file.parent.mkdir(exist_ok=True)
         spec_file.write_text(plan.spec.to_yaml())
         if detach:
@@ -80,7 +82,7 @@ class LocalBackend:
 
     def _start(self, run: Run, command: list[str]) -> None:
         """Start `command` detached and wait until it holds the run's lock (or has ended)."""
-        job_dir = run.folder / JOB_FILES
+        job_dir = run.folder / JOB
         pid = start_detached(command, job_dir)
         run.record = run_record.update(run.folder, handles={"pid": pid, "host": socket.gethostname()})
         deadline = time.monotonic() + START_WAIT_S
@@ -88,18 +90,18 @@ class LocalBackend:
             time.sleep(0.05)
 
     def status(self, run: Run) -> RunState:
-        from runner.lifecycle import ended_state
+        from runner.cli.lifecycle import ended_state
 
         owner = run_lock.holder(run.folder)
         if owner is not None:
             return RunState(RUNNING, f"{run_lock.describe(owner)}")
-        code = exit_code(run.folder / JOB_FILES)
+        code = exit_code(run.folder / JOB)
         return ended_state(run, code, "" if code is not None else "the process is gone")
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
-        from runner.lifecycle import progress_lines
+        from runner.cli.lifecycle import progress_lines
 
-        output = run.folder / JOB_FILES / OUTPUT
+        output = run.folder / JOB / OUTPUT
         if output.exists():  # a detached run's whole output
             yield from tail_lines(output, (lambda: self.status(run).live) if follow else None)
             return
@@ -115,7 +117,7 @@ class LocalBackend:
             time.sleep(0.5)
 
     def cancel(self, run: Run) -> str:
-        from runner.lifecycle import resume_hint
+        from runner.cli.lifecycle import resume_hint
 
         owner = run_lock.holder(run.folder)
         if owner is None:
@@ -128,7 +130,7 @@ class LocalBackend:
             os.kill(owner["pid"], signal.SIGTERM)  # the job checkpoints at its next step and exits
         except ProcessLookupError:
             pass
-        from runner.spec import load_spec
+        from runner.spec.model import load_spec
 
         deadline = time.monotonic() + load_spec(run.folder / "spec.yaml").train.stop_grace_s + STOP_WAIT_S
         while run_lock.holder(run.folder) is not None:
@@ -143,8 +145,8 @@ class LocalBackend:
         return f"{run.folder.name} ran on this machine: its folder is already here"
 
     def resume(self, run: Run, detach: bool) -> None:
-        from runner.launch import workers_per_node
-        from runner.spec import load_spec
+        from runner.launching.launcher import workers_per_node
+        from runner.spec.model import load_spec
 
         resume_here(run, workers_per_node(load_spec(run.folder / "spec.yaml")), detach)
 
@@ -152,8 +154,8 @@ class LocalBackend:
 def resume_here(run: Run, workers: int, detach: bool) -> None:
     """Continue `run` on this machine with `workers` workers, whichever backend ran it before
     (`gpujob resume RUN --here`, and every local run)."""
-    from runner.launch import Topology, run_on_this_node
-    from runner.spec import load_spec
+    from runner.launching.launcher import Topology, run_on_this_node
+    from runner.spec.model import load_spec
 
     spec_file = run.folder / "spec.yaml"
     if detach:

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from runner import run_lock, run_record
+from runner.runs import lock as run_lock
+
+from runner.runs import record as run_record
 from runner.backends import PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.detached import EXIT_CODE, OUTPUT, exit_code, start_detached, tail_lines
 from runner.backends.exit_codes import remote_exit_error
 from runner.errors import GpujobError, bad_input, job_failed
-from runner.run_folder import JOB_FILES
-from runner.spec import JobSpec
-from runner.stop_signals import INTERRUPTED
-from runner.user_code import CODE_DIR, SHIPPED_CODE, code_fields
+from runner.runs.paths import JOB
+from runner.spec.model import JobSpec
+from runner.training.stops import INTERRUPTED
+from runner.usercode.shipping import CODE_DIR, SHIPPED_CODE, code_fields
 
 # Datasets that read data.root: the host folder is mounted at /data for them.
 ROOT_DATASETS = ("fashion_mnist", "mnist", "cifar10")
@@ -116,7 +118,7 @@ class DockerBackend:
         run = container_run(spec, Path(runs_dir), nvidia_runtime_available(), Path.cwd())
         request = spec.resources.gpu_request
         world = request.count if run.gpus and request else run.spec.resources.processes
-        job_dir = (Path(runs_dir) / run_name / JOB_FILES).resolve()
+        job_dir = (Path(runs_dir) / run_name / JOB).resolve()
         argv = docker_run_command(run, run_name, str(job_dir), os.getuid(), os.getgid())
         limit_s = spec.resources.timeout_minutes * 60 + TIMEOUT_GRACE_S
         plan = Plan(self.name, spec, spec_path, runs_dir, run_name, world,
@@ -135,7 +137,7 @@ class DockerBackend:
         for host, inside, mode in request.run.mounts:
             if mode == "rw":
                 host.mkdir(parents=True, exist_ok=True)  # made by the user, not by docker as root
-        job_dir = run.folder / JOB_FILES
+        job_dir = run.folder / JOB
         job_dir.mkdir(exist_ok=True)
         (job_dir / "spec.yaml").write_text(request.run.spec.to_yaml())  # what the container reads at /job
         (job_dir / REQUEST_FILE).write_text(json.dumps({"container": request.container, "argv": request.argv,
@@ -143,7 +145,7 @@ class DockerBackend:
         self._send(run, request.container, request.argv, request.limit_s, detach)
 
     def _send(self, run: Run, container: str, argv: list[str], limit_s: float, detach: bool) -> None:
-        job_dir = run.folder / JOB_FILES
+        job_dir = run.folder / JOB
         if detach:
             pid = start_detached(argv, job_dir)
             run.record = run_record.update(run.folder, handles={"container": container, "client_pid": pid})
@@ -169,7 +171,7 @@ class DockerBackend:
             raise error
 
     def status(self, run: Run) -> RunState:
-        from runner.lifecycle import ended_state
+        from runner.cli.lifecycle import ended_state
 
         owner = run_lock.holder(run.folder)
         if owner is not None:
@@ -179,15 +181,15 @@ class DockerBackend:
             return RunState(RUNNING, f"container {run.handles['container']} is {state}")
         if state == "created":
             return RunState(PENDING, f"container {run.handles['container']} is being created")
-        known = exit_code(run.folder / JOB_FILES)
+        known = exit_code(run.folder / JOB)
         code = known if known is not None else code
         return ended_state(run, code, "" if code is not None else "the container is gone")
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
-        yield from tail_lines(run.folder / JOB_FILES / OUTPUT, (lambda: self.status(run).live) if follow else None)
+        yield from tail_lines(run.folder / JOB / OUTPUT, (lambda: self.status(run).live) if follow else None)
 
     def cancel(self, run: Run) -> str:
-        from runner.lifecycle import resume_hint
+        from runner.cli.lifecycle import resume_hint
 
         state = self.status(run)
         if not state.live:
@@ -210,9 +212,9 @@ class DockerBackend:
 
         require_engine()
         try:
-            sent = json.loads((run.folder / JOB_FILES / REQUEST_FILE).read_text())
+            sent = json.loads((run.folder / JOB / REQUEST_FILE).read_text())
         except (OSError, ValueError) as err:
-            raise bad_input(f"{run.folder}: its docker request ({JOB_FILES}/{REQUEST_FILE}) is unreadable ({err}); "
+            raise bad_input(f"{run.folder}: its docker request ({JOB}/{REQUEST_FILE}) is unreadable ({err}); "
                             f"resume it here with: gpujob resume {run.folder} --here") from None
         self._send(run, sent["container"], sent["argv"], sent["limit_s"], detach)
 
@@ -287,10 +289,10 @@ def _stop(container: str, grace_s: int) -> None:
 
 
 def _stop_grace(folder: Path) -> int:
-    from runner.spec import load_spec
+    from runner.spec.model import load_spec
 
     try:
-        return load_spec(folder / JOB_FILES / "spec.yaml").train.stop_grace_s
+        return load_spec(folder / JOB / "spec.yaml").train.stop_grace_s
     except GpujobError:
         return 30
 

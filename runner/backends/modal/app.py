@@ -101,15 +101,15 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     it again and it resumes from its checkpoint.
     """
     from runner.errors import GpujobError
-    from runner.launch import Topology, run_on_this_node, workers_per_node
-    from runner.spec import load_spec
-    from runner.stop_signals import INTERRUPTED, PREEMPTED
+    from runner.launching.launcher import Topology, run_on_this_node, workers_per_node
+    from runner.spec.model import load_spec
+    from runner.training.stops import INTERRUPTED, PREEMPTED
 
     in_container = not modal.is_local()
     runs_root = volume_root()
     code = Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
     if code.is_dir():  # the job's own code, which its image carries: found before any other copy
-        from runner.datasets import CODE_PATHS
+        from runner.training.datasets import CODE_PATHS
 
         os.environ[CODE_PATHS] = str(code)
     if in_container:
@@ -166,7 +166,7 @@ def _submission_began_at(run_dir: Path, submission: str) -> float:
             return float(kept["at"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # none yet, or from before submissions were told apart (the bare time)
-    from runner.run_folder import atomic_write
+    from runner.runs.files import atomic_write
 
     now = time.time()
     mark.parent.mkdir(parents=True, exist_ok=True)

@@ -21,15 +21,15 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from runner import run_record
+from runner.runs import record as run_record
 from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Plan, Run, RunState
 from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed, missing_backend
 from runner.gpus import PRICES_READ_ON
-from runner.lifecycle import summary_line
-from runner.run_folder import JOB_FILES, SUMMARY
-from runner.spec import JobSpec
-from runner.stop_signals import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
-from runner.user_code import CODE_DIR, code_fields
+from runner.cli.lifecycle import summary_line
+from runner.runs.paths import JOB, SUMMARY
+from runner.spec.model import JobSpec
+from runner.training.stops import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
+from runner.usercode.shipping import CODE_DIR, code_fields
 
 APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
 
@@ -175,7 +175,7 @@ class ModalBackend:
 
         request = modal_request(spec, run_name)
         if code_fields(spec):  # the image adds the run's copy of the user's code (runner/user_code.py)
-            request = replace(request, code_dir=str((runs_dir / run_name / JOB_FILES / CODE_DIR).resolve()))
+            request = replace(request, code_dir=str((runs_dir / run_name / JOB / CODE_DIR).resolve()))
         request.function()  # the call must be constructible before anything is paid for
         source = credentials_source()
         rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
@@ -191,7 +191,7 @@ class ModalBackend:
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
         from runner.backends.modal.service import FIRST_CONTACT_S, modal_errors, within
-        from runner.estimate import announce
+        from runner.reports.estimate import announce
 
         request: ModalRequest = plan.request
         service = self._service()
@@ -199,7 +199,7 @@ class ModalBackend:
             taken = request.run_name in within(FIRST_CONTACT_S, "connecting to Modal", service.run_names)
         if taken:
             raise bad_input(f"modal: a run named {request.run_name} is already on the volume; submit again")
-        job_dir = run.folder / JOB_FILES
+        job_dir = run.folder / JOB
         job_dir.mkdir(exist_ok=True)
         (job_dir / REQUEST_FILE).write_text(json.dumps(asdict(request), indent=2) + "\n")
         announce(run)
@@ -241,7 +241,7 @@ class ModalBackend:
             self._bring_back(service, run.folder, state, about.call_id)
 
     def status(self, run: Run) -> RunState:
-        from runner.lifecycle import ended_state
+        from runner.cli.lifecycle import ended_state
 
         state = self._call_state(run)
         if state.running:
@@ -308,10 +308,10 @@ class ModalBackend:
         """Spawn the same call again under the same run name: the volume's folder holds the
         checkpoint, so the job continues from it; then its folder is brought back."""
         try:
-            sent = json.loads((run.folder / JOB_FILES / REQUEST_FILE).read_text())
+            sent = json.loads((run.folder / JOB / REQUEST_FILE).read_text())
             request = ModalRequest(**sent)
         except (OSError, ValueError, TypeError) as err:
-            raise bad_input(f"{run.folder}: its Modal call ({JOB_FILES}/{REQUEST_FILE}) is unreadable "
+            raise bad_input(f"{run.folder}: its Modal call ({JOB}/{REQUEST_FILE}) is unreadable "
                             f"({err})") from None
         self._send(self._service(), run, request, detach)
 
@@ -356,8 +356,8 @@ def _call_id(run: Run) -> str:
 
 def _record_cost(folder: Path) -> None:
     """cost.json from Modal's GPU list price and the job's own wall time (in summary.json)."""
-    from runner.cost import describe, estimate, write_cost
-    from runner.spec import load_spec
+    from runner.reports.cost import describe, estimate, write_cost
+    from runner.spec.model import load_spec
 
     summary, spec_file = folder / "summary.json", folder / "spec.yaml"
     if not (summary.exists() and spec_file.exists()):

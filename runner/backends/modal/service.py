@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from runner.backends.interrupts import held_interrupts
 from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
-from runner.stop_signals import INTERRUPTED
+from runner.training.stops import INTERRUPTED
 
 NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
               "(or `pip install 'gpujob[modal]'`)")
@@ -331,7 +331,8 @@ def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
     record, job/) is never touched."""
     from modal.volume import FileEntryType
 
-    from runner.run_folder import PRE_RUN, atomic_write_chunks, is_interrupted_write
+    from runner.runs.files import atomic_write_chunks, is_interrupted_write
+    from runner.runs.paths import PRE_RUN
 
     copied = []
     for entry in volume.iterdir(run_name, recursive=True):

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from runner import run_lock, run_record
+from runner.runs import lock as run_lock
+
+from runner.runs import record as run_record
 from runner.backends import PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_restarts, job_start_time, job_state,
@@ -28,9 +30,9 @@ from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_re
 from runner.backends.slurm.outcome import ScriptExit, failed_rank, rank_ends, script_exit
 from runner.backends.slurm.script import check_path, sbatch_script
 from runner.errors import JOB_FAILED, GpujobError, job_failed
-from runner.run_folder import JOB_FILES
-from runner.spec import JobSpec
-from runner.stop_signals import INTERRUPTED
+from runner.runs.paths import JOB
+from runner.spec.model import JobSpec
+from runner.training.stops import INTERRUPTED
 
 POLL_S = 0.5
 STOP_GRACE_S = 30  # after Ctrl-C or cancel, besides train.stop_grace_s: SLURM's own time to pass the signal on
@@ -63,14 +65,14 @@ class SlurmBackend:
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
         require_controller()
-        job_dir = run.folder / JOB_FILES
+        job_dir = run.folder / JOB
         job_dir.mkdir(exist_ok=True)
         (job_dir / "spec.yaml").write_text(plan.spec.to_yaml(), encoding="utf-8")
         (job_dir / SCRIPT).write_text(plan.request.script, encoding="utf-8")  # a run folder's path may be any text
         self._send(run, plan.spec, detach)
 
     def _send(self, run: Run, spec: JobSpec, detach: bool) -> None:
-        job_id = sbatch(run.folder / JOB_FILES / SCRIPT)
+        job_id = sbatch(run.folder / JOB / SCRIPT)
         run.record = run_record.update(run.folder, handles={"slurm_job_id": job_id})
         output = _output(run.folder, job_id)
         print(f"gpujob: submitted SLURM job {job_id}; output: {output}", file=sys.stderr)
@@ -114,7 +116,7 @@ class SlurmBackend:
         slurm_command(["scancel", job_id], "cancelling the job")
 
     def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
-        job_dir = folder / JOB_FILES
+        job_dir = folder / JOB
         time_limit = (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} "
                       f"min) and was stopped; its last checkpoint is in {folder}; continue it with: gpujob resume "
                       f"{folder}")
@@ -143,7 +145,7 @@ class SlurmBackend:
             world = spec.resources.nodes * spec.resources.workers_per_node
             where += f": rank {failed.rank} of {world}" + (f" on node {failed.node}" if failed.node else "")
             if failed.signal is not None:
-                from runner.lifecycle import resume_hint
+                from runner.cli.lifecycle import resume_hint
 
                 cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if failed.signal == "SIGKILL" else ""
                 raise job_failed(f"{where} was killed by {failed.signal}, not by gpujob{cause}; srun stopped the other "
@@ -153,7 +155,7 @@ class SlurmBackend:
             raise error
 
     def status(self, run: Run) -> RunState:
-        from runner.lifecycle import ended_state
+        from runner.cli.lifecycle import ended_state
 
         job_id = run.handles.get("slurm_job_id")
         if job_id is None:
@@ -163,7 +165,7 @@ class SlurmBackend:
             return RunState(PENDING, f"SLURM job {job_id} is waiting: {reason}")
         if state not in FINAL_STATES or run_lock.holder(run.folder) is not None:
             return RunState(RUNNING, f"SLURM job {job_id} is {state.lower()}")
-        ended = script_exit(run.folder / JOB_FILES)
+        ended = script_exit(run.folder / JOB)
         if ended is not None and _earlier_start(ended, job_restarts(job_id)):
             return ended_state(run, JOB_FAILED, f"SLURM job {job_id} was requeued, and its restart ended {state} "
                                                 "before its batch script ran")
@@ -184,7 +186,7 @@ class SlurmBackend:
             time.sleep(POLL_S)
 
     def cancel(self, run: Run) -> str:
-        from runner.lifecycle import resume_hint
+        from runner.cli.lifecycle import resume_hint
 
         state = self.status(run)
         if not state.live:
@@ -195,9 +197,9 @@ class SlurmBackend:
         if state.state == PENDING:  # nothing ran yet: nothing to checkpoint
             slurm_command(["scancel", job_id], "cancelling the job")
         else:
-            from runner.spec import load_spec
+            from runner.spec.model import load_spec
 
-            grace = load_spec(run.folder / JOB_FILES / "spec.yaml").train.stop_grace_s
+            grace = load_spec(run.folder / JOB / "spec.yaml").train.stop_grace_s
             self._stop(job_id, _output(run.folder, job_id), grace)
         return f"cancelled {run.folder.name} (SLURM job {job_id}); {resume_hint(run.folder)}"
 
@@ -207,14 +209,14 @@ class SlurmBackend:
     def resume(self, run: Run, detach: bool) -> None:
         """Submit the run's batch script again: its workers run with --resume, so the job
         continues from the last checkpoint into the same folder."""
-        from runner.spec import load_spec
+        from runner.spec.model import load_spec
 
         require_controller()
-        self._send(run, load_spec(run.folder / JOB_FILES / "spec.yaml"), detach)
+        self._send(run, load_spec(run.folder / JOB / "spec.yaml"), detach)
 
 
 def _output(folder: Path, job_id: str) -> Path:
-    return folder / JOB_FILES / f"slurm-{job_id}.out"
+    return folder / JOB / f"slurm-{job_id}.out"
 
 
 def _earlier_start(ended: ScriptExit, restarts: int | None) -> bool:
@@ -228,7 +230,7 @@ def _stopped_by_time_limit(folder: Path, job_id: str) -> bool:
     what they said in the job's output)."""
     output = OutputFollower(_output(folder, job_id))
     output.poll(final=True)
-    ends = rank_ends(folder / JOB_FILES, output)
+    ends = rank_ends(folder / JOB, output)
     failed = failed_rank(ends)
     return any(end.stopped_by_time_limit for end in ends.values()) and (failed is None or failed.stopped_by_time_limit)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from runner.backends.slurm.commands import OutputFollower
 from runner.backends.slurm.script import EXIT_CODE_FILE, TIME_LIMIT_SIGNAL
 from runner.errors import JOB_FAILED, last_error_line
-from runner.stop_signals import INTERRUPTED, PREEMPTED
+from runner.training.stops import INTERRUPTED, PREEMPTED
 
 # srun's own line for a task that ended badly, e.g. "srun: error: node2: task 1: Killed".
 SRUN_TASK_ENDED = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+)$")
@@ -112,8 +112,8 @@ def _task_ids(listed: str) -> list[int]:
 def failed_rank(ends: dict[int, RankEnd]) -> RankEnd | None:
     """The rank whose failure ended the job, if one failed: of those that failed by themselves
     (an error, or a signal their task was not sent), the one that ended first, unless its error
-    only says that it lost a peer (runner.launch.failed_ranks' SECONDARY) and another's does not."""
-    from runner.launch import failed_ranks
+    only says that it lost a peer (runner.launching.launcher.failed_ranks' SECONDARY) and another's does not."""
+    from runner.launching.launcher import failed_ranks
 
     failing = [end for end in ends.values() if end.code != 0 and not end.stopped]
     # failed_ranks puts own failures before lost peers, each group in rank order: numbered in

@@ -21,9 +21,9 @@ import shlex
 from pathlib import Path
 
 from runner.errors import bad_input
-from runner.run_folder import JOB_FILES
-from runner.spec import JobSpec
-from runner.user_code import CODE_DIR, code_fields
+from runner.runs.paths import JOB
+from runner.spec.model import JobSpec
+from runner.usercode.shipping import CODE_DIR, code_fields
 
 EXIT_CODE_FILE = "exit-code"
 # SLURM's warning before the time limit (--signal): the signal the workers already take for
@@ -45,7 +45,7 @@ PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> str:
     """The batch script for `spec`, writing into `run_dir` (absolute). Pure: --dry-run shows it."""
     s, tasks = spec.slurm, spec.resources.workers_per_node
-    job_dir = run_dir / JOB_FILES
+    job_dir = run_dir / JOB
     # Quoted as sbatch reads its lines; `%` doubled: --output is a pattern (%j: the job id).
     output = sbatch_quote(str(job_dir).replace("%", "%%") + "/slurm-%j.out")
     options = [f"--job-name=gpujob-{spec.name}", f"--nodes={spec.resources.nodes}",

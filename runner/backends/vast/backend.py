@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from runner import run_record
+from runner.runs import record as run_record
 from runner.backends import FINISHED, PENDING, RUNNING, Plan, Run, RunState
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
 from runner.backends.vast.rental import Rental, end_rental, record, rent
 from runner.errors import GpujobError, bad_input, job_failed, last_error_line
-from runner.run_folder import JOB_FILES
-from runner.spec import JobSpec
-from runner.stop_signals import INTERRUPTED, PREEMPTED
-from runner.user_code import CODE_DIR, code_fields
+from runner.runs.paths import JOB
+from runner.spec.model import JobSpec
+from runner.training.stops import INTERRUPTED, PREEMPTED
+from runner.usercode.shipping import CODE_DIR, code_fields
 from runner.backends.vast.offers import (RUN_GRACE_MINUTES, bid_price, choose_offer, describe_offer, describe_price,
                                         hourly_cost, offer_query, offer_type, order_by)
 
@@ -194,12 +194,12 @@ class VastBackend:
         return offer
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
-        from runner.estimate import announce
+        from runner.reports.estimate import announce
 
         api = self._api()
         api.check_can_copy()  # before paying for anything
-        (run.folder / JOB_FILES).mkdir(exist_ok=True)
-        (run.folder / JOB_FILES / "spec.yaml").write_text(plan.spec.to_yaml())  # what `resume` sends again
+        (run.folder / JOB).mkdir(exist_ok=True)
+        (run.folder / JOB / "spec.yaml").write_text(plan.spec.to_yaml())  # what `resume` sends again
         announce(run)
         self._rent(api, plan.spec, run, plan.request, detach, upload=bool(code_fields(plan.spec)), whole=False)
 
@@ -209,7 +209,7 @@ class VastBackend:
         its end. With `upload`, the user's code goes to the instance first, and with `whole` the
         run folder too (a resume)."""
         folder, watch = run.folder, Watch()
-        (folder / JOB_FILES).mkdir(exist_ok=True)
+        (folder / JOB).mkdir(exist_ok=True)
         rental = Rental(request.payload["label"], before=dict(run.handles))
         try:
             instance_id = rent(api, run, rental, request.offer["id"], request.payload, {
@@ -257,7 +257,7 @@ class VastBackend:
         remote = f"{REMOTE_RUNS}/{folder.name}"
         if whole:
             api.copy_to(instance_id, folder, remote, exclude=UPLOAD_SKIPS)
-        code = folder / JOB_FILES / CODE_DIR
+        code = folder / JOB / CODE_DIR
         if code.is_dir():
             api.copy_to(instance_id, code, f"{REMOTE_JOB}/{CODE_DIR}")
         with _upload_mark() as mark:
@@ -269,7 +269,7 @@ class VastBackend:
             print(f"vast: sent your code to instance {instance_id}; the job starts", file=sys.stderr)
 
     def status(self, run: Run) -> RunState:
-        from runner.lifecycle import ended_state
+        from runner.cli.lifecycle import ended_state
 
         instance_id = self._instance(run)
         if instance_id is None:
@@ -310,7 +310,7 @@ class VastBackend:
             self.sleep(self.poll_s)
 
     def cancel(self, run: Run) -> str:
-        from runner.lifecycle import resume_hint
+        from runner.cli.lifecycle import resume_hint
 
         state = self.status(run)
         instance_id = self._instance(run)
@@ -378,9 +378,9 @@ class VastBackend:
         """Rent a new instance, send it the run folder (the checkpoint is in it), and continue.
         An earlier instance still there (its destroy failed, or the job ended detached and was
         never fetched) holds the latest checkpoint and bills: it is copied back and destroyed first."""
-        from runner.spec import load_spec
+        from runner.spec.model import load_spec
 
-        spec = load_spec(run.folder / JOB_FILES / "spec.yaml")
+        spec = load_spec(run.folder / JOB / "spec.yaml")
         api = self._api()
         api.check_can_copy()
         earlier = self._instance(run)
@@ -464,7 +464,7 @@ class VastBackend:
     def _record_cost(self, run: Run, instance_id: int) -> None:
         """cost.json, on every way out that rented something: the offer's price per hour times
         the time from the rent request to the destroy (vast.ai bills by the second)."""
-        from runner.cost import describe, estimate, write_cost
+        from runner.reports.cost import describe, estimate, write_cost
 
         h = run.handles
         offer = h.get("offer", {})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from runner.errors import bad_input
-from runner.spec import JobSpec
+from runner.spec.model import JobSpec
 
 ON_DEMAND, INTERRUPTIBLE = "on-demand", "bid"
 # An interruptible instance runs while its bid is the host's highest: bid a little above the

@@ -14,13 +14,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from runner import run_record
+from runner.runs import record as run_record
 from runner.backends import Run
 from runner.backends.interrupts import held_interrupts
 from runner.backends.vast.api import CALL_TIMEOUT_S, VastUnavailable
 from runner.backends.vast.patience import FIRST_DELAY_S, MAX_DELAY_S, PatientApi
 from runner.errors import GpujobError, bad_input, job_failed
-from runner.stop_signals import INTERRUPTED
+from runner.training.stops import INTERRUPTED
 
 DESTROY_OUTAGE_S = 300.0  # destroying is what stops the billing: worth minutes of patience
 

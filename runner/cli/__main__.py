@@ -1,0 +1,7 @@
+"""`python -m runner.cli`: how backends, workers and tests start gpujob."""
+
+import sys
+
+from runner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,390 @@
+"""`--dry-run`: the promise that a job will start before anything is paid for.
+
+It refuses, with the one line and exit code the real run would give, what would fail where the
+job runs: a precision the device lacks (the requested GPU, from the catalog, for remote
+backends), data that is neither on disk nor downloaded, a runs folder that cannot be written, a
+job too big for the memory it will have. Then it builds the model, takes a few training steps
+on this CPU on a small batch (real data where it is here), scales their time to the job's
+batch and says how it got every figure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.backends import Plan
+from runner.errors import bad_input
+
+DRY_STEPS = 3
+TIMING_BATCH = 8  # samples per timed step: enough to time, small enough for under 10 s on 2 cores
+REMOTE = ("modal", "vast")  # backends whose job runs on a machine gpujob rents, not this one
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the job will run, as far as its memory and precision go."""
+
+    device: str  # cuda | mps | cpu
+    gpu: object | None  # the catalog's GpuType, where known
+    capacity: int | None  # bytes one node has for the job's workers (None: unknown)
+    where: str  # for messages: "this machine's CPU", "an A10G (24 GB) on Modal"
+
+
+def dry_run(plan: Plan) -> list[tuple[str, str]]:
+    spec = plan.spec
+    target = where_it_runs(plan)
+    check_precision(spec.train.precision, target)
+    data_note = check_data(plan)
+    check_runs_dir(plan.runs_dir)
+    local_batch = spec.data.batch_size // max(plan.world_size, 1)
+
+    import torch
+
+    from runner.training.datasets import dataset_info
+    from runner.training.memory import activation_bytes_per_sample, check_fits, describe, estimate
+    from runner.training.models import build_model, parameter_count
+    from runner.training.steps import step_for
+    from runner.training.loop import seed_everything
+
+    step_fn = step_for(spec)  # train.step imported and its signature checked before anything is loaded
+    _check_shipped_code(plan)
+    seed_everything(spec.train.seed)
+    info = dataset_info(spec.data)
+    if info is None:  # a factory dataset: its shape is known once it is loaded, as the job loads it
+        shape, classes, data_source, batches = _data(plan, data_note, step_fn.classification)
+    else:
+        shape, classes = info.shape, spec.model.num_classes or info.num_classes
+
+    def fresh_model():
+        return build_model(spec.model, shape, classes)
+
+    # First the sizes, from shapes alone: a job too big is refused before anything big is made.
+    per_sample = activation_bytes_per_sample(fresh_model, shape, spec.train.precision)
+    with torch.device("meta"):
+        params = parameter_count(fresh_model())
+    est = estimate(params, spec.optimizer.name, spec.optimizer.momentum, per_sample, local_batch, target.device,
+                   info.held_bytes if info else 0)
+    sharing = plan.world_size // max(spec.resources.nodes, 1) if target.device == "cpu" else 1
+    check_fits(est, target.capacity, target.where, sharing, plan.world_size, _bigger_card(target, est))
+    if info is not None:
+        shape, classes, data_source, batches = _data(plan, data_note, step_fn.classification)
+
+    timed = min(local_batch, TIMING_BATCH)
+    model = fresh_model()
+    times = _timed_steps(spec, model, batches, shape, classes, timed, step_fn)
+    scaled = times.per_step * local_batch / timed
+    rows = plan.describe() + [
+        ("model", f"{spec.model.name}: {params:,} parameters"),
+        ("data", data_source),
+        ("batch", f"{spec.data.batch_size} global, {local_batch} per worker"),
+        ("dry steps", f"{DRY_STEPS} on this CPU at {timed} samples, loss "
+                      f"{' -> '.join(f'{v:.3f}' for v in times.losses)}; {times.per_step * 1000:.0f} ms/step, "
+                      f"~{scaled * 1000:,.0f} ms/step at {local_batch} per worker "
+                      "(scaled by batch size; this CPU, not the job's device)"),
+        ("memory per worker", f"{describe(est)}, counted from the model's shapes; "
+                              f"{target.where}: {_capacity(target)}"),
+    ]
+    estimate = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
+                                  step_fn)
+    if estimate:
+        rows.append(("estimate", estimate))
+    return rows
+
+
+def where_it_runs(plan: Plan) -> Target:
+    from runner.hardware import cuda_gpus
+    from runner.training.memory import available_ram
+
+    request = plan.spec.resources.gpu_request
+    here_on_gpu = plan.backend == "local" or (plan.backend == "docker" and getattr(plan.request.run, "gpus", None))
+    if plan.backend in ("local", "docker"):
+        gpus = cuda_gpus() if here_on_gpu else []
+        if gpus:
+            name, memory_gb = gpus[0]
+            return Target("cuda", request.type if request else None, int(memory_gb * 1e9), f"this machine's {name}")
+        if plan.backend == "local" and _mps():
+            return Target("mps", None, available_ram(), "this Mac's GPU (shared memory)")
+        return Target("cpu", None, available_ram(), "this machine")
+    if request is not None:
+        gpu = request.type
+        return Target("cuda", gpu, int(gpu.memory_gb * 1e9), f"{gpu.name} ({gpu.memory_gb} GB) on {plan.backend}")
+    memory = _slurm_mem(plan.spec.slurm.mem) if plan.backend == "slurm" else None
+    return Target("cpu", None, memory, f"a {plan.backend} CPU machine")
+
+
+def _mps() -> bool:
+    import torch
+
+    return torch.backends.mps.is_available()
+
+
+def _slurm_mem(text: str | None) -> int | None:
+    if not text:
+        return None
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = text[:-1], text[-1].upper()
+    if unit.isdigit():
+        number, unit = text, "M"  # SLURM's default unit
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        return None
+
+
+def check_precision(precision: str, target: Target) -> None:
+    """The same line the run would stop with on that device (runner/train_setup.py): the card the
+    catalog names for the job, or this machine's own card where the job takes whatever is here."""
+    from runner.training.setup import precision_problem
+
+    card, capability = getattr(target.gpu, "name", None), getattr(target.gpu, "compute_capability", None)
+    if target.device == "cuda" and target.gpu is None:
+        import torch
+
+        from runner.training.setup import cuda_capability
+
+        card, capability = torch.cuda.get_device_name(0), cuda_capability(torch.device("cuda", 0))
+    problem = precision_problem(precision, target.device, card, capability)
+    if problem:
+        raise bad_input(problem)
+
+
+def check_data(plan: Plan) -> str | None:
+    """Data that is neither where the job runs nor downloaded stops the job there: say so here."""
+    from runner.training.datasets import DOWNLOADED, on_disk, require_on_disk
+
+    data = plan.spec.data
+    if data.dataset not in DOWNLOADED:
+        return None
+    if plan.backend in REMOTE:
+        if not data.download:
+            raise bad_input(f"data.download: false, but nothing puts {data.dataset} on {plan.backend}'s machine; "
+                            "set data.download: true (it downloads there)")
+        return f"the job downloads {data.dataset} on {plan.backend}'s machine"
+    if on_disk(data):
+        return None
+    if not data.download:
+        require_on_disk(data)  # raises the run's own message: where the files go
+    return f"{data.dataset} is not under {data.root} yet: the job downloads it"
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """A runs folder the real run could not create or write into, refused as it would be."""
+    path = Path(runs_dir).resolve()
+    while not path.exists():
+        path = path.parent
+    if not path.is_dir():
+        raise bad_input(f"--runs-dir: {path} is a file, not a folder")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise bad_input(f"--runs-dir: cannot create {Path(runs_dir)}: {path} is not writable")
+
+
+def _data(plan: Plan, note: str | None, classification: bool = True):
+    """(shape, classes, how the data was got, a source of batches for the timed steps)."""
+    import torch
+
+    from runner.training.datasets import dataset_info, load_image_tensors, on_disk
+    from runner.training.setup import check_labels
+
+    spec = plan.spec
+    info = dataset_info(spec.data)
+    if info is None:  # a factory dataset: loaded for real, as the job loads it
+        from runner.training.distributed import WorkerContext
+        from runner.training.setup import prepare_batches
+
+        batches, shape, classes = prepare_batches(spec, torch.device("cpu"), WorkerContext(), classification)
+        return shape, classes, f"{spec.data.dataset} (loaded, through its DataLoader)", ("loader", batches)
+    classes = spec.model.num_classes or info.num_classes
+    if spec.data.dataset == "digits":
+        source = "digits (scikit-learn's bundled 8x8 digits; no download)"
+    elif spec.data.dataset == "synthetic":
+        source = f"synthetic {list(info.shape)} (made by the job itself)"
+    else:
+        source = f"{spec.data.dataset}, found under {spec.data.root}"
+    if spec.data.dataset == "synthetic":  # random by nature: the timed steps make their own
+        return info.shape, classes, source, ("random",)
+    if note is None and on_disk(spec.data):
+        train, test = load_image_tensors(spec.data, train=True), load_image_tensors(spec.data, train=False)
+        if classification:
+            check_labels(train, test, classes)
+        return info.shape, classes, source, ("tensors", train, info, len(test))
+    return info.shape, classes, f"random stand-in of {list(info.shape)}: {note}", ("random",)
+
+
+@dataclass
+class StepTimes:
+    losses: list[float]
+    per_step: float  # seconds per optimizer step at `batch` samples, the warm-up step left out
+    batch: int
+    data_per_sample: float  # seconds to make one sample's input, as the job's batches do
+
+
+def _batch_source(batches, shape, classes, batch: int):
+    """A function giving (x, y) of `batch` samples, made the way the job makes them."""
+    import torch
+
+    source = batches[0]
+    if source == "loader":
+        iterator = iter(batches[1].train(1))
+        return lambda: next(iterator)
+    if source == "tensors":
+        train, info = batches[1], batches[2]
+        scale = torch.tensor(info.std).view(1, -1, 1, 1) * 255.0
+        mean = torch.tensor(info.mean).view(1, -1, 1, 1) * 255.0
+
+        def take():
+            idx = torch.randint(0, len(train), (batch,))
+            return (train.images[idx].float() - mean) / scale, train.labels[idx]
+        return take
+    return lambda: (torch.randn(batch, *shape), torch.randint(0, classes, (batch,)))
+
+
+def _timed_steps(spec, model, batches, shape, classes, batch: int, step_fn, steps: int = DRY_STEPS) -> StepTimes:
+    """A few optimizer steps on `batch` samples through the job's step (the user's train.step:
+    what it returns is checked here); the time per step, the first (warm-up) left out."""
+    from runner.training.steps import batch_len, head
+    from runner.training.setup import build_optimizer
+
+    take = _batch_source(batches, shape, classes, batch)
+    optimizer, _ = build_optimizer(spec, model, steps)
+    losses, times, fetches = [], [], []
+    for _ in range(steps):
+        fetch = time.perf_counter()
+        whole = take()
+        start = time.perf_counter()
+        fetches.append((start - fetch) / batch_len(whole))  # a loader's batch may be bigger than the timed one
+        loss, _ = _one_step(step_fn, model, head(whole, batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+        losses.append(loss.item())
+    steady, fetched = times[1:] or times, fetches[1:] or fetches
+    return StepTimes(losses, sum(steady) / len(steady), batch, sum(fetched) / len(fetched))
+
+
+def _check_shipped_code(plan: Plan) -> None:
+    """The user's code, copied as the backend will ship it, imports from that copy alone."""
+    if plan.code is not None and plan.ships_code:
+        plan.code.check_a_copy()
+
+
+def _one_step(step_fn, model, batch):
+    """The job's step on one batch. A user's step that raises is the spec's problem here, found
+    before anything is paid for: one line naming train.step."""
+    from runner.errors import GpujobError
+
+    if step_fn.classification:
+        return step_fn(model, batch)
+    try:
+        return step_fn(model, batch)
+    except GpujobError:
+        raise
+    except Exception as err:
+        from runner.errors import bad_input
+
+        raise bad_input(f"train.step: {step_fn.path} raised {type(err).__name__} on one batch of the data: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from None
+
+
+def _timed_forward(model, shape, batch: int, repeats: int = 2) -> float:
+    """Seconds for one evaluation forward pass of `batch` samples (no gradients), warmed up."""
+    import torch
+
+    x = torch.randn(batch, *shape)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(x)
+    model.train()
+    return (time.perf_counter() - start) / repeats
+
+
+@dataclass(frozen=True)
+class Sizes:
+    steps_per_epoch: int
+    test_samples: int
+
+
+def _sizes(spec, batches, info) -> Sizes:
+    """The job's steps per epoch and test samples, from the data as loaded where it was."""
+    import math
+
+    if batches[0] == "loader":
+        loader = batches[1]
+        return Sizes(loader.steps_per_epoch, len(loader.test_set))
+    if batches[0] == "tensors":
+        return Sizes(len(batches[1]) // spec.data.batch_size, batches[3])
+    steps = info.train_samples // spec.data.batch_size
+    if spec.train.max_steps:
+        steps = min(steps, math.ceil(spec.train.max_steps / spec.train.epochs))
+    return Sizes(steps, info.test_samples)
+
+
+FIT_FLOPS = 2e10  # the second timing point's budget: about half a second of a laptop core's arithmetic
+
+
+def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classes, times: StepTimes,
+                       sizes: Sizes, step_fn) -> str | None:
+    """Seconds per epoch and for the whole job, and dollars where the job rents: on this CPU from
+    timed steps at two batch sizes (a step's fixed cost and its cost per sample), on a GPU from
+    the catalog (runner/estimate.py)."""
+    from runner.reports.estimate import human_duration
+
+    spec = plan.spec
+    if target.device == "cuda" and target.gpu is not None:
+        from runner.reports.estimate import ASSUMPTIONS, job_shape, on_gpu
+
+        job = job_shape(spec)
+        if job is None:
+            return None
+        count = spec.resources.gpu_request.count if spec.resources.gpu_request else 1
+        guess = on_gpu(job, target.gpu, count)
+        money = (f", about ${guess.total_usd:.2f} at ${guess.usd_per_hour:.2f}/h ({guess.price_source.split()[0]})"
+                 if guess.total_usd is not None else ", at the offer's price per hour")
+        return (f"~{guess.epoch_s:,.1f} s per epoch, {human_duration(guess.total_s)} for {spec.train.epochs} epoch(s) "
+                f"on {target.gpu.name} x{count}{money}; from the catalog at {ASSUMPTIONS}")
+    if target.device != "cpu" or not target.where.startswith("this machine"):
+        return None
+    from runner.training.flops import training_flops_per_sample
+
+    local = spec.data.batch_size  # W workers on one CPU split its cores and the batch: about one worker at all of it
+    flops = training_flops_per_sample(spec.model, shape, classes) or 0
+    bigger = min(local, max(times.batch * 4, 1), int(FIT_FLOPS // flops) if flops else local)
+    step = times.per_step * local / times.batch
+    how = "scaled by batch size"
+    if bigger >= times.batch * 2:
+        second = _timed_steps(spec, model, batches, shape, classes, bigger, step_fn, steps=2)
+        per_sample = max((second.per_step - times.per_step) / (bigger - times.batch), 0.0)
+        fixed = max(times.per_step - per_sample * times.batch, 0.0)
+        step = fixed + per_sample * local
+        how = f"timed at {times.batch} and {bigger} samples: {fixed * 1000:.1f} ms a step + " \
+              f"{per_sample * 1e6:,.0f} us a sample"
+    eval_batch = min(1024, max(sizes.test_samples, 1))
+    eval_s = _timed_forward(model, shape, min(eval_batch, bigger)) * eval_batch / min(eval_batch, bigger)
+    evals = -(-sizes.test_samples // 1024) * eval_s
+    epoch_s = sizes.steps_per_epoch * (step + times.data_per_sample * local) + evals
+    total = epoch_s * spec.train.epochs
+    return (f"~{epoch_s:,.1f} s per epoch, {human_duration(total)} for {spec.train.epochs} epoch(s) on this CPU "
+            f"({sizes.steps_per_epoch} steps; {how}); start-up not included")
+
+
+def _bigger_card(target: Target, est) -> str | None:
+    """The smallest catalog card on which one worker fits, for a GPU job."""
+    if target.device != "cuda":
+        return None
+    from runner.gpus import CATALOG
+    from runner.training.memory import USABLE
+
+    fitting = sorted((g for g in CATALOG if g.memory_gb * 1e9 * USABLE >= est.per_worker), key=lambda g: g.memory_gb)
+    return f"{fitting[0].name}, {fitting[0].memory_gb} GB" if fitting else None
+
+
+def _capacity(target: Target) -> str:
+    if target.capacity is None:
+        return "memory not known here, not checked"
+    return f"{target.capacity / 2**30:,.1f} GiB, it fits"

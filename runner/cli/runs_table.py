@@ -1,0 +1,117 @@
+"""`gpujob runs`: every run under a runs folder, newest first, from what the folders hold.
+
+It asks no service: a local run's state comes from its lock and files, a remote one's is the
+state gpujob last saw (`gpujob status RUN` asks the service). Each folder costs a few small
+reads (its record, summary, cost and the tail of its metrics), so a thousand runs list in a
+fraction of a second (benchmarks/runs_listing.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from runner.runs import lock as run_lock
+
+from runner.runs import record as run_record
+from runner.backends import FINISHED, RUNNING, Run
+from runner.runs.paths import METRICS, SUMMARY
+from runner.runs.view import DamagedFile, read_json, read_summary
+
+TAIL_BYTES = 8192  # enough for the last epoch line of metrics.jsonl
+COLUMNS = ("run", "backend", "state", "gpu", "epoch", "test_acc", "wall", "cost")
+
+
+def collect(runs_dir: Path) -> list[dict]:
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    rows = []
+    with os.scandir(runs_dir) as entries:
+        for entry in entries:
+            if entry.is_dir() and run_record.is_run(Path(entry.path)):
+                rows.append(_row(Path(entry.path)))
+    return sorted(rows, key=lambda r: (r["submitted_at"] or "", r["run"]), reverse=True)
+
+
+def _last_epoch(path: Path) -> dict | None:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - TAIL_BYTES))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("kind") == "epoch":  # `null`, a list: not a record
+            return record
+    return None
+
+
+def _row(folder: Path) -> dict:
+    try:
+        record = run_record.read(folder)
+    except Exception:  # a damaged record is listed as such, never a reason to fail the listing
+        return {"run": folder.name, "backend": "?", "state": "damaged record", "gpu": None, "world_size": None,
+                "epoch": None, "epochs": None, "test_accuracy": None, "wall_s": None, "cost_usd": None,
+                "submitted_at": None, "path": str(folder), "damaged": []}
+    damaged: list[str] = []
+    summary = _readable(lambda: read_summary(folder), damaged)
+    last = _last_epoch(folder / METRICS) if summary is None else None
+    cost = _readable(lambda: read_json(folder / "cost.json"), damaged)
+    state = "summary.json damaged" if (folder / SUMMARY).exists() and summary is None else \
+        _state(folder, record, summary)
+    return {"run": folder.name, "backend": record.backend, "state": state,
+            "gpu": record.asks.get("gpu"), "world_size": record.asks.get("world_size"),
+            "epoch": _number(summary["epochs"] if summary else (last or {}).get("epoch")),
+            "epochs": record.asks.get("epochs"),
+            "test_accuracy": _number((summary or last or {}).get("test_accuracy")),
+            "wall_s": _number((summary or {}).get("wall_s")),
+            "cost_usd": _number((cost or {}).get("estimated_usd")),
+            "submitted_at": record.submitted_at or None, "path": str(folder), "damaged": damaged}
+
+
+def _readable(read, damaged: list[str]):
+    """What `read` returns; a damaged file is named in `damaged` and read as absent."""
+    try:
+        return read()
+    except DamagedFile as err:
+        damaged.append(err.path.name)
+        return None
+
+
+def _number(value):
+    """A figure from a run's files, where it is one: a damaged line's text never breaks the table."""
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _state(folder: Path, record, summary: dict | None) -> str:
+    if summary is not None:
+        return FINISHED
+    if run_lock.holder(folder) is not None:
+        return RUNNING
+    if record.backend == "local":  # everything about a local run is here: ask as `status` does
+        from runner.backends.local import BACKEND
+
+        return BACKEND.status(Run(folder, record)).state
+    return record.last_state.get("state") or "unknown"
+
+
+def table(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["no runs here yet"]
+    cells = [COLUMNS] + [(
+        r["run"], r["backend"], r["state"] + "".join(f", {name} damaged" for name in r.get("damaged") or []
+                                                   if name != SUMMARY),
+        (f"{r['gpu']}" if r["gpu"] else "cpu") + (f" x{r['world_size']}" if r["world_size"] else ""),
+        f"{r['epoch'] or 0}/{r['epochs'] or '?'}",
+        f"{100 * r['test_accuracy']:.1f}%" if r["test_accuracy"] is not None else "-",
+        f"{r['wall_s']:.0f} s" if r["wall_s"] is not None else "-",
+        f"${r['cost_usd']:.2f}" if r["cost_usd"] is not None else "-",
+    ) for r in rows]
+    widths = [max(len(str(row[i])) for row in cells) for i in range(len(COLUMNS))]
+    return ["  ".join(str(value).ljust(width) for value, width in zip(row, widths)).rstrip() for row in cells]

@@ -1,0 +1,351 @@
+"""The job spec: the user-facing contract, as Pydantic models.
+
+Field names are fixed (README "Spec reference"); every section has defaults so a
+short spec works. `load_spec` reads YAML, applies `--set` overrides and turns
+validation errors into one line naming the field path and, where known, the file line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator,
+                      model_validator)
+
+from runner.backends import AUTO, NAMES
+from runner.training.datasets import dataset_info
+from runner.errors import bad_input
+from runner.gpus import CATALOG, GpuRequest, bf16_refusal, parse_gpu
+from runner.spec.reading import MAX_DEPTH, SpecRefused, _did_you_mean, _kind, _shown, parse_yaml, read_spec_file
+
+BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
+BUILTIN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits", "synthetic")
+FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # all but the tab
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # `lr: .inf` is a typo, never a setting
+
+    @field_validator("*")
+    @classmethod
+    def _printable(cls, value: Any) -> Any:
+        # text fields become paths, sbatch lines and shell commands: a NUL or a newline there breaks them
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and CONTROL_CHARACTER.search(text):
+                raise ValueError(f"control characters are not allowed here ({_shown(text)})")
+        return value
+
+
+def _builtin_or_factory(value: str, builtins: tuple[str, ...]) -> str:
+    if value in builtins or FACTORY_PATH.match(value):
+        return value
+    raise ValueError(f"'{_shown(value)}' is not one of {', '.join(builtins)} or 'package.module:factory'"
+                     f"{_did_you_mean(value, builtins)}")
+
+
+class ModelSpec(Section):
+    name: str = Field("mlp", description="mlp | cnn | resnet18 | resnet34 | resnet50 | package.module:factory")
+    num_classes: PositiveInt | None = Field(None, le=100_000, description="defaults to the dataset's class count")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory model")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _builtin_or_factory(value, BUILTIN_MODELS)
+
+
+class SyntheticSpec(Section):
+    shape: list[PositiveInt] = Field([1, 28, 28], description="channels, height, width")
+    num_classes: PositiveInt = 10
+    train_samples: PositiveInt = 2048
+    test_samples: PositiveInt = 512
+
+    @field_validator("shape")
+    @classmethod
+    def _chw(cls, value: list[int]) -> list[int]:
+        if len(value) != 3:
+            raise ValueError("shape is [channels, height, width]")
+        return value
+
+
+class DataSpec(Section):
+    dataset: str = Field("digits", description="fashion_mnist | mnist | cifar10 | digits | synthetic | package.module:factory")
+    root: str = Field("./data", description="where datasets live (relative to the working directory)")
+    download: bool = True
+    batch_size: PositiveInt = Field(128, description="global batch size, split across workers")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers (factory datasets only)")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="used when dataset is synthetic")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for a factory dataset")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return _builtin_or_factory(value, BUILTIN_DATASETS)
+
+
+class OptimizerSpec(Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["none", "cosine", "onecycle"] = "none"
+
+
+class TrainSpec(Section):
+    epochs: PositiveInt = 1
+    max_steps: PositiveInt | None = Field(None, description="optional cap on optimizer steps, for smoke runs")
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # torch and numpy take seeds this size
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = Field(False, description="torch.compile the model")
+    log_every_steps: PositiveInt = 50
+    checkpoint_every_minutes: float = Field(
+        10, ge=0, description="checkpoint at the first step boundary after this long (0: every step); "
+        "also on SIGTERM/SIGINT and at the end")
+    stop_on_nan: bool = Field(True, description="stop when the loss is NaN or infinite, keeping the last good checkpoint")
+    collective_timeout_s: PositiveInt = Field(
+        300, le=7 * 24 * 3600, description="DDP: a rank that waits this long for the others fails the job "
+        "(catches hung ranks)")
+    stop_grace_s: PositiveInt = Field(30, le=3600, description="how long a stopped job (Ctrl-C, cancel, "
+                                      "preemption, the time limit) may take to write its checkpoint before it is "
+                                      "killed; raise it for models whose checkpoint takes longer")
+    step: str | None = Field(None, description="package.module:function(model, batch) -> loss or (loss, "
+                             "{name: value}): your own training step; default: cross-entropy on (x, labels)")
+
+    @field_validator("step")
+    @classmethod
+    def _step_path(cls, value: str | None) -> str | None:
+        if value is None or FACTORY_PATH.match(value):
+            return value
+        raise ValueError(f"'{_shown(value)}' is not 'package.module:function'")
+
+
+class ResourcesSpec(Section):
+    gpu: str | None = Field(None, description="TYPE[:COUNT] from the GPU catalog, or cpu")
+    timeout_minutes: PositiveInt | PositiveFloat = Field(60, le=365 * 24 * 60, description="the job is stopped "
+                                                         "(with a checkpoint) after this long; fractions allowed")
+    processes: PositiveInt = Field(1, le=256, description="DDP workers per node on a machine without CUDA GPUs")
+    nodes: PositiveInt = Field(1, description="machines (SLURM nodes); workers per node from gpu count or processes")
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _number_as_written(cls, value: Any) -> Any:
+        # `gpu: 4090` arrives as a number: read it as the text written, to answer "write RTX4090"
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("gpu")
+    @classmethod
+    def _catalogued(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            request = parse_gpu(value)
+        except ValueError as err:
+            hint = _gpu_hint(value)
+            raise ValueError(f"'{_shown(value)}' is not a GPU type; write `{hint}`" if hint else str(err)) from None
+        return None if request is None else str(request)
+
+    @property
+    def gpu_request(self) -> GpuRequest | None:
+        return parse_gpu(self.gpu) if self.gpu else None
+
+    @property
+    def workers_per_node(self) -> int:
+        """As the spec asks: one per GPU, or `processes` without GPUs. (launch.workers_per_node
+        also checks the GPUs of the machine it runs on.)"""
+        request = self.gpu_request
+        return request.count if request else self.processes
+
+
+def _gpu_hint(text: str) -> str | None:
+    """`4090` or `rtx 4090` -> `RTX4090`: the one catalog name the type is part of, or close to."""
+    kind, _, count = text.partition(":")
+    squashed = re.sub(r"[\s_-]", "", kind).upper()
+    names = {key.replace("-", ""): gpu.name for gpu in CATALOG for key in (gpu.name, *gpu.aliases)}
+    if squashed in names and kind.strip().upper() in names:  # a known type: the count is what is wrong
+        return None
+    within = {names[key] for key in names if len(squashed) >= 2 and (squashed in key or key in squashed)}
+    close = difflib.get_close_matches(squashed, list(names), n=1, cutoff=0.7)
+    suggestion = within.pop() if len(within) == 1 else (names[close[0]] if close else None)
+    return suggestion and suggestion + (f":{count.strip()}" if count.strip() else "")
+
+
+class SlurmSpec(Section):
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres_type: str | None = Field(None, description="GPU type as this cluster names it in --gres, e.g. a100; "
+                                  "default: any GPU")
+    cpus_per_task: PositiveInt | None = None
+    mem: str | None = Field(None, description="memory per node, e.g. 32G")
+    sbatch_lines: list[str] = Field(default_factory=list, description="extra '#SBATCH ...' options, e.g. --constraint=a100")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before the job, e.g. module load cuda")
+    python: str | None = Field(None, description="python on the nodes; default: the one that submits")
+
+
+class DockerSpec(Section):
+    image: str = Field("gpujob:latest", description="image to run, built by `gpujob image build`")
+    gpus: str | None = Field(None, description="this machine's GPUs given to the container: all, a count or none; "
+                             "default: resources.gpu's count where NVIDIA's container runtime is installed, else none")
+
+    @field_validator("gpus")
+    @classmethod
+    def _all_count_or_none(cls, value: str | None) -> str | None:
+        if value is None or value in ("all", "none") or (value.isdigit() and int(value) > 0):
+            return value
+        raise ValueError(f"'{value}' is not all, a GPU count or none")
+
+
+class VastSpec(Section):
+    image: str | None = Field(None, description="your pushed image (gpujob image build --tag T --push); "
+                              "required for backend: vast")
+    max_dollars_per_hour: float | None = Field(None, gt=0, description="price cap for the whole instance "
+                                               "(all its GPUs and its disk), US$")
+    min_reliability: float = Field(0.98, ge=0, le=1, description="vast.ai's host reliability score, 0 to 1")
+    disk_gb: PositiveInt = Field(40, description="instance disk: the image, the data and the run folder")
+    interruptible: bool = Field(False, description="bid for an interruptible instance: cheaper, paused when "
+                                "outbid; the job then resumes from its last checkpoint")
+    min_cuda: float = Field(13.0, description="lowest CUDA version the host's driver must support "
+                            "(the image's torch is built for CUDA 13)")
+    extra_filters: str = Field("", description="more `vastai search offers` filters, e.g. 'geolocation=US inet_down>=200'")
+    startup_minutes: PositiveInt = Field(20, description="how long the instance may take to pull the image and start")
+
+
+class CodeSpec(Section):
+    include: list[str] = Field(default_factory=list, description="more of your modules to ship with the job, "
+                               "beyond those the spec's package.module paths name (e.g. a utils package they import)")
+    max_mb: PositiveFloat = Field(10, le=1000, description="refuse to ship more code than this (data belongs in "
+                                  "data.root, not in the package)")
+
+    @field_validator("include")
+    @classmethod
+    def _module_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", name):
+                raise ValueError(f"'{_shown(name)}' is not a module name (package or package.module)")
+        return value
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", max_length=80, description="becomes part of the run folder name")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    backend: Literal[(AUTO, *NAMES)] = Field(AUTO, description="auto: here when this machine has resources.gpu "
+                                             "(or none is asked for), else a service that rents it (Modal)")
+    slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="options for backend: slurm")
+    docker: DockerSpec = Field(default_factory=DockerSpec, description="options for backend: docker")
+    vast: VastSpec = Field(default_factory=VastSpec, description="options for backend: vast")
+    code: CodeSpec = Field(default_factory=CodeSpec, description="your code shipped with the job (model, data "
+                           "and step factories are found beside the spec, here, or on PYTHONPATH)")
+
+    @model_validator(mode="after")
+    def _classes_from_the_dataset(self) -> "JobSpec":
+        # the resolved spec shows the class count the model gets; a factory dataset's is known only once loaded
+        info = dataset_info(self.data) if self.model.num_classes is None else None
+        if info is not None:
+            self.model.num_classes = info.num_classes
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---- reading specs -------------------------------------------------------------------
+
+
+def load_spec(path: str | Path, overrides: list[str] = (), **fields: Any) -> JobSpec:
+    """Read, override and validate a spec file. `fields` are dotted-path overrides
+    coming from CLI options (e.g. `backend="modal"`), applied after `--set`."""
+    path = Path(path)
+    raw, lines = read_spec_file(path)
+    if raw is None:
+        raise bad_input(f"{path}: empty; a spec needs at least a name, e.g. `name: my-job`")
+    if not isinstance(raw, dict):
+        raise bad_input(f"{path}: a spec is a mapping of sections (name: ..., model: ...), not {_kind(raw)}")
+    origins: dict[tuple, str] = {}  # key path -> the option that set it: its errors are blamed on the option
+    for item in overrides:
+        key, value = _parse_override(item)
+        origins[tuple(key.split("."))] = f"--set {_shown(item)}"
+        _set_path(raw, key, value, origins[tuple(key.split("."))])
+    for key, value in fields.items():
+        if value is not None:
+            origins[tuple(key.split("."))] = f"--{key.split('.')[-1]} {_shown(value)}"
+            _set_path(raw, key, value, origins[tuple(key.split("."))])
+    return validate_spec(raw, source=str(path), lines=lines, origins=origins)
+
+
+def validate_spec(raw: dict, source: str = "spec", lines: dict | None = None, origins: dict | None = None) -> JobSpec:
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as err:
+        from runner.spec.messages import describe
+
+        raise bad_input(describe(err, source, lines or {}, origins or {})) from None
+    _check_batch_split(spec, source, lines or {}, origins or {})
+    _check_precision_on_the_card(spec, source, lines or {}, origins or {})
+    return spec
+
+
+def _check_batch_split(spec: JobSpec, source: str, lines: dict, origins: dict) -> None:
+    """The global batch splits over the workers the spec asks for (a run would stop at start-up
+    with this very message; the spec alone shows it)."""
+    workers = spec.resources.nodes * spec.resources.workers_per_node
+    if spec.data.batch_size % workers == 0:
+        return
+    asked = (f"{spec.resources.nodes} node(s) x " if spec.resources.nodes > 1 else "") + (
+        f"resources.gpu {spec.resources.gpu}" if spec.resources.gpu_request else
+        f"resources.processes {spec.resources.processes}")
+    key = ("data", "batch_size")
+    where = origins.get(key) or (f"{source}:{lines[key]}" if key in lines else source)
+    raise bad_input(f"{where}: data.batch_size: {spec.data.batch_size} does not split evenly over {workers} workers "
+                    f"({asked}); make it a multiple of {workers}")
+
+
+def _check_precision_on_the_card(spec: JobSpec, source: str, lines: dict, origins: dict) -> None:
+    """bf16 on a card that has none (a T4, a V100) is refused before anything is rented or queued:
+    every backend, the dry run and `submit` read the spec through here."""
+    request = spec.resources.gpu_request
+    if spec.train.precision != "bf16" or request is None:
+        return
+    refusal = bf16_refusal(f"resources.gpu {request.type.name}", request.type.compute_capability)
+    if refusal:
+        key = ("train", "precision")
+        where = origins.get(key) or (f"{source}:{lines[key]}" if key in lines else source)
+        raise bad_input(f"{where}: train.precision: bf16, but {refusal}")
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, value = item.partition("=")
+    if not sep or not re.match(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$", key.strip()) or key.count(".") > MAX_DEPTH:
+        raise bad_input(f"--set {_shown(item)}: expected KEY=VALUE with a dotted key, e.g. train.epochs=1")
+    try:
+        parsed = parse_yaml(value)[0] if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value  # not YAML: take the text as it is, validation decides
+    except SpecRefused as err:
+        raise bad_input(f"--set {_shown(item)}: {err.message}") from None
+    return key.strip(), parsed
+
+
+def _set_path(raw: dict, key: str, value: Any, origin: str) -> None:
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise bad_input(f"{origin}: {'.'.join(parts[: depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def json_schema() -> dict:
+    return JobSpec.model_json_schema()

@@ -1,0 +1,220 @@
+"""Where this process stands in a job: rank, local rank, world size, from the
+launcher's environment variables (torchrun's names), and the helpers the training
+loop needs to agree across ranks. A single process is rank 0 of 1."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @classmethod
+    def from_env(cls) -> "WorkerContext":
+        return cls(
+            rank=int(os.environ.get("RANK", 0)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        )
+
+
+DEFAULT_MASTER_PORT = 29500  # torchrun's, for nodes started by hand
+
+
+def node_options(nnodes: str, node_rank: str, master_addr: str, master_port: str | None
+                 ) -> tuple[int, int, str, int | None]:
+    """`gpujob run`'s --nnodes, --node-rank, --master-addr and --master-port as (nnodes, node_rank,
+    master_addr, master_port), checked before anything starts: exit 2, one line, for a value that
+    cannot work. Across nodes, node 0's name must resolve, and on node 0 the port must be free (its
+    rank 0 listens there for every other rank); elsewhere a wrong address or a node that never comes
+    is only known at the rendezvous, which train.collective_timeout_s bounds."""
+    from runner.errors import bad_input
+
+    def number(option: str, text: str, low: int, high: int, what: str) -> int:
+        if not (text.strip().isdigit() and low <= int(text) <= high):
+            raise bad_input(f"{option}: expected {what}, got '{text}'")
+        return int(text)
+
+    nodes = number("--nnodes", nnodes, 1, 4096, "the number of machines in the job (1 or more)")
+    rank = number("--node-rank", node_rank, 0, nodes - 1,
+                  f"this machine's index among --nnodes {nodes}: " + ("0" if nodes == 1 else f"0 .. {nodes - 1}"))
+    port = None if master_port is None else number("--master-port", master_port, 1, 65535, "a port number, 1-65535")
+    if nodes == 1:
+        return nodes, rank, master_addr, port
+    _check_resolves(master_addr)
+    port = port or DEFAULT_MASTER_PORT
+    if rank == 0:
+        _check_port_free(port)
+    return nodes, rank, master_addr, port
+
+
+def _check_resolves(address: str) -> None:
+    import socket
+
+    from runner.errors import bad_input
+
+    try:
+        socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise bad_input(f"--master-addr: '{address}' is not an address or a name this machine can resolve; "
+                        "give node 0's address, reachable from every node") from None
+
+
+def port_in_use(port: int) -> str:
+    return (f"--master-port: port {port} is already in use on this machine, node 0, where rank 0 listens for the "
+            "other ranks; stop what uses it, or give every node another --master-port")
+
+
+def _check_port_free(port: int) -> None:
+    """As rank 0's store will bind it (all addresses, address reuse on), so a port that a finished
+    job left in TIME_WAIT passes and one that something listens on does not."""
+    import errno
+    import socket
+
+    from runner.errors import bad_input
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise bad_input(port_in_use(port)) from None
+            raise bad_input(f"--master-port: cannot listen on port {port} here ({err.strerror}); "
+                            "give every node another --master-port") from None
+
+
+def pick_device(ctx: WorkerContext) -> "torch.device":
+    """cuda > mps > cpu, one GPU per rank."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda", ctx.local_rank % torch.cuda.device_count())
+    if torch.backends.mps.is_available() and not ctx.distributed:
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def init_process_group(ctx: WorkerContext, device: "torch.device", timeout_s: float) -> None:
+    """nccl on CUDA, gloo on CPU; rendezvous from MASTER_ADDR/MASTER_PORT. A collective
+    that waits longer than `timeout_s` (a rank died or hangs) raises instead of hanging."""
+    if not ctx.distributed:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    import sys
+
+    from runner.launching.launcher import JOINED
+
+    print(f"{JOINED} (rank {ctx.rank} of {ctx.world_size})", file=sys.stderr, flush=True)
+
+
+class CommTimer:
+    """Time spent in DDP's gradient all-reduces (which overlap backward) and waiting
+    for the slowest rank at epoch ends: the cost of running on more than one worker."""
+
+    def __init__(self):
+        self.allreduce_s = 0.0
+        self.barrier_s = 0.0
+
+    def attach(self, ddp_model) -> None:
+        import time
+
+        import torch.distributed as dist
+
+        def timed_allreduce(state, bucket):
+            start = time.perf_counter()
+            tensor = bucket.buffer().div_(dist.get_world_size())
+            future = dist.all_reduce(tensor, async_op=True).get_future()
+
+            def done(fut):
+                self.allreduce_s += time.perf_counter() - start
+                return fut.value()[0]
+
+            return future.then(done)
+
+        ddp_model.register_comm_hook(None, timed_allreduce)
+
+    def wait_for_all(self, ctx: WorkerContext) -> None:
+        if ctx.distributed:
+            import time
+
+            import torch.distributed as dist
+
+            start = time.perf_counter()
+            dist.barrier()
+            self.barrier_s += time.perf_counter() - start
+
+    def take(self) -> dict:
+        taken = {"allreduce_s": self.allreduce_s, "barrier_wait_s": self.barrier_s}
+        self.allreduce_s = self.barrier_s = 0.0
+        return taken
+
+
+def all_sum(values: "torch.Tensor", ctx: WorkerContext) -> "torch.Tensor":
+    """Sum a small tensor of statistics over ranks (a no-op in one process)."""
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def in_turns(ctx: WorkerContext, work):
+    """Run `work()` on rank 0 first, then on each other node's first rank, then on the rest,
+    and return its result. For what may download into a shared folder (a dataset): parallel
+    downloads into one place corrupt it; a second turn finds the files there."""
+    if not ctx.distributed:
+        return work()
+    import torch.distributed as dist
+
+    result = None
+    for my_turn in (ctx.rank == 0, ctx.rank != 0 and ctx.local_rank == 0, ctx.local_rank != 0):
+        if my_turn:
+            result = work()
+        dist.barrier()
+    return result
+
+
+def broadcast_object(obj, ctx: WorkerContext):
+    """Rank 0's object on every rank (e.g. the checkpoint only rank 0 can read)."""
+    if not ctx.distributed:
+        return obj
+    import torch.distributed as dist
+
+    holder = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def destroy_process_group(ctx: WorkerContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
