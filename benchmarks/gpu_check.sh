@@ -98,7 +98,7 @@ try:
                                         "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
 except (OSError, subprocess.TimeoutExpired) as err:
     env["nvidia_smi"] = f"not run: {err}"
-import runner.cli, runner.spec  # noqa: F401,E401  gpujob's CLI and spec import here (pydantic, typer, yaml)
+import runner.cli.main, runner.spec.load  # noqa: F401,E401  gpujob's CLI and spec import here (pydantic, typer, yaml)
 import pydantic
 env["pydantic"] = pydantic.VERSION
 print(json.dumps(env, indent=2))

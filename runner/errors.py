@@ -1,7 +1,8 @@
 """The one error type users can cause, carrying the exit code the CLI returns.
 
 Exit codes are a contract: 0 done, 1 the job itself failed, 2 bad spec or usage,
-3 a backend, credential or engine is missing. Everything that can go wrong because
+3 a backend, credential or engine is missing, 130 interrupted and 143 preempted (both stopped
+with a checkpoint: `gpujob resume` continues). Everything that can go wrong because
 of what the user typed or has installed is raised as a GpujobError and printed once,
 without a traceback, at the CLI edge.
 """
@@ -13,6 +14,8 @@ import re
 JOB_FAILED = 1
 BAD_INPUT = 2
 MISSING_BACKEND = 3
+INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C (or SIGHUP), after a checkpoint
+PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM death: "preempted, resume me"
 
 
 class GpujobError(Exception):

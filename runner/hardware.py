@@ -24,14 +24,17 @@ def cuda_gpus() -> list[tuple[str, float]]:
             for i in range(torch.cuda.device_count())]
 
 
+def mps_available() -> bool:
+    """Apple's GPU (MPS); asked without importing torch anywhere but on a Mac."""
+    if sys.platform != "darwin":
+        return False
+    import torch
+
+    return torch.backends.mps.is_available()
+
+
 def local_accelerator() -> str:
     gpus = cuda_gpus()
     if gpus:
         return f"cuda x{len(gpus)} ({gpus[0][0]})"
-    if sys.platform != "darwin":  # MPS is Apple's: elsewhere torch need not even be imported to know
-        return "cpu"
-    import torch
-
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    return "mps" if mps_available() else "cpu"

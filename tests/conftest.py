@@ -50,9 +50,27 @@ def fashion_spec(write_spec, fashion_root):
     return make
 
 
+@pytest.fixture
+def use_backend():
+    """use_backend(name, **deps): the backend everything asks for by that name, made with `deps`
+    (a fake service, a test clock) through the registry, put back after the test."""
+    from runner.backends import registry
+
+    restores = []
+
+    def use(name: str, **deps):
+        backend = registry.create_backend(name, **deps)
+        restores.append(registry.provide(backend))
+        return backend
+
+    yield use
+    for restore in reversed(restores):
+        restore()
+
+
 def cli(*args: str) -> "CliResult":
     """Run the CLI in this process, as a user would type it."""
-    from runner.cli import app
+    from runner.cli.main import app
 
     result = CliRunner().invoke(app, [str(a) for a in args])
     return CliResult(result.exit_code, result.stdout, result.stderr, result.exception)

@@ -31,7 +31,7 @@ import torch.utils.flop_counter  # noqa: F401  (the summary's FLOP count: likewi
 matplotlib.use("Agg")
 import matplotlib.pyplot  # noqa: E402,F401
 
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from runner.launching.worker import run_worker
 
 

@@ -5,7 +5,8 @@ import torch
 from torchvision import datasets, transforms
 
 from runner.training.batches import LoaderBatches, Shard, TensorBatches, train_order
-from runner.training.datasets import BUILTIN_INFO, load_image_tensors
+from runner.spec.datasets import BUILTIN_INFO
+from runner.training.datasets import load_image_tensors
 from runner.spec.model import DataSpec
 
 

@@ -8,7 +8,7 @@ from tests.conftest import REPO, cli, cli_subprocess
 
 def test_help_does_not_import_torch():
     # `gpujob --help` must be instant: torch (seconds to import) is loaded only by commands that train.
-    code = "import sys, runner.cli; sys.argv=['gpujob','--help']\ntry:\n runner.cli.main()\nexcept SystemExit: pass\n" \
+    code = "import sys, runner.cli.main; sys.argv=['gpujob','--help']\ntry:\n runner.cli.main.main()\nexcept SystemExit: pass\n" \
            "assert 'torch' not in sys.modules, 'torch imported by --help'"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr

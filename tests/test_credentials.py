@@ -55,14 +55,12 @@ def test_the_kaggle_bundle_keeps_no_credential(job, tmp_path):
     assert leaks == []
 
 
-def test_modal_and_vast_runs_keep_no_credential(job, tmp_path, monkeypatch):
+def test_modal_and_vast_runs_keep_no_credential(job, tmp_path, monkeypatch, use_backend):
     """Through the stand-ins (the real function and the real start script), with the secrets in
     this process's environment, as a user's shell would have them."""
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
-    from runner.backends.modal import backend as modal_backend
     from runner.backends.modal.app import VOLUME_PATH_ENV
-    from runner.backends.vast import backend as vast_backend
     from tests.conftest import cli
     from tests.modal_standin import ContainerModal
     from tests.test_vast import GOOD
@@ -70,10 +68,9 @@ def test_modal_and_vast_runs_keep_no_credential(job, tmp_path, monkeypatch):
 
     monkeypatch.setenv(VOLUME_PATH_ENV, str(tmp_path / "volume"))
     modal_service = ContainerModal(tmp_path / "volume", tmp_path / "calls")
-    monkeypatch.setattr(modal_backend.BACKEND, "connect", lambda: modal_service)
+    use_backend("modal", connect=lambda: modal_service)
     vast = LocalVast(tmp_path / "vast", GOOD)
-    monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: vast)
-    monkeypatch.setattr(vast_backend.BACKEND, "poll_s", 0.2)
+    use_backend("vast", connect=lambda: vast, poll_s=0.2)
     spec = job.read_text()
     (tmp_path / "modal.yaml").write_text(spec + "backend: modal\nresources: {gpu: 'A10G:1'}\n")
     (tmp_path / "vast.yaml").write_text(spec + "backend: vast\nresources: {gpu: 'A10G:2'}\n"

@@ -23,7 +23,7 @@ import pytest
 from runner.backends.docker.backend import container_run, docker_run_command
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.docker.image import build_command, engine_available
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from tests.conftest import REPO, TAG, _build, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 ARTIFACTS = ("spec.yaml", "metrics.jsonl", "summary.json", "timing.json", "loss_curve.png", "env.json", "model.pt")

@@ -276,7 +276,7 @@ def test_t4_2_uses_both_of_kaggles_t4s_and_says_which_accelerator(write_spec, tm
     T4:2 runs two DDP workers on it, and the export says so."""
     import runner.hardware
     from runner.launching.launcher import workers_per_node
-    from runner.spec.model import validate_spec
+    from runner.spec.load import validate_spec
 
     result = cli("export", "kaggle", _spec(write_spec, resources={"gpu": "T4:2"}), tmp_path / "k")
     assert result.exit_code == 0, result.stderr

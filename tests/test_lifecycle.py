@@ -15,7 +15,7 @@ import time
 import pytest
 
 from runner.backends.auto import choose_backend
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from tests.conftest import REPO, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
 

@@ -199,7 +199,7 @@ def test_logs_of_a_run_with_a_null_metrics_line(a_run):
 
 def test_done_lines_read_the_summary_through_the_one_reader(a_run):
     """The end of an attached submit, resume or fetch (runner/cli.py _finish can print these)."""
-    from runner.runs.view import DamagedFile
+    from runner.runs.reading import DamagedFile
     from runner.reports.show import done_lines
 
     run = a_run("done")
@@ -274,7 +274,7 @@ def test_status_after_a_ddp_failure_names_the_rank_that_failed_and_its_error(a_f
 
 
 def _entry_points():
-    """The console script users run (`from runner.cli import main`), at every moment; and
+    """The console script users run (`from runner.cli.main import main`), at every moment; and
     `python -m runner.cli`, as backends and workers start it, at two."""
     script = REPO / ".venv" / "bin" / "gpujob"
     module = [sys.executable, "-m", "runner.cli"]

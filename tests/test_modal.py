@@ -29,12 +29,11 @@ import pytest
 
 pytest.importorskip("modal", reason="the modal extra is not installed (uv sync --extra modal)")
 
-from runner.backends.modal import backend as modal_backend  # noqa: E402
 from runner.backends.modal.backend import modal_request  # noqa: E402
 from runner.backends.modal.app import REQUIREMENTS, VOLUME_PATH_ENV  # noqa: E402
 from runner.backends.modal.service import modal_errors  # noqa: E402
 from runner.errors import GpujobError  # noqa: E402
-from runner.spec.model import load_spec  # noqa: E402
+from runner.spec.load import load_spec
 from tests.conftest import REPO, assert_golden, cli, read_jsonl, read_jsonl_if, wait_for  # noqa: E402
 from tests.modal_standin import ContainerModal  # noqa: E402
 
@@ -210,7 +209,7 @@ def test_a_job_error_is_returned_not_raised_so_modal_does_not_retry_it(modal_spe
 DRIVER = """
 import dataclasses, sys
 from runner.backends.modal.backend import modal_request
-from runner.spec.model import load_spec  # noqa: E402
+from runner.spec.load import load_spec  # noqa: E402
 request = dataclasses.replace(modal_request(load_spec(sys.argv[1]), sys.argv[2]), submission=sys.argv[3])
 print(request.function().local(*request.args()), flush=True)
 """
@@ -246,10 +245,10 @@ def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes
 
 
 @pytest.fixture
-def container_modal(volume, tmp_path, monkeypatch):
+def container_modal(volume, tmp_path, use_backend):
     def use(**options) -> ContainerModal:
         service = ContainerModal(volume, tmp_path / "modal-calls", **options)
-        monkeypatch.setattr(modal_backend.BACKEND, "connect", lambda: service)
+        use_backend("modal", connect=lambda: service)
         made.append(service)
         return service
 
@@ -408,7 +407,7 @@ def test_ctrl_c_cancels_the_remote_call_which_checkpoints(modal_spec, container_
 
 # ---- what Modal does to a call, and what the user sees ------------------------------------
 
-LONG = {"epochs": 400, "log_every_steps": 5, "checkpoint_every_minutes": 10}
+LONG = {"epochs": 20_000, "log_every_steps": 5, "checkpoint_every_minutes": 10}  # never done: stopped first
 
 
 def test_resources_timeout_minutes_stops_the_job_with_a_checkpoint_and_exit_1(modal_spec, container_modal, tmp_path):
@@ -699,7 +698,7 @@ def test_without_credentials_submit_is_exit_3_with_one_line(modal_spec, tmp_path
 
 
 def test_without_the_modal_package_submit_is_exit_3_saying_how_to_install_it(modal_spec, tmp_path):
-    code = ("import sys; sys.modules['modal'] = None; from runner.cli import app; "
+    code = ("import sys; sys.modules['modal'] = None; from runner.cli.main import app; "
             f"app(['submit', {str(modal_spec())!r}, '--runs-dir', {str(tmp_path / 'runs')!r}])")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 3

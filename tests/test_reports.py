@@ -243,7 +243,7 @@ def test_plan_refuses_what_a_card_cannot_run_and_bad_gpu_names(write_spec, tmp_p
 def test_plan_estimates_grow_with_the_work_and_shrink_with_the_card(write_spec, tmp_path):
     from runner.reports.estimate import job_shape, on_gpu
     from runner.gpus import parse_gpu
-    from runner.spec.model import load_spec
+    from runner.spec.load import load_spec
 
     def spec(epochs, batch=256):
         return write_spec(f"r{epochs}-{batch}.yaml", model={"name": "resnet18"},

@@ -64,7 +64,7 @@ def test_a_kill_after_the_last_step_but_before_the_epoch_closed_resumes_to_the_s
                                                                                          monkeypatch):
     """The window the random kills found once: the last step's checkpoint is on disk, the epoch's
     record is written, and the process dies before the next checkpoint lands."""
-    from runner.spec.model import load_spec
+    from runner.spec.load import load_spec
     from runner.launching.worker import run_worker
 
     spec = load_spec(digits_cnn())
@@ -95,7 +95,7 @@ def test_a_kill_while_the_run_folder_is_being_started_resumes_to_a_whole_folder(
     """The windows the random kills found next: dead with spec.yaml still a temp file, or with
     spec.yaml written and env.json not. Resuming must finish the run with every file in place."""
     from runner.runs import files as run_folder
-    from runner.spec.model import load_spec
+    from runner.spec.load import load_spec
     from runner.launching.worker import run_worker
 
     spec = load_spec(digits_cnn(epochs=1, max_steps=6))

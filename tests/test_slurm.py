@@ -23,7 +23,7 @@ from runner.backends.slurm.commands import FINAL_STATES
 from runner.backends.slurm.script import sbatch_script
 from runner.training.checkpoint import CheckpointStore
 from runner.runs.record import read as read_record
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from tests.conftest import (REPO, assert_golden, cli, cli_subprocess, read_jsonl, read_jsonl_if, requeue_now,
                             start_if_down, wait_for)
 

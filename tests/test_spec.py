@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from runner.errors import GpujobError
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from tests.conftest import REPO, cli
 
 
@@ -175,7 +175,7 @@ def test_validate_shows_the_class_count_the_model_gets(write_spec, data, classes
 
 
 def test_validate_stays_fast_without_torch(write_spec):
-    code = ("import sys, runner.cli; sys.argv=['gpujob','validate',sys.argv[1]]\ntry:\n runner.cli.main()\n"
+    code = ("import sys, runner.cli.main; sys.argv=['gpujob','validate',sys.argv[1]]\ntry:\n runner.cli.main.main()\n"
             "except SystemExit as e: assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch imported'")
     out = subprocess.run([sys.executable, "-c", code, write_spec(data={"dataset": "cifar10"})], capture_output=True,
                          text=True, cwd=REPO)

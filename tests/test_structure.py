@@ -150,3 +150,13 @@ def test_every_package_says_what_it_is_and_what_it_may_import():
     for init in RUNNER.rglob("__init__.py"):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and "import" in doc.lower(), f"{init.relative_to(RUNNER.parent)} does not say what it may import"
+
+
+def test_the_registry_knows_every_backend_the_spec_allows_and_no_other():
+    from runner.backends.registry import CLASSES, create_backend
+    from runner.spec.model import BACKENDS
+
+    assert list(CLASSES) == list(BACKENDS)
+    for name in BACKENDS:
+        backend = create_backend(name)
+        assert backend.name == name

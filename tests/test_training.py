@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from tests.conftest import cli, read_jsonl
 
 SUMMARY_KEYS = {"train_loss", "test_loss", "test_accuracy", "epochs", "steps", "wall_s", "samples_per_s",

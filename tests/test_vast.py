@@ -14,9 +14,9 @@ import pytest
 from runner.backends.vast import backend as vast_backend
 from runner.backends.vast.backend import (EXIT_MARK, EXITED_GRACE_S, NOT_STARTED, RUN_GRACE_S, START_MARK, VastBackend,
                                           exit_code, instance_request, new_lines)
-from runner.training.stops import PREEMPTED
+from runner.errors import PREEMPTED
 from runner.errors import GpujobError, job_failed, missing_backend
-from runner.spec.model import load_spec
+from runner.spec.load import load_spec
 from runner.backends.vast.api import NO_API_KEY, VastUnavailable, find_api_key
 from runner.backends.vast.offers import bid_price, choose_offer, offer_query
 from tests.conftest import REPO, cli, read_jsonl
@@ -48,7 +48,8 @@ class FakeVast:
     def __init__(self, offers=GOOD, timeline=(), fail=(), run_files=None, interrupt_at=None, flaky=None):
         self.offers, self.timeline, self.fail = list(offers), list(timeline), set(fail)
         self.flaky = dict(flaky or {})  # call name -> how many times in a row it fails transiently first
-        summary = {"test_accuracy": 0.9, "test_loss": 0.3, "wall_s": 60.0, "device": "cuda", "world_size": 2}
+        summary = {"epochs": 1, "train_loss": 0.35, "test_accuracy": 0.9, "test_loss": 0.3, "wall_s": 60.0,
+                   "device": "cuda", "world_size": 2}
         self.run_files = {"summary.json": json.dumps(summary), "spec.yaml": "name: x\n"} if run_files is None else run_files
         self.partial_files = {"metrics.jsonl": '{"kind": "step", "step": 1}\n', "checkpoints/step-00000001.pt": "w"}
         self.calls: list[tuple] = []
@@ -167,7 +168,7 @@ def backend_with(fake):
 
 def run_with(fake, spec_path, tmp_path):
     """What `gpujob submit` does: plan, make the run folder (its record first), submit attached."""
-    from runner.backends import Run
+    from runner.runs.state import Run
     from runner.runs.folder import RunFolder
     from runner.runs.record import new_submission
 
@@ -406,11 +407,9 @@ def test_an_on_demand_instance_stopped_by_sigterm_is_reported_as_preempted(vast_
 
 
 @pytest.fixture
-def fake_vast(monkeypatch):
+def fake_vast(use_backend):
     def install(fake):
-        monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: fake)
-        monkeypatch.setattr(vast_backend.BACKEND, "sleep", fake.sleep)
-        monkeypatch.setattr(vast_backend.BACKEND, "clock", fake.clock)
+        use_backend("vast", connect=lambda: fake, sleep=fake.sleep, clock=fake.clock)
         return fake
     return install
 
@@ -572,12 +571,11 @@ def test_copying_back_needs_rsync_ssh_and_an_account_ssh_key(tmp_path, monkeypat
 
 
 @pytest.fixture
-def local_vast(tmp_path, monkeypatch):
+def local_vast(tmp_path, use_backend):
     from tests.vast_standin import LocalVast
 
     fake = LocalVast(tmp_path / "vast", GOOD)
-    monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: fake)
-    monkeypatch.setattr(vast_backend.BACKEND, "poll_s", 0.2)
+    use_backend("vast", connect=lambda: fake, poll_s=0.2)
     yield fake
     for instance_id, inst in fake.instances.items():
         if not inst["destroyed"]:
@@ -941,7 +939,7 @@ SDK_ANSWERS = {"search_offers": GOOD, "show_ssh_keys": [{"id": 1, "public_key": 
     ("no rsync", "vast: copying the run folder back needs rsync here"),
     ("no ssh", "vast: copying the run folder back needs ssh here"),
 ])
-def test_what_this_machine_or_the_account_lacks_is_exit_3_before_anything_is_rented(vast_spec, monkeypatch, tmp_path,
+def test_what_this_machine_or_the_account_lacks_is_exit_3_before_anything_is_rented(vast_spec, monkeypatch, tmp_path, use_backend,
                                                                                     rsync, case, says):
     from runner.backends.vast.api import VastApi
 
@@ -951,9 +949,9 @@ def test_what_this_machine_or_the_account_lacks_is_exit_3_before_anything_is_ren
     if case == "no ssh key":
         answers["show_ssh_keys"] = []
     sdk = StubSdk(**answers)
-    monkeypatch.setattr(vast_backend.BACKEND, "connect", lambda: VastApi(sdk))
+    use_backend("vast", connect=lambda: VastApi(sdk))
     if case in ("no key", "no vastai"):  # the real lookup: the environment, then the vastai CLI's files
-        monkeypatch.setattr(vast_backend.BACKEND, "connect", None)
+        use_backend("vast")
         monkeypatch.setenv("HOME", str(tmp_path))
         monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
         monkeypatch.delenv("VAST_API_KEY", raising=False)

@@ -161,7 +161,7 @@ def _gpujob_against(url: str, rsync, home: Path, *args, call_timeout_s: float = 
     it), with each HTTP request's timeout shortened to `call_timeout_s` (120 s by default)."""
     code = ("import sys, runner.backends.vast.api as api; "
             f"api.CALL_TIMEOUT_S = {call_timeout_s}; "
-            f"from runner.cli import app; app({[str(a) for a in args]!r})")
+            f"from runner.cli.main import app; app({[str(a) for a in args]!r})")
     env = {**os.environ, "VAST_API_KEY": "vast-stand-in-key", "VAST_URL": url, "HOME": str(home),
            "XDG_CONFIG_HOME": str(home / ".config"), "PATH": f"{rsync.bin}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=420,

@@ -7,14 +7,15 @@ vast.image. An explicit `backend:` or `--backend` always wins.
 
 from __future__ import annotations
 
-from runner.backends import AUTO
+from runner.backends.base import what_is_here
+from runner.backends.registry import HERE, all_backends, get_backend
 from runner.errors import bad_input
+from runner.spec.model import AUTO
 
 
 # `--gpu all` or `--gpu N`: this machine's GPUs, handed to a container here (the docker backend's
 # own option), not a catalogue type to find or rent.
 MACHINE_GPUS = "docker.gpus"
-CONTAINER_BACKENDS = ("docker",)
 
 
 def gpu_option(value: str | None) -> dict:
@@ -27,31 +28,28 @@ def gpu_option(value: str | None) -> dict:
 def choose_backend(spec, gpus_here: list[tuple[str, float]] | None = None,
                    machine_gpus: bool = False) -> tuple[str, str]:
     """(backend, why): why is one line for the user. `gpus_here` defaults to this machine's;
-    `machine_gpus` says --gpu named this machine's GPUs (all or a count)."""
-    if machine_gpus and spec.backend not in CONTAINER_BACKENDS:
+    `machine_gpus` says --gpu named this machine's GPUs (all or a count). Each backend is asked in
+    turn whether it takes the job; the first that does gets it."""
+    backends = all_backends()
+    if machine_gpus and not (spec.backend != AUTO and get_backend(spec.backend).takes_machine_gpus):
         given = spec.docker.gpus
         # `--gpu 4090` is more often a card than four thousand of this machine's GPUs
         example = f"--gpu RTX{given}" if len(given) == 4 else "--gpu A10G:2"
-        raise bad_input(f"--gpu {given}: all or a count names this machine's GPUs, for --backend "
-                        f"{' or '.join(CONTAINER_BACKENDS)}; for a GPU type write TYPE[:COUNT], e.g. {example}")
+        takers = " or ".join(b.name for b in backends if b.takes_machine_gpus)
+        raise bad_input(f"--gpu {given}: all or a count names this machine's GPUs, for --backend {takers}; for a "
+                        f"GPU type write TYPE[:COUNT], e.g. {example}")
     if spec.backend != AUTO:
         return spec.backend, ""
     request = spec.resources.gpu_request
-    if request is None:
-        return "local", "no GPU asked for: training here"
     if gpus_here is None:
         from runner.hardware import cuda_gpus
 
-        gpus_here = cuda_gpus()
-    matching = [name for name, memory in gpus_here if request.type.is_device(name, memory)]
-    if len(matching) >= request.count:
-        return "local", f"this machine has {request} ({matching[0]})"
-    have = f"{len(matching)} {request.type.name}" if matching else ("no CUDA GPU" if not gpus_here else
-                                                                     f"{gpus_here[0][0]}, not {request.type.name}")
-    if "modal" in request.type.provider_names:
-        return "modal", f"resources.gpu asks for {request} and this machine has {have}: renting it on Modal"
-    if "vast" in request.type.provider_names and spec.vast.image:
-        return "vast", (f"resources.gpu asks for {request}, this machine has {have} and Modal does not offer "
-                        f"{request.type.name}: renting it on vast.ai")
-    raise bad_input(f"resources.gpu: {request} is not here ({have}) and Modal does not offer {request.type.name}; "
-                    "set backend: vast with vast.image, pick another GPU, or --backend local to train here")
+        gpus_here = cuda_gpus() if request is not None else []
+    for backend in backends:
+        why = backend.takes(spec, gpus_here)
+        if why:
+            return backend.name, why
+    hints = [hint for hint in (b.auto_hint(spec) for b in backends) if hint]
+    raise bad_input(f"resources.gpu: {request} is not here ({what_is_here(request, gpus_here)}) and no backend "
+                    f"rents {request.type.name}; {', '.join(hints + ['pick another GPU'])}, or --backend "
+                    f"{HERE} to train here")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, last_error_line
-from runner.training.stops import INTERRUPTED, PREEMPTED
+from runner.errors import INTERRUPTED, PREEMPTED
 
 TAIL_LINES = 12
 

@@ -20,7 +20,9 @@ from typing import Iterator
 from runner.runs import lock as run_lock
 
 from runner.runs import record as run_record
-from runner.backends import RUNNING, Plan, Run, RunState
+from runner.runs.state import RUNNING, Run, RunState
+from runner.backends.base import Backend, Plan, Target
+from runner.runs.paths import RunPaths
 from runner.backends.detached import OUTPUT, exit_code, start_detached, tail_lines
 from runner.errors import bad_input
 from runner.runs.paths import JOB
@@ -43,10 +45,35 @@ def worker_command(spec_file: Path, run_dir: Path, world_size: int, resume: bool
             "--nproc-per-node", str(world_size), *(["--resume"] if resume else [])]
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
     folder_is_here = True  # the job writes its run folder here: an unstarted one can go
     ships_code = False  # the job imports the code where it is
+    resumes_here = True
+    status_needs_no_service = True  # the lock and job/exit-code say it all
+
+    def takes(self, spec, gpus_here: list[tuple[str, float]]) -> str | None:
+        request = spec.resources.gpu_request
+        if request is None:
+            return "no GPU asked for: training here"
+        matching = [name for name, memory in gpus_here if request.type.is_device(name, memory)]
+        if len(matching) >= request.count:
+            return f"this machine has {request} ({matching[0]})"
+        return None
+
+    def target(self, plan: Plan) -> Target:
+        from runner.hardware import cuda_gpus, mps_available
+        from runner.training.memory import available_ram
+
+        request = plan.spec.resources.gpu_request
+        gpus = cuda_gpus()
+        if gpus:
+            name, memory_gb = gpus[0]
+            return Target("cuda", request.type if request else None, int(memory_gb * 1e9), f"this machine's {name}",
+                          here=True)
+        if mps_available():
+            return Target("mps", None, available_ram(), "this Mac's GPU (shared memory)", here=True)
+        return Target("cpu", None, available_ram(), "this machine", here=True)
 
     def plan(self, spec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.hardware import local_accelerator
@@ -67,7 +94,8 @@ class LocalBackend:
         return plan
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
-        from runner.launching.launcher import Topology, run_on_this_node
+        from runner.launching.topology import Topology
+        from runner.launching.launcher import run_on_this_node
 
         for note in plan.notes:
             print(f"gpujob: {note}", file=sys.stderr)
@@ -90,7 +118,7 @@ class LocalBackend:
             time.sleep(0.05)
 
     def status(self, run: Run) -> RunState:
-        from runner.cli.lifecycle import ended_state
+        from runner.runs.state import ended_state
 
         owner = run_lock.holder(run.folder)
         if owner is not None:
@@ -99,7 +127,7 @@ class LocalBackend:
         return ended_state(run, code, "" if code is not None else "the process is gone")
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
-        from runner.cli.lifecycle import progress_lines
+        from runner.runs.lines import progress_lines
 
         output = run.folder / JOB / OUTPUT
         if output.exists():  # a detached run's whole output
@@ -117,7 +145,7 @@ class LocalBackend:
             time.sleep(0.5)
 
     def cancel(self, run: Run) -> str:
-        from runner.cli.lifecycle import resume_hint
+        from runner.runs.state import resume_hint
 
         owner = run_lock.holder(run.folder)
         if owner is None:
@@ -130,7 +158,7 @@ class LocalBackend:
             os.kill(owner["pid"], signal.SIGTERM)  # the job checkpoints at its next step and exits
         except ProcessLookupError:
             pass
-        from runner.spec.model import load_spec
+        from runner.spec.load import load_spec
 
         deadline = time.monotonic() + load_spec(run.folder / "spec.yaml").train.stop_grace_s + STOP_WAIT_S
         while run_lock.holder(run.folder) is not None:
@@ -146,23 +174,23 @@ class LocalBackend:
 
     def resume(self, run: Run, detach: bool) -> None:
         from runner.launching.launcher import workers_per_node
-        from runner.spec.model import load_spec
+        from runner.spec.load import load_spec
 
-        resume_here(run, workers_per_node(load_spec(run.folder / "spec.yaml")), detach)
+        self.resume_with(run, workers_per_node(load_spec(RunPaths(run.folder).spec)), detach)
+
+    def resume_with(self, run: Run, workers: int, detach: bool) -> None:
+        """Continue `run` on this machine with `workers` workers, whichever backend ran it before
+        (`gpujob resume RUN --here`, and every local run)."""
+        from runner.launching.launcher import run_on_this_node
+        from runner.launching.topology import Topology
+        from runner.spec.load import load_spec
+
+        spec_file = RunPaths(run.folder).spec
+        if detach:
+            self._start(run, worker_command(spec_file.resolve(), run.folder.resolve(), workers, resume=True))
+            return
+        run.record = run_record.update(run.folder, handles={"pid": os.getpid(), "host": socket.gethostname()})
+        run_on_this_node(load_spec(spec_file), Topology(workers), run.folder, run.folder.parent, resume=True)
 
 
-def resume_here(run: Run, workers: int, detach: bool) -> None:
-    """Continue `run` on this machine with `workers` workers, whichever backend ran it before
-    (`gpujob resume RUN --here`, and every local run)."""
-    from runner.launching.launcher import Topology, run_on_this_node
-    from runner.spec.model import load_spec
 
-    spec_file = run.folder / "spec.yaml"
-    if detach:
-        BACKEND._start(run, worker_command(spec_file.resolve(), run.folder.resolve(), workers, resume=True))
-        return
-    run.record = run_record.update(run.folder, handles={"pid": os.getpid(), "host": socket.gethostname()})
-    run_on_this_node(load_spec(spec_file), Topology(workers), run.folder, run.folder.parent, resume=True)
-
-
-BACKEND = LocalBackend()

@@ -15,27 +15,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.backends import Plan
+from runner.backends.base import Plan, Target
+from runner.backends.registry import get_backend
 from runner.errors import bad_input
 
 DRY_STEPS = 3
 TIMING_BATCH = 8  # samples per timed step: enough to time, small enough for under 10 s on 2 cores
-REMOTE = ("modal", "vast")  # backends whose job runs on a machine gpujob rents, not this one
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the job will run, as far as its memory and precision go."""
-
-    device: str  # cuda | mps | cpu
-    gpu: object | None  # the catalog's GpuType, where known
-    capacity: int | None  # bytes one node has for the job's workers (None: unknown)
-    where: str  # for messages: "this machine's CPU", "an A10G (24 GB) on Modal"
 
 
 def dry_run(plan: Plan) -> list[tuple[str, str]]:
     spec = plan.spec
-    target = where_it_runs(plan)
+    target = get_backend(plan.backend).target(plan)
     check_precision(spec.train.precision, target)
     data_note = check_data(plan)
     check_runs_dir(plan.runs_dir)
@@ -43,7 +33,7 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
 
     import torch
 
-    from runner.training.datasets import dataset_info
+    from runner.spec.model import dataset_info
     from runner.training.memory import activation_bytes_per_sample, check_fits, describe, estimate
     from runner.training.models import build_model, parameter_count
     from runner.training.steps import step_for
@@ -94,46 +84,6 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     return rows
 
 
-def where_it_runs(plan: Plan) -> Target:
-    from runner.hardware import cuda_gpus
-    from runner.training.memory import available_ram
-
-    request = plan.spec.resources.gpu_request
-    here_on_gpu = plan.backend == "local" or (plan.backend == "docker" and getattr(plan.request.run, "gpus", None))
-    if plan.backend in ("local", "docker"):
-        gpus = cuda_gpus() if here_on_gpu else []
-        if gpus:
-            name, memory_gb = gpus[0]
-            return Target("cuda", request.type if request else None, int(memory_gb * 1e9), f"this machine's {name}")
-        if plan.backend == "local" and _mps():
-            return Target("mps", None, available_ram(), "this Mac's GPU (shared memory)")
-        return Target("cpu", None, available_ram(), "this machine")
-    if request is not None:
-        gpu = request.type
-        return Target("cuda", gpu, int(gpu.memory_gb * 1e9), f"{gpu.name} ({gpu.memory_gb} GB) on {plan.backend}")
-    memory = _slurm_mem(plan.spec.slurm.mem) if plan.backend == "slurm" else None
-    return Target("cpu", None, memory, f"a {plan.backend} CPU machine")
-
-
-def _mps() -> bool:
-    import torch
-
-    return torch.backends.mps.is_available()
-
-
-def _slurm_mem(text: str | None) -> int | None:
-    if not text:
-        return None
-    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    number, unit = text[:-1], text[-1].upper()
-    if unit.isdigit():
-        number, unit = text, "M"  # SLURM's default unit
-    try:
-        return int(float(number) * units[unit])
-    except (ValueError, KeyError):
-        return None
-
-
 def check_precision(precision: str, target: Target) -> None:
     """The same line the run would stop with on that device (runner/train_setup.py): the card the
     catalog names for the job, or this machine's own card where the job takes whatever is here."""
@@ -153,12 +103,13 @@ def check_precision(precision: str, target: Target) -> None:
 
 def check_data(plan: Plan) -> str | None:
     """Data that is neither where the job runs nor downloaded stops the job there: say so here."""
-    from runner.training.datasets import DOWNLOADED, on_disk, require_on_disk
+    from runner.spec.datasets import DOWNLOADED
+    from runner.training.datasets import on_disk, require_on_disk
 
     data = plan.spec.data
     if data.dataset not in DOWNLOADED:
         return None
-    if plan.backend in REMOTE:
+    if not get_backend(plan.backend).folder_is_here:  # the job runs where gpujob cannot look
         if not data.download:
             raise bad_input(f"data.download: false, but nothing puts {data.dataset} on {plan.backend}'s machine; "
                             "set data.download: true (it downloads there)")
@@ -185,7 +136,8 @@ def _data(plan: Plan, note: str | None, classification: bool = True):
     """(shape, classes, how the data was got, a source of batches for the timed steps)."""
     import torch
 
-    from runner.training.datasets import dataset_info, load_image_tensors, on_disk
+    from runner.spec.model import dataset_info
+    from runner.training.datasets import load_image_tensors, on_disk
     from runner.training.setup import check_labels
 
     spec = plan.spec
@@ -348,7 +300,7 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
                  if guess.total_usd is not None else ", at the offer's price per hour")
         return (f"~{guess.epoch_s:,.1f} s per epoch, {human_duration(guess.total_s)} for {spec.train.epochs} epoch(s) "
                 f"on {target.gpu.name} x{count}{money}; from the catalog at {ASSUMPTIONS}")
-    if target.device != "cpu" or not target.where.startswith("this machine"):
+    if target.device != "cpu" or not target.here:
         return None
     from runner.training.flops import training_flops_per_sample
 

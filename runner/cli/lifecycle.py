@@ -1,24 +1,19 @@
-"""What every backend's lifecycle shares: finding a run, the state a run folder shows once its
-job has ended, the progress lines its metrics make, and the rules `resume` and `cancel` keep
-(never two at once, never a second copy of a live job)."""
+"""The lifecycle commands: resume, status, logs, cancel, fetch and runs. Each finds the run (a
+folder, or its name under --runs-dir) and asks the backend its record names; none names a
+backend itself."""
 
 from __future__ import annotations
 
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 
-from runner.runs import lock as run_lock
+import typer
 
+from runner.cli.app import RunArg, RunsDirOpt, app, detached_lines, finish, user_errors, workers_here
+from runner.errors import GpujobError, bad_input
 from runner.runs import record as run_record
-from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, Run, RunState
-from runner.errors import bad_input, last_error_line
-from runner.runs.paths import METRICS, SUMMARY
-from runner.runs.folder import read_summary
-from runner.training.stops import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
-
-ERROR_LOG = "error.log"
+from runner.runs.state import FINISHED, Run, acting_on, refuse_live
 
 
 def find_run(run: str | Path, runs_dir: Path) -> Run:
@@ -29,124 +24,22 @@ def find_run(run: str | Path, runs_dir: Path) -> Run:
     raise bad_input(f"{run}: no such run folder (nor {Path(runs_dir) / str(run)})")
 
 
-def last_checkpoint(folder: Path) -> str | None:
-    from runner.training.checkpoint import CheckpointStore
-
-    paths = CheckpointStore(folder).paths()
-    return paths[0].name if paths else None
-
-
-def resume_hint(folder: Path) -> str:
-    kept = last_checkpoint(folder)
-    if kept is None:
-        return "no checkpoint was written; `gpujob resume` would start it over"
-    return f"last checkpoint {kept}; continue it with: gpujob resume {folder}"
-
-
-def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
-    """The state of a run whose job is no longer running, from its folder and its exit code
-    (None where the backend could not tell: a process killed outright, a lost machine)."""
-    folder = run.folder
-    if read_summary(folder) is not None:
-        return RunState(FINISHED, summary_line(folder), 0)
-    error = _error_line(folder)
-    seen = run.record.last_state
-    if code is None and not error and seen.get("state") in (FAILED, CANCELLED, PREEMPTED):
-        return RunState(seen["state"], seen.get("detail", ""))  # what gpujob saw when it ended
-    stopped = code in (PREEMPTED_CODE, INTERRUPTED) or (code is None and not error)
-    if stopped or run.record.cancel_asked:
-        state = CANCELLED if run.record.cancel_asked else PREEMPTED
-        why = "cancelled" if state == CANCELLED else (how or "stopped before it finished")
-        return RunState(state, f"{why}; {resume_hint(folder)}", code)
-    return RunState(FAILED, error or f"exit {code}" + (f" ({how})" if how else ""), code)
-
-
-def state_of_error(err: BaseException) -> RunState:
-    """What an attached submit that ended with `err` says about the run."""
-    code = getattr(err, "exit_code", INTERRUPTED)
-    message = getattr(err, "message", "interrupted")
-    if code == INTERRUPTED:
-        return RunState(CANCELLED, message, code)
-    if code == PREEMPTED_CODE:
-        return RunState(PREEMPTED, message, code)
-    return RunState(FAILED, message, code)
-
-
-def _error_line(folder: Path) -> str:
-    path = folder / ERROR_LOG
-    if not path.exists():
-        return ""
-    lines = path.read_text(errors="replace").splitlines()
-    return last_error_line(lines) + f" (see {path})"
-
-
-def summary_line(folder: Path) -> str:
-    s = read_summary(folder)
-    try:
-        from runner.reports.progress import test_result
-
-        return (f"{test_result(s, ', ')}, {s['epochs']} epoch(s) in {s['wall_s']:.1f} s on {s['device']} "
-                f"x{s['world_size']}")
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return f"{SUMMARY} is damaged"
-
-
-def progress_lines(folder: Path) -> list[str]:
-    """metrics.jsonl as the progress lines the job printed (step and epoch lines)."""
-    from runner.reports.progress import epoch_line, step_line
-    from runner.runs.view import metrics_records
-
-    lines = []
-    for record in metrics_records(folder / METRICS):  # a line that is not a record is left out
-        try:
-            lines.append(epoch_line(record) if record.get("kind") == "epoch" else step_line(record))
-        except (KeyError, TypeError, ValueError):
-            continue  # a record lacking what a progress line shows
-    if (folder / ERROR_LOG).exists():
-        lines.append(f"gpujob: {_error_line(folder)}")
-    return lines
-
-
-def record_state(run: Run, state: RunState) -> None:
-    """Keep what was seen in the record, for `gpujob runs` (which asks no service)."""
-    if run.record.last_state.get("state") != state.state or run.record.last_state.get("detail") != state.detail:
-        run.record = run_record.update(run.folder, last_state={"state": state.state, "detail": state.detail,
-                                                               "at": run_record.now()})
-
-
-@contextmanager
-def acting_on(run: Run, doing: str):
-    """One command at a time acts on a run (two `resume`s never both start it)."""
-    try:
-        with run_lock.acting_on(run.folder):
-            yield
-    except run_lock.LockHeld as held:
-        raise bad_input(f"{run.folder}: another gpujob command ({run_lock.describe(held.owner)}) is already acting "
-                        f"on this run; not {doing} it twice") from None
-
-
-def refuse_live(run: Run, state: RunState, doing: str) -> None:
-    if state.live:
-        raise bad_input(f"{run.folder} is still {state.state} ({state.detail}); not {doing} it: follow it with "
-                        f"`gpujob logs {run.folder} --follow`, or stop it with `gpujob cancel {run.folder}`")
-
-
 def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
     """`gpujob resume`: continue the run on its backend, or with `here` on this machine with
     workers_here(spec) workers (checked before anything is touched). False when it had finished."""
-    from runner.backends import get_backend
+    from runner.backends.registry import HERE, get_backend
     from runner.runs.paths import SPEC
     from runner.runs.folder import RunFolder
-    from runner.spec.model import load_spec
+    from runner.spec.load import load_spec
 
-    from runner.training.datasets import CODE_PATHS, code_paths_for
+    from runner.usercode.imports import CODE_PATHS, code_paths_for
 
     origin = run.record.submitted_from
     if origin.get("spec"):  # the factories the spec names are found where they were at submission
         os.environ[CODE_PATHS] = code_paths_for(origin["spec"], origin.get("cwd"))
     backend = get_backend(run.record.backend)
     workers = None
-    if here or run.record.backend == "local":
+    if here or backend.resumes_here:
         RunFolder.existing(run.folder)
         workers = workers_here(load_spec(run.folder / SPEC))
     with acting_on(run, "resuming"):
@@ -155,14 +48,118 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
         if state.state == FINISHED:
             return False
         run.record.note("resumed")
-        if workers is not None and run.record.backend != "local":
+        if workers is not None and not backend.resumes_here:
             run.record.note(f"moved here from backend {run.record.backend}")
-            run.record.backend = "local"  # the record names the backend that runs the job now
+            run.record.backend = HERE  # the record names the backend that runs the job now
         run_record.write(run.folder, run.record)
         if workers is not None:
-            from runner.backends.local import resume_here
-
-            resume_here(run, workers, detach)
+            get_backend(HERE).resume_with(run, workers, detach)
         else:
             backend.resume(run, detach)
     return True
+
+
+@app.command()
+@user_errors
+def resume(
+    run: str = RunArg,
+    runs_dir: Path = RunsDirOpt,
+    detach: bool = typer.Option(False, "--detach", help="start it again and return"),
+    here: bool = typer.Option(False, "--here", help="continue it on this machine, whichever backend ran it"),
+    nproc_per_node: str = typer.Option("auto", "--nproc-per-node", metavar="N|auto", help="DDP workers when it continues here, "
+                                       "or 'auto'"),
+):
+    """Continue a stopped run from its last checkpoint.
+
+    A cancelled, preempted, killed or failed run continues into the same run folder, on the
+    backend that ran it (a SLURM run goes back to SLURM), or here with --here."""
+    from runner.cli.lifecycle import find_run, resume_run
+
+    found = find_run(run, runs_dir)
+    try:
+        resumed = resume_run(found, detach, here, lambda spec: workers_here(spec, nproc_per_node))
+    except GpujobError as err:
+        err.run_dir = err.run_dir or found.folder
+        raise
+    if not resumed:
+        typer.echo(f"gpujob: {found.folder} already finished; nothing to resume", err=True)
+        finish(found.folder)
+        return
+    if detach:
+        detached_lines(found, "resumed")
+        return
+    finish(found.folder)
+
+
+@app.command()
+@user_errors
+def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Say where a run stands, and why.
+
+    One of pending, running, finished, failed, cancelled, preempted, with a line of detail."""
+    from runner.backends.registry import get_backend
+    from runner.cli.lifecycle import find_run
+    from runner.runs.state import record_state
+
+    found = find_run(run, runs_dir)
+    state = get_backend(found.record.backend).status(found)
+    record_state(found, state)
+    typer.echo(f"{found.folder.name}: {state.describe()}")
+
+
+@app.command()
+@user_errors
+def logs(run: str = RunArg, runs_dir: Path = RunsDirOpt,
+         follow: bool = typer.Option(False, "--follow", "-f", help="keep printing until the job ends")):
+    """Print a run's output; --follow until it ends."""
+    from runner.backends.registry import get_backend
+    from runner.cli.lifecycle import find_run
+
+    found = find_run(run, runs_dir)
+    for line in get_backend(found.record.backend).logs(found, follow):
+        typer.echo(line)
+
+
+@app.command()
+@user_errors
+def cancel(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Stop a run; it checkpoints first where it can.
+
+    `gpujob resume RUN` continues it. Safe to repeat."""
+    from runner.backends.registry import get_backend
+    from runner.cli.lifecycle import find_run
+    from runner.runs.state import record_state
+
+    found = find_run(run, runs_dir)
+    backend = get_backend(found.record.backend)
+    typer.echo(backend.cancel(found))
+    record_state(found, backend.status(found))
+
+
+@app.command()
+@user_errors
+def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """Bring a run's folder here (Modal's volume, vast.ai)."""
+    from runner.backends.registry import get_backend
+    from runner.cli.lifecycle import find_run
+
+    found = find_run(run, runs_dir)
+    typer.echo(get_backend(found.record.backend).fetch(found), err=True)
+    finish(found.folder)
+
+
+@app.command("runs")
+@user_errors
+def list_runs(runs_dir: Path = RunsDirOpt,
+              as_json: bool = typer.Option(False, "--json", help="one JSON object per run, for scripts")):
+    """List the runs under --runs-dir, newest first.
+
+    States of runs on a service are as gpujob last saw them; `gpujob status RUN` asks."""
+    from runner.cli.runs_table import collect, table
+
+    rows = collect(runs_dir)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for line in table(rows):
+            typer.echo(line)

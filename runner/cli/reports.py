@@ -1,6 +1,6 @@
 """The commands that answer "which GPU, how fast, at what cost, and why": `gpujob gpus`,
 `gpujob show`, `gpujob compare` and `gpujob plan`. They read run folders and the GPU catalog
-and start nothing; registered on the main app by runner/cli.py."""
+and start nothing."""
 
 from __future__ import annotations
 
@@ -10,63 +10,64 @@ from typing import List, Optional
 
 import typer
 
+from runner.cli.app import RunArg, RunsDirOpt, SetOpt, SpecArg, app, load_job, print_rows, user_errors
 from runner.errors import bad_input
 
 
-def register(app: typer.Typer, user_errors, spec_arg, set_opt, runs_dir_opt, run_arg, load) -> None:
-    @app.command()
-    @user_errors
-    def gpus():
-        """The GPU catalog: memory, bandwidth, peak TFLOP/s, who rents it and at what price."""
-        for line in catalog_table():
-            typer.echo(line)
+@app.command()
+@user_errors
+def gpus():
+    """The GPU catalog: memory, bandwidth, peak TFLOP/s, who rents it and at what price."""
+    for line in catalog_table():
+        typer.echo(line)
 
-    @app.command()
-    @user_errors
-    def show(run: str = run_arg, runs_dir: Path = runs_dir_opt):
-        """One finished run on one screen: result, speed, where the time went, cost, diagnosis."""
-        from runner.runs.view import find_finished
-        from runner.reports.show import show_lines
 
-        from runner.cli import print_rows
+@app.command()
+@user_errors
+def show(run: str = RunArg, runs_dir: Path = RunsDirOpt):
+    """One finished run on one screen: result, speed, where the time went, cost, diagnosis."""
+    from runner.runs.view import find_finished
+    from runner.reports.show import show_lines
 
-        print_rows(show_lines(find_finished(run, runs_dir)))
+    print_rows(show_lines(find_finished(run, runs_dir)))
 
-    @app.command()
-    @user_errors
-    def compare(runs: List[str] = typer.Argument(..., help="two or more run folders, or names under --runs-dir",
-                                                 metavar="RUN...", show_default=False),
-                runs_dir: Path = runs_dir_opt,
-                out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="new folder for compare.png and "
-                                                   "compare.json (default: a new compare-TIME folder under --runs-dir)")):
-        """Finished runs side by side: speed, scaling, where the time went, loss, dollars."""
-        from runner.reports.compare import compare as compare_runs
-        from runner.reports.compare import table
-        from runner.reports.compare_plot import plot_comparison
-        from runner.runs.view import find_finished
 
-        if len(runs) < 2:
-            raise bad_input("compare: give two or more runs (the first is the baseline)")
-        views = [find_finished(r, runs_dir) for r in runs]
-        result = compare_runs(views)
-        for line in table(result):
-            typer.echo(line)
-        folder = _new_output_folder(out, runs_dir)
-        from runner.runs.files import atomic_write
+@app.command()
+@user_errors
+def compare(runs: List[str] = typer.Argument(..., help="two or more run folders, or names under --runs-dir",
+                                             metavar="RUN...", show_default=False),
+            runs_dir: Path = RunsDirOpt,
+            out: Optional[Path] = typer.Option(None, "--out", metavar="DIR", help="new folder for compare.png and "
+                                               "compare.json (default: a new compare-TIME folder under --runs-dir)")):
+    """Finished runs side by side: speed, scaling, where the time went, loss, dollars."""
+    from runner.reports.compare import compare as compare_runs
+    from runner.reports.compare import table
+    from runner.reports.compare_plot import plot_comparison
+    from runner.runs.view import find_finished
 
-        atomic_write(folder / "compare.json", (json.dumps(result, indent=2) + "\n").encode())
-        plot_comparison(views, result["runs"], folder / "compare.png")
-        typer.echo(f"wrote {folder / 'compare.png'} and compare.json")
-        typer.echo(str(folder))
+    if len(runs) < 2:
+        raise bad_input("compare: give two or more runs (the first is the baseline)")
+    views = [find_finished(r, runs_dir) for r in runs]
+    result = compare_runs(views)
+    for line in table(result):
+        typer.echo(line)
+    folder = _new_output_folder(out, runs_dir)
+    from runner.runs.files import atomic_write
 
-    @app.command()
-    @user_errors
-    def plan(spec: Path = spec_arg, set_: Optional[List[str]] = set_opt, runs_dir: Path = runs_dir_opt,
-             gpus: Optional[str] = typer.Option(None, "--gpus", metavar="TYPE[:N],...", help="GPU types to price, "
-                                                "e.g. T4,L4,A10G,A100-80GB,H100 (default those; the spec's count)")):
-        """Estimate each GPU type's time and dollars for the whole job, and pick the cheapest and fastest."""
-        for line in plan_lines(load(spec, set_), gpus, runs_dir):
-            typer.echo(line)
+    atomic_write(folder / "compare.json", (json.dumps(result, indent=2) + "\n").encode())
+    plot_comparison(views, result["runs"], folder / "compare.png")
+    typer.echo(f"wrote {folder / 'compare.png'} and compare.json")
+    typer.echo(str(folder))
+
+
+@app.command()
+@user_errors
+def plan(spec: Path = SpecArg, set_: Optional[List[str]] = SetOpt, runs_dir: Path = RunsDirOpt,
+         gpus: Optional[str] = typer.Option(None, "--gpus", metavar="TYPE[:N],...", help="GPU types to price, "
+                                            "e.g. T4,L4,A10G,A100-80GB,H100 (default those; the spec's count)")):
+    """Estimate each GPU type's time and dollars for the whole job, and pick the cheapest and fastest."""
+    for line in plan_lines(load_job(spec, set_), gpus, runs_dir):
+        typer.echo(line)
 
 
 def _new_output_folder(out: Path | None, runs_dir: Path) -> Path:
@@ -97,11 +98,10 @@ def catalog_table() -> list[str]:
     for gpu in CATALOG:
         tensor = f"{gpu.tensor_tflops:g}" if gpu.bf16 else f"- (fp16 {gpu.tensor_tflops:g})"
         imaged = gpu.compute_capability >= IMAGE_MIN_CAPABILITY  # gpujob's image runs on it
-        offered = [p for p in ("modal", "vast", "kaggle") if p in gpu.provider_names and imaged]
+        offered = [who for who in gpu.provider_names if imaged]  # the services that rent it, as the catalog says
         offered += ["docker", "slurm"] if imaged else ["slurm (your own torch: the image's needs sm 7.5+)"]
         prices = [f"${price:.2f} {who}" if price else f"free on {who}" for who, price in gpu.price_per_hour.items()]
-        if "vast" in offered:
-            prices.append("vast: market")
+        prices += [f"{who}: market" for who in gpu.provider_names if imaged and who not in gpu.price_per_hour]
         rows.append((gpu.name, f"{gpu.memory_gb} GB", f"{gpu.bandwidth_gbs:,.0f} GB/s", tensor,
                      f"{gpu.fp32_tflops:g}", ", ".join(offered), "; ".join(prices) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

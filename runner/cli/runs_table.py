@@ -14,10 +14,11 @@ from pathlib import Path
 
 from runner.runs import lock as run_lock
 
+from runner.backends.registry import known_backend
 from runner.runs import record as run_record
-from runner.backends import FINISHED, RUNNING, Run
+from runner.runs.state import FINISHED, RUNNING, Run
 from runner.runs.paths import METRICS, SUMMARY
-from runner.runs.view import DamagedFile, read_json, read_summary
+from runner.runs.reading import DamagedFile, read_json, read_summary
 
 TAIL_BYTES = 8192  # enough for the last epoch line of metrics.jsonl
 COLUMNS = ("run", "backend", "state", "gpu", "epoch", "test_acc", "wall", "cost")
@@ -94,10 +95,9 @@ def _state(folder: Path, record, summary: dict | None) -> str:
         return FINISHED
     if run_lock.holder(folder) is not None:
         return RUNNING
-    if record.backend == "local":  # everything about a local run is here: ask as `status` does
-        from runner.backends.local import BACKEND
-
-        return BACKEND.status(Run(folder, record)).state
+    backend = known_backend(record.backend)
+    if backend is not None and backend.status_needs_no_service:  # its folder says it all: ask as `status` does
+        return backend.status(Run(folder, record)).state
     return record.last_state.get("state") or "unknown"
 
 

@@ -15,20 +15,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, job_failed, last_error_line
 from runner.runs.paths import SUMMARY
+from runner.launching.topology import Topology, free_port
 from runner.runs.lock import INHERITED
+from runner.training.distributed import JOINED
 from runner.spec.model import JobSpec
-from runner.training.stops import INTERRUPTED, PREEMPTED
+from runner.errors import INTERRUPTED, PREEMPTED
 
 FAILED_GRACE_S = 5.0  # the other workers of a failed job: nothing of theirs is worth waiting for
 WAITING_EVERY_S = 10.0  # multi-node: how often to say that this node still waits for the others
@@ -37,30 +37,12 @@ SECONDARY = ("Connection closed by peer", "Connection reset by peer", "Timed out
              "Broken pipe", "NCCL communicator was aborted", "recvBytes", "SIGTERM")
 
 
-@dataclass(frozen=True)
-class Topology:
-    nproc_per_node: int
-    nnodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
-    master_port: int | None = None  # a free port is picked on a single node
-
-    @property
-    def world_size(self) -> int:
-        return self.nproc_per_node * self.nnodes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-STARTED_AT = "GPUJOB_STARTED_AT"  # the job's start (wall clock, launcher's): its workers' start-up begins there
-JOINED = "gpujob-worker: joined the job"  # a worker's stderr line once the rendezvous is done
 # What torch's C++ side prints while a rendezvous retries (log lines and their stack frames): kept
 # in the worker's log, not shown; if the rendezvous fails, the launcher says why in one line.
 RENDEZVOUS_CHATTER = re.compile(rb"^(\[[WEI]\d{4} |Exception raised from |frame #\d+: |<omitting python frames>|\s*$)")
+
+
+STARTED_AT = "GPUJOB_STARTED_AT"  # the job's start (wall clock, launcher's): its workers' start-up begins there
 
 
 class NeverJoined(GpujobError):
@@ -275,7 +257,7 @@ class Launch:
         code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
         report = last_error_line(lines[local_rank])
         if "EADDRINUSE" in report:  # taken between gpujob's own check and rank 0's listen
-            from runner.training.distributed import port_in_use
+            from runner.launching.topology import port_in_use
 
             return GpujobError(port_in_use(self.port), BAD_INPUT)
         if self._never_joined(lines, report):

@@ -82,7 +82,7 @@ def job_shape(spec) -> JobShape | None:
     dataset's size is only known once it loads (a factory dataset)."""
     import torch
 
-    from runner.training.datasets import dataset_info
+    from runner.spec.model import dataset_info
     from runner.training.flops import count_step
     from runner.training.memory import activation_bytes_per_sample, optimizer_state_copies
     from runner.training.models import build_model, parameter_count

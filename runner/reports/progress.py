@@ -5,35 +5,12 @@ from __future__ import annotations
 
 import sys
 
+from runner.runs.lines import epoch_line, step_line
+
 
 def console_listener(stream=None):
     stream = stream or sys.stdout
     return RichProgress() if stream.isatty() else PlainProgress(stream)
-
-
-def test_result(r: dict, sep: str = "  ") -> str:
-    """The test split's result in a record or a summary: accuracy (the default step) or a user
-    step's named values, then the loss."""
-    parts = [f"test_accuracy {100 * r['test_accuracy']:.2f}%"] if r.get("test_accuracy") is not None else []
-    parts += [f"test_{name} {value:.4g}" for name, value in (r.get("test_metrics") or {}).items()]
-    return sep.join(parts + [f"test_loss {r['test_loss']:.4f}"])
-
-
-def named_values(r: dict) -> str:
-    """A user step's named training values in a record, as `  name value ...` (empty without)."""
-    return "".join(f"  {name} {value:.4g}" for name, value in (r.get("metrics") or {}).items())
-
-
-def epoch_line(r: dict, epochs: int | None = None) -> str:
-    of = f"/{epochs}" if epochs else ""
-    return (f"epoch {r['epoch']}{of}  train_loss {r['loss']:.4f}{named_values(r)}  {test_result(r)}  "
-            f"{r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s")
-
-
-def step_line(r: dict, total: int | None = None) -> str:
-    of = f"/{total}" if total else ""
-    return (f"step {r['step']}{of}  epoch {r['epoch']}  loss {r['loss']:.4f}{named_values(r)}  "
-            f"lr {r['lr']:.3g}  {r['samples_per_s']:.0f} samples/s")
 
 
 class PlainProgress:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.reports.diagnosis import diagnose, lines, shares
-from runner.reports.progress import test_result
-from runner.runs.view import RunView, read_summary
+from runner.runs.lines import test_result
+from runner.runs.view import RunView
+from runner.runs.reading import read_summary
 
 
 def show_lines(run: RunView) -> list[tuple[str, str]]:

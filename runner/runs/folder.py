@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from runner.errors import bad_input
 from runner.runs import record as run_record
 from runner.runs.files import atomic_write, is_interrupted_write, remove_interrupted_writes
-from runner.runs.paths import (CHECKPOINTS, ENV, ERROR_LOG, METRICS, MODEL, PLOT, PRE_RUN, SPEC, SUMMARY,
-                               SUMMARY_KEYS, TIMING, RunPaths)
+from runner.runs.reading import whole_summary
+from runner.runs.paths import (ENV, ERROR_LOG, METRICS, PLOT, PRE_RUN, SPEC, TIMING, RunPaths)
 
 if TYPE_CHECKING:
     from runner.runs.record import Submission
@@ -145,7 +145,7 @@ class RunFolder:
         """Whether the run wrote its summary whole. A summary.json damaged since (cut short, a
         folder in its place) is not a finished run: resuming from the final checkpoint writes it
         again."""
-        return read_summary(self.path) is not None
+        return whole_summary(self.path) is not None
 
     def keep_metrics(self, count: int) -> list[int]:
         """Cut metrics.jsonl back to its first `count` lines: the records a checkpoint includes
@@ -208,16 +208,6 @@ class RunFolder:
             except ValueError:
                 continue
         return records
-
-
-def read_summary(folder: Path) -> dict | None:
-    """The run's summary.json as a whole summary, or None where it is missing or damaged (cut
-    short, not an object, lacking what every summary holds)."""
-    try:
-        summary = json.loads((Path(folder) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) and all(key in summary for key in SUMMARY_KEYS) else None
 
 
 class MetricsListener:

@@ -4,86 +4,13 @@ writes into a run folder."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.errors import GpujobError, bad_input
 from runner.runs import record as run_record
-from runner.errors import BAD_INPUT, GpujobError, bad_input
-from runner.runs.paths import ENV, METRICS, SPEC, SUMMARY, TIMING
-
-# What every finished run's summary.json holds, as numbers: without them it cannot be shown.
-SUMMARY_FIGURES = ("epochs", "train_loss", "test_loss", "wall_s")
-
-
-class DamagedFile(GpujobError):
-    """A run's file that is there but cannot be read as what gpujob wrote: cut short by a crash
-    or a full disk, a folder in its place, another value. Not the same as missing."""
-
-    def __init__(self, path: Path, why: str):
-        super().__init__(f"{path}: damaged ({why})", BAD_INPUT)
-        self.path, self.why = Path(path), why
-
-
-def read_json(path: Path) -> dict | None:
-    """A run's JSON file as the object gpujob wrote; None where it is missing; DamagedFile where
-    it is there but is not one JSON object."""
-    try:
-        text = Path(path).read_text()
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except IsADirectoryError:
-        raise DamagedFile(path, "a folder, not a file") from None
-    except UnicodeDecodeError:
-        raise DamagedFile(path, "not text") from None
-    except OSError as err:
-        raise DamagedFile(path, f"unreadable: {err.strerror or err}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DamagedFile(path, f"not JSON, cut short? {err.msg} at line {err.lineno} column {err.colno}") from None
-    if not isinstance(data, dict):
-        raise DamagedFile(path, f"a JSON {_json_kind(data)}, not an object")
-    return data
-
-
-def read_summary(folder: Path) -> dict | None:
-    """summary.json with the figures every finished run has; None where the run has none yet."""
-    path = Path(folder) / SUMMARY
-    summary = read_json(path)
-    if summary is None:
-        return None
-    lacking = [key for key in SUMMARY_FIGURES if not _is_number(summary.get(key))]
-    if lacking:
-        raise DamagedFile(path, f"no {', '.join(lacking)}")
-    return summary
-
-
-def metrics_records(path: Path) -> list[dict]:
-    """metrics.jsonl's records; a line that is not a JSON object (cut short, `null`) is left out:
-    the others still tell the run's story."""
-    try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
-        return []
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _json_kind(value) -> str:
-    return {list: "list", str: "string", int: "number", float: "number", bool: "true/false"}.get(type(value), "null")
-
+from runner.runs.paths import COST, ENV, METRICS, SPEC, SUMMARY, TIMING
+from runner.runs.reading import DamagedFile, metrics_records, read_json, read_summary
 
 @dataclass
 class RunView:
@@ -162,7 +89,7 @@ def load_run(folder: Path) -> RunView:
     except GpujobError:  # a damaged record hides the backend's phases, nothing else
         record = None
     damaged: list[str] = []
-    timing, cost, env = (_optional(folder / name, damaged) for name in (TIMING, "cost.json", ENV))
+    timing, cost, env = (_optional(folder / name, damaged) for name in (TIMING, COST, ENV))
     return RunView(folder, summary, timing or {}, spec if isinstance(spec, dict) else {}, _epochs(folder / METRICS),
                    record, cost, env, damaged)
 

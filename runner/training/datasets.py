@@ -7,8 +7,6 @@ training loop can batch them by index on the device (see batches.py). Datasets g
 
 from __future__ import annotations
 
-import importlib
-import os
 import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,31 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.errors import bad_input
+from runner.usercode.imports import call_factory, import_factory
 
 if TYPE_CHECKING:
     import torch
 
     from runner.spec.model import DataSpec
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    shape: tuple[int, int, int]  # channels, height, width
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    samples: int = 0  # train and test together: each worker holds them all, as uint8
-    test_samples: int = 0
-
-    @property
-    def train_samples(self) -> int:
-        return self.samples - self.test_samples
-
-    @property
-    def held_bytes(self) -> int:
-        """What each worker keeps of the dataset (runner/batches.py TensorBatches: uint8 on its device)."""
-        c, h, w = self.shape
-        return self.samples * c * h * w
 
 
 @dataclass
@@ -52,23 +31,6 @@ class ImageTensors:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-
-BUILTIN_INFO = {
-    "fashion_mnist": DatasetInfo((1, 28, 28), 10, (0.2860,), (0.3530,), 70_000, 10_000),
-    "mnist": DatasetInfo((1, 28, 28), 10, (0.1307,), (0.3081,), 70_000, 10_000),
-    "cifar10": DatasetInfo((3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 60_000, 10_000),
-    "digits": DatasetInfo((1, 8, 8), 10, (0.3054,), (0.3762,), 1_797, 1_797 - int(0.8 * 1_797)),
-}
-
-
-def dataset_info(data: "DataSpec") -> DatasetInfo | None:
-    """Shape and classes of a builtin dataset; None for a factory dataset (known only once loaded)."""
-    if data.dataset == "synthetic":
-        s = data.synthetic
-        return DatasetInfo(tuple(s.shape), s.num_classes, (0.5,) * s.shape[0], (0.25,) * s.shape[0],
-                           s.train_samples + s.test_samples, s.test_samples)
-    return BUILTIN_INFO.get(data.dataset)
 
 
 def load_image_tensors(data: "DataSpec", train: bool) -> ImageTensors:
@@ -83,7 +45,6 @@ def load_image_tensors(data: "DataSpec", train: bool) -> ImageTensors:
     return loaders[data.dataset](data, train)
 
 
-DOWNLOADED = ("fashion_mnist", "mnist", "cifar10")  # torchvision's: on disk, or downloaded by the job
 
 
 def require_on_disk(data: "DataSpec") -> None:
@@ -201,48 +162,3 @@ def load_factory_dataset(data: "DataSpec", train: bool):
     """A user's `package.module:factory(train=..., root=..., **args)` returning a torch Dataset."""
     factory = import_factory(data.dataset, "data.dataset")
     return call_factory(factory, data.dataset, "data.args", train=train, root=data.root, **data.args)
-
-
-def call_factory(factory, path: str, args_field: str, **kwargs):
-    """factory(**kwargs), after checking that its signature takes them."""
-    check_signature(factory, path, args_field, **kwargs)
-    return factory(**kwargs)
-
-
-def check_signature(factory, path: str, args_field: str, **kwargs) -> None:
-    """Whether factory(**kwargs) can be called: a mismatch is the spec's (one line naming the
-    fields), not a traceback from inside the user's code."""
-    import inspect
-
-    try:
-        inspect.signature(factory).bind(**kwargs)
-    except TypeError as err:
-        raise bad_input(f"{args_field}: {path} cannot be called with {', '.join(kwargs)} ({err})") from None
-    except ValueError:
-        pass  # no signature to read (a builtin): let the call tell
-
-
-CODE_PATHS = "GPUJOB_CODE_PATHS"  # where a spec's package.module:factory is looked for, besides sys.path
-
-
-def code_paths_for(spec_file: Path | str, cwd: Path | str | None = None) -> str:
-    """The one rule on every backend: the spec's folder and the current directory are importable."""
-    folders = [str(Path(spec_file).resolve().parent), str(Path(cwd or Path.cwd()).resolve())]
-    return os.pathsep.join(dict.fromkeys(folders))
-
-
-def import_factory(path: str, field: str):
-    import sys
-
-    for folder in reversed(os.environ.get(CODE_PATHS, "").split(os.pathsep)):
-        if folder and folder not in sys.path:
-            sys.path.insert(0, folder)
-    module_name, _, attr = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise bad_input(f"{field}: cannot import {module_name} ({err})") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise bad_input(f"{field}: {module_name} has no callable {attr}")
-    return factory

@@ -35,70 +35,7 @@ class WorkerContext:
         )
 
 
-DEFAULT_MASTER_PORT = 29500  # torchrun's, for nodes started by hand
-
-
-def node_options(nnodes: str, node_rank: str, master_addr: str, master_port: str | None
-                 ) -> tuple[int, int, str, int | None]:
-    """`gpujob run`'s --nnodes, --node-rank, --master-addr and --master-port as (nnodes, node_rank,
-    master_addr, master_port), checked before anything starts: exit 2, one line, for a value that
-    cannot work. Across nodes, node 0's name must resolve, and on node 0 the port must be free (its
-    rank 0 listens there for every other rank); elsewhere a wrong address or a node that never comes
-    is only known at the rendezvous, which train.collective_timeout_s bounds."""
-    from runner.errors import bad_input
-
-    def number(option: str, text: str, low: int, high: int, what: str) -> int:
-        if not (text.strip().isdigit() and low <= int(text) <= high):
-            raise bad_input(f"{option}: expected {what}, got '{text}'")
-        return int(text)
-
-    nodes = number("--nnodes", nnodes, 1, 4096, "the number of machines in the job (1 or more)")
-    rank = number("--node-rank", node_rank, 0, nodes - 1,
-                  f"this machine's index among --nnodes {nodes}: " + ("0" if nodes == 1 else f"0 .. {nodes - 1}"))
-    port = None if master_port is None else number("--master-port", master_port, 1, 65535, "a port number, 1-65535")
-    if nodes == 1:
-        return nodes, rank, master_addr, port
-    _check_resolves(master_addr)
-    port = port or DEFAULT_MASTER_PORT
-    if rank == 0:
-        _check_port_free(port)
-    return nodes, rank, master_addr, port
-
-
-def _check_resolves(address: str) -> None:
-    import socket
-
-    from runner.errors import bad_input
-
-    try:
-        socket.getaddrinfo(address, None, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise bad_input(f"--master-addr: '{address}' is not an address or a name this machine can resolve; "
-                        "give node 0's address, reachable from every node") from None
-
-
-def port_in_use(port: int) -> str:
-    return (f"--master-port: port {port} is already in use on this machine, node 0, where rank 0 listens for the "
-            "other ranks; stop what uses it, or give every node another --master-port")
-
-
-def _check_port_free(port: int) -> None:
-    """As rank 0's store will bind it (all addresses, address reuse on), so a port that a finished
-    job left in TIME_WAIT passes and one that something listens on does not."""
-    import errno
-    import socket
-
-    from runner.errors import bad_input
-
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("", port))
-        except OSError as err:
-            if err.errno == errno.EADDRINUSE:
-                raise bad_input(port_in_use(port)) from None
-            raise bad_input(f"--master-port: cannot listen on port {port} here ({err.strerror}); "
-                            "give every node another --master-port") from None
+JOINED = "gpujob-worker: joined the job"  # a worker's stderr line once the rendezvous is done (the launcher reads it)
 
 
 def pick_device(ctx: WorkerContext) -> "torch.device":
@@ -128,8 +65,6 @@ def init_process_group(ctx: WorkerContext, device: "torch.device", timeout_s: fl
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_s))
     import sys
-
-    from runner.launching.launcher import JOINED
 
     print(f"{JOINED} (rank {ctx.rank} of {ctx.world_size})", file=sys.stderr, flush=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runner.training.datasets import call_factory, import_factory
+from runner.usercode.imports import call_factory, import_factory
 
 if TYPE_CHECKING:
     from torch import nn

@@ -8,7 +8,8 @@ import random
 from typing import TYPE_CHECKING
 
 from runner.training.batches import LoaderBatches, Shard, TensorBatches
-from runner.training.datasets import dataset_info, load_factory_dataset, load_image_tensors
+from runner.spec.model import dataset_info
+from runner.training.datasets import load_factory_dataset, load_image_tensors
 from runner.training.distributed import WorkerContext, in_turns
 from runner.errors import bad_input
 from runner.gpus import bf16_refusal, capability_of

@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
-from runner.training.datasets import import_factory
+from runner.usercode.imports import import_factory
 from runner.errors import bad_input
 
 if TYPE_CHECKING:

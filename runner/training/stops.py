@@ -12,8 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 
-PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM death
-INTERRUPTED = 130  # 128 + SIGINT
+from runner.errors import INTERRUPTED, PREEMPTED
 
 
 class StopRequest:

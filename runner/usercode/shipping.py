@@ -81,7 +81,7 @@ def code_fields(spec) -> list[tuple[str, str]]:
 
 
 def search_folders(spec_path: Path | str | None, cwd: Path | str | None = None) -> list[str]:
-    from runner.training.datasets import CODE_PATHS, code_paths_for
+    from runner.usercode.imports import CODE_PATHS, code_paths_for
 
     folders = os.environ.get(CODE_PATHS, "").split(os.pathsep)
     if spec_path is not None:
@@ -182,7 +182,7 @@ def check_imports(code: UserCode, code_root: Path, python: str | None = None) ->
 def check_callables(spec) -> None:
     """Import what the spec's package.module paths name and check that each can be called the
     way the job calls it: the spec's error (exit 2, naming the field) before anything runs."""
-    from runner.training.datasets import check_signature, import_factory
+    from runner.usercode.imports import check_signature, import_factory
     from runner.training.steps import step_for
 
     calls = [("model.name", spec.model.name, "model.args", {"num_classes": None, "input_shape": None,

@@ -1,3 +1,3 @@
-"""The docker backend: see backend.py."""
+"""The docker backend (backend.py holds its class).
 
-from runner.backends.docker.backend import BACKEND  # noqa: F401
+Imports from runner.backends.base and the layers below it."""

@@ -24,13 +24,14 @@ from typing import Iterator
 from runner.runs import lock as run_lock
 
 from runner.runs import record as run_record
-from runner.backends import PENDING, RUNNING, Plan, Run, RunState
+from runner.runs.state import PENDING, RUNNING, Run, RunState
+from runner.backends.base import Backend, Plan, Target
 from runner.backends.detached import EXIT_CODE, OUTPUT, exit_code, start_detached, tail_lines
 from runner.backends.exit_codes import remote_exit_error
 from runner.errors import GpujobError, bad_input, job_failed
 from runner.runs.paths import JOB
 from runner.spec.model import JobSpec
-from runner.training.stops import INTERRUPTED
+from runner.errors import INTERRUPTED
 from runner.usercode.shipping import CODE_DIR, SHIPPED_CODE, code_fields
 
 # Datasets that read data.root: the host folder is mounted at /data for them.
@@ -105,10 +106,23 @@ class DockerRequest:
     limit_s: float  # attached: past this, the container is stopped
 
 
-class DockerBackend:
+class DockerBackend(Backend):
     name = "docker"
     folder_is_here = True  # the job writes its run folder here: an unstarted one can go
     ships_code = True  # a copy in the run's job/code, which the job imports
+    takes_machine_gpus = True  # `--gpu all` or a count: this machine's GPUs, given to the container
+
+    def target(self, plan: Plan) -> Target:
+        from runner.hardware import cuda_gpus
+        from runner.training.memory import available_ram
+
+        request = plan.spec.resources.gpu_request
+        gpus = cuda_gpus() if plan.request.run.gpus else []
+        if gpus:
+            name, memory_gb = gpus[0]
+            return Target("cuda", request.type if request else None, int(memory_gb * 1e9), f"this machine's {name}",
+                          here=True)
+        return Target("cpu", None, available_ram(), "this machine", here=True)
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.backends.docker.image import nvidia_runtime_available, require_engine, require_image
@@ -171,7 +185,7 @@ class DockerBackend:
             raise error
 
     def status(self, run: Run) -> RunState:
-        from runner.cli.lifecycle import ended_state
+        from runner.runs.state import ended_state
 
         owner = run_lock.holder(run.folder)
         if owner is not None:
@@ -189,7 +203,7 @@ class DockerBackend:
         yield from tail_lines(run.folder / JOB / OUTPUT, (lambda: self.status(run).live) if follow else None)
 
     def cancel(self, run: Run) -> str:
-        from runner.cli.lifecycle import resume_hint
+        from runner.runs.state import resume_hint
 
         state = self.status(run)
         if not state.live:
@@ -289,7 +303,7 @@ def _stop(container: str, grace_s: int) -> None:
 
 
 def _stop_grace(folder: Path) -> int:
-    from runner.spec.model import load_spec
+    from runner.spec.load import load_spec
 
     try:
         return load_spec(folder / JOB / "spec.yaml").train.stop_grace_s
@@ -297,4 +311,4 @@ def _stop_grace(folder: Path) -> int:
         return 30
 
 
-BACKEND = DockerBackend()
+

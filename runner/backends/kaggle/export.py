@@ -34,7 +34,8 @@ from packaging.utils import canonicalize_name
 
 from runner.errors import bad_input, missing_backend
 from runner.gpus import bf16_refusal, parse_gpu
-from runner.spec.model import JobSpec, validate_spec
+from runner.spec.model import JobSpec
+from runner.spec.load import validate_spec
 
 if TYPE_CHECKING:
     from runner.usercode.shipping import UserCode

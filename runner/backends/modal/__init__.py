@@ -1,3 +1,3 @@
-"""The modal backend: see backend.py."""
+"""The modal backend (backend.py holds its class).
 
-from runner.backends.modal.backend import BACKEND  # noqa: F401
+Imports from runner.backends.base and the layers below it."""

@@ -101,15 +101,16 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     it again and it resumes from its checkpoint.
     """
     from runner.errors import GpujobError
-    from runner.launching.launcher import Topology, run_on_this_node, workers_per_node
-    from runner.spec.model import load_spec
-    from runner.training.stops import INTERRUPTED, PREEMPTED
+    from runner.launching.topology import Topology
+    from runner.launching.launcher import run_on_this_node, workers_per_node
+    from runner.spec.load import load_spec
+    from runner.errors import INTERRUPTED, PREEMPTED
 
     in_container = not modal.is_local()
     runs_root = volume_root()
     code = Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
     if code.is_dir():  # the job's own code, which its image carries: found before any other copy
-        from runner.training.datasets import CODE_PATHS
+        from runner.usercode.imports import CODE_PATHS
 
         os.environ[CODE_PATHS] = str(code)
     if in_container:

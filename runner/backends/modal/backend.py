@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Iterator
 
 from runner.runs import record as run_record
-from runner.backends import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Plan, Run, RunState
+from runner.runs.state import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Run, RunState
+from runner.backends.base import Backend, Plan, what_is_here
 from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed, missing_backend
 from runner.gpus import PRICES_READ_ON
-from runner.cli.lifecycle import summary_line
+from runner.runs.lines import summary_line
 from runner.runs.paths import JOB, SUMMARY
 from runner.spec.model import JobSpec
-from runner.training.stops import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
+from runner.errors import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
 from runner.usercode.shipping import CODE_DIR, code_fields
 
 APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
@@ -151,10 +152,17 @@ REQUEST_FILE = "modal-call.json"  # in job/: the call as sent, for `gpujob resum
 CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint to the volume and return
 
 
-class ModalBackend:
+class ModalBackend(Backend):
     name = "modal"
     folder_is_here = False  # the folder here is the only handle on a remote job
     ships_code = True  # a copy in the run's job/code, which the job imports
+    rents = True
+
+    def takes(self, spec: JobSpec, gpus_here: list[tuple[str, float]]) -> str | None:
+        request = spec.resources.gpu_request
+        if request is None or self.name not in request.type.provider_names:
+            return None
+        return f"resources.gpu asks for {request} and this machine has {what_is_here(request, gpus_here)}: renting it on Modal"
 
     def __init__(self, connect=None):
         self.connect = connect  # tests: a stand-in for ModalService
@@ -241,7 +249,7 @@ class ModalBackend:
             self._bring_back(service, run.folder, state, about.call_id)
 
     def status(self, run: Run) -> RunState:
-        from runner.cli.lifecycle import ended_state
+        from runner.runs.state import ended_state
 
         state = self._call_state(run)
         if state.running:
@@ -357,7 +365,7 @@ def _call_id(run: Run) -> str:
 def _record_cost(folder: Path) -> None:
     """cost.json from Modal's GPU list price and the job's own wall time (in summary.json)."""
     from runner.reports.cost import describe, estimate, write_cost
-    from runner.spec.model import load_spec
+    from runner.spec.load import load_spec
 
     summary, spec_file = folder / "summary.json", folder / "spec.yaml"
     if not (summary.exists() and spec_file.exists()):
@@ -374,4 +382,4 @@ def _record_cost(folder: Path) -> None:
     print(f"modal: {describe(record)}", file=sys.stderr)
 
 
-BACKEND = ModalBackend()
+

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 
 from runner.backends.interrupts import held_interrupts
 from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
-from runner.training.stops import INTERRUPTED
+from runner.errors import INTERRUPTED
 
 NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
               "(or `pip install 'gpujob[modal]'`)")

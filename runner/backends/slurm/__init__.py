@@ -1,3 +1,3 @@
-"""The slurm backend: see backend.py."""
+"""The slurm backend (backend.py holds its class).
 
-from runner.backends.slurm.backend import BACKEND  # noqa: F401
+Imports from runner.backends.base and the layers below it."""

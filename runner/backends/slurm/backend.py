@@ -23,7 +23,8 @@ from typing import Iterator
 from runner.runs import lock as run_lock
 
 from runner.runs import record as run_record
-from runner.backends import PENDING, RUNNING, Plan, Run, RunState
+from runner.runs.state import PENDING, RUNNING, Run, RunState
+from runner.backends.base import Backend, Plan, Target, catalog_target
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_restarts, job_start_time, job_state,
                                             require_controller, sbatch, slurm_command)
@@ -32,7 +33,7 @@ from runner.backends.slurm.script import check_path, sbatch_script
 from runner.errors import JOB_FAILED, GpujobError, job_failed
 from runner.runs.paths import JOB
 from runner.spec.model import JobSpec
-from runner.training.stops import INTERRUPTED
+from runner.errors import INTERRUPTED
 
 POLL_S = 0.5
 STOP_GRACE_S = 30  # after Ctrl-C or cancel, besides train.stop_grace_s: SLURM's own time to pass the signal on
@@ -47,10 +48,18 @@ class SlurmRequest:
     run_dir: Path
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     name = "slurm"
-    folder_is_here = True  # the job writes its run folder here: an unstarted one can go
+    folder_is_here = True  # the job writes its run folder here (a file system the nodes share)
     ships_code = True  # a copy in the run's job/code, which the job imports
+
+    def target(self, plan: Plan) -> Target:
+        if plan.spec.resources.gpu_request is not None:
+            return catalog_target(plan.spec, self.name)
+        return Target("cpu", None, memory_bytes(plan.spec.slurm.mem), "a slurm CPU machine")
+
+    def code_python(self, spec: JobSpec) -> str | None:
+        return spec.slurm.python  # the nodes' Python, as they run it
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         check_path(Path(runs_dir).resolve(), "--runs-dir")
@@ -145,7 +154,7 @@ class SlurmBackend:
             world = spec.resources.nodes * spec.resources.workers_per_node
             where += f": rank {failed.rank} of {world}" + (f" on node {failed.node}" if failed.node else "")
             if failed.signal is not None:
-                from runner.cli.lifecycle import resume_hint
+                from runner.runs.state import resume_hint
 
                 cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if failed.signal == "SIGKILL" else ""
                 raise job_failed(f"{where} was killed by {failed.signal}, not by gpujob{cause}; srun stopped the other "
@@ -155,7 +164,7 @@ class SlurmBackend:
             raise error
 
     def status(self, run: Run) -> RunState:
-        from runner.cli.lifecycle import ended_state
+        from runner.runs.state import ended_state
 
         job_id = run.handles.get("slurm_job_id")
         if job_id is None:
@@ -186,7 +195,7 @@ class SlurmBackend:
             time.sleep(POLL_S)
 
     def cancel(self, run: Run) -> str:
-        from runner.cli.lifecycle import resume_hint
+        from runner.runs.state import resume_hint
 
         state = self.status(run)
         if not state.live:
@@ -197,7 +206,7 @@ class SlurmBackend:
         if state.state == PENDING:  # nothing ran yet: nothing to checkpoint
             slurm_command(["scancel", job_id], "cancelling the job")
         else:
-            from runner.spec.model import load_spec
+            from runner.spec.load import load_spec
 
             grace = load_spec(run.folder / JOB / "spec.yaml").train.stop_grace_s
             self._stop(job_id, _output(run.folder, job_id), grace)
@@ -209,10 +218,24 @@ class SlurmBackend:
     def resume(self, run: Run, detach: bool) -> None:
         """Submit the run's batch script again: its workers run with --resume, so the job
         continues from the last checkpoint into the same folder."""
-        from runner.spec.model import load_spec
+        from runner.spec.load import load_spec
 
         require_controller()
         self._send(run, load_spec(run.folder / JOB / "spec.yaml"), detach)
+
+
+def memory_bytes(text: str | None) -> int | None:
+    """slurm.mem (`64G`, `500M`, `2048`: SLURM's default unit is M) in bytes; None where not given."""
+    if not text:
+        return None
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    number, unit = text[:-1], text[-1].upper()
+    if unit.isdigit():
+        number, unit = text, "M"  # SLURM's default unit
+    try:
+        return int(float(number) * units[unit])
+    except (ValueError, KeyError):
+        return None
 
 
 def _output(folder: Path, job_id: str) -> Path:
@@ -251,4 +274,4 @@ def _echo(lines: list[str]) -> None:
         print(line, flush=True)
 
 
-BACKEND = SlurmBackend()
+

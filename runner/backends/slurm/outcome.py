@@ -20,7 +20,7 @@ from pathlib import Path
 from runner.backends.slurm.commands import OutputFollower
 from runner.backends.slurm.script import EXIT_CODE_FILE, TIME_LIMIT_SIGNAL
 from runner.errors import JOB_FAILED, last_error_line
-from runner.training.stops import INTERRUPTED, PREEMPTED
+from runner.errors import INTERRUPTED, PREEMPTED
 
 # srun's own line for a task that ended badly, e.g. "srun: error: node2: task 1: Killed".
 SRUN_TASK_ENDED = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (.+)$")

@@ -1,3 +1,3 @@
-"""The vast backend: see backend.py."""
+"""The vast backend (backend.py holds its class).
 
-from runner.backends.vast.backend import BACKEND  # noqa: F401
+Imports from runner.backends.base and the layers below it."""

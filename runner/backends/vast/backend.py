@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from runner.runs import record as run_record
-from runner.backends import FINISHED, PENDING, RUNNING, Plan, Run, RunState
+from runner.runs.state import FINISHED, PENDING, RUNNING, Run, RunState
+from runner.backends.base import Backend, Plan, what_is_here
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
 from runner.backends.vast.rental import Rental, end_rental, record, rent
 from runner.errors import GpujobError, bad_input, job_failed, last_error_line
 from runner.runs.paths import JOB
 from runner.spec.model import JobSpec
-from runner.training.stops import INTERRUPTED, PREEMPTED
+from runner.errors import INTERRUPTED, PREEMPTED
 from runner.usercode.shipping import CODE_DIR, code_fields
 from runner.backends.vast.offers import (RUN_GRACE_MINUTES, bid_price, choose_offer, describe_offer, describe_price,
                                         hourly_cost, offer_query, offer_type, order_by)
@@ -145,10 +146,22 @@ def _upload_mark() -> Iterator[Path]:
         yield mark
 
 
-class VastBackend:
+class VastBackend(Backend):
     name = "vast"
     folder_is_here = False  # the folder here is the only handle on a remote job
     ships_code = True  # a copy in the run's job/code, which the job imports
+    rents = True
+
+    def takes(self, spec: JobSpec, gpus_here: list[tuple[str, float]]) -> str | None:
+        request = spec.resources.gpu_request
+        if request is None or self.name not in request.type.provider_names or not spec.vast.image:
+            return None
+        return (f"resources.gpu asks for {request}, this machine has {what_is_here(request, gpus_here)} and Modal "
+                f"does not offer {request.type.name}: renting it on vast.ai")
+
+    def auto_hint(self, spec: JobSpec) -> str | None:
+        request = spec.resources.gpu_request
+        return "set backend: vast with vast.image" if request and self.name in request.type.provider_names else None
 
     def __init__(self, connect: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
@@ -269,7 +282,7 @@ class VastBackend:
             print(f"vast: sent your code to instance {instance_id}; the job starts", file=sys.stderr)
 
     def status(self, run: Run) -> RunState:
-        from runner.cli.lifecycle import ended_state
+        from runner.runs.state import ended_state
 
         instance_id = self._instance(run)
         if instance_id is None:
@@ -310,7 +323,7 @@ class VastBackend:
             self.sleep(self.poll_s)
 
     def cancel(self, run: Run) -> str:
-        from runner.cli.lifecycle import resume_hint
+        from runner.runs.state import resume_hint
 
         state = self.status(run)
         instance_id = self._instance(run)
@@ -378,7 +391,7 @@ class VastBackend:
         """Rent a new instance, send it the run folder (the checkpoint is in it), and continue.
         An earlier instance still there (its destroy failed, or the job ended detached and was
         never fetched) holds the latest checkpoint and bills: it is copied back and destroyed first."""
-        from runner.spec.model import load_spec
+        from runner.spec.load import load_spec
 
         spec = load_spec(run.folder / JOB / "spec.yaml")
         api = self._api()
@@ -488,4 +501,4 @@ class VastBackend:
             print(f"gpujob: {err.message}", file=sys.stderr)
 
 
-BACKEND = VastBackend()
+

@@ -15,12 +15,12 @@ import sys
 from dataclasses import dataclass, field
 
 from runner.runs import record as run_record
-from runner.backends import Run
+from runner.runs.state import Run
 from runner.backends.interrupts import held_interrupts
 from runner.backends.vast.api import CALL_TIMEOUT_S, VastUnavailable
 from runner.backends.vast.patience import FIRST_DELAY_S, MAX_DELAY_S, PatientApi
 from runner.errors import GpujobError, bad_input, job_failed
-from runner.training.stops import INTERRUPTED
+from runner.errors import INTERRUPTED
 
 DESTROY_OUTAGE_S = 300.0  # destroying is what stops the billing: worth minutes of patience
 

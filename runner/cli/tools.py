@@ -1,0 +1,80 @@
+"""The commands around a job: `validate` and `schema` (the spec), `image build` (the Docker
+image) and `export kaggle` (a kernel folder for a service gpujob does not drive)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from runner.cli.app import SetOpt, SpecArg, app, load_job, user_errors
+
+
+@app.command()
+@user_errors
+def validate(spec: Path = SpecArg, set_: Optional[List[str]] = SetOpt):
+    """Check a spec and print it with every default filled in."""
+    from runner.usercode.shipping import check_callables, find_user_code
+
+    job = load_job(spec, set_)
+    find_user_code(job, spec)  # each module found, and not too big to ship
+    check_callables(job)
+    typer.echo(job.to_yaml(), nl=False)
+
+
+@app.command()
+def schema():
+    """Print the spec's JSON Schema (for editor completion)."""
+    from runner.spec.load import json_schema
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+image_app = typer.Typer(no_args_is_help=True, help="Build and push gpujob's Docker image (needs Docker).")
+app.add_typer(image_app, name="image")
+
+
+@image_app.command("build")
+@user_errors
+def image_build(
+    tag: str = typer.Option("gpujob:latest", "--tag", metavar="NAME:TAG", help="NAME:TAG; for vast.ai, one in a registry it can "
+                            "pull, e.g. docker.io/YOU/gpujob:1"),
+    base_image: Optional[str] = typer.Option(None, "--base-image", metavar="IMAGE", help="base image with python3 >= 3.11 "
+                                             "(default: the Dockerfile's official PyTorch CUDA image)"),
+    extra_ca: Optional[Path] = typer.Option(None, "--extra-ca", metavar="PEM", help="PEM file of CA certificates to trust while "
+                                            "packages download (e.g. a corporate TLS-inspecting proxy's)"),
+    push: bool = typer.Option(False, "--push", help="docker push the tag after building"),
+):
+    """Build the image that `--backend docker` and vast.ai run, with `docker build`."""
+    from runner.backends.docker.image import build_image
+
+    build_image(tag, base_image, extra_ca, push)
+    typer.echo(f"built {tag}" + (" and pushed it" if push else ""))
+
+
+export_app = typer.Typer(no_args_is_help=True, help="Write a job out for a service gpujob does not drive.")
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("kaggle")
+@user_errors
+def export_kaggle(
+    spec: Path = SpecArg,
+    out: Path = typer.Argument(..., help="new or empty folder to write the kernel into", show_default=False,
+                               metavar="OUT"),
+    set_: Optional[List[str]] = SetOpt,
+    kaggle_user: Optional[str] = typer.Option(None, "--kaggle-user", metavar="NAME", envvar="KAGGLE_USERNAME",
+                                              help="your Kaggle username, for the kernel's id"),
+    dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="OWNER/SLUG", help="attach a Kaggle dataset OWNER/SLUG "
+                                                "(repeatable); kernels see it under /kaggle/input/"),
+):
+    """Write a Kaggle kernel folder that runs the job: `kaggle kernels push -p OUT`."""
+    from runner.backends.kaggle.export import export_kernel
+
+    from runner.usercode.shipping import find_user_code
+
+    job = load_job(spec, set_)
+    for line in export_kernel(job, out, kaggle_user, dataset or [], find_user_code(job, spec)):
+        typer.echo(line)

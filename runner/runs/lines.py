@@ -1,0 +1,67 @@
+"""A run's records as the lines people read: a step, an epoch, a test result, a summary; and a
+run's metrics.jsonl as the progress lines its job printed (how `logs` shows an attached run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runner.errors import last_error_line
+from runner.runs.paths import METRICS, SUMMARY, RunPaths
+from runner.runs.reading import metrics_records, whole_summary
+
+
+def test_result(r: dict, sep: str = "  ") -> str:
+    """The test split's result in a record or a summary: accuracy (the default step) or a user
+    step's named values, then the loss."""
+    parts = [f"test_accuracy {100 * r['test_accuracy']:.2f}%"] if r.get("test_accuracy") is not None else []
+    parts += [f"test_{name} {value:.4g}" for name, value in (r.get("test_metrics") or {}).items()]
+    return sep.join(parts + [f"test_loss {r['test_loss']:.4f}"])
+
+
+def named_values(r: dict) -> str:
+    """A user step's named training values in a record, as `  name value ...` (empty without)."""
+    return "".join(f"  {name} {value:.4g}" for name, value in (r.get("metrics") or {}).items())
+
+
+def epoch_line(r: dict, epochs: int | None = None) -> str:
+    of = f"/{epochs}" if epochs else ""
+    return (f"epoch {r['epoch']}{of}  train_loss {r['loss']:.4f}{named_values(r)}  {test_result(r)}  "
+            f"{r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s")
+
+
+def step_line(r: dict, total: int | None = None) -> str:
+    of = f"/{total}" if total else ""
+    return (f"step {r['step']}{of}  epoch {r['epoch']}  loss {r['loss']:.4f}{named_values(r)}  "
+            f"lr {r['lr']:.3g}  {r['samples_per_s']:.0f} samples/s")
+
+
+def summary_line(folder: Path) -> str:
+    s = whole_summary(folder)
+    try:
+        return (f"{test_result(s, ', ')}, {s['epochs']} epoch(s) in {s['wall_s']:.1f} s on {s['device']} "
+                f"x{s['world_size']}")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"{SUMMARY} is damaged"
+
+
+def error_line(folder: Path) -> str:
+    """The error a failed run is remembered by (error.log's), naming the file; "" without one."""
+    path = RunPaths(folder).error_log
+    if not path.exists():
+        return ""
+    lines = path.read_text(errors="replace").splitlines()
+    return last_error_line(lines) + f" (see {path})"
+
+
+def progress_lines(folder: Path) -> list[str]:
+    """metrics.jsonl as the progress lines the job printed (step and epoch lines)."""
+    lines = []
+    for record in metrics_records(Path(folder) / METRICS):  # a line that is not a record is left out
+        try:
+            lines.append(epoch_line(record) if record.get("kind") == "epoch" else step_line(record))
+        except (KeyError, TypeError, ValueError):
+            continue  # a record lacking what a progress line shows
+    error = error_line(folder)
+    if error:
+        lines.append(f"gpujob: {error}")
+    return lines
