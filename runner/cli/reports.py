@@ -1,5 +1,5 @@
 """The commands that answer "which GPU, how fast, at what cost, and why": `gpujob gpus`,
-`gpujob show`, `gpujob compare` and `gpujob plan`. They read run folders and the GPU catalog
+`gpujob show`, `gpujob compare` and `gpujob estimate`. They read run folders and the GPU catalog
 and start nothing."""
 
 from __future__ import annotations
@@ -60,14 +60,22 @@ def compare(runs: List[str] = typer.Argument(..., help="two or more run folders,
     typer.echo(str(folder))
 
 
+GpusOpt = typer.Option(None, "--gpus", metavar="TYPE[:N],...", help="GPU types to price, e.g. T4,L4,A10G,A100-80GB,H100 "
+                       "(default those; the spec's count)")
+
+
 @app.command()
 @user_errors
-def plan(spec: Path = SpecArg, set_: Optional[List[str]] = SetOpt, runs_dir: Path = RunsDirOpt,
-         gpus: Optional[str] = typer.Option(None, "--gpus", metavar="TYPE[:N],...", help="GPU types to price, "
-                                            "e.g. T4,L4,A10G,A100-80GB,H100 (default those; the spec's count)")):
+def estimate(spec: Path = SpecArg, set_: Optional[List[str]] = SetOpt, runs_dir: Path = RunsDirOpt,
+             gpus: Optional[str] = GpusOpt):
     """Estimate each GPU type's time and dollars for the whole job, and pick the cheapest and fastest."""
-    for line in plan_lines(load_job(spec, set_), gpus, runs_dir):
+    for line in estimate_lines(load_job(spec, set_), gpus, runs_dir):
         typer.echo(line)
+
+
+# `plan` names one thing in gpujob, a backend's plan (what --dry-run prints): this table was once
+# `gpujob plan`, which still works for scripts written then.
+app.command("plan", hidden=True)(user_errors(estimate.__wrapped__))
 
 
 def _new_output_folder(out: Path | None, runs_dir: Path) -> Path:
@@ -117,7 +125,7 @@ def _reason(refusal: str) -> str:
     return refusal.split(": ", 1)[-1].split(";")[0]
 
 
-def plan_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
+def estimate_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
     from runner.reports.estimate import ASSUMPTIONS, PLAN_GPUS, finished_runs, job_shape, on_gpu
     from runner.reports.estimate import human_duration as _duration
     from runner.gpus import parse_gpu
@@ -139,7 +147,7 @@ def plan_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
         requests.append((request.type, count))
     runs = finished_runs(runs_dir)
     estimates = [on_gpu(job, gpu, count, runs) for gpu, count in requests]
-    lines = [f"plan for {job.name}: {spec.model.name} on {job.dataset}, batch {job.global_batch}, {job.epochs} epoch(s) "
+    lines = [f"estimate for {job.name}: {spec.model.name} on {job.dataset}, batch {job.global_batch}, {job.epochs} epoch(s) "
              f"of {job.steps_per_epoch} steps, {job.precision}",
              f"counted: {job.flops_per_sample / 1e9:,.3g} GFLOP per sample per training step, {job.parameters:,} "
              f"parameters, {job.kernels} kernels per step"]

@@ -1,4 +1,4 @@
-"""How long a job would take on a GPU it has not run on, and what it would cost: `gpujob plan`,
+"""How long a job would take on a GPU it has not run on, and what it would cost: `gpujob estimate`,
 the dry run of a job bound for a rented GPU, and the estimate cost.json keeps.
 
 A step costs the longer of its arithmetic (FLOPs counted on the meta device, at a stated share

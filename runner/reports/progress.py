@@ -20,10 +20,10 @@ class PlainProgress:
     def _print(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def on_start(self, plan: dict) -> None:
-        self.epochs, self.total = plan["epochs"], plan["total_steps"]
-        self._print(f"training on {plan['device']} x{plan['world_size']}: {plan['parameters']:,} parameters, "
-                    f"{plan['epochs']} epoch(s) of {plan['steps_per_epoch']} steps")
+    def on_start(self, start: dict) -> None:
+        self.epochs, self.total = start["epochs"], start["total_steps"]
+        self._print(f"training on {start['device']} x{start['world_size']}: {start['parameters']:,} parameters, "
+                    f"{start['epochs']} epoch(s) of {start['steps_per_epoch']} steps")
 
     def on_step(self, r: dict) -> None:
         self._print(step_line(r, self.total))
@@ -45,12 +45,12 @@ class RichProgress:
                             TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=self.console)
         self.task, self.epochs = None, 0
 
-    def on_start(self, plan: dict) -> None:
-        self.epochs = plan["epochs"]
-        self.console.print(f"training on [bold]{plan['device']}[/] x{plan['world_size']}: "
-                           f"{plan['parameters']:,} parameters")
+    def on_start(self, start: dict) -> None:
+        self.epochs = start["epochs"]
+        self.console.print(f"training on [bold]{start['device']}[/] x{start['world_size']}: "
+                           f"{start['parameters']:,} parameters")
         self.bar.start()
-        self.task = self.bar.add_task("train", total=plan["total_steps"], status="")
+        self.task = self.bar.add_task("train", total=start["total_steps"], status="")
 
     def on_step(self, r: dict) -> None:
         self.bar.update(self.task, completed=r["step"], description=f"epoch {r['epoch']}/{self.epochs}",

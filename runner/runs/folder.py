@@ -216,7 +216,7 @@ class MetricsListener:
     def __init__(self, folder: RunFolder):
         self.folder = folder
 
-    def on_start(self, plan: dict) -> None:
+    def on_start(self, start: dict) -> None:
         pass
 
     def on_step(self, record: dict) -> None:

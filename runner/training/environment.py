@@ -30,7 +30,7 @@ def describe_environment() -> dict:
         "cuda_available": cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else ["cpu"],
-        # tells two cards of one name apart (A100 40 GB / 80 GB) when `gpujob plan` reuses this run's speed
+        # tells two cards of one name apart (A100 40 GB / 80 GB) when `gpujob estimate` reuses this run's speed
         "device_memory_gb": [round(torch.cuda.get_device_properties(i).total_memory / 1e9, 1)
                              for i in range(torch.cuda.device_count())] if cuda else [],
         "mps_available": torch.backends.mps.is_available(),

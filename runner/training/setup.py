@@ -32,7 +32,7 @@ def seed_everything(seed: int) -> None:
 def precision_problem(precision: str, device_type: str, card: str | None = None,
                       capability: float | None = None) -> str | None:
     """Why `train.precision` cannot run on the device, or None: one rule for the run (the card it
-    has), the dry run and `gpujob plan` (the card the job will have, from the GPU catalog). A card
+    has), the dry run and `gpujob estimate` (the card the job will have, from the GPU catalog). A card
     is judged by its compute capability; None: not known, not refused."""
     if precision == "fp16" and device_type == "cpu":
         return "train.precision: fp16 needs a CUDA or MPS GPU; use bf16 or fp32 on the CPU"
