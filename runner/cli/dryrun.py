@@ -35,6 +35,7 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
 
     from runner.spec.model import dataset_info
     from runner.training.memory import activation_bytes_per_sample, check_fits, describe, estimate
+    from runner.training.samples import first_batch, image_batch
     from runner.training.models import build_model, parameter_count
     from runner.training.steps import step_for
     from runner.training.loop import seed_everything
@@ -51,8 +52,11 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     def fresh_model():
         return build_model(spec.model, shape, classes)
 
-    # First the sizes, from shapes alone: a job too big is refused before anything big is made.
-    per_sample = activation_bytes_per_sample(fresh_model, shape, spec.train.precision)
+    # First the sizes, from shapes alone: a job too big is refused before anything big is made. The
+    # batch counted is shaped as the job's: the user's own where the data is theirs (any structure).
+    example = image_batch(shape) if info is not None else first_batch(batches[1])
+    per_sample = _users_code(spec, step_fn, lambda: activation_bytes_per_sample(fresh_model, example,
+                                                                                spec.train.precision, step_fn))
     with torch.device("meta"):
         params = parameter_count(fresh_model())
     est = estimate(params, spec.optimizer.name, spec.optimizer.momentum, per_sample, local_batch, target.device,
@@ -78,7 +82,7 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
                               f"{target.where}: {_capacity(target)}"),
     ]
     estimate = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
-                                  step_fn)
+                                  step_fn, example)
     if estimate:
         rows.append(("estimate", estimate))
     return rows
@@ -223,6 +227,24 @@ def _check_shipped_code(plan: Plan) -> None:
         plan.code.check_a_copy()
 
 
+def _users_code(spec, step_fn, work):
+    """work(), which runs the user's model or step: what it raises is the spec's problem, found
+    before anything is paid for, in one line naming the field (never a traceback)."""
+    from runner.errors import GpujobError
+
+    try:
+        return work()
+    except GpujobError:
+        raise
+    except Exception as err:
+        said = str(err).splitlines()[0] if str(err) else ""
+        if not step_fn.classification:
+            raise bad_input(f"train.step: {step_fn.path} raised {type(err).__name__} on one batch of the data: "
+                            f"{said}".rstrip(": ")) from None
+        raise bad_input(f"model.name: {spec.model.name} raised {type(err).__name__} on one batch of the data: "
+                        f"{said}".rstrip(": ")) from None
+
+
 def _one_step(step_fn, model, batch):
     """The job's step on one batch. A user's step that raises is the spec's problem here, found
     before anything is paid for: one line naming train.step."""
@@ -241,17 +263,20 @@ def _one_step(step_fn, model, batch):
                         f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")) from None
 
 
-def _timed_forward(model, shape, batch: int, repeats: int = 2) -> float:
-    """Seconds for one evaluation forward pass of `batch` samples (no gradients), warmed up."""
+def _timed_evaluation(model, step_fn, batch, n: int, repeats: int = 2) -> float:
+    """Seconds for the job's step on `n` samples of `batch` without gradients (what evaluation
+    does), warmed up."""
     import torch
 
-    x = torch.randn(batch, *shape)
+    from runner.training.steps import head
+
+    batch = head(batch, n)
     model.eval()
     with torch.no_grad():
-        model(x)
+        step_fn(model, batch)
         start = time.perf_counter()
         for _ in range(repeats):
-            model(x)
+            step_fn(model, batch)
     model.train()
     return (time.perf_counter() - start) / repeats
 
@@ -260,6 +285,7 @@ def _timed_forward(model, shape, batch: int, repeats: int = 2) -> float:
 class Sizes:
     steps_per_epoch: int
     test_samples: int
+    held_bytes: int = 0  # what each worker holds of the dataset on its device (built-in datasets)
 
 
 def _sizes(spec, batches, info) -> Sizes:
@@ -270,18 +296,18 @@ def _sizes(spec, batches, info) -> Sizes:
         loader = batches[1]
         return Sizes(loader.steps_per_epoch, len(loader.test_set))
     if batches[0] == "tensors":
-        return Sizes(len(batches[1]) // spec.data.batch_size, batches[3])
+        return Sizes(len(batches[1]) // spec.data.batch_size, batches[3], info.held_bytes)
     steps = info.train_samples // spec.data.batch_size
     if spec.train.max_steps:
         steps = min(steps, math.ceil(spec.train.max_steps / spec.train.epochs))
-    return Sizes(steps, info.test_samples)
+    return Sizes(steps, info.test_samples, info.held_bytes)
 
 
 FIT_FLOPS = 2e10  # the second timing point's budget: about half a second of a laptop core's arithmetic
 
 
 def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classes, times: StepTimes,
-                       sizes: Sizes, step_fn) -> str | None:
+                       sizes: Sizes, step_fn, example) -> str | None:
     """Seconds per epoch and for the whole job, and dollars where the job rents: on this CPU from
     timed steps at two batch sizes (a step's fixed cost and its cost per sample), on a GPU from
     the catalog (runner/estimate.py)."""
@@ -289,9 +315,10 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
 
     spec = plan.spec
     if target.device == "cuda" and target.gpu is not None:
-        from runner.reports.estimate import ASSUMPTIONS, job_shape, on_gpu
+        from runner.reports.estimate import ASSUMPTIONS, DataSample, job_shape, on_gpu
 
-        job = job_shape(spec)
+        job = job_shape(spec, DataSample(shape, classes, example, sizes.steps_per_epoch * spec.data.batch_size,
+                                         sizes.test_samples, sizes.held_bytes))
         if job is None:
             return None
         count = spec.resources.gpu_request.count if spec.resources.gpu_request else 1
@@ -305,7 +332,7 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
     from runner.training.flops import training_flops_per_sample
 
     local = spec.data.batch_size  # W workers on one CPU split its cores and the batch: about one worker at all of it
-    flops = training_flops_per_sample(spec.model, shape, classes) or 0
+    flops = training_flops_per_sample(spec.model, shape, classes, example, step_fn) or 0
     bigger = min(local, max(times.batch * 4, 1), int(FIT_FLOPS // flops) if flops else local)
     step = times.per_step * local / times.batch
     how = "scaled by batch size"
@@ -317,7 +344,9 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
         how = f"timed at {times.batch} and {bigger} samples: {fixed * 1000:.1f} ms a step + " \
               f"{per_sample * 1e6:,.0f} us a sample"
     eval_batch = min(1024, max(sizes.test_samples, 1))
-    eval_s = _timed_forward(model, shape, min(eval_batch, bigger)) * eval_batch / min(eval_batch, bigger)
+    timed_eval = min(eval_batch, bigger)
+    eval_s = _timed_evaluation(model, step_fn, _batch_source(batches, shape, classes, timed_eval)(),
+                               timed_eval) * eval_batch / timed_eval
     evals = -(-sizes.test_samples // 1024) * eval_s
     epoch_s = sizes.steps_per_epoch * (step + times.data_per_sample * local) + evals
     total = epoch_s * spec.train.epochs

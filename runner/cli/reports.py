@@ -130,10 +130,11 @@ def estimate_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
     from runner.reports.estimate import human_duration as _duration
     from runner.gpus import parse_gpu
 
-    job = job_shape(spec)
+    job = job_shape(spec)  # a factory dataset is loaded here, as the job loads it
     if job is None:
-        raise bad_input(f"data.dataset: {spec.data.dataset} is a factory dataset (or model.name user code the meta "
-                        "device cannot run): its size is known only once it loads; run it once, then compare")
+        raise bad_input(f"model.name: {spec.model.name} and its step could not be run on a batch here (on the meta "
+                        "device, or on two samples), so the job's arithmetic cannot be counted; run it once, then "
+                        "compare")
     default_count = spec.resources.gpu_request.count if spec.resources.gpu_request else 1
     requests = []
     for item in (gpus.split(",") if gpus else PLAN_GPUS):

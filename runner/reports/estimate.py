@@ -77,35 +77,69 @@ class Estimate:
         return asdict(self)
 
 
-def job_shape(spec) -> JobShape | None:
-    """None where the model cannot be counted (user code the meta device cannot run) or the
-    dataset's size is only known once it loads (a factory dataset)."""
+@dataclass(frozen=True)
+class DataSample:
+    """What an estimate needs of a job's data: the model's input shape and classes, a batch shaped
+    as the job's, the splits' sizes, and what each worker holds of it on its device."""
+
+    shape: tuple
+    classes: int | None
+    batch: object
+    train_samples: int
+    test_samples: int
+    held_bytes: int
+
+
+def data_sample(spec) -> DataSample:
+    """A built-in dataset from its catalog entry (nothing loaded); a factory dataset loaded as the
+    job loads it (its length and one batch are all that is kept)."""
+    from runner.spec.model import dataset_info
+    from runner.training.samples import first_batch, image_batch
+
+    info = dataset_info(spec.data)
+    if info is not None:
+        classes = spec.model.num_classes or info.num_classes
+        return DataSample(info.shape, classes, image_batch(info.shape), info.train_samples, info.test_samples,
+                          info.held_bytes)
     import torch
 
-    from runner.spec.model import dataset_info
+    from runner.training.distributed import WorkerContext
+    from runner.training.setup import prepare_batches
+    from runner.training.steps import step_for
+
+    classification = step_for(spec).classification
+    batches, shape, classes = prepare_batches(spec, torch.device("cpu"), WorkerContext(), classification)
+    return DataSample(shape, classes, first_batch(batches), len(batches.train_set), len(batches.test_set), 0)
+
+
+def job_shape(spec, data: DataSample | None = None) -> JobShape | None:
+    """What the job asks of any device, counted on a batch shaped as its own (the dry run passes
+    the data it loaded; otherwise a factory dataset is loaded here). None where the model and its
+    step cannot be counted."""
+    import torch
+
     from runner.training.flops import count_step
     from runner.training.memory import activation_bytes_per_sample, optimizer_state_copies
     from runner.training.models import build_model, parameter_count
+    from runner.training.steps import step_for
 
-    info = dataset_info(spec.data)
-    if info is None:
-        return None
-    classes = spec.model.num_classes or info.num_classes
-    counted = count_step(spec.model, info.shape, classes)
+    data = data or data_sample(spec)
+    step_fn = step_for(spec)
+    counted = count_step(spec.model, data.shape, data.classes, data.batch, step_fn)
     if counted is None:
         return None
     with torch.device("meta"):
-        params = parameter_count(build_model(spec.model, info.shape, classes))
-    per_sample = activation_bytes_per_sample(lambda: build_model(spec.model, info.shape, classes), info.shape,
-                                             spec.train.precision)
-    steps = info.train_samples // spec.data.batch_size
+        params = parameter_count(build_model(spec.model, data.shape, data.classes))
+    per_sample = activation_bytes_per_sample(lambda: build_model(spec.model, data.shape, data.classes), data.batch,
+                                             spec.train.precision, step_fn)
+    steps = data.train_samples // spec.data.batch_size
     if spec.train.max_steps:
         steps = min(steps, math.ceil(spec.train.max_steps / spec.train.epochs))
     copies = optimizer_state_copies(spec.optimizer.name, spec.optimizer.momentum)
-    return JobShape(spec.name, spec.model.model_dump(mode="json"), spec.data.dataset, tuple(info.shape),
-                    spec.data.batch_size, spec.train.precision, spec.train.epochs, steps, info.test_samples,
+    return JobShape(spec.name, spec.model.model_dump(mode="json"), spec.data.dataset, tuple(data.shape),
+                    spec.data.batch_size, spec.train.precision, spec.train.epochs, steps, data.test_samples,
                     params, counted.flops_per_sample, counted.forward_flops_per_sample, counted.kernels,
-                    counted.forward_kernels, per_sample, copies, info.held_bytes, spec.optimizer.name,
+                    counted.forward_kernels, per_sample, copies, data.held_bytes, spec.optimizer.name,
                     spec.optimizer.momentum)
 
 
@@ -224,7 +258,10 @@ def before_run(spec, runs_dir: Path | None = None) -> dict | None:
     request = spec.resources.gpu_request
     if request is None:
         return None
-    job = job_shape(spec)
+    try:
+        job = job_shape(spec)
+    except Exception:  # data that loads only where the job runs: an estimate is a report, never a reason to fail
+        return None
     if job is None:
         return None
     guess = on_gpu(job, request.type, request.count, finished_runs(runs_dir) if runs_dir else [])

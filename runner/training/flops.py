@@ -18,39 +18,41 @@ class StepCount:
     forward_kernels: int
 
 
-COUNT_BATCH = 2  # BatchNorm refuses to train on a batch of one where a feature map is 1x1
-
-
-def count_step(model_spec, shape, num_classes: int) -> StepCount | None:
-    """Count one training step on the meta device: FLOPs with torch.utils.flop_counter, and the
-    operations dispatched (each a kernel launch on a GPU, views left out). None where the
-    model cannot run there (user code the meta device cannot run)."""
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.flop_counter import FlopCounterMode
-
+def count_step(model_spec, shape, num_classes: int, batch=None, step_fn=None) -> StepCount | None:
+    """Count one training step of the job's own step on `batch` (default: a built-in dataset's
+    batch of `shape`) on the meta device: FLOPs with torch.utils.flop_counter, and the operations
+    dispatched (each a kernel launch on a GPU, views left out). None where it cannot be counted."""
     from runner.training.models import build_model
+    from runner.training.samples import image_batch, on_meta_or_real
+    from runner.training.steps import Step, batch_len
 
+    batch = image_batch(shape) if batch is None else batch
+    step_fn = step_fn or Step()
     try:
-        with torch.device("meta"):
-            model = build_model(model_spec, shape, num_classes)
-            x = torch.zeros(COUNT_BATCH, *shape)
-            y = torch.zeros(COUNT_BATCH, dtype=torch.long)
-            with FlopCounterMode(display=False) as counter, _OpCounter() as ops:
-                loss = F.cross_entropy(model(x), y)
-                forward_flops, forward_kernels = counter.get_total_flops(), ops.count
-                loss.backward()
-            total = counter.get_total_flops()
+        counted = on_meta_or_real(lambda model, b: _count(model, b, step_fn),
+                                  lambda: build_model(model_spec, shape, num_classes), batch)
     except Exception:  # counting is a report, never a reason for a job to fail
         return None
+    n = max(batch_len(batch), 1)
+    total, forward_flops, kernels, forward_kernels = counted
     if not total:
         return None
-    return StepCount(total // COUNT_BATCH, forward_flops // COUNT_BATCH, ops.count, forward_kernels)
+    return StepCount(total // n, forward_flops // n, kernels, forward_kernels)
 
 
-def training_flops_per_sample(model_spec, shape, num_classes: int) -> int | None:
-    """Forward and backward FLOPs of one sample through the model, or None where it cannot be counted."""
-    counted = count_step(model_spec, shape, num_classes)
+def _count(model, batch, step_fn) -> tuple[int, int, int, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, _OpCounter() as ops:
+        loss, _named = step_fn(model, batch)
+        forward_flops, forward_kernels = counter.get_total_flops(), ops.count
+        loss.backward()
+    return counter.get_total_flops(), forward_flops, ops.count, forward_kernels
+
+
+def training_flops_per_sample(model_spec, shape, num_classes: int, batch=None, step_fn=None) -> int | None:
+    """Forward and backward FLOPs of one sample through the job's step, or None where it cannot be counted."""
+    counted = count_step(model_spec, shape, num_classes, batch, step_fn)
     return counted.flops_per_sample if counted else None
 
 

@@ -2,10 +2,10 @@
 activations), measured without allocating it, against what the machine it runs on has: the
 requested GPU's memory from the catalog, or this machine's RAM for a CPU job here.
 
-Activations are counted by running the model once on PyTorch's "meta" device (shapes only, no
-memory, no arithmetic), so a batch of a billion or a 10000x10000 image is judged from its sizes
-instead of crashing the dry run. Models that cannot run on the meta device (some user code) are
-measured on one real sample.
+Activations are counted by running the job's own step once on PyTorch's "meta" device (shapes
+only, no memory, no arithmetic) on a batch shaped as the job's (runner/training/samples.py), so a
+batch of a billion or a 10000x10000 image is judged from its sizes instead of crashing the dry
+run. Models that cannot run on the meta device (some user code) are measured on two real samples.
 """
 
 from __future__ import annotations
@@ -39,24 +39,21 @@ class MemoryEstimate:
         return max(0, int(room // max(self.per_sample_bytes, 1)))
 
 
-def activation_bytes_per_sample(model_factory, shape: tuple[int, ...], precision: str) -> int:
-    """Bytes of every leaf module's output for one sample (what autograd keeps for backward),
-    counted on the meta device; half for bf16/fp16 autocast."""
-    import torch
+def activation_bytes_per_sample(model_factory, batch, precision: str, step_fn=None) -> int:
+    """Bytes of every leaf module's output for one sample (what autograd keeps for backward), with
+    the job's own step run on `batch` (runner/training/samples.py), counted on the meta device
+    where it can run there; half for bf16/fp16 autocast. Plus the sample itself, in its dtypes."""
+    from runner.training.samples import input_bytes_per_sample, on_meta_or_real, step_loss
+    from runner.training.steps import Step, batch_len
 
-    try:
-        with torch.device("meta"):
-            model = model_factory()
-            total = _count_outputs(model, torch.zeros(1, *shape))
-    except Exception:  # user code that the meta device cannot run: one real sample instead
-        model = model_factory()
-        with torch.no_grad():
-            total = _count_outputs(model, torch.zeros(1, *shape))
+    step_fn = step_fn or Step()
+    total = on_meta_or_real(lambda model, b: _count_outputs(model, lambda: step_loss(step_fn, model, b)),
+                            model_factory, batch)
     scale = 0.5 if precision != "fp32" else 1.0
-    return int(total * scale) + 4 * _numel(shape)
+    return int(total * scale / max(batch_len(batch), 1)) + input_bytes_per_sample(batch)
 
 
-def _count_outputs(model, sample) -> int:
+def _count_outputs(model, forward) -> int:
     import torch
 
     total = 0
@@ -64,23 +61,16 @@ def _count_outputs(model, sample) -> int:
     def count(_module, _inputs, output):
         nonlocal total
         for tensor in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(tensor, torch.Tensor):
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
                 total += tensor.numel() * 4  # kept in fp32 unless autocast halves it
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(sample)
+            forward()
     finally:
         for hook in hooks:
             hook.remove()
     return total
-
-
-def _numel(shape) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 def optimizer_state_copies(optimizer: str, momentum: float) -> int:

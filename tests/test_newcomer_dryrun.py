@@ -1,0 +1,45 @@
+"""What a newcomer meets (issue 29): a dry run and an estimate for any batch the README promises
+(dicts, int token ids, several inputs), and for their own dataset."""
+
+from __future__ import annotations
+
+from tests.conftest import REPO, cli_subprocess
+
+TEXT = dict(model={"name": "tests.newcomer_plugins:bag_of_words"},
+            data={"dataset": "tests.newcomer_plugins:tokens", "batch_size": 32, "num_workers": 0},
+            train={"epochs": 2})
+PAIRS = dict(model={"name": "tests.newcomer_plugins:two_inputs"},
+             data={"dataset": "tests.newcomer_plugins:pairs", "batch_size": 32, "num_workers": 0},
+             train={"epochs": 2, "step": "tests.newcomer_plugins:pairs_step"})
+
+
+def _rows(stdout: str) -> dict[str, str]:
+    return {line[:18].strip(): line[18:].strip() for line in stdout.splitlines() if line[:18].strip()}
+
+
+def test_the_dry_run_of_a_text_model_over_int_token_ids_uses_a_real_batch(write_spec):
+    """It fed torch.zeros into nn.EmbeddingBag and ended in a 100-line traceback."""
+    out = cli_subprocess("submit", write_spec(**TEXT), "--dry-run")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    rows = _rows(out.stdout)
+    assert "counted from the model's shapes" in rows["memory per worker"] and "s per epoch" in rows["estimate"]
+
+
+def test_the_dry_run_of_a_two_input_model_with_its_own_step_and_a_dict_batch(write_spec):
+    out = cli_subprocess("submit", write_spec(**PAIRS), "--dry-run")
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+    assert "s per epoch" in _rows(out.stdout)["estimate"]
+
+
+def test_a_rented_dry_run_estimates_time_and_dollars_for_the_users_own_data(write_spec):
+    out = cli_subprocess("submit", write_spec(**TEXT), "--dry-run", "--backend", "modal", "--gpu", "A10G")
+    assert out.returncode == 0, out.stderr
+    estimate = _rows(out.stdout)["estimate"]
+    assert "on A10G x1, about $" in estimate, estimate
+
+
+def test_estimate_prices_the_readmes_own_regression_example():
+    """`gpujob plan jobs/regression.yaml` said its size is known only once it loads."""
+    out = cli_subprocess("estimate", REPO / "jobs" / "regression.yaml", "--gpus", "T4,A10G")
+    assert out.returncode == 0, out.stderr
+    assert "cheapest: T4 x1" in out.stdout and "epoch(s) of " in out.stdout
