@@ -266,3 +266,51 @@ def test_a_run_folder_made_unwritable_mid_run_keeps_what_was_trained(write_spec,
         subprocess.run(["chattr", "-i", checkpoints])
     assert proc.returncode == 2 and "gpujob must be able to write its run folder" in err, err
     assert {"spec.yaml", "metrics.jsonl", "env.json", "checkpoints"} <= _names(run), _names(run)
+
+
+# ---- the words status uses (issue 29) --------------------------------------------------------
+
+
+def _detached_run(write_spec, tmp_path, epochs: int = 40) -> Path:
+    spec = write_spec(**{**QUICK, "train": {**QUICK["train"], "epochs": epochs}})
+    out = cli_subprocess("submit", spec, "--runs-dir", tmp_path / "runs", "--detach")
+    assert out.returncode == 0, out.stderr
+    run = Path(out.stdout.strip().splitlines()[-1])
+    wait_for(lambda: any((run / "checkpoints").glob("step-*.pt")), "a checkpoint")
+    return run
+
+
+def _trainer_pid(run: Path) -> int:
+    return json.loads((run / "submission.json").read_text())["handles"]["trainer"]["pid"]
+
+
+def test_a_run_killed_with_sigkill_says_so_with_its_checkpoint_and_how_to_resume(write_spec, tmp_path):
+    """It said "failed: exit 137", with no checkpoint and no resume hint."""
+    run = _detached_run(write_spec, tmp_path)
+    os.kill(_trainer_pid(run), signal.SIGKILL)
+    wait_for(lambda: (run / "job" / "exit-code").exists(), "the wrapper to record the exit code", 60)
+    said = cli_subprocess("status", run).stdout
+    assert said.startswith(f"{run.name}: preempted: killed by SIGKILL (exit 137), not by gpujob"), said
+    assert "last checkpoint step-" in said and f"gpujob resume {run}" in said
+
+
+def test_ctrl_c_is_a_cancel_said_once_not_a_preemption(write_spec, tmp_path):
+    run = _detached_run(write_spec, tmp_path)
+    os.kill(_trainer_pid(run), signal.SIGINT)
+    wait_for(lambda: (run / "job" / "exit-code").exists(), "the job to stop", 120)
+    said = cli_subprocess("status", run).stdout
+    assert said.startswith(f"{run.name}: cancelled: stopped by Ctrl-C; last checkpoint"), said
+    assert cli_subprocess("resume", run, "--detach").returncode == 0
+    cancelled = cli_subprocess("cancel", run)
+    assert cancelled.returncode == 0, cancelled.stderr
+    said = cli_subprocess("status", run).stdout
+    assert said.startswith(f"{run.name}: cancelled: by `gpujob cancel`;") and "cancelled: cancelled" not in said, said
+
+
+def test_a_refused_resume_prints_no_run_folder(write_spec, tmp_path):
+    run = _detached_run(write_spec, tmp_path)
+    try:
+        refused = cli_subprocess("resume", run)
+        assert refused.returncode == 2 and refused.stdout == "", (refused.stdout, refused.stderr)
+    finally:
+        cli_subprocess("cancel", run)

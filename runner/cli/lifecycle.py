@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from runner.cli.app import RunArg, RunsDirOpt, app, detached_lines, finish, user_errors, workers_here
-from runner.errors import GpujobError, bad_input
+from runner.errors import BAD_INPUT, GpujobError, bad_input
 from runner.runs import record as run_record
 from runner.runs.state import FINISHED, Run, acting_on, refuse_live
 
@@ -28,7 +28,6 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
     """`gpujob resume`: continue the run on its backend, or with `here` on this machine with
     workers_here(spec) workers (checked before anything is touched). False when it had finished."""
     from runner.backends.registry import HERE, get_backend
-    from runner.runs.paths import SPEC
     from runner.runs.folder import RunFolder
     from runner.spec.load import load_spec
 
@@ -41,7 +40,7 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
     workers = None
     if here or backend.resumes_here:
         RunFolder.existing(run.folder)
-        workers = workers_here(load_spec(run.folder / SPEC))
+        workers = workers_here(load_spec(run.paths.spec))
     with acting_on(run, "resuming"):
         state = backend.status(run)
         refuse_live(run, state, "resuming")
@@ -79,7 +78,8 @@ def resume(
     try:
         resumed = resume_run(found, detach, here, lambda spec: workers_here(spec, nproc_per_node))
     except GpujobError as err:
-        err.run_dir = err.run_dir or found.folder
+        if err.run_dir is None and err.exit_code != BAD_INPUT:  # a refused resume changed nothing: no folder to name
+            err.run_dir = found.folder
         raise
     if not resumed:
         typer.echo(f"gpujob: {found.folder} already finished; nothing to resume", err=True)

@@ -67,12 +67,30 @@ def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
     seen = run.record.last_state
     if code is None and not error and seen.get("state") in (FAILED, CANCELLED, PREEMPTED):
         return RunState(seen["state"], seen.get("detail", ""))  # what gpujob saw when it ended
-    stopped = code in (PREEMPTED_CODE, INTERRUPTED) or (code is None and not error)
-    if stopped or run.record.cancel_asked:
-        state = CANCELLED if run.record.cancel_asked else PREEMPTED
-        why = "cancelled" if state == CANCELLED else (how or "stopped before it finished")
-        return RunState(state, f"{why}; {resume_hint(folder)}", code)
+    if run.record.cancel_asked:
+        return RunState(CANCELLED, f"by `gpujob cancel`; {resume_hint(folder)}", code)
+    if code == INTERRUPTED:  # Ctrl-C (or a closed terminal): the user's own stop
+        return RunState(CANCELLED, f"stopped by Ctrl-C; {resume_hint(folder)}", code)
+    if code == PREEMPTED_CODE or (code is None and not error):
+        return RunState(PREEMPTED, f"{how or 'stopped before it finished'}; {resume_hint(folder)}", code)
+    killed = _signal_name(code)
+    if killed and not error:  # kill -9, the OOM killer: the run stopped where it was, and can go on
+        cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if killed == "SIGKILL" else ""
+        return RunState(PREEMPTED, f"killed by {killed} (exit {code}), not by gpujob{cause}; {resume_hint(folder)}",
+                        code)
     return RunState(FAILED, error or f"exit {code}" + (f" ({how})" if how else ""), code)
+
+
+def _signal_name(code: int | None) -> str | None:
+    """The signal a shell's exit code 128+N says killed the process, or None."""
+    import signal
+
+    if code is None or not 128 < code < 128 + signal.NSIG:
+        return None
+    try:
+        return signal.Signals(code - 128).name
+    except ValueError:
+        return None
 
 
 def state_of_error(err: BaseException) -> RunState:
