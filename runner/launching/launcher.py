@@ -8,6 +8,21 @@ everything is stopped; SIGTERM/SIGINT are forwarded so workers can checkpoint an
 and each worker dies with the launcher (PR_SET_PDEATHSIG), so none is ever left behind.
 Across machines each node runs its own launcher; nodes that never meet (one that never comes,
 a wrong --master-addr) end within train.collective_timeout_s, each saying so in one line.
+
+Which rank to blame is decided from facts (runner/launching/blame.py): each worker's exit status
+and when it was seen, whether this launcher had signalled it, and the error record a failing
+worker writes into an unlinked file this launcher hands it (GPUJOB_ERROR_FILE): when it failed,
+its exception's type, whether it lost a peer. Never from what a worker printed.
+
+Why not torch.distributed.elastic's start_processes with its per-rank error files (weighed for
+issue 24, after torchrun's agent was rejected: README, "The launcher: gpujob's own"): its error
+file's timestamp is whole seconds, and a worker with no file (SIGKILL) is given the moment the
+agent noticed it, so the smallest timestamp it blames is often the peer that lost its
+connection, not the rank that died, and a file says nothing of a lost peer; it stops every
+worker the moment one fails, before a hung rank can be told from the rank that timed out waiting
+for it; its workers outlive a SIGKILLed agent (no PR_SET_PDEATHSIG), a SIGSTOPped one is not woken to
+checkpoint on its SIGTERM, and its logs are named files in a folder, where gpujob's leave nothing.
+Its idea is kept: one error file per rank, written by the worker, read by its parent.
 """
 
 from __future__ import annotations
@@ -24,7 +39,8 @@ from pathlib import Path
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, job_failed, last_error_line
 from runner.runs.paths import SUMMARY
-from runner.launching.topology import Topology, free_port
+from runner.launching.blame import ERROR_FILE, Ending, ErrorRecord, failed_ranks, hung_ranks
+from runner.launching.topology import Topology, free_port, port_in_use, port_taken
 from runner.runs.lock import INHERITED
 from runner.training.distributed import JOINED
 from runner.spec.model import JobSpec
@@ -32,9 +48,6 @@ from runner.errors import INTERRUPTED, PREEMPTED
 
 FAILED_GRACE_S = 5.0  # the other workers of a failed job: nothing of theirs is worth waiting for
 WAITING_EVERY_S = 10.0  # multi-node: how often to say that this node still waits for the others
-# Errors a rank raises because *another* rank died or hung: reported only if nothing better is found.
-SECONDARY = ("Connection closed by peer", "Connection reset by peer", "Timed out", "timed out",
-             "Broken pipe", "NCCL communicator was aborted", "recvBytes", "SIGTERM")
 
 
 # What torch's C++ side prints while a rendezvous retries (log lines and their stack frames): kept
@@ -47,41 +60,6 @@ STARTED_AT = "GPUJOB_STARTED_AT"  # the job's start (wall clock, launcher's): it
 
 class NeverJoined(GpujobError):
     """The nodes never all met: nothing was trained, so node 0 leaves no run folder behind."""
-
-
-def failed_ranks(codes: dict[int, int | None], lines: dict[int, list[str]], signalled: set[int] | None = None,
-                 hung: tuple[int, ...] = ()) -> list[int]:
-    """The ranks to blame, the one whose failure ended the job first.
-
-    A rank failed when it exited with an error of its own, or died by a signal nobody in gpujob
-    sent (the OOM killer's SIGKILL, a SIGTERM to that one process). With `signalled` (the ranks
-    the launcher itself stopped), whatever those ranks reported is a consequence and comes last;
-    without it (SLURM's srun stops the ranks), a rank stopped by SIGTERM/SIGKILL that said
-    nothing of its own is taken for one that was stopped. Ranks whose error only says they lost
-    a peer (SECONDARY) come after the others, and `hung` ranks (alive, silent, when a peer
-    timed out waiting) come before those."""
-
-    def own_error(rank: int) -> bool:  # not the line a rank stopped by a signal prints
-        return any(line.startswith("gpujob: ") and not line.startswith("gpujob: stopped at step")
-                   for line in lines.get(rank, []))
-
-    def lost_a_peer(rank: int) -> bool:
-        return any(phrase in last_error_line(lines.get(rank, [])) for phrase in SECONDARY)
-
-    stop_codes = (PREEMPTED, INTERRUPTED, -signal.SIGTERM, -signal.SIGKILL)
-    primary, secondary, consequences = [], [], []
-    for rank, code in sorted(codes.items()):
-        if code in (0, None) or rank in hung:
-            continue
-        if signalled is not None and rank in signalled:
-            consequences.append(rank)
-        elif signalled is None and code in stop_codes and not own_error(rank):
-            continue  # srun stopped it after another rank failed
-        elif lost_a_peer(rank):
-            secondary.append(rank)
-        else:
-            primary.append(rank)
-    return primary + list(hung) + secondary + consequences
 
 
 def _die_with_parent() -> None:
@@ -103,9 +81,9 @@ def _process_state(pid: int) -> str:
 
 
 class Launch:
-    """One node's workers. Nothing of it outlives it, even a SIGKILL: the spec the workers read
-    and their logs are unlinked temporary files (the workers get them as open descriptors), and
-    every worker dies with the launcher (PR_SET_PDEATHSIG)."""
+    """One node's workers. Nothing of it outlives it, even a SIGKILL: the spec the workers read,
+    their logs and their error records are unlinked temporary files (the workers get them as open
+    descriptors), and every worker dies with the launcher (PR_SET_PDEATHSIG)."""
 
     def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False,
                  started: float | None = None):
@@ -116,9 +94,11 @@ class Launch:
         self.spec_file.write(spec.to_yaml().encode())
         self.spec_file.flush()
         self.logs = [tempfile.TemporaryFile() for _ in range(topology.nproc_per_node)]
+        self.records = [tempfile.TemporaryFile() for _ in range(topology.nproc_per_node)]  # blame.ErrorRecord
         self.procs: list[subprocess.Popen] = []
         self.stop_signal: int | None = None
-        self.signalled: set[int] = set()  # local ranks this launcher sent a signal
+        self.signalled: dict[int, float] = {}  # local ranks this launcher sent a signal: when it first did
+        self.ended_at: dict[int, float] = {}  # local ranks seen to have ended: when (wall clock)
         self.tees: list[threading.Thread] = []
         self.checkpoint_before = _newest_checkpoint(run_dir)
         self.port: int | None = None
@@ -137,6 +117,7 @@ class Launch:
             env[INHERITED] = str(Path(self.run_dir).resolve())
         env["GPUJOB_INNER_RUN"] = "1"  # runner.cli.INNER_RUN: this launcher names the run folder, once
         env[STARTED_AT] = repr(self.started_at)
+        env[ERROR_FILE] = f"/dev/fd/{self.records[local_rank].fileno()}"
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // t.nproc_per_node)))
         return env
@@ -155,7 +136,8 @@ class Launch:
             proc = subprocess.Popen(
                 command, env=self._worker_env(local_rank, self.port), stdin=subprocess.DEVNULL,
                 stdout=None if rank == 0 else log, stderr=subprocess.PIPE if shown else log,
-                pass_fds=(self.spec_file.fileno(),), start_new_session=True, preexec_fn=_die_with_parent)
+                pass_fds=(self.spec_file.fileno(), self.records[local_rank].fileno()), start_new_session=True,
+                preexec_fn=_die_with_parent)
             self.procs.append(proc)
             if shown:
                 self.tees.append(threading.Thread(target=_tee, args=(proc, log), daemon=True))
@@ -165,13 +147,31 @@ class Launch:
         if local_rank == 0:
             for tee in self.tees:
                 tee.join(timeout=5)  # everything it read is in the log once the worker has exited
-        fd = self.logs[local_rank].fileno()
-        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace").splitlines()
+        return _contents(self.logs[local_rank]).decode(errors="replace").splitlines()
+
+    def _poll(self) -> list[int | None]:
+        """Each worker's exit status (None: running); the moment each was first seen ended."""
+        codes = [p.poll() for p in self.procs]
+        for local_rank, code in enumerate(codes):
+            if code is not None:
+                self.ended_at.setdefault(local_rank, time.time())
+        return codes
+
+    def _endings(self) -> list[Ending]:
+        """How each worker ended, or that it still runs, with the record it left. One this
+        launcher signalled before it failed by itself was stopped: what it did then is a consequence."""
+        endings = []
+        for local_rank, code in enumerate(self._poll()):
+            record = ErrorRecord.parse(_contents(self.records[local_rank]))
+            signalled = self.signalled.get(local_rank)
+            stopped = signalled is not None and (record is None or record.time >= signalled)
+            endings.append(Ending(local_rank, code, self.ended_at.get(local_rank), stopped, record))
+        return endings
 
     def _signal_all(self, signum: int) -> None:
         for local_rank, proc in enumerate(self.procs):
             if proc.poll() is None:
-                self.signalled.add(local_rank)
+                self.signalled.setdefault(local_rank, time.time())
                 try:
                     os.killpg(proc.pid, signum)  # the worker and its DataLoader processes
                     if signum == signal.SIGTERM:
@@ -200,18 +200,19 @@ class Launch:
                 self.stop_all()
                 code = PREEMPTED if self.stop_signal == signal.SIGTERM else INTERRUPTED
                 raise self._stopped(f"stopped by {signal.Signals(self.stop_signal).name}", code)
-            codes = [p.poll() for p in self.procs]
+            codes = self._poll()
             if codes and all(c == PREEMPTED for c in codes):  # SIGTERM reached the workers directly
                 raise self._stopped("stopped by SIGTERM", PREEMPTED)
             if any(c not in (None, 0, PREEMPTED) for c in codes):
                 # The failing rank's peers notice its closed connections and fail at once, often
                 # before it has finished exiting: give every rank a moment to end on its own.
                 settle = time.monotonic() + 3.0
-                while any(p.poll() is None for p in self.procs) and time.monotonic() < settle:
+                while None in self._poll() and time.monotonic() < settle:
                     time.sleep(0.05)
                 alive = {r: _process_state(p.pid) for r, p in enumerate(self.procs) if p.poll() is None}
+                hung = hung_ranks(self._endings())  # before they are stopped: still running, not answering
                 self.stop_all(grace_s=FAILED_GRACE_S)
-                raise self._failure([p.returncode for p in self.procs], alive)
+                raise self._failure(alive, hung)
             if all(c == 0 for c in codes):
                 return
             if time.monotonic() > deadline:
@@ -248,34 +249,32 @@ class Launch:
                                code)
         return GpujobError(f"{what}; last checkpoint {newest} (the workers saved it); {resume}", code)
 
-    def _failure(self, codes: list[int], alive: dict[int, str]) -> GpujobError:
-        lines = {r: self.lines(r) for r in range(len(codes))}
-        hung = tuple(alive) if self._peers_timed_out(lines, alive) else ()
-        failed = failed_ranks(dict(enumerate(codes)), lines, self.signalled - set(hung), hung)
-        local_rank = failed[0] if failed else 0
+    def _failure(self, alive: dict[int, str], hung: tuple[int, ...]) -> GpujobError:
+        endings = self._endings()
+        codes = [ending.code for ending in endings]
+        failed = failed_ranks(endings, hung) or [r for r, c in enumerate(codes) if c not in (0, None)] or [0]
+        local_rank = failed[0]
         rank, world = self._rank(local_rank), self.topology.world_size
         code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
-        report = last_error_line(lines[local_rank])
-        if "EADDRINUSE" in report:  # taken between gpujob's own check and rank 0's listen
-            from runner.launching.topology import port_in_use
-
-            return GpujobError(port_in_use(self.port), BAD_INPUT)
-        if self._never_joined(lines, report):
-            return self._rendezvous_failed()
+        lines = self.lines(local_rank)
+        report = last_error_line(lines)
+        never_started = self._never_started(endings[local_rank], endings)
+        if never_started is not None:
+            return never_started
         if code == BAD_INPUT and local_rank not in hung:  # the spec's fault, said in one line
             return GpujobError(report, code)
         if world == 1:
-            return self._lone_failure(codes[0], report, lines[0])
+            return self._lone_failure(codes[0], report, lines)
         self._keep_log(local_rank)
         where = f" (log: {self.run_dir / f'rank-{rank}.log'})" if self.run_dir else ""
         if local_rank in hung:
-            waiting = next((self._rank(r) for r in lines if r not in hung and codes[r] not in (0, None)), None)
+            waiting = next((self._rank(r) for r in failed if r not in hung), None)
             return GpujobError(f"rank {rank} of {world} stopped answering ({alive[local_rank]}); rank {waiting} timed "
                                f"out waiting for it after train.collective_timeout_s "
                                f"({self.spec.train.collective_timeout_s} s){where}; the other workers were stopped",
                                JOB_FAILED)
         died = codes[local_rank]
-        if died is not None and died < 0 and local_rank not in self.signalled:
+        if died is not None and died < 0 and not endings[local_rank].stopped:
             name = signal.Signals(-died).name
             cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if died == -signal.SIGKILL else ""
             return GpujobError(f"rank {rank} of {world} was killed by {name}, not by gpujob{cause}{where}; "
@@ -301,41 +300,46 @@ class Launch:
                            f"its own (os._exit or sys.exit in your code, or a crash in native code?){where}",
                            JOB_FAILED)
 
-    def _never_joined(self, lines: dict[int, list[str]], report: str) -> bool:
-        """Whether the job failed at the rendezvous: no worker here joined, and the failing one
-        gave up waiting for the others (node 0) or for node 0 (the others)."""
-        joined = any(line.startswith(JOINED) for rank_lines in lines.values() for line in rank_lines)
-        return self.topology.nnodes > 1 and not joined and any(
-            phrase in report for phrase in ("DistStoreError", "DistNetworkError", "timed out", "Timed out"))
-
-    def _rendezvous_failed(self) -> NeverJoined:
-        t, limit = self.topology, self.spec.train.collective_timeout_s
-        at = f"{t.master_addr}:{self.port}"
-        if t.node_rank == 0:
-            return NeverJoined(f"node 0 of {t.nnodes}: the other {t.nnodes - 1} node(s) did not join at {at} within "
-                               f"{limit} s (train.collective_timeout_s); start `gpujob run` on each with --nnodes "
-                               f"{t.nnodes} --master-addr {t.master_addr} --master-port {self.port}", JOB_FAILED)
-        return NeverJoined(f"node {t.node_rank} of {t.nnodes} could not reach node 0 at {at} within {limit} s "
-                           "(train.collective_timeout_s); check --master-addr and --master-port (node 0's address, "
-                           "reachable from here) and that node 0 is running", JOB_FAILED)
-
-    def _peers_timed_out(self, lines: dict[int, list[str]], alive: dict[int, str]) -> bool:
-        """Whether the ranks that ended did so waiting for one that was still alive."""
-        ended = [r for r in lines if r not in alive]
-        return bool(alive) and bool(ended) and all(
-            any(p in last_error_line(lines[r]) for p in ("Timed out", "timed out", "Timeout")) for r in ended)
+    def _never_started(self, blamed: Ending, endings: list[Ending]) -> GpujobError | None:
+        """The job failed at the rendezvous, if it did: no worker here had joined, and the one to
+        blame lost its peers there. Then rank 0's port may have been taken between gpujob's own
+        check and its listen; otherwise, across nodes, the nodes never met."""
+        if not blamed.lost_peer or any(e.record is not None and e.record.joined for e in endings):
+            return None
+        if self._rank(blamed.rank) == 0 and self.port is not None and port_taken(self.port):
+            return GpujobError(port_in_use(self.port), BAD_INPUT)
+        if self.topology.nnodes == 1:
+            return None
+        return _never_met(self.topology, self.port, self.spec.train.collective_timeout_s)
 
     def _keep_log(self, local_rank: int) -> None:
         if self.run_dir is None or not self.run_dir.exists():
             return
         from runner.runs.files import atomic_write
 
-        fd = self.logs[local_rank].fileno()
-        atomic_write(self.run_dir / f"rank-{self._rank(local_rank)}.log", os.pread(fd, os.fstat(fd).st_size, 0))
+        atomic_write(self.run_dir / f"rank-{self._rank(local_rank)}.log", _contents(self.logs[local_rank]))
 
     def cleanup(self) -> None:
-        for handle in (self.spec_file, *self.logs):
+        for handle in (self.spec_file, *self.logs, *self.records):
             handle.close()
+
+
+def _never_met(t: Topology, port: int | None, limit: int) -> NeverJoined:
+    """This node's side of nodes that never all met, in one line."""
+    at = f"{t.master_addr}:{port}"
+    if t.node_rank == 0:
+        return NeverJoined(f"node 0 of {t.nnodes}: the other {t.nnodes - 1} node(s) did not join at {at} within "
+                           f"{limit} s (train.collective_timeout_s); start `gpujob run` on each with --nnodes "
+                           f"{t.nnodes} --master-addr {t.master_addr} --master-port {port}", JOB_FAILED)
+    return NeverJoined(f"node {t.node_rank} of {t.nnodes} could not reach node 0 at {at} within {limit} s "
+                       "(train.collective_timeout_s); check --master-addr and --master-port (node 0's address, "
+                       "reachable from here) and that node 0 is running", JOB_FAILED)
+
+
+def _contents(handle) -> bytes:
+    """All of an unlinked temporary file, whatever its writers did with their own offsets."""
+    fd = handle.fileno()
+    return os.pread(fd, os.fstat(fd).st_size, 0)
 
 
 def _tee(proc: subprocess.Popen, log) -> None:

@@ -77,11 +77,19 @@ def port_in_use(port: int) -> str:
 
 
 def _check_port_free(port: int) -> None:
-    """As rank 0's store will bind it (all addresses, address reuse on), so a port that a finished
-    job left in TIME_WAIT passes and one that something listens on does not."""
-    import errno
-    import socket
+    try:
+        taken = port_taken(port)
+    except OSError as err:
+        raise bad_input(f"--master-port: cannot listen on port {port} here ({err.strerror}); "
+                        "give every node another --master-port") from None
+    if taken:
+        raise bad_input(port_in_use(port))
 
+
+def port_taken(port: int) -> bool:
+    """Whether something listens on `port` here. Bound as rank 0's store binds it (all addresses,
+    address reuse on), so a port that a finished job left in TIME_WAIT is not taken."""
+    import errno
 
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,6 +97,6 @@ def _check_port_free(port: int) -> None:
             sock.bind(("", port))
         except OSError as err:
             if err.errno == errno.EADDRINUSE:
-                raise bad_input(port_in_use(port)) from None
-            raise bad_input(f"--master-port: cannot listen on port {port} here ({err.strerror}); "
-                            "give every node another --master-port") from None
+                return True
+            raise
+    return False

@@ -9,6 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
+from runner.launching.blame import leave_record
 from runner.runs import folder as rf
 from runner.runs.files import atomic_write, remove_interrupted_writes
 from runner.runs.paths import ENV, JOB, METRICS, PLOT, SPEC, SUMMARY, TIMING
@@ -91,6 +92,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         error.run_dir = folder.path if folder else None
         raise error from None
     except GpujobError as err:
+        leave_record(err)  # for the launcher: which rank failed first, and why (runner/launching/blame.py)
         # A spec mistake found at start-up leaves nothing half-written behind; found after
         # something was trained, the run keeps it (discard refuses) and says what went wrong.
         if not (err.exit_code == BAD_INPUT and folder is not None and not resuming and folder.discard()):
@@ -98,6 +100,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
             err.run_dir = folder.path if folder else None
         raise
     except OSError as err:
+        leave_record(err)
         if err.filename is None and err.errno not in DISK_FULL:
             raise _job_failure(folder, err) from err  # not the file system's: the job's own failure
         error = file_error(err, folder)
@@ -105,6 +108,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         error.run_dir = folder.path if folder else None
         raise error from None
     except (Exception, SystemExit) as err:  # the job's own failure (user code, OOM, ...): traceback kept
+        leave_record(err)
         # SystemExit too: a factory or step that calls sys.exit(0) must not pass for a finished job
         failure = _job_failure(folder, err)
         failure.run_dir = folder.path if folder else None

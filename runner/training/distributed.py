@@ -5,6 +5,7 @@ loop needs to agree across ranks. A single process is rank 0 of 1."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,30 @@ class WorkerContext:
 JOINED = "gpujob-worker: joined the job"  # a worker's stderr line once the rendezvous is done (the launcher reads it)
 
 
+@dataclass
+class GroupFacts:
+    """What this process saw of its process group, for the record a failing worker leaves
+    (runner/launching/blame.py): whether it joined the job, and whether a collective failed
+    under it (a peer died, hung past train.collective_timeout_s or left). gloo then raises a bare
+    RuntimeError, so the exception's type alone cannot say so; NCCL's and the store's errors can."""
+
+    joined: bool = False
+    collective_failed: bool = False
+
+
+GROUP = GroupFacts()
+
+
+@contextmanager
+def collective():
+    """Around a call that talks to the other ranks: its failure is noted in GROUP."""
+    try:
+        yield
+    except Exception:
+        GROUP.collective_failed = True
+        raise
+
+
 def pick_device(ctx: WorkerContext) -> "torch.device":
     """cuda > mps > cpu, one GPU per rank."""
     import torch
@@ -64,6 +89,7 @@ def init_process_group(ctx: WorkerContext, device: "torch.device", timeout_s: fl
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             timeout=datetime.timedelta(seconds=timeout_s))
+    GROUP.joined = True
     import sys
 
     print(f"{JOINED} (rank {ctx.rank} of {ctx.world_size})", file=sys.stderr, flush=True)
@@ -89,7 +115,8 @@ class CommTimer:
 
             def done(fut):
                 self.allreduce_s += time.perf_counter() - start
-                return fut.value()[0]
+                with collective():  # a failed all-reduce reaches backward() as a bare RuntimeError
+                    return fut.value()[0]
 
             return future.then(done)
 
@@ -102,7 +129,8 @@ class CommTimer:
             import torch.distributed as dist
 
             start = time.perf_counter()
-            dist.barrier()
+            with collective():
+                dist.barrier()
             self.barrier_s += time.perf_counter() - start
 
     def take(self) -> dict:
@@ -116,7 +144,8 @@ def all_sum(values: "torch.Tensor", ctx: WorkerContext) -> "torch.Tensor":
     if ctx.distributed:
         import torch.distributed as dist
 
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        with collective():
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
@@ -132,7 +161,8 @@ def in_turns(ctx: WorkerContext, work):
     for my_turn in (ctx.rank == 0, ctx.rank != 0 and ctx.local_rank == 0, ctx.local_rank != 0):
         if my_turn:
             result = work()
-        dist.barrier()
+        with collective():
+            dist.barrier()
     return result
 
 
@@ -143,7 +173,8 @@ def broadcast_object(obj, ctx: WorkerContext):
     import torch.distributed as dist
 
     holder = [obj if ctx.is_main else None]
-    dist.broadcast_object_list(holder, src=0)
+    with collective():
+        dist.broadcast_object_list(holder, src=0)
     return holder[0]
 
 

@@ -5,8 +5,9 @@ whether the exit code there is this start's (a requeued job starts again).
 With `srun --kill-on-bad-exit`, the first rank to end badly makes srun stop all the others
 (SIGTERM, then SIGKILL after the cluster's KillWait): what they then do or say is a consequence.
 So the rank to blame is the one whose own failure came first in time, as each task's shell
-recorded the moment its worker ended; neither the rank numbers, nor the order in which the files
-or lines appear, nor what a rank said earlier (a resume's "gpujob: resuming ...") decide it.
+recorded the moment its worker ended and each failing worker its error (runner/launching/blame.py:
+rank-N.error.json in job/, with whether it only lost a peer); neither the rank numbers, nor the
+order in which the files or lines appear, nor what a rank said decide it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.backends.slurm.commands import OutputFollower
+from runner.launching.blame import Ending, ErrorRecord, failed_ranks, read_records
 from runner.backends.slurm.script import EXIT_CODE_FILE, TIME_LIMIT_SIGNAL
 from runner.errors import JOB_FAILED, last_error_line
 from runner.errors import INTERRUPTED, PREEMPTED
@@ -32,7 +34,8 @@ TIME_LIMIT_SAID = "ran past resources.timeout_minutes"
 class RankEnd:
     """How one rank's worker ended: its exit code as its task's shell saw it, its node, when it
     ended (epoch seconds; None where its shell died with it), the signals its task was sent
-    (TERM, INT, ALRM: a stop, srun's teardown, the time limit) and its last lines."""
+    (TERM, INT, ALRM: a stop, srun's teardown, the time limit), its last lines and the error
+    record it left, if it failed by an error."""
 
     rank: int
     code: int
@@ -40,6 +43,7 @@ class RankEnd:
     ended: float | None = None
     signals: tuple[str, ...] = ()
     lines: tuple[str, ...] = ()
+    record: ErrorRecord | None = None
 
     @property
     def signal(self) -> str | None:
@@ -71,10 +75,10 @@ def rank_ends(job_dir: Path, output: OutputFollower) -> dict[int, RankEnd]:
     task whose shell died with its worker (its node lost, its process group killed), from srun's
     own line. Of those, only the first srun reports can have ended the job: srun stopped the
     ones after it, and they count as stopped by srun (-SIGKILL)."""
-    ends = {}
+    ends, records = {}, read_records(job_dir)
     for path in job_dir.glob("rank-*.exit"):
         rank = int(path.stem.removeprefix("rank-"))
-        ends[rank] = _parse_rank_line(rank, path.read_text(), output.lines(rank))
+        ends[rank] = _parse_rank_line(rank, path.read_text(), output.lines(rank), records.get(rank))
     first = True
     for line in output.unlabelled():
         match = SRUN_TASK_ENDED.match(line)
@@ -86,18 +90,19 @@ def rank_ends(job_dir: Path, output: OutputFollower) -> dict[int, RankEnd]:
         for rank in _task_ids(match[2]):
             if rank not in ends:
                 ends[rank] = RankEnd(rank, code if first else -signal.SIGKILL, match[1],
-                                     ended=-math.inf if first else None, lines=tuple(output.lines(rank)))
+                                     ended=-math.inf if first else None, lines=tuple(output.lines(rank)),
+                                     record=records.get(rank))
         first = False
     return ends
 
 
-def _parse_rank_line(rank: int, text: str, lines: list[str]) -> RankEnd:
+def _parse_rank_line(rank: int, text: str, lines: list[str], record: ErrorRecord | None) -> RankEnd:
     """"CODE NODE ENDED SIGNALS" (script.py's TASK); "CODE NODE" and "CODE" from older scripts
     (a resumed run submits the script it was first given)."""
     code, node, ended, got = (text.split() + [None] * 4)[:4]
     seconds = float(ended.replace(",", ".")) if ended else None  # EPOCHREALTIME follows the locale's decimal point
     signals = tuple(name for name in (got or "").split(",") if name and name != "-")
-    return RankEnd(rank, int(code), node, seconds, signals, tuple(lines))
+    return RankEnd(rank, int(code), node, seconds, signals, tuple(lines), record)
 
 
 def _task_ids(listed: str) -> list[int]:
@@ -111,17 +116,10 @@ def _task_ids(listed: str) -> list[int]:
 
 def failed_rank(ends: dict[int, RankEnd]) -> RankEnd | None:
     """The rank whose failure ended the job, if one failed: of those that failed by themselves
-    (an error, or a signal their task was not sent), the one that ended first, unless its error
-    only says that it lost a peer (runner.launching.launcher.failed_ranks' SECONDARY) and another's does not."""
-    from runner.launching.launcher import failed_ranks
-
-    failing = [end for end in ends.values() if end.code != 0 and not end.stopped]
-    # failed_ranks puts own failures before lost peers, each group in rank order: numbered in
-    # the order they ended, each group keeps that order.
-    in_time = sorted(failing, key=lambda end: (end.ended is None, end.ended or 0.0, end.rank))
-    order = failed_ranks({i: end.code for i, end in enumerate(in_time)},
-                         {i: list(end.lines) for i, end in enumerate(in_time)})
-    return in_time[order[0]] if order else None
+    (an error, or a signal their task was not sent), the one that failed first, unless its
+    record says it only lost a peer and another's does not (runner.launching.blame.failed_ranks)."""
+    order = failed_ranks(Ending(end.rank, end.code, end.ended, end.stopped, end.record) for end in ends.values())
+    return ends[order[0]] if order else None
 
 
 @dataclass(frozen=True)
