@@ -11,9 +11,11 @@ import sys
 
 import pytest
 
-from runner.backends.vast import backend as vast_backend
-from runner.backends.vast.backend import (EXIT_MARK, EXITED_GRACE_S, NOT_STARTED, RUN_GRACE_S, START_MARK, VastBackend,
-                                          exit_code, instance_request, new_lines)
+from runner.backends.vast import copying as vast_copying
+from runner.backends.vast.backend import VastBackend
+from runner.backends.vast.following import (EXIT_MARK, EXITED_GRACE_S, NOT_STARTED, RUN_GRACE_S, START_MARK, exit_code,
+                                            new_lines)
+from runner.backends.vast.request import instance_request
 from runner.errors import PREEMPTED
 from runner.errors import GpujobError, job_failed, missing_backend
 from runner.spec.load import load_spec
@@ -675,7 +677,7 @@ class UploadingVast(FakeVast):
 
         self.calls.append(("upload", instance_id, remote_path))
         assert Path(local_path).exists()
-        if self.fail_mark and remote_path.endswith(vast_backend.UPLOADED):
+        if self.fail_mark and remote_path.endswith(vast_copying.UPLOADED):
             raise job_failed(f"vast: rsync with instance {instance_id} failed (exit 23): fake")
 
 

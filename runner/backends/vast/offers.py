@@ -114,7 +114,9 @@ def bid_price(offer: dict, spec: JobSpec) -> float | None:
     cent, never above vast.max_dollars_per_hour."""
     if not spec.vast.interruptible:
         return None
-    bid = math.ceil(price(offer, True) * BID_MARGIN * 1000) / 1000
+    # Rounded to a millionth first: 0.4 x 1.10 is 0.44000000000000006 in binary, which a bare
+    # ceil would make a bid of 0.441.
+    bid = math.ceil(round(price(offer, True) * BID_MARGIN * 1000, 6)) / 1000
     cap = spec.vast.max_dollars_per_hour
     return min(bid, cap) if cap is not None else bid
 

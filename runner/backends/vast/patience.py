@@ -5,8 +5,9 @@ ends the job, as exit 3 naming what failed. Definite answers (a refused key, an 
 are never retried. Where a user waits for an answer (a dry run), each attempt is also bounded in
 wall-clock time, so no call outlasts the patience, whatever the network does.
 
+The loop is tenacity's, on the clock and sleep the backend is given (tests pass their own).
 create_instance is the exception: it is not safe to repeat (two instances would bill), so the
-backend asks again only after looking the instance up by its label (runner/backends/vast/rental.py).
+rent is asked again only after looking the instance up by its label (rental.py).
 """
 
 from __future__ import annotations
@@ -15,11 +16,25 @@ import sys
 import threading
 from typing import Callable
 
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
+
 from runner.backends.vast.api import VastUnavailable
 
 OUTAGE_S = 600.0  # how long vast.ai may fail to answer before the job gives up
 FIRST_DELAY_S, MAX_DELAY_S = 2.0, 60.0
 NOT_RETRIED = ("create_instance",)
+
+
+def patiently(clock: Callable[[], float], sleep: Callable[[float], None], outage_s: float, began: float, retry,
+              before_sleep: Callable[[RetryCallState], None] | None,
+              gave_up: Callable[[RetryCallState], object]) -> Retrying:
+    """tenacity's loop as gpujob waits on vast.ai: what `retry` accepts is tried again after
+    2 s, doubling to 60 s, until the next wait would end past `outage_s` from `began` (on
+    `clock`); then `gave_up` says so (it raises)."""
+    return Retrying(retry=retry, wait=wait_exponential(multiplier=FIRST_DELAY_S, max=MAX_DELAY_S),
+                    stop=lambda state: clock() - began + state.upcoming_sleep > outage_s,
+                    sleep=lambda seconds: sleep(float(seconds)), before_sleep=before_sleep,
+                    retry_error_callback=gave_up)
 
 
 class PatientApi:
@@ -39,19 +54,17 @@ class PatientApi:
         return lambda *args, **kwargs: self.call(method, *args, **kwargs)
 
     def call(self, method, *args, **kwargs):
-        began, delay = self.clock(), FIRST_DELAY_S
-        while True:
-            try:
-                return self._attempt(method, began, args, kwargs)
-            except VastUnavailable as err:
-                waited = self.clock() - began
-                if waited + delay > self.outage_s:
-                    raise VastUnavailable(f"{err.message}; vast.ai has not answered for {_duration(waited)}; check "
-                                          "https://status.vast.ai and your network, then try again") from None
-                if not self.quiet:
-                    print(f"gpujob: warning: {err.message}; trying again in {delay:.0f} s", file=sys.stderr)
-                self.sleep(delay)
-                delay = min(delay * 2, MAX_DELAY_S)
+        began = self.clock()
+
+        def gave_up(state: RetryCallState):
+            waited = self.clock() - began
+            raise VastUnavailable(f"{state.outcome.exception().message}; vast.ai has not answered for "
+                                  f"{_duration(waited)}; check https://status.vast.ai and your network, then try "
+                                  "again") from None
+
+        retrying = patiently(self.clock, self.sleep, self.outage_s, began, retry_if_exception_type(VastUnavailable),
+                             None if self.quiet else _warn, gave_up)
+        return retrying(self._attempt, method, began, args, kwargs)
 
     def _attempt(self, method, began: float, args, kwargs):
         if self.attempt_s is None:
@@ -76,6 +89,11 @@ class PatientApi:
         if "error" in result:
             raise result["error"]
         return result["value"]
+
+
+def _warn(state: RetryCallState) -> None:
+    print(f"gpujob: warning: {state.outcome.exception().message}; trying again in {state.upcoming_sleep:.0f} s",
+          file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:

@@ -14,11 +14,14 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from tenacity import RetryCallState, retry_if_result
+
 from runner.runs import record as run_record
 from runner.runs.state import Run
 from runner.backends.interrupts import held_interrupts
 from runner.backends.vast.api import CALL_TIMEOUT_S, VastUnavailable
-from runner.backends.vast.patience import FIRST_DELAY_S, MAX_DELAY_S, PatientApi
+from runner.backends.vast.following import Watch, keep_log
+from runner.backends.vast.patience import PatientApi, patiently
 from runner.errors import GpujobError, bad_input, job_failed
 from runner.errors import INTERRUPTED
 
@@ -49,30 +52,41 @@ def record(run: Run, **handles) -> None:
 
 def rent(api: PatientApi, run: Run, rental: Rental, offer_id: int, payload: dict, handles: dict) -> int:
     """Rent the offer; the instance's id, recorded. `handles` go into the record first, with the
-    label, before anything is asked."""
+    label, before anything is asked. A rent whose answer was lost is asked again (with backoff,
+    within the API's patience) only while no instance with the run's label is listed."""
     record(run, vast_label=rental.label, vast_instance_id=None, destroyed=False, **handles)
-    began, delay = api.clock(), FIRST_DELAY_S
-    while True:
-        lost = _ask_once(api, run, rental, offer_id, payload)
-        if lost is None:
-            break
-        made = api.instances_labelled(rental.label)
-        if made:  # the lost answer's instance: kept, and no second one asked for
-            with held_interrupts(_say_held) as held:
-                rental.instance_id = min(made)
-                record(run, vast_instance_id=rental.instance_id)
-            if held.interrupted:
-                raise KeyboardInterrupt
-            break
-        if api.clock() - began + delay > api.outage_s:
-            raise lost
-        print(f"gpujob: warning: {lost.message}; no instance with this run's label is listed; trying again in "
-              f"{delay:.0f} s", file=sys.stderr)
-        api.sleep(delay)
-        delay = min(delay * 2, MAX_DELAY_S)
+    asking = patiently(api.clock, api.sleep, api.outage_s, api.clock(), retry_if_result(lambda lost: lost is not None),
+                       _say_asking_again, _give_up_renting)
+    asking(_ask_and_look, api, run, rental, offer_id, payload)
     if rental.uncertain:
         _keep_only_the_recorded(api, rental)
     return rental.instance_id
+
+
+def _ask_and_look(api: PatientApi, run: Run, rental: Rental, offer_id: int, payload: dict) -> VastUnavailable | None:
+    """One rent: None once an instance is recorded; the failure when vast.ai's answer was lost
+    and no instance with the run's label is listed (worth asking again)."""
+    lost = _ask_once(api, run, rental, offer_id, payload)
+    if lost is None:
+        return None
+    made = api.instances_labelled(rental.label)
+    if not made:
+        return lost
+    with held_interrupts(_say_held) as held:  # the lost answer's instance: kept, and no second one asked for
+        rental.instance_id = min(made)
+        record(run, vast_instance_id=rental.instance_id)
+    if held.interrupted:
+        raise KeyboardInterrupt
+    return None
+
+
+def _say_asking_again(state: RetryCallState) -> None:
+    print(f"gpujob: warning: {state.outcome.result().message}; no instance with this run's label is listed; trying "
+          f"again in {state.upcoming_sleep:.0f} s", file=sys.stderr)
+
+
+def _give_up_renting(state: RetryCallState):
+    raise state.outcome.result()
 
 
 def _ask_once(api: PatientApi, run: Run, rental: Rental, offer_id: int, payload: dict) -> VastUnavailable | None:
@@ -114,6 +128,39 @@ def _keep_only_the_recorded(api: PatientApi, rental: Rental) -> None:
             print(f"vast: instance {extra} carries this run's label too (rented by a request whose answer was lost); "
                   f"destroying it: instance {rental.instance_id} runs the job", file=sys.stderr)
             destroy(api, extra, must=False)
+
+
+def close_rental(api: PatientApi, run: Run, rental: Rental, must: bool, watch: Watch) -> str:
+    """On every way out: destroy what was rented, keep its log, record what it cost; what
+    became of the rental, in words."""
+    try:
+        return end_rental(api, run, rental, must)
+    finally:
+        try:
+            keep_log(run.folder, watch)
+            if rental.instance_id is not None:
+                _record_cost(api, run, rental.instance_id)
+        except OSError as err:  # said, never raised over what brought us here
+            print(f"gpujob: warning: could not keep the instance's log and cost in {run.folder}: {err}",
+                  file=sys.stderr)
+
+
+def _record_cost(api: PatientApi, run: Run, instance_id: int) -> None:
+    """cost.json, on every way out that rented something: the offer's price per hour times
+    the time from the rent request to the destroy (vast.ai bills by the second)."""
+    from runner.reports.cost import describe, estimate, write_cost
+
+    h = run.handles
+    offer = h.get("offer", {})
+    basis = ("your bid plus the disk's storage price" if h.get("interruptible")
+             else "the offer's on-demand price (dph_total, disk included)")
+    cost = estimate("vast", f"instance {instance_id}: {offer.get('num_gpus')}x {offer.get('gpu_name')}",
+                    h["price_per_hour"], api.clock() - h["rented_at"],
+                    f"{basis} x the time from renting to destroying, measured here; "
+                    "vast.ai also bills network traffic")
+    if run.folder.exists():  # gone when the job never started: the line below still says what it cost
+        write_cost(run.folder, cost)
+    print(f"vast: {describe(cost)}", file=sys.stderr)
 
 
 def end_rental(api: PatientApi, run: Run, rental: Rental, must: bool) -> str:
