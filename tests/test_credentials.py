@@ -92,6 +92,6 @@ def test_the_docker_image_and_a_container_run_keep_no_credential(job, tmp_path, 
     history = subprocess.run(["docker", "history", "--no-trunc", TAG], capture_output=True, text=True).stdout
     config = subprocess.run(["docker", "image", "inspect", TAG], capture_output=True, text=True).stdout
     assert not any(v in history + config for v in SECRETS.values())
-    env_arg = [a for a in json.loads((next((tmp_path / "runs").iterdir()) / "job" / "docker-run.json")
+    env_arg = [a for a in json.loads((next((tmp_path / "runs").iterdir()) / "job" / "request.json")
                                      .read_text())["argv"] if a.startswith(tuple(SECRETS))]
     assert env_arg == []  # the container is never handed the user's credentials

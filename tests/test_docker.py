@@ -248,7 +248,7 @@ def test_the_users_own_model_data_and_step_run_in_the_container(image, tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout[-2000:]
     folder = Path(out.stdout.strip().splitlines()[-1])
     assert (folder / "job" / "code" / "gpujob_examples" / "regression.py").is_file()
-    argv = json.loads((folder / "job" / "docker-run.json").read_text())["argv"]
+    argv = json.loads((folder / "job" / "request.json").read_text())["argv"]
     assert not any(str(spec.parent) in arg for arg in argv)  # the spec's folder itself is not mounted
     last = [r for r in read_jsonl(folder / "metrics.jsonl") if r["kind"] == "epoch"][-1]
     assert set(last["test_metrics"]) == {"mae"} and last["test_accuracy"] is None
@@ -286,6 +286,9 @@ case "$1" in
          fi
          echo "docker: Error response from daemon: $FAKE_RUN" >&2; exit 125;;
   stop)  kill -TERM "$(cat "$FAKE_DIR/run.pid")"; exit 0;;
+  inspect) # the container is running while `run` does; once it ended, --rm took it away
+         kill -0 "$(cat "$FAKE_DIR/run.pid" 2>/dev/null)" 2>/dev/null && echo "running 0" && exit 0
+         echo "Error: No such object" >&2; exit 1;;
   build) exit "${FAKE_BUILD:-0}";;
   push)  exit "${FAKE_PUSH:-0}";;
 esac
@@ -297,8 +300,8 @@ exit 1
 def fake_docker(tmp_path):
     """A `docker` command first on PATH: `info` answers with FAKE_INFO's code (its runtimes are
     FAKE_RUNTIMES), images are there when FAKE_IMAGE=0, `run` runs until stopped (or fails to
-    start with FAKE_RUN's message), `build` and `push` exit FAKE_BUILD and FAKE_PUSH; `calls()`
-    lists the calls made."""
+    start with FAKE_RUN's message), `inspect` says it runs while it does, `build` and `push` exit
+    FAKE_BUILD and FAKE_PUSH; `calls()` lists the calls made."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "docker").write_text(FAKE_DOCKER)
@@ -387,6 +390,33 @@ def test_past_its_time_limit_the_container_is_stopped_and_it_is_exit_1(write_spe
     assert result.stderr.strip() == ("gpujob: docker: the job ran past resources.timeout_minutes (0.05 min); the "
                                      f"container was stopped; its last checkpoint is in {run}")
     assert result.stdout.strip().splitlines()[-1] == str(run)
+
+
+def test_resume_sends_the_recorded_docker_run_again_after_a_cancel(write_spec, tmp_path, fake_docker, monkeypatch):
+    """job/request.json holds the `docker run` exactly as sent; cancel stops that container with
+    train.stop_grace_s, and resume sends the very same `docker run` (its worker runs --resume)."""
+    fake_docker.use(monkeypatch, FAKE_INFO="0", FAKE_IMAGE="0")
+    submitted = cli("submit", _digits_spec(write_spec, train={"stop_grace_s": 9}), "--backend", "docker", "--detach",
+                    "--runs-dir", tmp_path / "runs")
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir
+    sent = json.loads((run / "job" / "request.json").read_text())
+    assert sent["container"] == f"gpujob-{run.name}" and sent["argv"][:2] == ["docker", "run"]
+    assert not (run / "job" / "docker-run.json").exists()
+    wait_for(lambda: any(call.startswith("run ") for call in fake_docker.calls()), "the container's start")
+    assert cli("status", run).stdout.startswith(f"{run.name}: running: container gpujob-{run.name} is running")
+
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0 and cancelled.stdout.startswith(f"cancelled {run.name}"), cancelled.stderr
+    assert f"stop --time 9 gpujob-{run.name}" in fake_docker.calls()
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
+
+    resumed = cli("resume", run, "--detach")
+    assert resumed.exit_code == 0, resumed.stderr
+    wait_for(lambda: len([call for call in fake_docker.calls() if call.startswith("run ")]) == 2, "the second start")
+    runs = [call for call in fake_docker.calls() if call.startswith("run ")]
+    assert runs[0] == runs[1] == " ".join(sent["argv"][1:])
+    assert cli("cancel", run).exit_code == 0  # nothing left running after the test
 
 
 def test_a_failed_build_or_push_is_exit_1(fake_docker, monkeypatch):

@@ -211,3 +211,99 @@ def test_an_attached_local_run_is_cancelled_from_another_terminal(long_digits, t
     assert cli("cancel", run).exit_code == 0
     assert proc.wait(timeout=120) == 143 and "checkpoint saved" in proc.stderr.read()
     assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
+
+
+# ---- what every backend shares (issue 24: chores once, names once) ----------------------------
+
+
+def test_a_detached_local_run_keeps_what_it_sent_in_job_request_json(long_digits, tmp_path):
+    """The base's submit, as every backend's: job/spec.yaml and job/request.json, exactly what
+    was sent (here: the `gpujob run` the detached process runs)."""
+    submitted = cli("submit", long_digits(max_steps=3), "--detach", "--runs-dir", tmp_path / "runs")
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir
+    sent = json.loads((run / "job" / "request.json").read_text())
+    assert sent == {"spec_file": str(run / "job" / "spec.yaml"), "run_dir": str(run), "world_size": 1,
+                    "resume": False}
+    assert load_spec(run / "job" / "spec.yaml").name == "test-job"
+    wait_for(lambda: cli("status", run).stdout.startswith(f"{run.name}: finished"), "the detached job's end")
+
+
+def _stopping_backend(ends_after: int | None):
+    """A backend whose job ends `ends_after` polls after it is asked to stop (None: never)."""
+    from runner.backends.base import Backend
+    from runner.runs.state import RUNNING, RunState
+
+    class Stopping(Backend):
+        name = "stopping"
+        stop_slack_s = 0.3
+
+        def __init__(self):
+            self.calls, self.polls = [], 0
+
+        def status(self, run):
+            return RunState(RUNNING, "")
+
+        def ask_to_stop(self, run, state, grace_s):
+            self.calls.append(("ask", grace_s))
+
+        def still_running(self, run):
+            self.polls += 1
+            return ends_after is None or self.polls <= ends_after
+
+        def end_now(self, run, state, waited_s):
+            self.calls.append(("end now", waited_s))
+            return "ended it"
+
+    return Stopping()
+
+
+def test_the_bases_stop_asks_waits_out_the_grace_and_ends_only_a_job_that_stays(tmp_path, write_spec):
+    from runner.runs.paths import RunPaths
+    from runner.runs.state import RUNNING, Run, RunState
+
+    run = Run(tmp_path / "run", None)
+    RunPaths(run.folder).job.mkdir(parents=True)
+    RunPaths(run.folder).job_spec.write_text(write_spec(train={"stop_grace_s": 1}).read_text())
+    polite = _stopping_backend(ends_after=2)
+    assert polite.stop(run, RunState(RUNNING, "")) is None and polite.calls == [("ask", 1)]
+    stubborn = _stopping_backend(ends_after=None)
+    started = time.monotonic()
+    assert stubborn.stop(run, RunState(RUNNING, "")) == "ended it"
+    (asked, (ended, waited_s)) = stubborn.calls
+    assert asked == ("ask", 1) and ended == "end now" and 1.3 < waited_s <= time.monotonic() - started < 10
+
+
+def _constants(where) -> dict[str, set[str]]:
+    """File (relative to the repository) -> the string constants its code holds."""
+    import ast
+
+    found = {}
+    for path in sorted(where):
+        found[str(path.relative_to(REPO))] = {node.value for node in ast.walk(ast.parse(path.read_text()))
+                                              if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return found
+
+
+# Moved onto the shared names by other hands (issue 24): modal and vast.ai, the training loop, the launcher.
+ELSEWHERE = ("runner/backends/modal/", "runner/backends/vast/", "runner/training/loop.py", "runner/launching/launcher.py",
+             "runner/launching/worker.py")
+
+
+def test_the_worker_command_is_built_in_one_place():
+    """`gpujob run SPEC --run-dir DIR ...` that every backend's job runs: one function builds it
+    (the CLI declares the option, the launcher starts its ranks its own way)."""
+    runner = REPO / "runner"
+    building = [name for name, constants in _constants(runner.rglob("*.py")).items()
+                if "--run-dir" in constants and not name.startswith(("runner/cli/", "runner/launching/launcher.py"))]
+    assert building == ["runner/launching/command.py"]
+
+
+def test_a_run_folders_file_names_are_spelled_only_in_runs_paths():
+    """spec.yaml, the checkpoints folder and a checkpoint's name: RunPaths names them, once."""
+    runner = REPO / "runner"
+    spelled = {name: constants & {"spec.yaml", "checkpoints", "docker-run.json", "job.sbatch", "request.json"}
+               for name, constants in _constants(runner.rglob("*.py")).items()
+               if not name.startswith(ELSEWHERE) and name != "runner/runs/paths.py"}
+    assert {name: names for name, names in spelled.items() if names} == {
+        "runner/backends/slurm/backend.py": {"job.sbatch"}}  # what sbatch reads, beside request.json

@@ -206,8 +206,10 @@ case "$1" in
 esac
 """
 # FAKE_JOB_FILES: a folder of what the job wrote into the run's job/ (copied there on submit).
+# FAKE_SENT: a file each submitted script is appended to.
 FAKE_SBATCH = """#!/bin/sh
 [ "$FAKE_HANG" = sbatch ] && exec sleep 30
+[ -n "$FAKE_SENT" ] && cat "$2" >> "$FAKE_SENT"
 [ -n "$FAKE_JOB_FILES" ] && cp "$FAKE_JOB_FILES"/* "$(dirname "$2")"/
 echo 4242
 """
@@ -261,6 +263,27 @@ def test_a_job_slurm_stopped_at_its_time_limit_is_exit_1_naming_the_limit(fashio
         f"gpujob: slurm: job 4242 ran past resources.timeout_minutes (2 min) and was stopped; its last checkpoint "
         f"is in {run}; continue it with: gpujob resume {run}")
     assert result.stdout.strip().splitlines()[-1] == str(run)
+
+
+def test_resume_submits_the_recorded_batch_script_again(fashion_spec, tmp_path, fake_slurm):
+    """job/request.json holds the script exactly as sent (sbatch reads job/job.sbatch, the same
+    text); resume submits that script again, not one planned anew from a spec since edited."""
+    sent = tmp_path / "sent"
+    fake_slurm.setenv("FAKE_SENT", str(sent))
+    spec = fashion_spec()
+    submitted = cli("submit", spec, "--backend", "slurm", "--detach", "--runs-dir", tmp_path / "runs")
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir
+    script = json.loads((run / "job" / "request.json").read_text())["script"]
+    assert script == (run / "job" / "job.sbatch").read_text() == sent.read_text()
+    assert f"--run-dir {run} --worker --resume" in script
+
+    fake_slurm.setenv("FAKE_STATE", "FAILED")  # the job ended: it may be resumed
+    spec.write_text(spec.read_text().replace("test-job", "edited-since"))
+    (run / "job" / "job.sbatch").write_text("#!/bin/bash\nexit 1\n")
+    resumed = cli("resume", run, "--detach")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert sent.read_text() == script + script and (run / "job" / "job.sbatch").read_text() == script
 
 
 # What a two-node job wrote when node 2's worker was SIGKILLed mid-run (tests/test_multinode.py),

@@ -6,11 +6,13 @@ request and why not, where its job runs (for the dry run), and what to say of a 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol
 
-from runner.errors import bad_input
+from runner.errors import GpujobError, bad_input
 from runner.runs import record as run_record
 from runner.runs.files import atomic_write
 from runner.runs.paths import JOB, JOB_REQUEST, RunPaths
@@ -80,6 +82,25 @@ def what_is_here(request, gpus_here: list[tuple[str, float]]) -> str:
     return "no CUDA GPU" if not gpus_here else f"{gpus_here[0][0]}, not {request.type.name}"
 
 
+STOP_POLL_S = 0.2
+
+
+def stop_grace_s(folder: Path) -> int:
+    """train.stop_grace_s of the run: the spec it was sent (job/spec.yaml), else the one it wrote,
+    else the field's default (neither can be read)."""
+    from runner.spec.load import load_spec
+    from runner.spec.model import TrainSpec
+
+    paths = RunPaths(folder)
+    for spec in (paths.job_spec, paths.spec):
+        if spec.is_file():
+            try:
+                return load_spec(spec).train.stop_grace_s
+            except GpujobError:
+                continue
+    return TrainSpec.model_fields["stop_grace_s"].default
+
+
 def catalog_target(spec: "JobSpec", backend: str) -> Target:
     """A machine gpujob does not see, sized from the GPU catalog (a rented or a cluster's card)."""
     request = spec.resources.gpu_request
@@ -99,6 +120,10 @@ class Backend:
         cancel(run) -> str            # stop it, letting it checkpoint first where the backend can
         fetch(run) -> str             # bring the run folder here
         resume(run, detach)           # submit it again: it continues from its last checkpoint
+
+    submit, resume and cancel are written here once; a backend fills in `send` and either `stop`
+    or the steps of the stop written here (`ask_to_stop`, and where needed `still_running`,
+    `end_now`, `cannot_stop`).
     """
 
     name: ClassVar[str]
@@ -110,6 +135,7 @@ class Backend:
     takes_machine_gpus: ClassVar[bool] = False  # `--gpu all` or a count: this machine's GPUs, handed to the job
 
     request_type: ClassVar[type | None] = None  # the class of its plans' requests (a Request)
+    stop_slack_s: ClassVar[float] = 30  # a stop: past train.stop_grace_s, the backend's own time to end the job
 
     def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         raise NotImplementedError
@@ -128,6 +154,8 @@ class Backend:
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
         """Keep what is sent in the run's job/ (the spec as the job reads it, the request exactly
         as sent), then send it."""
+        for note in plan.notes:
+            print(f"gpujob: {note}", file=sys.stderr)
         paths = RunPaths(run.folder)
         paths.job.mkdir(exist_ok=True)
         atomic_write(paths.job_spec, (plan.job_spec or plan.spec).to_yaml().encode())
@@ -143,6 +171,9 @@ class Backend:
         state = self.status(run)
         if not state.live:
             return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
+        refusal = self.cannot_stop(run, state)
+        if refusal:
+            raise bad_input(refusal)  # before the record changes: a refused cancel changes nothing
         run.record.note("cancel asked")
         run_record.write(run.folder, run.record)
         said = self.stop(run, state)
@@ -167,9 +198,34 @@ class Backend:
         raise NotImplementedError
 
     def stop(self, run: Run, state: RunState) -> str | None:
-        """Ask the live job to stop (it checkpoints first where it can) and wait out its grace.
-        Returns what to say instead of the usual line, if anything."""
+        """Ask the live job to stop, give it train.stop_grace_s to checkpoint and the backend's
+        stop_slack_s to end, and end it at once if it is still there. Returns what to say
+        instead of the usual line, if anything."""
+        grace_s = stop_grace_s(run.folder)
+        self.ask_to_stop(run, state, grace_s)
+        started = time.monotonic()
+        while self.still_running(run):
+            waited_s = time.monotonic() - started
+            if waited_s > grace_s + self.stop_slack_s:
+                return self.end_now(run, state, waited_s)
+            time.sleep(STOP_POLL_S)
+        return None
+
+    def cannot_stop(self, run: Run, state: RunState) -> str | None:
+        """Why this machine cannot stop the live job (one line), or None: it can."""
+        return None
+
+    def ask_to_stop(self, run: Run, state: RunState, grace_s: int) -> None:
+        """Tell the live job to stop: it checkpoints within grace_s, then exits."""
         raise NotImplementedError
+
+    def still_running(self, run: Run) -> bool:
+        """Whether a job asked to stop has yet to end."""
+        return self.status(run).live
+
+    def end_now(self, run: Run, state: RunState, waited_s: float) -> str | None:
+        """End a job still there after its grace, and say so (None: the usual line)."""
+        return None
 
     # ---- what the core asks instead of comparing names -----------------------------------------
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-OUTPUT = "output.log"
-EXIT_CODE = "exit-code"
+from runner.runs.paths import JOB_EXIT_CODE, JOB_OUTPUT
+
 _WRAPPER = 'trap : TERM INT HUP; "$@"; code=$?; echo $code > "$0"; exit $code'
 
 
@@ -25,9 +25,9 @@ def start_detached(command: list[str], job_dir: Path, env: dict | None = None) -
     resumed run's log goes on) and its exit code to job_dir/exit-code. Returns the pid of the
     session's leader, which is also its process group."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    exit_file = job_dir / EXIT_CODE
+    exit_file = job_dir / JOB_EXIT_CODE
     exit_file.unlink(missing_ok=True)
-    with open(job_dir / OUTPUT, "ab") as output:
+    with open(job_dir / JOB_OUTPUT, "ab") as output:
         proc = subprocess.Popen(["sh", "-c", _WRAPPER, str(exit_file), *command], stdin=subprocess.DEVNULL,
                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"})
@@ -37,7 +37,7 @@ def start_detached(command: list[str], job_dir: Path, env: dict | None = None) -
 def exit_code(job_dir: Path) -> int | None:
     """The detached command's exit code, None while it runs (or if it was never started)."""
     try:
-        return int((job_dir / EXIT_CODE).read_text().strip())
+        return int((job_dir / JOB_EXIT_CODE).read_text().strip())
     except (OSError, ValueError):
         return None
 

@@ -106,12 +106,12 @@ def _start_run(chosen, plan, spec_path: Path, detach: bool):
 def _ship_code(chosen, plan, folder: Path) -> None:
     """The user's code, copied into the run's job/code for a backend that sends it, and imported
     from that copy alone: what the copy lacks is said now, before a queue or a rental."""
-    from runner.runs.paths import JOB
+    from runner.runs.paths import RunPaths
     from runner.usercode.shipping import CODE_DIR, check_imports, code_fields
 
     if not (plan.ships_code and code_fields(plan.spec)):
         return
-    job_dir = folder / JOB
+    job_dir = RunPaths(folder).job
     (job_dir / CODE_DIR).mkdir(parents=True, exist_ok=True)  # the backends point the job at it
     if plan.code is not None:
         root = plan.code.copy_into(job_dir)

@@ -107,14 +107,14 @@ class RunFolder:
         """A run folder written before, to resume into: gpujob made it and its job started."""
         path = Path(path)
         run_record.read(path)  # exit 2 unless gpujob made this folder
-        if not (path / SPEC).is_file():
+        if not RunPaths(path).spec.is_file():
             raise bad_input(f"{path}: the run never started (no {SPEC}); nothing to resume")
         return cls(path)
 
     def remove_if_unstarted(self) -> None:
         """Take away a folder whose job never started (bad input, a refused submission): it holds
         only what gpujob put there to start it."""
-        if self.path.is_dir() and not (self.path / SPEC).exists() and all(
+        if self.path.is_dir() and not RunPaths(self.path).spec.exists() and all(
                 p.name in PRE_RUN or is_interrupted_write(p) for p in self.path.iterdir()):
             shutil.rmtree(self.path, ignore_errors=True)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.errors import GpujobError, bad_input
 from runner.runs import record as run_record
-from runner.runs.paths import COST, ENV, METRICS, SPEC, SUMMARY, TIMING
+from runner.runs.paths import COST, ENV, METRICS, SUMMARY, TIMING, RunPaths
 from runner.runs.reading import DamagedFile, metrics_records, read_json, read_summary
 
 @dataclass
@@ -81,7 +81,7 @@ def load_run(folder: Path) -> RunView:
     import yaml
 
     try:
-        spec = yaml.safe_load((folder / SPEC).read_text()) or {}
+        spec = yaml.safe_load(RunPaths(folder).spec.read_text()) or {}
     except (OSError, yaml.YAMLError):
         spec = {}
     try:

@@ -14,29 +14,25 @@ import errno
 import hashlib
 import io
 import os
-import re
 import sys
 from pathlib import Path
 
 from runner.errors import job_failed
 from runner.runs.files import atomic_write, remove_interrupted_writes
+from runner.runs.paths import DIGEST, RunPaths, digest_file
 
 KEEP = 2
-NAME = re.compile(r"^step-(\d{8,})\.pt$")
-DIGEST = ".sha256"  # the checksum file beside each checkpoint
 
 
 class CheckpointStore:
     def __init__(self, run_dir: Path):
-        self.dir = Path(run_dir) / "checkpoints"
+        self.run = RunPaths(run_dir)  # names the checkpoints and says which is newest
+        self.dir = self.run.checkpoints_dir
         self.loaded: Path | None = None  # what load_latest read
 
     def paths(self) -> list[Path]:
         """Checkpoint files, newest first."""
-        if not self.dir.is_dir():
-            return []
-        found = [p for p in self.dir.iterdir() if NAME.match(p.name)]
-        return sorted(found, key=lambda p: int(NAME.match(p.name).group(1)), reverse=True)
+        return self.run.checkpoints()
 
     def save(self, state: dict, step: int) -> Path:
         import torch
@@ -45,7 +41,7 @@ class CheckpointStore:
         torch.save(state, buffer)
         payload = buffer.getvalue()
         self.dir.mkdir(parents=True, exist_ok=True)
-        path = self.dir / f"step-{step:08d}.pt"
+        path = self.run.checkpoint(step)
         atomic_write(digest_file(path), (hashlib.sha256(payload).hexdigest() + "\n").encode())
         atomic_write(path, payload)  # temp file .step-*.tmp until renamed
         _fsync_dir(self.dir)  # the renames themselves survive a power cut
@@ -74,10 +70,6 @@ class CheckpointStore:
         if paths:
             raise job_failed(f"every checkpoint in {self.dir} is damaged; cannot resume")
         return None
-
-
-def digest_file(path: Path) -> Path:
-    return path.with_name(path.name + DIGEST)
 
 
 def read_checkpoint(path: Path) -> dict:

@@ -2,42 +2,41 @@
 
 The run folder is picked here, like a local run's, and the host's runs folder is mounted at
 /runs, so the artifacts land straight in it; the container runs as the host user, so they are
-the user's files. Inside, the same worker command as every backend:
+the user's files. Inside, the same worker command as every backend (runner/launching/command.py)
+after the image's entrypoint `gpujob run`:
 `gpujob run /job/spec.yaml --run-dir /runs/NAME --nproc-per-node auto --resume`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from runner.runs import lock as run_lock
-
-from runner.runs import record as run_record
-from runner.runs.state import PENDING, RUNNING, Run, RunState
-from runner.backends.base import Backend, Plan, Target
-from runner.backends.detached import EXIT_CODE, OUTPUT, exit_code, start_detached, tail_lines
+from runner.backends.base import Backend, Plan, Target, stop_grace_s
+from runner.backends.detached import exit_code, start_detached, tail_lines
 from runner.backends.exit_codes import remote_exit_error
-from runner.errors import GpujobError, bad_input, job_failed
-from runner.runs.paths import JOB
+from runner.errors import INTERRUPTED, GpujobError, bad_input, job_failed
+from runner.launching.command import run_arguments
+from runner.runs import lock as run_lock
+from runner.runs import record as run_record
+from runner.runs.paths import JOB_EXIT_CODE, JOB_OUTPUT, JOB_SPEC, RunPaths
+from runner.runs.state import PENDING, RUNNING, Run, RunState, ended_state
 from runner.spec.model import JobSpec
-from runner.errors import INTERRUPTED
 from runner.usercode.shipping import CODE_DIR, SHIPPED_CODE, code_fields
 
 # Datasets that read data.root: the host folder is mounted at /data for them.
 ROOT_DATASETS = ("fashion_mnist", "mnist", "cifar10")
 TIMEOUT_GRACE_S = 120  # past resources.timeout_minutes: start-up, data download, the final save
-REQUEST_FILE = "docker-run.json"  # in job/: the request as sent, for `gpujob resume`
+JOB_MOUNT = "/job"  # the run's job/ as the container sees it (read-only)
+RUNS_MOUNT = "/runs"
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> Con
         # `--gpu N` names no GPU type; on a CUDA machine `--nproc-per-node auto` then runs
         # resources.processes workers, so make that one per GPU.
         spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"processes": int(gpus)})})
-    mounts = [(runs_dir.resolve(), "/runs", "rw")]
+    mounts = [(runs_dir.resolve(), RUNS_MOUNT, "rw")]
     # The host uid has no home in the image; the gpujob outside reports the run (its own path for it).
     env: dict[str, str] = {"HOME": "/tmp", "GPUJOB_INNER_RUN": "1"}
     if spec.data.dataset in ROOT_DATASETS or ":" in spec.data.dataset:
@@ -76,7 +75,7 @@ def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> Con
         spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": "/data"})})
     if code_fields(spec):
         # The user's code, as submitted: the run's job/code, which the container sees at /job/code.
-        env[SHIPPED_CODE] = f"/job/{CODE_DIR}"
+        env[SHIPPED_CODE] = f"{JOB_MOUNT}/{CODE_DIR}"
     return ContainerRun(spec.docker.image, spec, gpus, mounts, env, note)
 
 
@@ -87,23 +86,37 @@ def docker_run_command(run: ContainerRun, run_name: str, job_dir: str, uid: int,
                "--ipc=host"]
     if run.gpus:
         command += ["--gpus", run.gpus]
-    for host, inside, mode in [*run.mounts, (Path(job_dir), "/job", "ro")]:
+    for host, inside, mode in [*run.mounts, (Path(job_dir), JOB_MOUNT, "ro")]:
         command += ["--volume", f"{host}:{inside}:{mode}"]
     for key, value in run.env.items():
         command += ["--env", f"{key}={value}"]
-    return command + [run.image, "/job/spec.yaml", "--run-dir", f"/runs/{run_name}",
-                      "--nproc-per-node", "auto", "--resume"]
+    # `--resume` every time: a resume sends this very command again, and the folder then holds the run
+    return command + [run.image, *run_arguments(f"{JOB_MOUNT}/{JOB_SPEC}", f"{RUNS_MOUNT}/{run_name}", "auto",
+                                                resume=True)]
 
 
 @dataclass(frozen=True)
 class DockerRequest:
-    """The `docker run` that starts the job: sent as it is, kept in job/docker-run.json, and sent
+    """The `docker run` that starts the job: sent as it is, kept in job/request.json, and sent
     again as it is by `gpujob resume` (its worker runs with --resume)."""
 
     container: str
     argv: list[str]
-    run: ContainerRun
     limit_s: float  # attached: past this, the container is stopped
+    host_dirs: list[str]  # mounted read-write: made by the user before docker would make them as root
+
+    @property
+    def gpus(self) -> str | None:
+        """docker's --gpus value, None on the CPU."""
+        return self.argv[self.argv.index("--gpus") + 1] if "--gpus" in self.argv else None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "DockerRequest":
+        return cls(str(data["container"]), [str(arg) for arg in data["argv"]], float(data["limit_s"]),
+                   [str(path) for path in data["host_dirs"]])
 
 
 class DockerBackend(Backend):
@@ -111,13 +124,14 @@ class DockerBackend(Backend):
     folder_is_here = True  # the job writes its run folder here: an unstarted one can go
     ships_code = True  # a copy in the run's job/code, which the job imports
     takes_machine_gpus = True  # `--gpu all` or a count: this machine's GPUs, given to the container
+    request_type = DockerRequest
 
     def target(self, plan: Plan) -> Target:
         from runner.hardware import cuda_gpus
         from runner.training.memory import available_ram
 
         request = plan.spec.resources.gpu_request
-        gpus = cuda_gpus() if plan.request.run.gpus else []
+        gpus = cuda_gpus() if plan.request.gpus else []
         if gpus:
             name, memory_gb = gpus[0]
             return Target("cuda", request.type if request else None, int(memory_gb * 1e9), f"this machine's {name}",
@@ -132,61 +146,45 @@ class DockerBackend(Backend):
         run = container_run(spec, Path(runs_dir), nvidia_runtime_available(), Path.cwd())
         request = spec.resources.gpu_request
         world = request.count if run.gpus and request else run.spec.resources.processes
-        job_dir = (Path(runs_dir) / run_name / JOB).resolve()
+        job_dir = RunPaths((Path(runs_dir) / run_name).resolve()).job
         argv = docker_run_command(run, run_name, str(job_dir), os.getuid(), os.getgid())
         limit_s = spec.resources.timeout_minutes * 60 + TIMEOUT_GRACE_S
+        host_dirs = [str(host) for host, _, mode in run.mounts if mode == "rw"]
         plan = Plan(self.name, spec, spec_path, runs_dir, run_name, world,
-                    DockerRequest(f"gpujob-{run_name}", argv, run, limit_s),
+                    DockerRequest(f"gpujob-{run_name}", argv, limit_s, host_dirs),
                     rows=[("image", run.image), ("docker gpus", run.gpus or "none (cpu)"),
                           ("mounts", ", ".join(f"{host}:{inside}" for host, inside, _ in run.mounts)),
-                          ("command", shlex.join(argv))])
+                          ("command", shlex.join(argv))],
+                    job_spec=run.spec)  # what the container reads at /job/spec.yaml
         if run.note:
             plan.notes.append(run.note)
         return plan
 
-    def submit(self, plan: Plan, run: Run, detach: bool) -> None:
-        request: DockerRequest = plan.request
-        for note in plan.notes:
-            print(f"gpujob: {note}", file=sys.stderr)
-        for host, inside, mode in request.run.mounts:
-            if mode == "rw":
-                host.mkdir(parents=True, exist_ok=True)  # made by the user, not by docker as root
-        job_dir = run.folder / JOB
-        job_dir.mkdir(exist_ok=True)
-        (job_dir / "spec.yaml").write_text(request.run.spec.to_yaml())  # what the container reads at /job
-        (job_dir / REQUEST_FILE).write_text(json.dumps({"container": request.container, "argv": request.argv,
-                                                         "limit_s": request.limit_s}, indent=2) + "\n")
-        self._send(run, request.container, request.argv, request.limit_s, detach)
+    def send(self, run: Run, request: DockerRequest, detach: bool) -> None:
+        """`docker run`: detached, in its own session; attached, followed to its end here."""
+        from runner.backends.docker.image import require_engine
 
-    def _send(self, run: Run, container: str, argv: list[str], limit_s: float, detach: bool) -> None:
-        job_dir = run.folder / JOB
+        require_engine()
+        for host in request.host_dirs:
+            Path(host).mkdir(parents=True, exist_ok=True)
+        job_dir = RunPaths(run.folder).job
         if detach:
-            pid = start_detached(argv, job_dir)
-            run.record = run_record.update(run.folder, handles={"container": container, "client_pid": pid})
+            pid = start_detached(request.argv, job_dir)
+            run.record = run_record.update(run.folder, handles={"container": request.container, "client_pid": pid})
             return
-        run.record = run_record.update(run.folder, handles={"container": container})
-        (job_dir / EXIT_CODE).unlink(missing_ok=True)
+        run.record = run_record.update(run.folder, handles={"container": request.container})
+        (job_dir / JOB_EXIT_CODE).unlink(missing_ok=True)
         try:
-            code, lines, timed_out = _run_streaming(argv, container, limit_s, job_dir / OUTPUT,
-                                                    _stop_grace(run.folder), run.folder)
+            code, lines, timed_out = _run_streaming(request.argv, request.container, request.limit_s,
+                                                    job_dir / JOB_OUTPUT, stop_grace_s(run.folder), run.folder)
         except KeyboardInterrupt:
-            (job_dir / EXIT_CODE).write_text(f"{INTERRUPTED}\n")
+            (job_dir / JOB_EXIT_CODE).write_text(f"{INTERRUPTED}\n")
             raise GpujobError(f"docker: interrupted; the job saved a checkpoint in {run.folder}; continue it "
                               f"with: gpujob resume {run.folder}", INTERRUPTED) from None
-        (job_dir / EXIT_CODE).write_text(f"{code}\n")
-        if timed_out:
-            raise job_failed(f"docker: the job ran past resources.timeout_minutes "
-                             f"({limit_s / 60 - TIMEOUT_GRACE_S / 60:g} min); the container was stopped; "
-                             f"its last checkpoint is in {run.folder}")
-        if code == 125:  # docker's own failure: the container never started
-            raise job_failed(f"docker: the container did not start: {lines[-1] if lines else 'no output'}")
-        error = remote_exit_error(code, lines, "docker", run.folder)
-        if error is not None:
-            raise error
+        (job_dir / JOB_EXIT_CODE).write_text(f"{code}\n")
+        _raise_for_outcome(code, lines, timed_out, request.limit_s, run.folder)
 
     def status(self, run: Run) -> RunState:
-        from runner.runs.state import ended_state
-
         owner = run_lock.holder(run.folder)
         if owner is not None:
             return RunState(RUNNING, f"in container {run.handles.get('container')}")
@@ -195,42 +193,32 @@ class DockerBackend(Backend):
             return RunState(RUNNING, f"container {run.handles['container']} is {state}")
         if state == "created":
             return RunState(PENDING, f"container {run.handles['container']} is being created")
-        known = exit_code(run.folder / JOB)
+        known = exit_code(RunPaths(run.folder).job)
         code = known if known is not None else code
         return ended_state(run, code, "" if code is not None else "the container is gone")
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
-        yield from tail_lines(run.folder / JOB / OUTPUT, (lambda: self.status(run).live) if follow else None)
+        yield from tail_lines(RunPaths(run.folder).job / JOB_OUTPUT,
+                              (lambda: self.status(run).live) if follow else None)
 
-    def cancel(self, run: Run) -> str:
-        from runner.runs.state import resume_hint
-
-        state = self.status(run)
-        if not state.live:
-            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
-        run.record.note("cancel asked")
-        run_record.write(run.folder, run.record)
-        grace = _stop_grace(run.folder)
-        _stop(run.handles["container"], grace)  # SIGTERM: the job checkpoints, then the container exits
-        deadline = time.monotonic() + grace + 30
-        while self.status(run).live and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return f"cancelled {run.folder.name}; {resume_hint(run.folder)}"
+    def ask_to_stop(self, run: Run, state: RunState, grace_s: int) -> None:
+        _stop(run.handles["container"], grace_s)  # SIGTERM: the job checkpoints, then the container exits
 
     def fetch(self, run: Run) -> str:
         return f"{run.folder.name} ran in a container on this machine: its folder is already here"
 
-    def resume(self, run: Run, detach: bool) -> None:
-        """Send the very `docker run` again: its worker runs with --resume, so it continues."""
-        from runner.backends.docker.image import require_engine
 
-        require_engine()
-        try:
-            sent = json.loads((run.folder / JOB / REQUEST_FILE).read_text())
-        except (OSError, ValueError) as err:
-            raise bad_input(f"{run.folder}: its docker request ({JOB}/{REQUEST_FILE}) is unreadable ({err}); "
-                            f"resume it here with: gpujob resume {run.folder} --here") from None
-        self._send(run, sent["container"], sent["argv"], sent["limit_s"], detach)
+def _raise_for_outcome(code: int, lines: list[str], timed_out: bool, limit_s: float, folder: Path) -> None:
+    """The error an attached `docker run` ending with `code` is, if any."""
+    if timed_out:
+        raise job_failed(f"docker: the job ran past resources.timeout_minutes "
+                         f"({limit_s / 60 - TIMEOUT_GRACE_S / 60:g} min); the container was stopped; "
+                         f"its last checkpoint is in {folder}")
+    if code == 125:  # docker's own failure: the container never started
+        raise job_failed(f"docker: the container did not start: {lines[-1] if lines else 'no output'}")
+    error = remote_exit_error(code, lines, "docker", folder)
+    if error is not None:
+        raise error
 
 
 def container_state(container: str | None) -> tuple[str | None, int | None]:
@@ -289,7 +277,7 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
 def _as_on_this_machine(line: str, folder: Path) -> str:
     """A line of the container's output with the run folder's name there (/runs/NAME, in the
     worker's `resume with: gpujob resume /runs/NAME`) replaced by its name here."""
-    inside = f"/runs/{folder.name}"
+    inside = f"{RUNS_MOUNT}/{folder.name}"
     if inside not in line:
         return line
     return re.sub(rf"(?<![\w./-]){re.escape(inside)}(?![\w.-])", lambda _: str(folder), line)
@@ -300,15 +288,3 @@ def _stop(container: str, grace_s: int) -> None:
     container may have exited (and been removed) in the meantime."""
     subprocess.run(["docker", "stop", "--time", str(grace_s), container],
                    capture_output=True, text=True, timeout=grace_s + 60)
-
-
-def _stop_grace(folder: Path) -> int:
-    from runner.spec.load import load_spec
-
-    try:
-        return load_spec(folder / JOB / "spec.yaml").train.stop_grace_s
-    except GpujobError:
-        return 30
-
-
-

@@ -1,10 +1,11 @@
 """The slurm backend: one sbatch job runs the worker on every task of `resources.nodes` nodes.
 
-The batch script (runner/backends/slurm/script.py) is kept in the run folder's job/ folder,
-with SLURM's output beside it; it asks for nodes x workers-per-node tasks (one per GPU, or
-`resources.processes` on CPU nodes) and starts the same worker every backend runs with
-`srun --kill-on-bad-exit`, so one failing rank stops the job. The run folder must be on a file
-system the nodes share with this machine (the usual home or project directory on a cluster).
+The batch script (runner/backends/slurm/script.py) is kept in the run folder's job/ folder as
+job.sbatch (what sbatch reads; job/request.json records the same text), with SLURM's output
+beside it; it asks for nodes x workers-per-node tasks (one per GPU, or `resources.processes` on
+CPU nodes) and starts the same worker every backend runs with `srun --kill-on-bad-exit`, so one
+failing rank stops the job. The run folder must be on a file system the nodes share with this
+machine (the usual home or project directory on a cluster).
 
 Attached, this process follows the job with `scontrol`, streams its output, and `scancel`s it
 on Ctrl-C after letting it checkpoint. `--detach` submits and returns; `status`, `logs` and
@@ -20,24 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from runner.runs import lock as run_lock
-
-from runner.runs import record as run_record
-from runner.runs.state import PENDING, RUNNING, Run, RunState
 from runner.backends.base import Backend, Plan, Target, catalog_target
 from runner.backends.exit_codes import remote_exit_error
 from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_restarts, job_start_time, job_state,
                                             require_controller, sbatch, slurm_command)
 from runner.backends.slurm.outcome import ScriptExit, failed_rank, rank_ends, script_exit
 from runner.backends.slurm.script import check_path, sbatch_script
-from runner.errors import JOB_FAILED, GpujobError, job_failed
-from runner.runs.paths import JOB
+from runner.errors import INTERRUPTED, JOB_FAILED, GpujobError, job_failed
+from runner.runs import lock as run_lock
+from runner.runs import record as run_record
+from runner.runs.files import atomic_write
+from runner.runs.paths import RunPaths
+from runner.runs.state import PENDING, RUNNING, Run, RunState, ended_state, resume_hint
 from runner.spec.model import JobSpec
-from runner.errors import INTERRUPTED
 
 POLL_S = 0.5
-STOP_GRACE_S = 30  # after Ctrl-C or cancel, besides train.stop_grace_s: SLURM's own time to pass the signal on
-SCRIPT = "job.sbatch"
+SCRIPT = "job.sbatch"  # in job/: the batch script, as sbatch reads it
 
 
 @dataclass(frozen=True)
@@ -47,11 +46,19 @@ class SlurmRequest:
     script: str
     run_dir: Path
 
+    def to_json(self) -> dict:
+        return {"script": self.script, "run_dir": str(self.run_dir)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SlurmRequest":
+        return cls(str(data["script"]), Path(data["run_dir"]))
+
 
 class SlurmBackend(Backend):
     name = "slurm"
     folder_is_here = True  # the job writes its run folder here (a file system the nodes share)
     ships_code = True  # a copy in the run's job/code, which the job imports
+    request_type = SlurmRequest
 
     def target(self, plan: Plan) -> Target:
         if plan.spec.resources.gpu_request is not None:
@@ -72,33 +79,35 @@ class SlurmBackend(Backend):
                           ("tasks per node", str(spec.resources.workers_per_node)),
                           ("sbatch script", "\n" + script)])
 
-    def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+    def send(self, run: Run, request: SlurmRequest, detach: bool) -> None:
+        """sbatch the script (job/job.sbatch, where its output lands too); attached, follow the
+        job to its end."""
+        from runner.spec.load import load_spec
+
         require_controller()
-        job_dir = run.folder / JOB
-        job_dir.mkdir(exist_ok=True)
-        (job_dir / "spec.yaml").write_text(plan.spec.to_yaml(), encoding="utf-8")
-        (job_dir / SCRIPT).write_text(plan.request.script, encoding="utf-8")  # a run folder's path may be any text
-        self._send(run, plan.spec, detach)
-
-    def _send(self, run: Run, spec: JobSpec, detach: bool) -> None:
-        job_id = sbatch(run.folder / JOB / SCRIPT)
+        script = run.paths.job / SCRIPT
+        atomic_write(script, request.script.encode())  # a run folder's path may be any text
+        job_id = sbatch(script)
         run.record = run_record.update(run.folder, handles={"slurm_job_id": job_id})
-        output = _output(run.folder, job_id)
-        print(f"gpujob: submitted SLURM job {job_id}; output: {output}", file=sys.stderr)
+        print(f"gpujob: submitted SLURM job {job_id}; output: {_output(run.folder, job_id)}", file=sys.stderr)
         if not detach:
-            self._follow_to_end(spec, run.folder, job_id)
+            self._follow_to_end(load_spec(run.paths.job_spec), run, job_id)
 
-    def _follow_to_end(self, spec: JobSpec, folder: Path, job_id: str) -> None:
+    def _follow_to_end(self, spec: JobSpec, run: Run, job_id: str) -> None:
+        folder = run.folder
+        follower = OutputFollower(_output(folder, job_id))
         try:
-            state, follower = self._follow(job_id, _output(folder, job_id), folder)
+            state = self._follow(job_id, follower, folder)
         except KeyboardInterrupt:
-            self._stop(job_id, _output(folder, job_id), spec.train.stop_grace_s)
+            self.stop(run, self.status(run))
+            _echo(follower.poll(final=True))  # what the workers said as they stopped
             raise GpujobError(f"slurm: interrupted; job {job_id} checkpointed and was cancelled; its run folder is "
                               f"{folder}; continue it with: gpujob resume {folder}", INTERRUPTED) from None
         self._outcome(spec, folder, job_id, state, follower)
 
-    def _follow(self, job_id: str, output: Path, folder: Path) -> tuple[str, OutputFollower]:
-        follower, said, queued = OutputFollower(output), None, True
+    def _follow(self, job_id: str, follower: OutputFollower, folder: Path) -> str:
+        """Echo the job's output until it ends; its final state."""
+        said, queued = None, True
         while True:
             state, reason = job_state(job_id)
             if queued and state != "PENDING":  # the time in SLURM's queue, a start-up phase (gpujob show)
@@ -108,24 +117,14 @@ class SlurmBackend(Backend):
             if state in FINAL_STATES:
                 time.sleep(POLL_S)  # the last lines may reach the file just after the state changes
                 _echo(follower.poll(final=True))
-                return state, follower
+                return state
             if state == "PENDING" and reason not in (said, "None"):
                 print(f"gpujob: SLURM job {job_id} is waiting: {reason}", file=sys.stderr)
                 said = reason
             time.sleep(POLL_S)
 
-    def _stop(self, job_id: str, output: Path, grace_s: int) -> None:
-        print(f"\ngpujob: stopping SLURM job {job_id} (the workers save a checkpoint first)", file=sys.stderr)
-        slurm_command(["scancel", "--signal=TERM", job_id], "stopping the job")  # the workers, not srun
-        follower = OutputFollower(output, skip_existing=True)
-        deadline = time.monotonic() + grace_s + STOP_GRACE_S
-        while time.monotonic() < deadline and job_state(job_id)[0] not in FINAL_STATES:
-            _echo(follower.poll())
-            time.sleep(POLL_S)
-        slurm_command(["scancel", job_id], "cancelling the job")
-
     def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
-        job_dir = folder / JOB
+        job_dir = RunPaths(folder).job
         time_limit = (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} "
                       f"min) and was stopped; its last checkpoint is in {folder}; continue it with: gpujob resume "
                       f"{folder}")
@@ -154,8 +153,6 @@ class SlurmBackend(Backend):
             world = spec.resources.nodes * spec.resources.workers_per_node
             where += f": rank {failed.rank} of {world}" + (f" on node {failed.node}" if failed.node else "")
             if failed.signal is not None:
-                from runner.runs.state import resume_hint
-
                 cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if failed.signal == "SIGKILL" else ""
                 raise job_failed(f"{where} was killed by {failed.signal}, not by gpujob{cause}; srun stopped the other "
                                  f"ranks; {resume_hint(folder)}")
@@ -164,8 +161,6 @@ class SlurmBackend(Backend):
             raise error
 
     def status(self, run: Run) -> RunState:
-        from runner.runs.state import ended_state
-
         job_id = run.handles.get("slurm_job_id")
         if job_id is None:
             return ended_state(run, None, "it was never submitted")
@@ -174,7 +169,7 @@ class SlurmBackend(Backend):
             return RunState(PENDING, f"SLURM job {job_id} is waiting: {reason}")
         if state not in FINAL_STATES or run_lock.holder(run.folder) is not None:
             return RunState(RUNNING, f"SLURM job {job_id} is {state.lower()}")
-        ended = script_exit(run.folder / JOB)
+        ended = script_exit(run.paths.job)
         if ended is not None and _earlier_start(ended, job_restarts(job_id)):
             return ended_state(run, JOB_FAILED, f"SLURM job {job_id} was requeued, and its restart ended {state} "
                                                 "before its batch script ran")
@@ -194,34 +189,26 @@ class SlurmBackend(Backend):
                 return
             time.sleep(POLL_S)
 
-    def cancel(self, run: Run) -> str:
-        from runner.runs.state import resume_hint
+    def stop(self, run: Run, state: RunState) -> str:
+        said = super().stop(run, state)
+        return said or f"cancelled {run.folder.name} (SLURM job {run.handles['slurm_job_id']}); {resume_hint(run.folder)}"
 
-        state = self.status(run)
-        if not state.live:
-            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
-        run.record.note("cancel asked")
-        run_record.write(run.folder, run.record)
+    def ask_to_stop(self, run: Run, state: RunState, grace_s: int) -> None:
         job_id = run.handles["slurm_job_id"]
         if state.state == PENDING:  # nothing ran yet: nothing to checkpoint
             slurm_command(["scancel", job_id], "cancelling the job")
-        else:
-            from runner.spec.load import load_spec
+            return
+        print(f"\ngpujob: stopping SLURM job {job_id} (the workers save a checkpoint first)", file=sys.stderr)
+        slurm_command(["scancel", "--signal=TERM", job_id], "stopping the job")  # the workers, not srun
 
-            grace = load_spec(run.folder / JOB / "spec.yaml").train.stop_grace_s
-            self._stop(job_id, _output(run.folder, job_id), grace)
-        return f"cancelled {run.folder.name} (SLURM job {job_id}); {resume_hint(run.folder)}"
+    def still_running(self, run: Run) -> bool:
+        return job_state(run.handles["slurm_job_id"])[0] not in FINAL_STATES
+
+    def end_now(self, run: Run, state: RunState, waited_s: float) -> None:
+        slurm_command(["scancel", run.handles["slurm_job_id"]], "cancelling the job")
 
     def fetch(self, run: Run) -> str:
         return f"{run.folder.name} ran on SLURM nodes that share this file system: its folder is already here"
-
-    def resume(self, run: Run, detach: bool) -> None:
-        """Submit the run's batch script again: its workers run with --resume, so the job
-        continues from the last checkpoint into the same folder."""
-        from runner.spec.load import load_spec
-
-        require_controller()
-        self._send(run, load_spec(run.folder / JOB / "spec.yaml"), detach)
 
 
 def memory_bytes(text: str | None) -> int | None:
@@ -239,7 +226,7 @@ def memory_bytes(text: str | None) -> int | None:
 
 
 def _output(folder: Path, job_id: str) -> Path:
-    return folder / JOB / f"slurm-{job_id}.out"
+    return RunPaths(folder).job / f"slurm-{job_id}.out"
 
 
 def _earlier_start(ended: ScriptExit, restarts: int | None) -> bool:
@@ -253,7 +240,7 @@ def _stopped_by_time_limit(folder: Path, job_id: str) -> bool:
     what they said in the job's output)."""
     output = OutputFollower(_output(folder, job_id))
     output.poll(final=True)
-    ends = rank_ends(folder / JOB, output)
+    ends = rank_ends(RunPaths(folder).job, output)
     failed = failed_rank(ends)
     return any(end.stopped_by_time_limit for end in ends.values()) and (failed is None or failed.stopped_by_time_limit)
 

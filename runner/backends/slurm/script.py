@@ -4,12 +4,13 @@ recorded file (tests/golden/). One sbatch job runs the same worker on every task
 
     srun ... python -m runner.cli run job/spec.yaml --run-dir RUN --worker --resume
 
-`--resume` makes a requeued job (SLURM preemption) continue from its last checkpoint into the
+(runner/launching/command.py builds that command, as for every backend.) `--resume` makes a requeued job (SLURM preemption) continue from its last checkpoint into the
 same run folder.
 
 What the job leaves in the run's job/ for gpujob to read (runner/backends/slurm/outcome.py):
 `rank-N.exit`, one line per task, "CODE NODE ENDED SIGNALS" (the worker's exit code, the node,
-when it ended, the signals its task got), and `exit-code`, "CODE ATTEMPT" (srun's exit code and
+when it ended, the signals its task got), `rank-N.error.json`, the record a failing worker
+leaves (GPUJOB_JOB_DIR tells it where), and `exit-code`, "CODE ATTEMPT" (srun's exit code and
 which start of the job wrote it: a requeued job starts again).
 """
 
@@ -21,13 +22,15 @@ import shlex
 from pathlib import Path
 
 from runner.errors import bad_input
-from runner.runs.paths import JOB
+from runner.launching.blame import RECORD_GLOB
+from runner.launching.command import run_command
+from runner.runs.paths import JOB_EXIT_CODE, RunPaths
 from runner.spec.model import JobSpec
 from runner.usercode.shipping import CODE_DIR, code_fields
 
-EXIT_CODE_FILE = "exit-code"
+EXIT_CODE_FILE = JOB_EXIT_CODE  # "CODE ATTEMPT" here: the batch script's own
 # SLURM's warning before the time limit (--signal): the signal the workers already take for
-# resources.timeout_minutes (runner/stop_signals.py), not SIGTERM, which is a preemption or a cancel.
+# resources.timeout_minutes (runner/training/stops.py), not SIGTERM, which is a preemption or a cancel.
 TIME_LIMIT_SIGNAL = "ALRM"
 # What each task's shell does around the worker (its command is "$@"). The shell traps the
 # signals a stop sends, so that it outlives the worker and notes which ones came; EPOCHREALTIME
@@ -45,7 +48,8 @@ PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
 def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> str:
     """The batch script for `spec`, writing into `run_dir` (absolute). Pure: --dry-run shows it."""
     s, tasks = spec.slurm, spec.resources.workers_per_node
-    job_dir = run_dir / JOB
+    paths = RunPaths(run_dir)
+    job_dir = paths.job
     # Quoted as sbatch reads its lines; `%` doubled: --output is a pattern (%j: the job id).
     output = sbatch_quote(str(job_dir).replace("%", "%%") + "/slurm-%j.out")
     options = [f"--job-name=gpujob-{spec.name}", f"--nodes={spec.resources.nodes}",
@@ -65,8 +69,8 @@ def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> s
         if value is not None:
             options.append(f"--{flag}={sbatch_quote(str(value))}")
     options += s.sbatch_lines
-    worker = shlex.join([python, "-m", "runner.cli", "run", str(job_dir / "spec.yaml"),
-                         "--run-dir", str(run_dir), "--worker", "--resume"])
+    # each task one rank (`--worker`: srun starts them all); `--resume` for a requeued job
+    worker = shlex.join(run_command(paths.job_spec, run_dir, worker=True, resume=True, python=python))
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options), "",
              "# Written by gpujob (backend: slurm); submitted with sbatch from the run folder's job/.",
              "set -uo pipefail",
@@ -74,13 +78,14 @@ def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> s
              # exit code below is still written; an ignored one would be inherited by the workers.
              "trap ':' TERM INT",
              f"export GPUJOB_JOB_DIR={shlex.quote(str(job_dir))}",
-             f'rm -f "$GPUJOB_JOB_DIR/{EXIT_CODE_FILE}" "$GPUJOB_JOB_DIR"/rank-*.exit',
+             # an earlier start's ends and error records (a failing worker's, runner/launching/blame.py)
+             f'rm -f "$GPUJOB_JOB_DIR/{EXIT_CODE_FILE}" "$GPUJOB_JOB_DIR"/rank-*.exit "$GPUJOB_JOB_DIR"/{RECORD_GLOB}',
              *s.setup,
              "export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
              # srun takes --cpus-per-task from sbatch only before SLURM 22.05; since, where tasks are
              # bound to CPUs, each would get one while OMP_NUM_THREADS starts several threads.
              'if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK; fi',
-             # The user's code as it was submitted (runner/user_code.py), imported before any other copy.
+             # The user's code as it was submitted (runner/usercode/shipping.py), imported before any other copy.
              *([f"export GPUJOB_CODE_PATHS={shlex.quote(str(job_dir / CODE_DIR))}"
                 "${GPUJOB_CODE_PATHS:+:$GPUJOB_CODE_PATHS}"] if code_fields(spec) else []),
              # Rank 0 runs on the first node, where this script runs: its address and a free port.
