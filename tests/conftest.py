@@ -232,3 +232,31 @@ def requeue_now(job_id: str, run: Path) -> None:
     wait_for(lambda: (run / "job" / "exit-code").exists(), "the first run's batch script to end", 60)
     wait_for(lambda: time.time() >= int(requeued_at) + 2, "the second after the requeue's", 5)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+@pytest.fixture
+def answering_data_source():
+    """The environment of a process whose http:// requests reach a local proxy that answers every
+    one with 200 and an empty body: a dataset's download source that answers (the dry run asks it
+    with HEAD), on a machine that reaches no internet. Torchvision's and urllib's requests honour
+    http_proxy."""
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    yield {"http_proxy": proxy, "HTTP_PROXY": proxy, "no_proxy": "", "NO_PROXY": ""}
+    server.shutdown()
+    server.server_close()

@@ -43,3 +43,44 @@ def test_estimate_prices_the_readmes_own_regression_example():
     out = cli_subprocess("estimate", REPO / "jobs" / "regression.yaml", "--gpus", "T4,A10G")
     assert out.returncode == 0, out.stderr
     assert "cheapest: T4 x1" in out.stdout and "epoch(s) of " in out.stdout
+
+
+def _unreachable_mirrors(monkeypatch):
+    """FashionMNIST's download source, pointed at a local port nothing listens on: no answer,
+    whether or not this machine reaches the internet."""
+    import socket
+
+    from torchvision import datasets
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
+
+
+def test_a_dry_run_that_would_download_checks_the_source_answers(write_spec, tmp_path, monkeypatch):
+    """It said "the job downloads it" on a machine that cannot; the real run then failed."""
+    from tests.conftest import cli
+
+    _unreachable_mirrors(monkeypatch)
+    spec = write_spec(data={"dataset": "fashion_mnist", "root": str(tmp_path / "data"), "download": True})
+    out = cli("submit", spec, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert out.exit_code == 2 and "data.download: fashion_mnist is not under" in out.stderr, out.stderr
+    assert "its source does not answer from here" in out.stderr and "FashionMNIST/raw" in out.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    """It left an empty data/FashionMNIST/raw behind."""
+    import pytest
+
+    from runner.errors import GpujobError
+    from runner.spec.model import DataSpec
+    from runner.training.datasets import load_image_tensors
+
+    _unreachable_mirrors(monkeypatch)
+    data = DataSpec(dataset="fashion_mnist", root=str(tmp_path / "data"), download=True)
+    with pytest.raises(GpujobError) as err:
+        load_image_tensors(data, train=True)
+    assert err.value.exit_code == 2 and "data.download" in err.value.message
+    assert not (tmp_path / "data").exists()

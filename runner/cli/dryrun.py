@@ -108,7 +108,7 @@ def check_precision(precision: str, target: Target) -> None:
 def check_data(plan: Plan) -> str | None:
     """Data that is neither where the job runs nor downloaded stops the job there: say so here."""
     from runner.spec.datasets import DOWNLOADED
-    from runner.training.datasets import on_disk, require_on_disk
+    from runner.training.datasets import download_source_problem, on_disk, require_on_disk, where_files_go
 
     data = plan.spec.data
     if data.dataset not in DOWNLOADED:
@@ -122,6 +122,10 @@ def check_data(plan: Plan) -> str | None:
         return None
     if not data.download:
         require_on_disk(data)  # raises the run's own message: where the files go
+    problem = download_source_problem(data)
+    if problem:  # the run would fail at its download: say it now, as it would
+        raise bad_input(f"data.download: {data.dataset} is not under {Path(data.root).resolve()} and its source does "
+                        f"not answer from here ({problem}); {where_files_go(data)}")
     return f"{data.dataset} is not under {data.root} yet: the job downloads it"
 
 

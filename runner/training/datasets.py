@@ -71,10 +71,12 @@ def _torchvision_class(data: "DataSpec"):
 
 def _open_torchvision(data: "DataSpec", train: bool):
     cls = _torchvision_class(data)
+    made = _folders_a_download_makes(cls, data.root)
     try:
         with _network_timeout(DOWNLOAD_TIMEOUT_S):
             return cls(root=data.root, train=train, download=data.download)
     except (RuntimeError, OSError) as err:  # torchvision's "Dataset not found", or the download's failure
+        _remove_empty(made)  # a failed download leaves no empty folders behind
         put = _where_files_go(cls, data.root)
         if not data.download:
             raise bad_input(f"data.root: {data.dataset} not found under {Path(data.root).resolve()}; {put}, "
@@ -85,6 +87,46 @@ def _open_torchvision(data: "DataSpec", train: bool):
 
 # torchvision's urlopen has no timeout: a network that drops packets would hang the job for minutes
 DOWNLOAD_TIMEOUT_S = 60
+SOURCE_CHECK_TIMEOUT_S = 8
+
+
+def _folders_a_download_makes(cls, root: str) -> list[Path]:
+    """The folders torchvision makes for a download that do not exist yet, deepest first."""
+    root = Path(root)
+    wanted = [root / cls.__name__ / "raw", root / cls.__name__] if hasattr(cls, "mirrors") else []
+    wanted.append(root)
+    return [folder for folder in wanted if not folder.exists()]
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            folder.rmdir()  # only if empty: a partial download's files are never removed here
+        except OSError:
+            pass
+
+
+def download_source_problem(data: "DataSpec") -> str | None:
+    """Why a torchvision dataset's download source does not answer from here (None: it does):
+    the dry run asks before it says the job will download it."""
+    import urllib.error
+    import urllib.request
+
+    cls = _torchvision_class(data)
+    urls = [mirror + cls.resources[0][0] for mirror in cls.mirrors] if hasattr(cls, "mirrors") else [cls.url]
+    reasons = []
+    for url in urls:
+        request = urllib.request.Request(url, method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=SOURCE_CHECK_TIMEOUT_S) as answer:
+                if answer.status < 400:
+                    return None
+                reasons.append(f"{url}: HTTP {answer.status}")
+        except urllib.error.HTTPError as err:
+            reasons.append(f"{url}: HTTP {err.code}")
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reasons.append(f"{url}: {_download_reason(err)}")
+    return "; ".join(reasons)
 
 
 @contextmanager
@@ -103,6 +145,11 @@ def _where_files_go(cls, root: str) -> str:
         names = ", ".join(Path(name).stem for name, _ in cls.resources)
         return f"put {names} (the .gz files, unpacked) in {Path(root).resolve() / cls.__name__ / 'raw'}"
     return f"unpack {cls.filename} in {Path(root).resolve()} (it makes {cls.base_folder}/)"
+
+
+def where_files_go(data: "DataSpec") -> str:
+    """For a message: fetch the dataset where the internet is reachable and put it where the job reads it."""
+    return f"fetch it where the internet is reachable and {_where_files_go(_torchvision_class(data), data.root)}"
 
 
 def _download_source(cls) -> str:
