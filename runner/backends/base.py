@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol
 
 from runner.errors import GpujobError, bad_input
+from runner.invocation import command
 from runner.runs import record as run_record
 from runner.runs.files import atomic_write
 from runner.runs.paths import JOB, JOB_REQUEST, RunPaths
@@ -186,7 +187,7 @@ class Backend:
             return self.request_type.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
             raise bad_input(f"{run.folder}: what was sent to start it ({JOB}/{JOB_REQUEST}) is unreadable ({err}); "
-                            f"resume it here with: gpujob resume {run.folder} --here") from None
+                            f"resume it here with: {command(f'gpujob resume {run.folder} --here')}") from None
 
     def refreshed(self, run: Run, request):
         """The recorded request as it can be sent again now (e.g. a new offer where the old one is
@@ -248,3 +249,9 @@ class Backend:
     def detached_note(self, run: Run) -> str:
         """What to know of a detached run besides following, checking and stopping it."""
         return ""
+
+    def readiness(self) -> str | None:
+        """For `gpujob check`: what this machine lacks to use the backend now (its SDK, credentials,
+        engine, image, client commands), as one line with what to do; None when nothing is missing.
+        Free to ask: no network, no torch, nothing that takes more than a moment."""
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, last_error_line
+from runner.invocation import command
 from runner.errors import INTERRUPTED, PREEMPTED
 
 TAIL_LINES = 12
@@ -22,7 +23,7 @@ def remote_exit_error(code: int, lines: list[str], where: str, run_dir: Path) ->
         return GpujobError(f"{where}: {last_error_line(lines)}", BAD_INPUT)
     if code in (PREEMPTED, INTERRUPTED):
         return GpujobError(f"{where}: the job was stopped and saved a checkpoint; its run folder is {run_dir}; "
-                           f"continue it with: gpujob resume {run_dir}", code)
+                           f"continue it with: {command(f'gpujob resume {run_dir}')}", code)
     tail = "\n  ".join(line for line in lines[-TAIL_LINES:])
     return GpujobError(f"{where}: the job failed (exit {code}): {last_error_line(lines)}\n"
                        f"last lines of its output:\n  {tail}", JOB_FAILED)

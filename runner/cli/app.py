@@ -14,6 +14,7 @@ import typer
 
 from runner.cli import interrupts
 from runner.errors import GpujobError
+from runner.invocation import command
 
 # Plain help (no rich tables): they print a type tag such as <bool> or <list[str]> beside every option.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -123,7 +124,7 @@ def detached_lines(run, what: str) -> None:
     note = backend.detached_note(run)
     typer.echo(f"{what} {run.folder.name} to {run.record.backend}; it runs without this terminal"
                + (f". {note}" if note else ""))
-    typer.echo(f"  follow it:  gpujob logs {run.folder} --follow")
-    typer.echo(f"  its state:  gpujob status {run.folder}")
-    typer.echo(f"  stop it:    gpujob cancel {run.folder}")
+    typer.echo(f"  follow it:  {command(f'gpujob logs {run.folder} --follow')}")
+    typer.echo(f"  its state:  {command(f'gpujob status {run.folder}')}")
+    typer.echo(f"  stop it:    {command(f'gpujob cancel {run.folder}')}")
     typer.echo(str(run.folder))  # last line: the run folder, for scripts

@@ -12,10 +12,12 @@ interrupts.install_if_this_is_gpujob()  # first: a Ctrl-C while typer, torch and
 
 from runner.cli import jobs, lifecycle, reports, tools  # noqa: E402,F401  (each registers its commands)
 from runner.cli.app import app  # noqa: E402
+from runner import invocation  # noqa: E402
 
 
 def main() -> None:
     interrupts.install()
+    invocation.remember()  # hints printed by this process and the ones it starts: as the user can type them
     if "--worker" in sys.argv:
         _worker_main()
     app()

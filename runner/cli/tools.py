@@ -1,5 +1,6 @@
-"""The commands around a job: `validate` and `schema` (the spec), `image build` (the Docker
-image) and `export kaggle` (a kernel folder for a service gpujob does not drive)."""
+"""The commands around a job: `check` (which backends this machine can use now), `validate` and
+`schema` (the spec), `image build` (the Docker image) and `export kaggle` (a kernel folder for a
+service gpujob does not drive)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ from typing import List, Optional
 import typer
 
 from runner.cli.app import SetOpt, SpecArg, app, load_job, user_errors
+
+
+@app.command()
+@user_errors
+def check():
+    """Say which backends this machine can use now, and what each of the others lacks.
+
+    One line per backend (SDK, credentials, engine, image, client commands), asked of this
+    machine only: nothing is sent anywhere and nothing costs."""
+    from runner.backends.registry import all_backends
+
+    backends = all_backends()
+    width = max(len(backend.name) for backend in backends)
+    for backend in backends:
+        lacking = backend.readiness()
+        typer.echo(f"{backend.name:<{width}}  " + (f"not ready: {lacking}" if lacking else "ready"))
 
 
 @app.command()

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, job_failed, last_error_line
+from runner.invocation import command
 from runner.runs.paths import SUMMARY
 from runner.launching.blame import ERROR_FILE, Ending, ErrorRecord, failed_ranks, hung_ranks
 from runner.launching.topology import Topology, free_port, port_in_use, port_taken
@@ -241,7 +242,7 @@ class Launch:
             return GpujobError(f"{what}; node 0 keeps the run folder and its checkpoints", code)
         if newest is None:
             return GpujobError(f"{what} before the first checkpoint: nothing was kept", code)
-        resume = f"resume with: gpujob resume {self.run_dir}"
+        resume = f"resume with: {command(f'gpujob resume {self.run_dir}')}"
         if newest == self.checkpoint_before:
             return GpujobError(f"{what}; last checkpoint {newest} (no newer one was written); {resume}", code)
         if self.topology.world_size == 1:  # as the worker itself says it

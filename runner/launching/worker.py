@@ -17,6 +17,7 @@ from runner.runs import lock as run_lock
 from runner.training.distributed import WorkerContext
 from runner.training.checkpoint import CheckpointStore
 from runner.errors import BAD_INPUT, GpujobError, bad_input, job_failed
+from runner.invocation import command
 from runner.training.stops import Stopped
 from runner.spec.model import JobSpec
 
@@ -34,7 +35,8 @@ def open_run_folder(spec: JobSpec, run_dir: Path | None, runs_dir: Path, resume:
         run_lock.acquire(folder.path)
     except run_lock.LockHeld as held:
         raise bad_input(f"{folder.path} is live: {run_lock.describe(held.owner)} is running it; follow it with "
-                        f"`gpujob logs {folder.path} --follow`, stop it with `gpujob cancel {folder.path}`") from None
+                        f"`{command(f'gpujob logs {folder.path} --follow')}`, stop it with "
+                        f"`{command(f'gpujob cancel {folder.path}')}`") from None
     return folder, resuming
 
 
@@ -82,7 +84,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         if ctx.is_main:
             _write_results(folder, spec, result, ctx.world_size)
     except Stopped as stop:
-        where = f"; resume with: gpujob resume {folder.path}" if folder else ""
+        where = f"; resume with: {command(f'gpujob resume {folder.path}')}" if folder else ""
         if stop.timed_out:
             error = job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) "
                                f"and was stopped at step {stop.step}, checkpoint saved{where}")
@@ -161,7 +163,7 @@ def file_error(err: OSError, folder: rf.RunFolder | None) -> GpujobError:
     if err.errno in DISK_FULL:
         kept = CheckpointStore(folder.path).paths() if folder else []
         last = f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written yet"
-        resume = f"; free some space, then: gpujob resume {folder.path}" if kept else ""
+        resume = f"; free some space, then: {command(f'gpujob resume {folder.path}')}" if kept else ""
         return job_failed(f"the disk is full: writing {path} failed; {last}{resume}")
     if err.errno in (errno.EEXIST, errno.ENOTDIR):
         return bad_input(f"{path}: a file is where gpujob keeps a folder; move it away, then try again")

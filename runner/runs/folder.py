@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.errors import bad_input
+from runner.invocation import command
 from runner.runs import record as run_record
 from runner.runs.files import atomic_write, is_interrupted_write, remove_interrupted_writes
 from runner.runs.reading import whole_summary
@@ -93,7 +94,7 @@ class RunFolder:
         if path.exists() and any(p.name not in PRE_RUN and not is_interrupted_write(p) for p in path.iterdir()):
             if run_record.is_run(path):
                 raise bad_input(f"--run-dir: {path} already holds a run; it is never overwritten "
-                                f"(`gpujob resume {path}` continues it)")
+                                f"(`{command(f'gpujob resume {path}')}` continues it)")
             raise bad_input(f"--run-dir: {path} holds files gpujob did not make; give a new or empty folder")
         if not path.exists():
             return cls.start(path, run_record.new_submission("local", path.name))

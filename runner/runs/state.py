@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import INTERRUPTED, PREEMPTED as PREEMPTED_CODE, bad_input
+from runner.invocation import command
 from runner.runs import lock as run_lock
 from runner.runs import record as run_record
 from runner.runs.lines import error_line, summary_line
@@ -53,8 +54,8 @@ class Run:
 def resume_hint(folder: Path) -> str:
     kept = RunPaths(folder).newest_checkpoint()
     if kept is None:
-        return "no checkpoint was written; `gpujob resume` would start it over"
-    return f"last checkpoint {kept.name}; continue it with: gpujob resume {folder}"
+        return f"no checkpoint was written; `{command('gpujob resume')}` would start it over"
+    return f"last checkpoint {kept.name}; continue it with: {command(f'gpujob resume {folder}')}"
 
 
 def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
@@ -125,4 +126,5 @@ def acting_on(run: Run, doing: str):
 def refuse_live(run: Run, state: RunState, doing: str) -> None:
     if state.live:
         raise bad_input(f"{run.folder} is still {state.state} ({state.detail}); not {doing} it: follow it with "
-                        f"`gpujob logs {run.folder} --follow`, or stop it with `gpujob cancel {run.folder}`")
+                        f"`{command(f'gpujob logs {run.folder} --follow')}`, or stop it with "
+                        f"`{command(f'gpujob cancel {run.folder}')}`")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import GpujobError, bad_input
+from runner.invocation import command
 from runner.runs import record as run_record
 from runner.runs.paths import COST, ENV, METRICS, SUMMARY, TIMING, RunPaths
 from runner.runs.reading import DamagedFile, metrics_records, read_json, read_summary
@@ -76,8 +77,8 @@ def load_run(folder: Path) -> RunView:
     if summary is None:
         if not folder.is_dir():
             raise bad_input(f"{folder}: no such run folder")
-        raise bad_input(f"{folder}: the run has not finished (no {SUMMARY}); `gpujob status {folder}` says where "
-                        "it stands")
+        raise bad_input(f"{folder}: the run has not finished (no {SUMMARY}); "
+                        f"`{command(f'gpujob status {folder}')}` says where it stands")
     import yaml
 
     try:

@@ -24,6 +24,7 @@ from runner.backends.base import Backend, Plan, Target, stop_grace_s
 from runner.backends.detached import exit_code, start_detached, tail_lines
 from runner.backends.exit_codes import remote_exit_error
 from runner.errors import INTERRUPTED, GpujobError, bad_input, job_failed
+from runner.invocation import command
 from runner.launching.command import run_arguments
 from runner.runs import lock as run_lock
 from runner.runs import record as run_record
@@ -138,6 +139,18 @@ class DockerBackend(Backend):
                           here=True)
         return Target("cpu", None, available_ram(), "this machine", here=True)
 
+    def readiness(self) -> str | None:
+        """The engine (asked over its local socket) and the image a spec runs by default."""
+        from runner.backends.docker.image import require_engine, require_image
+        from runner.spec.model import DockerSpec
+
+        try:
+            require_engine()
+            require_image(DockerSpec().image)
+        except GpujobError as err:
+            return err.message.removeprefix("docker: ")
+        return None
+
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.backends.docker.image import nvidia_runtime_available, require_engine, require_image
 
@@ -180,7 +193,7 @@ class DockerBackend(Backend):
         except KeyboardInterrupt:
             (job_dir / JOB_EXIT_CODE).write_text(f"{INTERRUPTED}\n")
             raise GpujobError(f"docker: interrupted; the job saved a checkpoint in {run.folder}; continue it "
-                              f"with: gpujob resume {run.folder}", INTERRUPTED) from None
+                              f"with: {command(f'gpujob resume {run.folder}')}", INTERRUPTED) from None
         (job_dir / JOB_EXIT_CODE).write_text(f"{code}\n")
         _raise_for_outcome(code, lines, timed_out, request.limit_s, run.folder)
 

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from runner.errors import GpujobError, bad_input, job_failed, missing_backend
+from runner.invocation import command
 
 DEFAULT_TAG = "gpujob:latest"
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -51,7 +52,8 @@ def image_exists(tag: str) -> bool:
 
 def require_image(tag: str) -> None:
     if not image_exists(tag):
-        raise missing_backend(f"docker: image {tag} is not here; build it with: gpujob image build --tag {tag}")
+        raise missing_backend(f"docker: image {tag} is not here; build it with: "
+                              f"{command(f'gpujob image build --tag {tag}')}")
 
 
 def nvidia_runtime_available() -> bool:

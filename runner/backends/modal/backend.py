@@ -25,6 +25,7 @@ from runner.runs import record as run_record
 from runner.runs.state import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Run, RunState
 from runner.backends.base import Backend, Plan, what_is_here
 from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed, missing_backend
+from runner.invocation import command, commands_in
 from runner.gpus import PRICES_READ_ON
 from runner.runs.lines import summary_line
 from runner.runs.paths import JOB, SUMMARY
@@ -158,6 +159,16 @@ class ModalBackend(Backend):
     ships_code = True  # a copy in the run's job/code, which the job imports
     rents = True
 
+    def readiness(self) -> str | None:
+        """Modal's client installed, and a token where it looks for one (read, not sent)."""
+        from runner.backends.modal.service import require_credentials
+
+        try:
+            require_credentials()  # imports Modal's client first: a missing package says so
+        except GpujobError as err:
+            return err.message.removeprefix("modal: ")
+        return None
+
     def takes(self, spec: JobSpec, gpus_here: list[tuple[str, float]]) -> str | None:
         request = spec.resources.gpu_request
         if request is None or self.name not in request.type.provider_names:
@@ -194,7 +205,7 @@ class ModalBackend(Backend):
                 ("volume", f"{VOLUME_NAME} at {VOLUME_MOUNT}; the run folder is {VOLUME_MOUNT}/{run_name}"),
                 ("call", request.call()),
                 ("cost", describe_cost(spec, request.timeout_s, request.retries)),
-                ("credentials", f"from {source}" if source else NO_CREDENTIALS.removeprefix("modal: "))]
+                ("credentials", f"from {source}" if source else commands_in(NO_CREDENTIALS).removeprefix("modal: "))]
         return Plan(self.name, spec, spec_path, runs_dir, run_name, request.world_size, request, rows=rows)
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
@@ -236,7 +247,8 @@ class ModalBackend(Backend):
             if about.call_id and detach:
                 what = f"the job was started and runs on Modal; its folder {run.folder} tracks it"
             elif about.call_id:
-                what = f"the remote job was stopped; download what it wrote with: gpujob fetch {run.folder}"
+                what = ("the remote job was stopped; download what it wrote with: "
+                        f"{command(f'gpujob fetch {run.folder}')}")
             else:
                 what = "nothing was started"
             raise GpujobError(f"modal: interrupted; {what}", INTERRUPTED) from None
@@ -244,7 +256,8 @@ class ModalBackend(Backend):
             raise missing_backend(
                 f"modal: Modal had trouble for {_duration(lost.lasted_s)} while this terminal followed the job "
                 f"({lost.cause}); the job is still running on Modal (call {lost.call_id}): follow it again with "
-                f"`gpujob logs {run.folder} --follow`, or see `gpujob status {run.folder}`") from None
+                f"`{command(f'gpujob logs {run.folder} --follow')}`, or see "
+                f"`{command(f'gpujob status {run.folder}')}`") from None
         if not detach:
             self._bring_back(service, run.folder, state, about.call_id)
 
@@ -257,14 +270,14 @@ class ModalBackend(Backend):
         if state.state == "finished":
             here = (run.folder / SUMMARY).exists()
             return RunState(FINISHED, summary_line(run.folder) if here else
-                            f"on Modal's volume; `gpujob fetch {run.folder}` brings it here", 0)
+                            f"on Modal's volume; `{command(f'gpujob fetch {run.folder}')}` brings it here", 0)
         if state.state == "ended":  # Modal forgot the outcome: the folder tells, where it was fetched
             return ended_state(run, None, "Modal no longer keeps its result; `gpujob fetch` downloads what it wrote")
         message = _said_here(state.message, run.folder)
         if state.exit_code in (INTERRUPTED, PREEMPTED_CODE) or run.record.cancel_asked:
             kind = CANCELLED if run.record.cancel_asked else PREEMPTED
-            return RunState(kind, f"{message}; its checkpoint is on Modal's volume: `gpujob resume "
-                                  f"{run.folder}` continues it", state.exit_code)
+            return RunState(kind, f"{message}; its checkpoint is on Modal's volume: "
+                                  f"`{command(f'gpujob resume {run.folder}')}` continues it", state.exit_code)
         return RunState(FAILED, message, state.exit_code)
 
     def _call_state(self, run: Run):
@@ -295,15 +308,16 @@ class ModalBackend(Backend):
             deadline = time.monotonic() + CANCEL_WAIT_S
             while service.poll(_call_id(run)).running and time.monotonic() < deadline:
                 time.sleep(1)
-        return (f"cancelled {run.folder.name}; its checkpoint is on Modal's volume: `gpujob fetch {run.folder}` "
-                f"downloads the folder, `gpujob resume {run.folder}` continues it")
+        return (f"cancelled {run.folder.name}; its checkpoint is on Modal's volume: "
+                f"`{command(f'gpujob fetch {run.folder}')}` "
+                f"downloads the folder, `{command(f'gpujob resume {run.folder}')}` continues it")
 
     def fetch(self, run: Run) -> str:
         """Download a run that has ended into its local folder."""
         state = self._call_state(run)
         if state.running:
-            raise bad_input(f"{run.folder.name} is still running on Modal; `gpujob status {run.folder}` says when "
-                            "it has ended")
+            raise bad_input(f"{run.folder.name} is still running on Modal; "
+                            f"`{command(f'gpujob status {run.folder}')}` says when it has ended")
         try:
             self._bring_back(self._service(), run.folder, state, _call_id(run))
         except GpujobError as err:
@@ -324,7 +338,7 @@ class ModalBackend(Backend):
         self._send(self._service(), run, request, detach)
 
     def detached_note(self, run: Run) -> str:
-        return "Modal runs it; `gpujob fetch RUN` downloads its folder once it has ended"
+        return f"Modal runs it; `{command('gpujob fetch RUN')}` downloads its folder once it has ended"
 
     def _bring_back(self, service, folder: Path, state, call_id: str | None) -> None:
         from runner.backends.modal.service import modal_errors

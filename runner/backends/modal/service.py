@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 from runner.backends.interrupts import held_interrupts
 from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
+from runner.invocation import command, commands_in
 from runner.errors import INTERRUPTED
 
 NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
@@ -85,7 +86,7 @@ def credentials_source() -> str | None:
 
 def require_credentials() -> None:
     if credentials_source() is None:
-        raise missing_backend(NO_CREDENTIALS)
+        raise missing_backend(commands_in(NO_CREDENTIALS))
 
 
 def _first_line(err: BaseException) -> str:
@@ -123,7 +124,7 @@ def modal_errors(doing: str, call_id: str | None = None):
         raise
     except modal.exception.AuthError as err:
         raise missing_backend(f"modal: Modal refused your credentials while {doing} ({_first_line(err)}); "
-                              "run `modal token new`") from None
+                              f"run `{command('modal token new')}`") from None
     except _network_errors() as err:
         raise missing_backend(f"modal: cannot reach Modal while {doing} ({type(err).__name__}: {_first_line(err)}); "
                               "check your network connection and try again") from None
@@ -286,7 +287,8 @@ class ModalService:
             # it failed inside Modal's infrastructure and Modal gave up rerunning it. Every later get()
             # says the same, so it is the job's outcome, not trouble to wait out.
             return CallState("failed", JOB_FAILED, f"it failed inside Modal's infrastructure, after Modal's own "
-                                                   f"reruns (InternalFailure: {_first_line(err)}); `gpujob resume` "
+                                                   f"reruns (InternalFailure: {_first_line(err)}); "
+                                                   f"`{command('gpujob resume')}` "
                                                    "continues it from its last checkpoint on the volume")
         except (modal.exception.AuthError, *service_errors()):
             raise  # about this machine or Modal, not the job: modal_errors says what to do

@@ -15,6 +15,7 @@ again, which continues from the last checkpoint.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from runner.backends.slurm.commands import (FINAL_STATES, OutputFollower, job_re
 from runner.backends.slurm.outcome import ScriptExit, failed_rank, rank_ends, script_exit
 from runner.backends.slurm.script import check_path, sbatch_script
 from runner.errors import INTERRUPTED, JOB_FAILED, GpujobError, job_failed
+from runner.invocation import command
 from runner.runs import lock as run_lock
 from runner.runs import record as run_record
 from runner.runs.files import atomic_write
@@ -68,6 +70,12 @@ class SlurmBackend(Backend):
     def code_python(self, spec: JobSpec) -> str | None:
         return spec.slurm.python  # the nodes' Python, as they run it
 
+    def readiness(self) -> str | None:
+        if shutil.which("sbatch") is None:  # the controller is asked only at submit: that is a network call
+            return ("`sbatch` not found; run gpujob on a machine with SLURM's client commands (a cluster's "
+                    "login node)")
+        return None
+
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         check_path(Path(runs_dir).resolve(), "--runs-dir")
         check_path(Path.cwd(), "the folder gpujob runs in")
@@ -102,7 +110,8 @@ class SlurmBackend(Backend):
             self.stop(run, self.status(run))
             _echo(follower.poll(final=True))  # what the workers said as they stopped
             raise GpujobError(f"slurm: interrupted; job {job_id} checkpointed and was cancelled; its run folder is "
-                              f"{folder}; continue it with: gpujob resume {folder}", INTERRUPTED) from None
+                              f"{folder}; continue it with: {command(f'gpujob resume {folder}')}",
+                              INTERRUPTED) from None
         self._outcome(spec, folder, job_id, state, follower)
 
     def _follow(self, job_id: str, follower: OutputFollower, folder: Path) -> str:
@@ -126,8 +135,8 @@ class SlurmBackend(Backend):
     def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
         job_dir = RunPaths(folder).job
         time_limit = (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} "
-                      f"min) and was stopped; its last checkpoint is in {folder}; continue it with: gpujob resume "
-                      f"{folder}")
+                      f"min) and was stopped; its last checkpoint is in {folder}; continue it with: "
+                      f"{command(f'gpujob resume {folder}')}")
         if state == "TIMEOUT":
             raise job_failed(time_limit)
         if not output.path.exists() and state != "CANCELLED":
@@ -143,7 +152,7 @@ class SlurmBackend(Backend):
             raise job_failed(f"slurm: job {job_id} was requeued, and its restart ({restarts}) ended {state}"
                              + (f" ({reason})" if reason not in ("None", "") else "")
                              + f" before its batch script ran; its last checkpoint is in {folder}; continue it "
-                             f"with: gpujob resume {folder}")
+                             f"with: {command(f'gpujob resume {folder}')}")
         if _stopped_by_time_limit(folder, job_id):  # by SLURM's warning before the limit (--signal)
             raise job_failed(time_limit)
         failed = failed_rank(rank_ends(job_dir, output))

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runner.errors import MISSING_BACKEND, GpujobError, job_failed, missing_backend
+from runner.invocation import command, commands_in
 
 RSYNC_TIMEOUT_S = 3600
 # Each HTTP request's connect and read timeout: the SDK's own default, long enough for a rent.
@@ -36,7 +37,7 @@ def find_api_key() -> str | None:
     return None
 
 
-def _require_copy_tools() -> None:
+def require_copy_tools() -> None:
     for tool, package in (("rsync", "rsync"), ("ssh", "openssh-client")):
         if shutil.which(tool) is None:
             raise missing_backend(f"vast: copying the run folder back needs {tool} here; install it "
@@ -63,7 +64,7 @@ def _calling(what: str):
         status = err.response.status_code if err.response is not None else None
         if status in (401, 403):
             raise missing_backend(f"vast: the API key was refused ({status}) while {what}; "
-                                  "set a valid one with `vastai set api-key KEY`") from None
+                                  f"set a valid one with `{command('vastai set api-key KEY')}`") from None
         if status is None or status == 429 or status >= 500:
             raise VastUnavailable(f"vast: {what}: vast.ai answered HTTP {status}") from None
         raise job_failed(f"vast: {what} failed: {_first_line(err)}") from None
@@ -98,7 +99,7 @@ class VastApi:
         and the backend's, which look for the instance by its label before a rent is asked again."""
         key = find_api_key()
         if not key:
-            raise missing_backend(NO_API_KEY)
+            raise missing_backend(commands_in(NO_API_KEY))
         try:
             from vastai import VastAI
         except ImportError:
@@ -118,7 +119,7 @@ class VastApi:
     def check_can_copy(self) -> None:
         """Before renting anything: copying the run folder back needs rsync and ssh here and an
         ssh key on the account (vast.ai puts the account's keys on an instance when it is made)."""
-        _require_copy_tools()
+        require_copy_tools()
         with _calling("listing your ssh keys"):
             keys = self.sdk.show_ssh_keys()
         if isinstance(keys, dict):  # some API versions wrap the list
@@ -169,7 +170,7 @@ class VastApi:
         self._rsync(instance_id, reply["dst_port"], source, target, exclude)
 
     def _open_copy(self, instance_id: int, src: str, dst: str) -> dict:
-        _require_copy_tools()
+        require_copy_tools()
         with _calling(f"opening a copy with instance {instance_id}"):
             reply = self.sdk.copy(src, dst)
         if not isinstance(reply, dict) or not reply.get("success"):

@@ -23,6 +23,7 @@ from runner.backends.vast.offers import choose_offer, describe_offer, describe_p
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
 from runner.backends.vast.request import VastRequest, instance_request
 from runner.errors import bad_input, job_failed
+from runner.invocation import command, commands_in
 from runner.runs.state import Run, RunState, resume_hint
 from runner.spec.model import JobSpec
 
@@ -42,6 +43,26 @@ class VastBackend(Backend):
     def __init__(self, connect: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
         self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
+
+    def readiness(self) -> str | None:
+        """The vastai package, an API key where the vastai CLI keeps it, and rsync and ssh for the
+        copy back; vast.ai itself is not asked."""
+        import importlib.util
+
+        from runner.backends.vast.api import NO_API_KEY, find_api_key, require_copy_tools
+        from runner.errors import GpujobError
+
+        if self.connect is not None:  # a service given to it (tests): nothing of this machine's is used
+            return None
+        if importlib.util.find_spec("vastai") is None:
+            return "the vastai package is not installed; install it with: uv sync --extra vast"
+        if not find_api_key():
+            return commands_in(NO_API_KEY).removeprefix("vast: ")
+        try:
+            require_copy_tools()
+        except GpujobError as err:
+            return err.message.removeprefix("vast: ")
+        return None
 
     def takes(self, spec: JobSpec, gpus_here: list[tuple[str, float]]) -> str | None:
         request = spec.resources.gpu_request
@@ -83,7 +104,8 @@ class VastBackend(Backend):
     def _choose(self, api, spec: JobSpec) -> dict:
         if not spec.vast.image:
             raise bad_input("vast.image: backend vast needs your image in a registry vast.ai can pull: "
-                            "gpujob image build --tag docker.io/YOU/gpujob:1 --push, then set vast.image to it")
+                            f"{command('gpujob image build --tag docker.io/YOU/gpujob:1 --push')}, then set vast.image "
+                            "to it")
         if spec.resources.nodes > 1:
             raise bad_input("resources.nodes: backend vast rents one instance; set nodes: 1")
         query = offer_query(spec)
@@ -172,8 +194,8 @@ class VastBackend(Backend):
 
     def detached_note(self, run: Run) -> str:
         instance_id = run.handles.get("vast_instance_id")
-        return (f"Instance {instance_id} bills until the job ends, and its disk until `gpujob fetch RUN` copies the "
-                "folder back and destroys it; `gpujob cancel RUN` stops it at once")
+        return (f"Instance {instance_id} bills until the job ends, and its disk until `{command('gpujob fetch RUN')}` "
+                f"copies the folder back and destroys it; `{command('gpujob cancel RUN')}` stops it at once")
 
     def _instance(self, run: Run) -> int | None:
         return instance.find(run, self._api)

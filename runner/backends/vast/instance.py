@@ -13,6 +13,7 @@ from runner.backends.vast.following import NOT_STARTED, Watch, exit_code, kept_l
 from runner.backends.vast.patience import PatientApi
 from runner.backends.vast.rental import Rental, close_rental, record
 from runner.runs.state import FINISHED, PENDING, RUNNING, Run, RunState, ended_state
+from runner.invocation import command
 
 CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint after the instance is told to stop
 CANCEL_POLL_S = 5.0  # at most this long between looks at its log meanwhile
@@ -45,7 +46,7 @@ def state(api: PatientApi, run: Run, instance_id: int | None) -> RunState:
         return RunState(PENDING, f"instance {instance_id} is {status or 'being set up'}")
     if status == "running" and code is None:
         return RunState(RUNNING, f"on instance {instance_id}; it bills until the job ends")
-    fetch = f"`gpujob fetch {run.folder}` copies the folder back and destroys the instance"
+    fetch = f"`{command(f'gpujob fetch {run.folder}')}` copies the folder back and destroys the instance"
     if code == 0:
         return RunState(FINISHED, f"on instance {instance_id}, which bills storage until {fetch}", 0)
     if code is None and run.handles.get("interruptible"):

@@ -1,0 +1,145 @@
+"""What a newcomer expected of the command line and did not find (issue 29): hints they can run as
+they invoked gpujob, `gpujob check`, `gpujob runs rm`, `resume --set train.epochs=N` and
+`gpujob init`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from runner import invocation
+from runner.backends.docker.backend import DockerBackend
+from runner.cli.main import app
+from runner.runs import record as run_record
+from runner.runs.folder import RunFolder
+
+ROOT = Path(__file__).resolve().parents[1]
+GPUJOB = Path(sys.executable).parent / "gpujob"  # the console script uv installed in the environment
+
+
+def _env_without_uv() -> dict:
+    """The environment of a shell where nothing was started by `uv run`."""
+    env = {k: v for k, v in os.environ.items() if k not in (invocation.UV_RUN, invocation.INVOKED_AS, "UV")}
+    env["PATH"] = os.pathsep.join([str(GPUJOB.parent), env.get("PATH", "")])
+    return env
+
+
+def _unfinished_run(tmp_path: Path) -> Path:
+    return RunFolder.start(tmp_path / "runs" / "half", run_record.new_submission("local", "half")).path
+
+
+# ---- 1. hints as invoked ------------------------------------------------------------------------
+
+
+def test_under_uv_run_the_gpujob_script_says_uv_run_and_otherwise_not():
+    assert invocation.detected("/x/.venv/bin/gpujob", {invocation.UV_RUN: "1", "VIRTUAL_ENV": "/x/.venv"}) == "uv run"
+    # `uv tool install`'s gpujob is on PATH: plain, even when a `uv run` shell started it
+    assert invocation.detected("/home/u/.local/bin/gpujob", {invocation.UV_RUN: "1", "VIRTUAL_ENV": "/x/.venv"}) == ""
+    assert invocation.detected("/x/.venv/bin/gpujob", {}) == ""
+    assert invocation.detected("/x/runner/cli/__main__.py", {invocation.UV_RUN: "1"}) == ""  # python -m runner.cli
+
+
+@pytest.mark.parametrize("prefix, expected", [("uv run", "uv run gpujob"), ("", "gpujob")])
+def test_every_kind_of_hint_goes_through_one_prefix(monkeypatch, tmp_path, prefix, expected):
+    from runner.backends.modal.service import NO_CREDENTIALS
+    from runner.backends.vast.api import NO_API_KEY
+    from runner.runs.state import resume_hint
+
+    monkeypatch.setenv(invocation.INVOKED_AS, prefix)
+    folder = _unfinished_run(tmp_path)
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "step-00000010.pt").write_bytes(b"x")
+    assert resume_hint(folder) == f"last checkpoint step-00000010.pt; continue it with: {expected} resume {folder}"
+    said_modal = invocation.commands_in(NO_CREDENTIALS)
+    said_vast = invocation.commands_in(NO_API_KEY)
+    assert f"`{prefix + ' ' if prefix else ''}modal token new`" in said_modal
+    assert f"`{prefix + ' ' if prefix else ''}vastai set api-key KEY`" in said_vast
+    out = CliRunner().invoke(app, ["show", str(folder)])
+    assert out.exit_code == 2
+    assert f"`{expected} status {folder}` says where it stands" in out.stderr
+
+
+def test_a_run_started_by_uv_run_gpujob_is_told_uv_run_gpujob(tmp_path):
+    folder = _unfinished_run(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in (invocation.UV_RUN, invocation.INVOKED_AS)}
+    out = subprocess.run(["uv", "run", "--frozen", "--all-extras", "gpujob", "show", str(folder)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert f"`uv run gpujob status {folder}`" in out.stderr
+
+
+def test_an_installed_gpujob_is_told_plain_gpujob(tmp_path):
+    folder = _unfinished_run(tmp_path)
+    out = subprocess.run([str(GPUJOB), "show", str(folder)], env=_env_without_uv(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert f"`gpujob status {folder}`" in out.stderr and "uv run" not in out.stderr
+
+
+# ---- 2. gpujob check ----------------------------------------------------------------------------
+
+_CHECK = ("import sys, runner.cli.main as m\nsys.argv = ['gpujob', 'check']\ntry:\n    m.main()\nexcept SystemExit as e:\n"
+          "    code = e.code\nprint('exit', code, 'torch imported' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n")
+
+
+def _check(tmp_path: Path, tools: dict[str, str], **env) -> tuple[dict[str, str], str]:
+    """`gpujob check` in a fresh process, HOME a new folder, PATH holding only `tools` (name ->
+    what it runs: a real program's path, or a script)."""
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    home.mkdir()
+    for name, target in tools.items():
+        tool = bin_dir / name
+        if Path(target).is_absolute():
+            tool.symlink_to(target)
+        else:
+            tool.write_text(f"#!/bin/sh\n{target}\n")
+            tool.chmod(0o755)
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("MODAL_", "VAST_", "XDG_CONFIG")) and k not in (invocation.UV_RUN, invocation.INVOKED_AS)}
+    out = subprocess.run([sys.executable, "-c", _CHECK], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**clean, "HOME": str(home), "PATH": str(bin_dir), **env})
+    lines = dict(line.split(None, 1) for line in out.stdout.splitlines())
+    return lines, out.stderr
+
+
+def test_check_says_what_each_backend_lacks_on_a_bare_machine_without_importing_torch(tmp_path):
+    lines, said = _check(tmp_path, {})
+    assert "exit 0 no torch" in said, said
+    assert list(lines) == ["local", "modal", "docker", "vast", "slurm"]  # one line each, in `backend: auto`'s order
+    assert lines["local"] == "ready"
+    assert lines["modal"].startswith("not ready: no credentials; run `modal token new`")
+    assert lines["docker"].startswith("not ready: the docker command is not installed")
+    assert lines["vast"].startswith("not ready: no API key; run `vastai set api-key KEY`")
+    assert lines["slurm"].startswith("not ready: `sbatch` not found")
+
+
+def test_check_says_ready_once_tokens_keys_and_commands_are_there(tmp_path):
+    lines, said = _check(tmp_path, {"sbatch": "exit 0", "rsync": "exit 0", "ssh": "exit 0"},
+                         MODAL_TOKEN_ID="ak-x", MODAL_TOKEN_SECRET="as-x", VAST_API_KEY="k")
+    assert "exit 0 no torch" in said, said
+    assert lines["modal"] == lines["vast"] == lines["slurm"] == "ready"
+    assert lines["docker"].startswith("not ready: the docker command is not installed")
+
+
+def test_check_asks_the_backends_own_readiness():
+    """A backend says what it lacks through the base class; the command names none of them."""
+    from runner.backends import registry
+
+    restore = registry.provide(_Lacking())
+    try:
+        out = CliRunner().invoke(app, ["check"])
+    finally:
+        restore()
+    assert out.exit_code == 0
+    assert "docker  not ready: a planted lack" in out.stdout
+
+
+class _Lacking(DockerBackend):
+    def readiness(self):
+        return "a planted lack"
