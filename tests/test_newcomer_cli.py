@@ -143,3 +143,65 @@ def test_check_asks_the_backends_own_readiness():
 class _Lacking(DockerBackend):
     def readiness(self):
         return "a planted lack"
+
+
+# ---- 3. gpujob runs rm --------------------------------------------------------------------------
+
+
+def _ended_run(runs: Path, name: str) -> Path:
+    folder = RunFolder.start(runs / name, run_record.new_submission("local", name)).path
+    (folder / "job").mkdir(exist_ok=True)
+    (folder / "job" / "exit-code").write_text("1\n")  # its job ran and ended (failed)
+    (folder / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    return folder
+
+
+def _holding_the_lock(folder: Path) -> subprocess.Popen:
+    """A process that runs the job as a trainer does: it holds the run's lock until it is ended."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom runner.runs import lock\n"
+                               "lock.acquire(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(600)\n", str(folder)],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _contents(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_runs_rm_removes_ended_runs_and_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    old, older = _ended_run(runs, "old"), _ended_run(runs, "older")
+    out = CliRunner().invoke(app, ["runs", "rm", "old", str(older), "old", "--runs-dir", str(runs)])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines() == [f"removed {runs / 'old'}", f"removed {older}"]
+    assert not old.exists() and not older.exists()
+    listed = CliRunner().invoke(app, ["runs", "--runs-dir", str(runs), "--json"])  # `gpujob runs` lists as before
+    assert listed.exit_code == 0 and listed.stdout.strip() == "[]"
+
+
+def test_runs_rm_never_touches_a_live_run_nor_the_others_named_with_it(tmp_path):
+    runs = tmp_path / "runs"
+    live, ended = _ended_run(runs, "live"), _ended_run(runs, "ended")
+    holder = _holding_the_lock(live)
+    before = _contents(live)
+    try:
+        out = CliRunner().invoke(app, ["runs", "rm", str(ended), str(live)])
+        assert _contents(live) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.exit_code == 2
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert f"{live} is still running" in out.stderr and "not removing it" in out.stderr
+    assert ended.is_dir()  # nothing at all is removed when one of them is refused
+
+
+def test_runs_rm_refuses_a_folder_gpujob_did_not_make(tmp_path):
+    mine = tmp_path / "runs" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "todo.txt").write_text("keep me")
+    out = CliRunner().invoke(app, ["runs", "rm", str(mine)])
+    assert out.exit_code == 2
+    assert "not a gpujob run (no submission.json)" in out.stderr
+    assert (mine / "todo.txt").read_text() == "keep me"

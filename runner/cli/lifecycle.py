@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import List, Optional
 
 import typer
 
@@ -148,18 +149,67 @@ def fetch(run: str = RunArg, runs_dir: Path = RunsDirOpt):
     finish(found.folder)
 
 
-@app.command("runs")
+runs_app = typer.Typer(help="List the runs under --runs-dir, newest first; `runs rm RUN...` removes old ones.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
 @user_errors
-def list_runs(runs_dir: Path = RunsDirOpt,
+def list_runs(ctx: typer.Context, runs_dir: Path = RunsDirOpt,
               as_json: bool = typer.Option(False, "--json", help="one JSON object per run, for scripts")):
     """List the runs under --runs-dir, newest first.
 
     States of runs on a service are as gpujob last saw them; `gpujob status RUN` asks."""
     from runner.cli.runs_table import collect, table
 
+    if ctx.invoked_subcommand is not None:
+        return
     rows = collect(runs_dir)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
         for line in table(rows):
             typer.echo(line)
+
+
+@runs_app.command("rm")
+@user_errors
+def remove(ctx: typer.Context,
+           runs: List[str] = typer.Argument(..., help="run folders, or their names under --runs-dir", metavar="RUN...",
+                                       show_default=False),
+           runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", metavar="DIR", help="where run folders are "
+                                                   "(default: as given to `runs`, else runs)")):
+    """Remove finished, failed or stopped runs' folders; never a live one.
+
+    Each RUN must be a folder gpujob made (it has a submission.json) whose job is not live (the
+    liveness `status` asks for); otherwise nothing at all is removed (exit 2). Asks nothing."""
+    from runner.cli.lifecycle import find_run, remove_runs
+
+    runs_dir = runs_dir or ctx.parent.params.get("runs_dir") or Path("runs")
+    found = {}
+    for run in runs:  # one run named twice is one run
+        one = find_run(run, runs_dir)
+        found.setdefault(one.folder.resolve(), one)
+    for folder in remove_runs(list(found.values())):
+        typer.echo(f"removed {folder}")
+
+
+def remove_runs(runs: list[Run]) -> list[Path]:
+    """Delete the runs' folders, once every one of them is known not to be live: each is held
+    (no other gpujob command acts on it meanwhile) and asked of its backend first."""
+    import shutil
+    from contextlib import ExitStack
+
+    from runner.backends.registry import known_backend
+
+    with ExitStack() as held:
+        for run in runs:
+            backend = known_backend(run.record.backend)
+            if backend is None:
+                raise bad_input(f"{run.folder}: ran on backend '{run.record.backend}', which this gpujob does not know; "
+                                "not removing it")
+            held.enter_context(acting_on(run, "removing"))
+            refuse_live(run, backend.status(run), "removing")
+        for run in runs:
+            shutil.rmtree(run.folder)
+    return [run.folder for run in runs]
