@@ -141,6 +141,12 @@ class Backend:
     def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         raise NotImplementedError
 
+    def check_costless(self, spec: "JobSpec", sending: bool) -> None:
+        """Raise (exit 2 or 3) for what can be known at no cost, before anything that costs time or
+        money (importing torch, timed steps, an estimate, the network): in this order, the SDK
+        installed, the spec valid for this backend, the credentials (where `sending`, or where
+        the plan needs them). Nothing to check by default."""
+
     def status(self, run: Run) -> RunState:
         raise NotImplementedError
 

@@ -39,6 +39,7 @@ def submit(
     job = load_job(spec, set_, backend=backend, **fields)
     name, why = choose_backend(job, machine_gpus=bool(fields.get(MACHINE_GPUS)))
     chosen = get_backend(name)
+    chosen.check_costless(job, sending=not dry_run)  # before torch, timed steps or an estimate
     plan = _plan(chosen, job, spec, runs_dir)
     if why and not dry_run:  # after planning: a spec the backend refuses gets its one line alone
         typer.echo(f"gpujob: backend {name} (auto): {why}", err=True)

@@ -186,6 +186,16 @@ class ModalBackend(Backend):
         require_credentials()  # before anything touches the network
         return ModalService()
 
+    def check_costless(self, spec: JobSpec, sending: bool) -> None:
+        """Modal's client, the spec's fit to Modal, then a token where the job is to be sent: the
+        dry run shows where the token is (or that there is none) among its rows."""
+        from runner.backends.modal.service import import_modal, require_credentials
+
+        import_modal()
+        modal_request(spec, spec.name)
+        if sending and self.connect is None:
+            require_credentials()
+
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         from runner.backends.modal.service import NO_CREDENTIALS, credentials_source, import_modal
 

@@ -19,10 +19,11 @@ from runner.backends.vast import instance
 from runner.backends.vast.attempt import run_attempt
 from runner.backends.vast.copying import copy_back
 from runner.backends.vast.following import LOG_WINDOW, kept_log, new_lines
-from runner.backends.vast.offers import choose_offer, describe_offer, describe_price, offer_query, offer_type, order_by
+from runner.backends.vast.offers import (choose_offer, describe_offer, describe_price, offer_query, offer_type, order_by,
+                                         vast_gpu_names)
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
 from runner.backends.vast.request import VastRequest, instance_request
-from runner.errors import bad_input, job_failed
+from runner.errors import bad_input, job_failed, missing_backend
 from runner.invocation import command, commands_in
 from runner.runs.state import Run, RunState, resume_hint
 from runner.spec.model import JobSpec
@@ -31,6 +32,16 @@ POLL_S = 15.0
 PLAN_OUTAGE_S = 15.0  # --dry-run and the offer search: a user is waiting; say so soon
 PLAN_ATTEMPT_S = 6.0  # each of its attempts, in wall-clock time: two fit in PLAN_OUTAGE_S with the wait between
 PLAN_CALL_TIMEOUT_S = 5.0  # the SDK's own timeout for them, so it gives up before the wall-clock bound
+
+
+def _check_spec(spec: JobSpec) -> None:
+    """Exit 2 for a spec backend vast cannot run, before vast.ai is asked anything."""
+    vast_gpu_names(spec)
+    if not spec.vast.image:
+        raise bad_input("vast.image: backend vast needs your image in a registry vast.ai can pull: "
+                        f"{command('gpujob image build --tag docker.io/YOU/gpujob:1 --push')}, then set vast.image to it")
+    if spec.resources.nodes > 1:
+        raise bad_input("resources.nodes: backend vast rents one instance; set nodes: 1")
 
 
 class VastBackend(Backend):
@@ -89,6 +100,21 @@ class VastBackend(Backend):
             return PatientApi(raw, self.sleep, self.clock, outage_s, attempt_s=PLAN_ATTEMPT_S, quiet=True)
         return PatientApi(raw, self.sleep, self.clock, outage_s)
 
+    def check_costless(self, spec: JobSpec, sending: bool) -> None:
+        """The package, then the spec (a missing GPU type is the spec's error, whoever runs it),
+        then the key, which even the plan needs: it asks vast.ai for offers."""
+        from runner.backends.vast.api import NO_API_KEY, find_api_key
+
+        if self.connect is None:
+            try:
+                import vastai  # noqa: F401
+            except ImportError:
+                raise missing_backend("vast: the vastai package is not installed; install it with: "
+                                      "uv sync --extra vast") from None
+        _check_spec(spec)
+        if self.connect is None and not find_api_key():
+            raise missing_backend(commands_in(NO_API_KEY))
+
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
         api = self._api(PLAN_OUTAGE_S, while_waiting=True)  # first: without a key nothing else can be checked
         offer = self._choose(api, spec)
@@ -102,12 +128,7 @@ class VastBackend(Backend):
                     rows=rows)
 
     def _choose(self, api, spec: JobSpec) -> dict:
-        if not spec.vast.image:
-            raise bad_input("vast.image: backend vast needs your image in a registry vast.ai can pull: "
-                            f"{command('gpujob image build --tag docker.io/YOU/gpujob:1 --push')}, then set vast.image "
-                            "to it")
-        if spec.resources.nodes > 1:
-            raise bad_input("resources.nodes: backend vast rents one instance; set nodes: 1")
+        _check_spec(spec)
         query = offer_query(spec)
         offers = api.search_offers(query, offer_type(spec), spec.vast.disk_gb, order_by(spec))
         offer = choose_offer(offers, spec)
