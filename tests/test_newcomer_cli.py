@@ -205,3 +205,60 @@ def test_runs_rm_refuses_a_folder_gpujob_did_not_make(tmp_path):
     assert out.exit_code == 2
     assert "not a gpujob run (no submission.json)" in out.stderr
     assert (mine / "todo.txt").read_text() == "keep me"
+
+
+# ---- 4. resume --set train.epochs=N -------------------------------------------------------------
+
+
+def _digits_run(tmp_path: Path, epochs: int) -> Path:
+    import yaml
+
+    spec = tmp_path / "small.yaml"
+    spec.write_text(yaml.safe_dump({"name": "small", "model": {"name": "mlp"},
+                                    "data": {"dataset": "digits", "batch_size": 64},
+                                    "train": {"epochs": epochs, "log_every_steps": 10}}))
+    out = CliRunner().invoke(app, ["submit", str(spec), "--backend", "local", "--runs-dir", str(tmp_path / "runs")])
+    assert out.exit_code == 0, out.output
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def _epochs_recorded(folder: Path) -> list[int]:
+    from runner.runs.reading import metrics_records
+
+    return [r["epoch"] for r in metrics_records(folder / "metrics.jsonl") if r.get("kind") == "epoch"]
+
+
+def test_a_finished_run_trains_on_to_more_epochs_from_its_checkpoint(tmp_path):
+    import json
+
+    folder = _digits_run(tmp_path, epochs=2)
+    first = json.loads((folder / "summary.json").read_text())
+    out = CliRunner().invoke(app, ["resume", str(folder), "--set", "train.epochs=3"])
+    assert out.exit_code == 0, out.output
+    assert "resuming from step" in out.stderr  # from its last checkpoint, not from the start
+    assert _epochs_recorded(folder) == [1, 2, 3]
+    assert json.loads((folder / "summary.json").read_text())["epochs"] == 3
+    assert json.loads((folder / "job" / "summary-2-epochs.json").read_text()) == first  # the shorter run's, kept
+    assert "epochs: 3" in (folder / "spec.yaml").read_text()
+    status = CliRunner().invoke(app, ["status", str(folder)])
+    assert status.stdout.startswith(f"{folder.name}: finished")
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    return _digits_run(tmp_path_factory.mktemp("one-epoch"), epochs=1)
+
+
+@pytest.mark.parametrize("given, field", [
+    ("model.name=cnn", "--set model.name"),
+    ("optimizer.lr=0.1", "--set optimizer.lr"),
+    ("train.epochs=1", "--set train.epochs=1: the run has done 1 epoch(s)"),
+])
+def test_resume_set_refuses_anything_but_a_longer_run_naming_the_field(one_epoch_run, given, field):
+    folder = one_epoch_run
+    before = _contents(folder)
+    out = CliRunner().invoke(app, ["resume", str(folder), "--set", given])
+    assert out.exit_code == 2
+    assert out.stderr.startswith(f"gpujob: {field}") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stdout == ""  # a refused resume names no run folder
+    assert _contents(folder) == before

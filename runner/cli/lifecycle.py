@@ -25,10 +25,12 @@ def find_run(run: str | Path, runs_dir: Path) -> Run:
     raise bad_input(f"{run}: no such run folder (nor {Path(runs_dir) / str(run)})")
 
 
-def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
+def resume_run(run: Run, detach: bool, here: bool, workers_here, overrides: list[str] | None = None) -> bool:
     """`gpujob resume`: continue the run on its backend, or with `here` on this machine with
-    workers_here(spec) workers (checked before anything is touched). False when it had finished."""
+    workers_here(spec) workers (checked before anything is touched). `overrides` (train.epochs,
+    train.max_steps) train it further, a finished run too. False when it had finished."""
     from runner.backends.registry import HERE, get_backend
+    from runner.cli.extending import extend, extension
     from runner.runs.folder import RunFolder
     from runner.spec.load import load_spec
 
@@ -38,15 +40,20 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here) -> bool:
     if origin.get("spec"):  # the factories the spec names are found where they were at submission
         os.environ[CODE_PATHS] = code_paths_for(origin["spec"], origin.get("cwd"))
     backend = get_backend(run.record.backend)
-    workers = None
+    workers = longer = None
     if here or backend.resumes_here:
         RunFolder.existing(run.folder)
-        workers = workers_here(load_spec(run.paths.spec))
+    if overrides:
+        longer = extension(run, overrides, here or backend.resumes_here)
+    if here or backend.resumes_here:
+        workers = workers_here(longer or load_spec(run.paths.spec))
     with acting_on(run, "resuming"):
         state = backend.status(run)
         refuse_live(run, state, "resuming")
-        if state.state == FINISHED:
+        if state.state == FINISHED and longer is None:
             return False
+        if longer is not None:
+            extend(run, longer)
         run.record.note("resumed")
         if workers is not None and not backend.resumes_here:
             run.record.note(f"moved here from backend {run.record.backend}")
@@ -68,16 +75,19 @@ def resume(
     here: bool = typer.Option(False, "--here", help="continue it on this machine, whichever backend ran it"),
     nproc_per_node: str = typer.Option("auto", "--nproc-per-node", metavar="N|auto", help="DDP workers when it continues here, "
                                        "or 'auto'"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="train it further: train.epochs=N "
+                                             "or train.max_steps=N, more than it has done (a finished run too)"),
 ):
     """Continue a stopped run from its last checkpoint.
 
     A cancelled, preempted, killed or failed run continues into the same run folder, on the
-    backend that ran it (a SLURM run goes back to SLURM), or here with --here."""
+    backend that ran it (a SLURM run goes back to SLURM), or here with --here. With
+    --set train.epochs=N, a finished or stopped run trains on to N epochs."""
     from runner.cli.lifecycle import find_run, resume_run
 
     found = find_run(run, runs_dir)
     try:
-        resumed = resume_run(found, detach, here, lambda spec: workers_here(spec, nproc_per_node))
+        resumed = resume_run(found, detach, here, lambda spec: workers_here(spec, nproc_per_node), set_)
     except GpujobError as err:
         if err.run_dir is None and err.exit_code != BAD_INPUT:  # a refused resume changed nothing: no folder to name
             err.run_dir = found.folder
