@@ -44,6 +44,7 @@ from runner.launching.blame import ERROR_FILE, Ending, ErrorRecord, failed_ranks
 from runner.launching.topology import Topology, free_port, port_in_use, port_taken
 from runner.runs.lock import INHERITED
 from runner.training.distributed import JOINED
+from runner.training.threads import THREADS_WHY, choose_threads
 from runner.spec.model import JobSpec
 from runner.errors import INTERRUPTED, PREEMPTED
 
@@ -120,7 +121,8 @@ class Launch:
         env[STARTED_AT] = repr(self.started_at)
         env[ERROR_FILE] = f"/dev/fd/{self.records[local_rank].fileno()}"
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // t.nproc_per_node)))
+        threads = choose_threads(t.nproc_per_node, os.environ)
+        env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS") or str(threads.threads), **{THREADS_WHY: threads.why})
         return env
 
     def start(self) -> None:

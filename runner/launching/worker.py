@@ -136,7 +136,8 @@ def _write_results(folder: rf.RunFolder, spec: JobSpec, result, world_size: int)
     torch.save(result.weights, buffer)
     atomic_write(folder.file("model.pt"), buffer.getvalue())  # the final weights, loadable with torch.load
     result.timing["shares"] = shares(result.timing)
-    result.summary["diagnosis"] = as_records(diagnose(result.summary, result.timing, spec.model_dump(mode="json")))
+    result.summary["diagnosis"] = as_records(diagnose(result.summary, result.timing, spec.model_dump(mode="json"),
+                                                      folder.read_json(ENV)))
     folder.write_json(TIMING, result.timing)
     short = [name.rpartition(".")[2] for name in (spec.model.name, spec.data.dataset)]  # pkg.mod:f -> mod:f
     plot_loss_curve(result.epochs, f"{spec.name}: {short[0]} on {short[1]} ({result.summary['device']} x{world_size})",

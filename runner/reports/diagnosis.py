@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from runner.training.threads import oversubscribed
+
 DATA_SHARE = 0.30  # of training time spent waiting for the next batch
 STARTUP_SHARE = 0.50  # of the job's wall time spent before the first step ended
 COMM_SHARE = 0.25  # of training time in gradient all-reduces
@@ -18,7 +20,7 @@ LOW_MFU = 0.15  # achieved FLOP/s against the device's dense peak
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # data-bound | start-up-bound | communication-bound | device-underused
+    kind: str  # data-bound | start-up-bound | communication-bound | device-underused | threads-oversubscribed
     evidence: str
     change: str
 
@@ -46,8 +48,9 @@ def shares(timing: dict) -> dict:
             "train_share_waiting_on_data": data / train if train else 0.0}
 
 
-def diagnose(summary: dict, timing: dict, spec: dict | None = None) -> list[Finding]:
-    found = []
+def diagnose(summary: dict, timing: dict, spec: dict | None = None, environment: dict | None = None) -> list[Finding]:
+    """`environment`: the run's env.json, where its worker threads are recorded."""
+    found = _threads_fight((environment or {}).get("threads"))
     share = shares(timing)
     data = (spec or {}).get("data", {})
     waiting = share.get("train_share_waiting_on_data", 0.0)
@@ -84,6 +87,19 @@ def diagnose(summary: dict, timing: dict, spec: dict | None = None) -> list[Find
             f"give it more work per step: {cheaper}a larger data.batch_size, train.compile: true; "
             "or rent a smaller GPU, which this job would keep busier for less"))
     return found
+
+
+def _threads_fight(threads: dict | None) -> list[Finding]:
+    """Threads past the cores the node's workers share take turns on them: each op waits for
+    its slowest thread, and every worker slows down, while the time still counts as compute."""
+    if not oversubscribed(threads):
+        return []
+    workers, cores = threads.get("workers_on_node", 1), threads["cores_available"]
+    fair = max(1, cores // max(1, workers))
+    return [Finding(
+        "threads-oversubscribed", f"{workers} worker(s) ran {threads['intra_op']} intra-op thread(s) each on "
+        f"{cores} core(s) available ({threads['intra_op'] * workers} threads for {cores} cores: they fight)",
+        f"set OMP_NUM_THREADS={fair} (or unset it: gpujob then gives each worker its share of the cores)")]
 
 
 def _biggest_phase(phases: dict, first_step_s: float, compile_s: float | None) -> str:

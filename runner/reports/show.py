@@ -37,7 +37,7 @@ def show_lines(run: RunView) -> list[tuple[str, str]]:
         rows.append(("epoch time", breakdown(share)))
     if run.cost:
         rows.append(("cost", cost_line(run.cost)))
-    for i, line in enumerate(lines(diagnose(s, t, run.spec))):
+    for i, line in enumerate(lines(diagnose(s, t, run.spec, run.env))):
         rows.append(("diagnosis" if i == 0 else "", line))
     for i, problem in enumerate(run.damaged):  # left out above; said, not silently dropped
         rows.append(("damaged" if i == 0 else "", problem))

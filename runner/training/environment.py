@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+from runner.training.threads import thread_record
+
 
 def describe_environment() -> dict:
     from importlib.metadata import PackageNotFoundError, version
@@ -36,6 +38,7 @@ def describe_environment() -> dict:
         "mps_available": torch.backends.mps.is_available(),
         "git_commit": git_commit(),
         "gpujob_image": os.environ.get("GPUJOB_IMAGE"),
+        "threads": thread_record(),  # read by the diagnosis: threads that fought over cores
     }
 
 

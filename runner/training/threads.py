@@ -1,0 +1,68 @@
+"""How many intra-op threads each worker runs on a CPU, chosen once by the launcher and recorded
+in env.json, so a run whose threads fought over cores can be told apart afterwards (issue 29:
+a one-worker text job ran 30x faster with OMP_NUM_THREADS=1 than with torch's default).
+
+torch's default is one thread per core of the whole machine, in every process: two workers on
+two cores then run four threads that take turns, and a core another process holds (a busy
+machine, a container's CPU set) is counted all the same. gpujob gives each worker an equal
+share of the cores this process may run on (its CPU affinity, which containers and `taskset`
+narrow), at least one; an OMP_NUM_THREADS the user set is kept as theirs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+THREADS_WHY = "GPUJOB_THREADS_WHY"  # the launcher's reason, read back by the worker for env.json
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    threads: int
+    why: str
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # macOS has no affinity: the machine's count is all there is
+        return os.cpu_count() or 1
+
+
+def choose_threads(workers_on_node: int, environ: dict, cores: int | None = None) -> ThreadChoice:
+    cores = cores_available() if cores is None else cores
+    given = environ.get("OMP_NUM_THREADS", "").strip()
+    if given:
+        return ThreadChoice(_as_count(given, cores, workers_on_node), f"OMP_NUM_THREADS={given} was set before "
+                                                                       "gpujob started; kept")
+    threads = max(1, cores // max(1, workers_on_node))
+    return ThreadChoice(threads, f"{cores} core(s) available / {workers_on_node} worker(s) on this node")
+
+
+def _as_count(given: str, cores: int, workers: int) -> int:
+    """What OpenMP makes of a value like "4" or "4,2" (nested levels: the first counts)."""
+    try:
+        return max(1, int(given.split(",")[0]))
+    except ValueError:
+        return max(1, cores // max(1, workers))
+
+
+def thread_record() -> dict:
+    """For env.json: the threads this worker runs, the cores and workers they share, and why."""
+    import torch
+
+    workers = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    given = os.environ.get("OMP_NUM_THREADS")
+    why = os.environ.get(THREADS_WHY) or (f"OMP_NUM_THREADS={given} was set before gpujob started; kept"
+                                          if given else "torch's default: one thread per core of the machine")
+    return {"intra_op": torch.get_num_threads(), "cores_available": cores_available(),
+            "workers_on_node": workers, "why": why}
+
+
+def oversubscribed(record: dict | None) -> bool:
+    """Whether the node's workers ran more threads than it had cores for them."""
+    if not record or not record.get("intra_op") or not record.get("cores_available"):
+        return False
+    return record["intra_op"] * record.get("workers_on_node", 1) > record["cores_available"]
