@@ -262,3 +262,36 @@ def test_resume_set_refuses_anything_but_a_longer_run_naming_the_field(one_epoch
     assert out.stderr.startswith(f"gpujob: {field}") and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stdout == ""  # a refused resume names no run folder
     assert _contents(folder) == before
+
+
+# ---- 5. gpujob init -----------------------------------------------------------------------------
+
+
+def test_init_writes_a_job_that_passes_its_dry_run_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["init", "mynet"])
+    assert out.exit_code == 0, out.output
+    assert out.stdout.splitlines()[:3] == ["wrote mynet.yaml", "wrote mynet_job.py",
+                                           "check it: gpujob submit mynet.yaml --dry-run"]
+    dry = CliRunner().invoke(app, ["submit", "mynet.yaml", "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert dry.exit_code == 0, dry.output
+    assert "mynet_job:model: 771 parameters" in dry.stdout and "dry run: nothing was submitted" in dry.stdout
+    assert "mynet_job:dataset (loaded" in dry.stdout
+
+
+def test_init_never_overwrites_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynet_job.py").write_text("# mine\n")
+    out = CliRunner().invoke(app, ["init", "mynet"])
+    assert out.exit_code == 2
+    assert out.stderr.strip() == f"gpujob: {tmp_path / 'mynet_job.py'} exists; gpujob init never overwrites a file: " \
+                                 "pick another NAME"
+    assert (tmp_path / "mynet_job.py").read_text() == "# mine\n"
+    assert not (tmp_path / "mynet.yaml").exists()  # nothing half-written
+
+
+def test_init_refuses_a_name_that_cannot_be_a_module(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = CliRunner().invoke(app, ["init", "my-net"])
+    assert out.exit_code == 2 and out.stderr.startswith("gpujob: NAME: 'my-net' must be a Python name")
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
-"""The commands around a job: `check` (which backends this machine can use now), `validate` and
+"""The commands around a job: `init` (a job of your own to start from), `check` (which backends
+this machine can use now), `validate` and
 `schema` (the spec), `image build` (the Docker image) and `export kaggle` (a kernel folder for a
 service gpujob does not drive)."""
 
@@ -11,6 +12,23 @@ from typing import List, Optional
 import typer
 
 from runner.cli.app import SetOpt, SpecArg, app, load_job, user_errors
+
+
+@app.command()
+@user_errors
+def init(name: str = typer.Argument(..., metavar="NAME", show_default=False,
+                                    help="the job's name: NAME.yaml and NAME_job.py are written here")):
+    """Write NAME.yaml and NAME_job.py here: a job with your own model, data and step to edit.
+
+    As written it passes `gpujob submit NAME.yaml --dry-run` and trains offline in seconds.
+    An existing file is never overwritten (exit 2)."""
+    from runner.cli.skeleton import write_skeleton
+    from runner.invocation import command
+
+    for path in write_skeleton(name, Path.cwd()):
+        typer.echo(f"wrote {path.name}")
+    typer.echo(f"check it: {command(f'gpujob submit {name}.yaml --dry-run')}")
+    typer.echo(f"run it:   {command(f'gpujob submit {name}.yaml')}")
 
 
 @app.command()
