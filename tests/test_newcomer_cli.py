@@ -295,3 +295,13 @@ def test_init_refuses_a_name_that_cannot_be_a_module(tmp_path, monkeypatch):
     out = CliRunner().invoke(app, ["init", "my-net"])
     assert out.exit_code == 2 and out.stderr.startswith("gpujob: NAME: 'my-net' must be a Python name")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_runs_rm_keeps_a_run_whose_rented_machine_still_bills(tmp_path):
+    runs = tmp_path / "runs"
+    rented = _ended_run(runs, "rented")
+    run_record.update(rented, backend="vast", handles={"vast_instance_id": 4242})
+    out = CliRunner().invoke(app, ["runs", "rm", str(rented)])  # vast.ai is not asked: the record says it
+    assert out.exit_code == 2
+    assert "vast.ai instance 4242 is not destroyed yet" in out.stderr and f"gpujob fetch {rented}" in out.stderr
+    assert rented.is_dir()

@@ -256,6 +256,12 @@ class Backend:
         """What to know of a detached run besides following, checking and stopping it."""
         return ""
 
+    def kept_elsewhere(self, run: Run) -> str | None:
+        """What the run still holds at a service that only its folder here leads to (a rented
+        machine that bills until gpujob destroys it), as one line; None when nothing. Read from
+        the run's record: asks no service."""
+        return None
+
     def readiness(self) -> str | None:
         """For `gpujob check`: what this machine lacks to use the backend now (its SDK, credentials,
         engine, image, client commands), as one line with what to do; None when nothing is missing.

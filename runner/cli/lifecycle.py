@@ -218,6 +218,9 @@ def remove_runs(runs: list[Run]) -> list[Path]:
             if backend is None:
                 raise bad_input(f"{run.folder}: ran on backend '{run.record.backend}', which this gpujob does not know; "
                                 "not removing it")
+            kept = backend.kept_elsewhere(run)
+            if kept:
+                raise bad_input(f"{run.folder}: {kept}; not removing it, which would lose the only way to it")
             held.enter_context(acting_on(run, "removing"))
             refuse_live(run, backend.status(run), "removing")
         for run in runs:

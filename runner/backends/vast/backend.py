@@ -55,6 +55,14 @@ class VastBackend(Backend):
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
         self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
 
+    def kept_elsewhere(self, run: Run) -> str | None:
+        handles = run.handles
+        if handles.get("destroyed") or not (handles.get("vast_instance_id") or handles.get("vast_label")):
+            return None
+        named = handles.get("vast_instance_id") or f"labelled '{handles['vast_label']}'"
+        return (f"its vast.ai instance {named} is not destroyed yet and bills its disk; "
+                f"`{command(f'gpujob fetch {run.folder}')}` copies the folder back and destroys it")
+
     def readiness(self) -> str | None:
         """The vastai package, an API key where the vastai CLI keeps it, and rsync and ssh for the
         copy back; vast.ai itself is not asked."""
