@@ -104,7 +104,9 @@ def _threads_fight(threads: dict | None) -> list[Finding]:
 
 def _biggest_phase(phases: dict, first_step_s: float, compile_s: float | None) -> str:
     """The start-up phase that took longest: imports, data, model, or the first step itself."""
-    marks = [("process start and imports", phases.get("loop_entered_s")), ("loading the data", phases.get("data_loaded_s")),
+    marks = [("process start and imports", phases.get("loop_entered_s")),
+             ("importing torch._dynamo (torch's optimizers load it, even without train.compile)",
+              phases.get("dynamo_imported_s")), ("loading the data", phases.get("data_loaded_s")),
              ("building the model", phases.get("model_built_s")), ("the first step", first_step_s)]
     spans, before = [], 0.0
     for name, at in marks:

@@ -60,7 +60,8 @@ class RunView:
                     asked = event["t"]
             out.append(("submitted to the job's start", max(started - asked, 0.0)))
         before = 0.0
-        for key, label in (("loop_entered_s", "imports"), ("data_loaded_s", "data loaded"),
+        for key, label in (("loop_entered_s", "imports"), ("dynamo_imported_s", "torch._dynamo imported"),
+                           ("data_loaded_s", "data loaded"),
                            ("model_built_s", "model built"), ("first_step_s", "first step")):
             at = phases.get(key)
             if at is not None:

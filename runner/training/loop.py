@@ -24,6 +24,7 @@ from runner.training.distributed import (CommTimer, WorkerContext, all_sum, broa
 from runner.errors import bad_input, job_failed
 from runner.training.models import build_model, parameter_count
 from runner.training.steps import Step, batch_len, step_for
+from runner.training.torch_imports import import_dynamo
 from runner.training.stops import StopRequest, Stopped
 from runner.training.setup import (autocast_for, build_optimizer, device_name, prepare_batches, seed_everything,
                                 sync)
@@ -162,6 +163,7 @@ class Loop:
         self.spec, self.t, self.ctx, self.listeners = spec, spec.train, ctx, listeners
         self.started, self.device, self.checkpoints, self.stop = started, device, checkpoints, stop
         self.phases = {"loop_entered_s": time.perf_counter() - started}  # imports and start-up before it
+        self.phases["dynamo_imported_s"] = import_dynamo(started)  # torch's own, even without compile
         seed_everything(self.t.seed)
         self.autocast = autocast_for(self.t.precision, device)
         prefer_fast_kernels(device, self.t.precision)
