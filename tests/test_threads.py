@@ -71,3 +71,10 @@ def test_the_diagnosis_names_threads_that_fight_even_when_compute_looks_busy():
     assert "OMP_NUM_THREADS=4" in said[0]
     fitting = {"threads": {"intra_op": 4, "cores_available": 4, "workers_on_node": 1}}
     assert lines(diagnose(summary, timing, {}, fitting))[0].startswith("no bottleneck found")
+
+
+def test_an_env_json_without_a_usable_thread_record_is_no_finding():
+    timing = {"epochs": [{"wall_s": 10.0}], "total_s": 11.0, "time_to_first_step_s": 0.5}
+    for environment in (None, {}, {"threads": "16"}, {"threads": {"intra_op": "16", "cores_available": 4}},
+                        {"threads": {"intra_op": 16, "cores_available": 0, "workers_on_node": 1}}):
+        assert lines(diagnose({"world_size": 1}, timing, {}, environment))[0].startswith("no bottleneck found")

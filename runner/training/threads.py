@@ -63,6 +63,9 @@ def thread_record() -> dict:
 
 def oversubscribed(record: dict | None) -> bool:
     """Whether the node's workers ran more threads than it had cores for them."""
-    if not record or not record.get("intra_op") or not record.get("cores_available"):
+    if not isinstance(record, dict):  # an older run's env.json, or one edited by hand
         return False
-    return record["intra_op"] * record.get("workers_on_node", 1) > record["cores_available"]
+    threads, workers, cores = (record.get(key) for key in ("intra_op", "workers_on_node", "cores_available"))
+    if not all(isinstance(n, int) and n > 0 for n in (threads, workers, cores)):
+        return False
+    return threads * workers > cores
