@@ -1,5 +1,6 @@
-"""Modal's servers, stood in for by this machine, under gpujob's real ModalService: only Modal's
-client objects (FunctionCall, Volume, App.run, enable_output) are replaced.
+"""Modal's servers, stood in for by this machine at gpujob's seam with Modal (ModalClient,
+runner/backends/modal/client.py), under gpujob's real ModalService: a volume, the output, an
+app run, a spawn and a call by its id, answered as Modal's client objects answer.
 
 A spawned call runs as Modal runs an input: each attempt in its own process, a fresh container
 (tests/modal_container.py); an attempt is killed at the function's timeout, and one that raised
@@ -34,10 +35,8 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 from runner.backends.modal.app import VOLUME_PATH_ENV
-from runner.backends.modal.service import ModalService
 from tests.conftest import REPO
 
 # How many lost attempts of one input Modal reruns before it gives up on it: the client's own
@@ -141,7 +140,7 @@ class ContainerCall:
                     self.proc = subprocess.Popen(
                         [sys.executable, "-m", "tests.modal_container", str(self.request_file), str(result_file)],
                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                        env={**self._container_env(), VOLUME_PATH_ENV: str(self.modal.volume),
+                        env={**self._container_env(), VOLUME_PATH_ENV: str(self.modal.volume_folder),
                              "PYTHONUNBUFFERED": "1"})
             began = time.monotonic()
             if lost < self.modal.lost_containers:  # the worker under the container is lost
@@ -305,13 +304,13 @@ def _remote_exception(name: str, message: str) -> BaseException:
     return RemoteError(f"{name}: {message}")
 
 
-class ContainerModal(ModalService):
-    """gpujob's ModalService, its Modal client objects stood in for (see the module's docstring).
-    `interrupt_after`: the user presses Ctrl-C once an attached submit has shown that many lines."""
+class ContainerModal:
+    """A ModalClient for gpujob's ModalService (see the module's docstring). `interrupt_after`:
+    the user presses Ctrl-C once an attached submit has shown that many lines."""
 
     def __init__(self, volume: Path, scratch: Path, interrupt_after: int | None = None, modal_second: float = 1.0,
                  expired: bool = False, lost_containers: int = 0):
-        self.volume, self.scratch = volume, scratch
+        self.volume_folder, self.scratch = volume, scratch
         self.interrupt_after, self.modal_second, self.expired = interrupt_after, modal_second, expired
         self.lost_containers = lost_containers  # each call's first attempts whose container Modal loses
         self.calls: dict[str, ContainerCall] = {}
@@ -320,9 +319,6 @@ class ContainerModal(ModalService):
         self.echoing = self.interrupted = False
         self.failures: dict[str, list[BaseException]] = {}
         scratch.mkdir(parents=True, exist_ok=True)
-        self.modal = SimpleNamespace(FunctionCall=SimpleNamespace(from_id=self.call),
-                                     Volume=SimpleNamespace(from_name=self._volume_named),
-                                     enable_output=self._enable_output)
 
     # ---- the test's handles -----------------------------------------------------------------
 
@@ -333,9 +329,6 @@ class ContainerModal(ModalService):
     def trouble(self, kind: str) -> None:
         if self.failures.get(kind):
             raise self.failures[kind].pop(0)
-
-    def call(self, call_id: str) -> ContainerCall:
-        return self.calls[call_id]
 
     def wait_all(self, timeout: float = 300) -> None:
         for call in self.calls.values():
@@ -348,13 +341,16 @@ class ContainerModal(ModalService):
             if call.proc is not None and call.proc.poll() is None:
                 call._kill()
 
-    # ---- Modal's client objects ---------------------------------------------------------------
+    # ---- ModalClient ---------------------------------------------------------------------------
 
-    def _volume_named(self, name: str, create_if_missing: bool = False) -> FolderVolume:
-        return FolderVolume(self.volume, self)
+    def call(self, call_id: str) -> ContainerCall:
+        return self.calls[call_id]
+
+    def volume(self) -> FolderVolume:
+        return FolderVolume(self.volume_folder, self)
 
     @contextmanager
-    def _enable_output(self):
+    def output(self):
         self.echoing = True
         try:
             yield
@@ -362,12 +358,13 @@ class ContainerModal(ModalService):
             self.echoing = False
 
     @contextmanager
-    def _app_run(self, detach: bool = False):
+    def running(self, request, detach: bool = False):
         """modal.App.run(): an ephemeral app; like Modal's runner, it swallows a KeyboardInterrupt
         raised inside its block ("Disconnecting from Modal"), and in a detached app with output
         enabled a modal ConnectionError too ("Connection lost!": the app keeps running)."""
         from modal.exception import ConnectionError as ModalConnectionError
 
+        request.app()  # the app gpujob would run must build
         self.app_runs.append(detach)
         try:
             yield
@@ -378,25 +375,9 @@ class ContainerModal(ModalService):
                 return
             raise
 
-    def start(self, request, run_name, detach, spawned):
-        """ModalService.start itself, with the App's run() and the function's spawn() stood in for."""
-        app = request.app()
-        assert run_name == request.run_name
-        service = self
-
-        class Spawning:
-            args = staticmethod(request.args)
-
-            @staticmethod
-            def app():
-                return app
-
-            @staticmethod
-            def function():
-                return SimpleNamespace(spawn=lambda *args: service._spawn(request, *args))
-
-        with mock.patch.object(app, "run", self._app_run):
-            return super().start(Spawning, run_name, detach, spawned)
+    def spawn(self, request) -> ContainerCall:
+        request.function()  # the very call gpujob would spawn, configured for the job, must build
+        return self._spawn(request, *request.args())
 
     def _spawn(self, request, spec_yaml: str, run_name: str, submission: str) -> ContainerCall:
         self.trouble("spawn")

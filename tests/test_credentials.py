@@ -61,6 +61,7 @@ def test_modal_and_vast_runs_keep_no_credential(job, tmp_path, monkeypatch, use_
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
     from runner.backends.modal.app import VOLUME_PATH_ENV
+    from runner.backends.modal.service import ModalService
     from tests.conftest import cli
     from tests.modal_standin import ContainerModal
     from tests.test_vast import GOOD
@@ -68,7 +69,7 @@ def test_modal_and_vast_runs_keep_no_credential(job, tmp_path, monkeypatch, use_
 
     monkeypatch.setenv(VOLUME_PATH_ENV, str(tmp_path / "volume"))
     modal_service = ContainerModal(tmp_path / "volume", tmp_path / "calls")
-    use_backend("modal", connect=lambda: modal_service)
+    use_backend("modal", connect=lambda: ModalService(modal_service))
     vast = LocalVast(tmp_path / "vast", GOOD)
     use_backend("vast", connect=lambda: vast, poll_s=0.2)
     spec = job.read_text()

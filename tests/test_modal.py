@@ -31,7 +31,7 @@ pytest.importorskip("modal", reason="the modal extra is not installed (uv sync -
 
 from runner.backends.modal.backend import modal_request  # noqa: E402
 from runner.backends.modal.app import REQUIREMENTS, VOLUME_PATH_ENV  # noqa: E402
-from runner.backends.modal.service import modal_errors  # noqa: E402
+from runner.backends.modal.service import ModalService, modal_errors  # noqa: E402
 from runner.errors import GpujobError  # noqa: E402
 from runner.spec.load import load_spec
 from tests.conftest import REPO, assert_golden, cli, read_jsonl, read_jsonl_if, wait_for  # noqa: E402
@@ -248,7 +248,7 @@ def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes
 def container_modal(volume, tmp_path, use_backend):
     def use(**options) -> ContainerModal:
         service = ContainerModal(volume, tmp_path / "modal-calls", **options)
-        use_backend("modal", connect=lambda: service)
+        use_backend("modal", connect=lambda: ModalService(service))
         made.append(service)
         return service
 
@@ -838,32 +838,50 @@ class FakeRequest:
         return Function()
 
 
+class ScriptedModal:
+    """A ModalClient whose calls are FakeCalls: the app run as Modal's runner behaves (it swallows
+    a KeyboardInterrupt raised inside its block, modal/runner.py), no output, no network."""
+
+    def __init__(self):
+        self.runs, self.calls = [], {}
+
+    def output(self):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+    def running(self, request, detach: bool):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def run():
+            self.runs.append(detach)
+            try:
+                yield
+            except KeyboardInterrupt:
+                return  # what modal/runner.py does: "Disconnecting from Modal ..."
+
+        return run()
+
+    def spawn(self, request):
+        return request.function().spawn(*request.args())
+
+    def call(self, call_id: str):
+        return self.calls[call_id]
+
+    def volume(self):
+        raise AssertionError("these tests read no volume")
+
+
 @pytest.fixture
 def service(monkeypatch):
-    """The real ModalService, with Modal's app.run() as its runner behaves (it swallows a
-    KeyboardInterrupt raised inside its block, runner.py) and no network."""
-    from contextlib import contextmanager, nullcontext
-
-    import modal
-
-    from runner.backends.modal import app as modal_app
+    """The real ModalService on a ScriptedModal, its waits between polls skipped."""
     from runner.backends.modal import service as service_module
 
-    runs = []
-
-    @contextmanager
-    def run(detach=False):
-        runs.append(detach)
-        try:
-            yield
-        except KeyboardInterrupt:
-            return  # what modal/runner.py does: "Disconnecting from Modal ..."
-
-    monkeypatch.setattr(modal_app.app, "run", run)
-    monkeypatch.setattr(modal, "enable_output", nullcontext)
     monkeypatch.setattr(service_module.time, "sleep", lambda s: None)
-    made = service_module.ModalService()
-    made.runs = runs
+    client = ScriptedModal()
+    made = ModalService(client)
+    made.runs = client.runs
     return made
 
 
@@ -913,7 +931,7 @@ def test_a_call_the_record_cannot_take_is_cancelled_or_named_with_how_to_cancel_
 
 def test_a_modal_side_error_is_not_taken_for_the_job_failing(service):
     call = FakeCall([modal_exception().ResourceExhaustedError("rate limited")], None)
-    service.modal = type("M", (), {"FunctionCall": type("F", (), {"from_id": staticmethod(lambda i: call)})})
+    service.client.calls["fc-fake"] = call
     with pytest.raises(GpujobError) as err, modal_errors("asking Modal about the job", "fc-fake"):
         service.poll("fc-fake")
     assert err.value.exit_code == 3 and "the job itself is not affected (call fc-fake)" in err.value.message

@@ -181,10 +181,11 @@ class ModalBackend(Backend):
     def _service(self):
         if self.connect is not None:
             return self.connect()
+        from runner.backends.modal.client import SdkClient
         from runner.backends.modal.service import ModalService, require_credentials
 
         require_credentials()  # before anything touches the network
-        return ModalService()
+        return ModalService(SdkClient())
 
     def check_costless(self, spec: JobSpec, sending: bool) -> None:
         """Modal's client, the spec's fit to Modal, then a token where the job is to be sent: the
@@ -203,7 +204,7 @@ class ModalBackend(Backend):
         from runner.backends.modal.app import TIMEOUT_GRACE_S, VOLUME_MOUNT, VOLUME_NAME
 
         request = modal_request(spec, run_name)
-        if code_fields(spec):  # the image adds the run's copy of the user's code (runner/user_code.py)
+        if code_fields(spec):  # the image adds the run's copy of the user's code (runner/usercode/shipping.py)
             request = replace(request, code_dir=str((runs_dir / run_name / JOB / CODE_DIR).resolve()))
         request.function()  # the call must be constructible before anything is paid for
         source = credentials_source()

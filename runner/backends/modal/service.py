@@ -4,7 +4,8 @@ turns what Modal raises into gpujob's errors.
 Credentials are checked here, without the network, before anything else: a missing token,
 a missing `modal` package, a rejected token or an unreachable server each end as exit 3
 with one line saying what to do. Tokens are only ever read by Modal's own client; nothing
-here prints or stores them. Tests replace ModalService with a local stand-in.
+here prints or stores them. ModalService reaches Modal through a ModalClient (client.py), where
+tests put their stand-in for Modal's servers.
 """
 
 from __future__ import annotations
@@ -170,19 +171,15 @@ def outcome(result: dict) -> CallState:
 
 
 class ModalService:
-    """Modal's servers, as the modal backend needs them."""
+    """Modal's servers, as the modal backend needs them, through a ModalClient
+    (runner/backends/modal/client.py: the SDK, or a test's stand-in for Modal)."""
 
-    def __init__(self):
-        self.modal = import_modal()
-
-    def _volume(self):
-        from runner.backends.modal.app import VOLUME_NAME
-
-        return self.modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+    def __init__(self, client):
+        self.client = client
 
     def run_names(self) -> set[str]:
         """The run folders on the volume: a new run's name must be none of them."""
-        return {PurePosixPath(entry.path.lstrip("/")).name for entry in self._volume().listdir("/")}
+        return {PurePosixPath(entry.path.lstrip("/")).name for entry in self.client.volume().listdir("/")}
 
     def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None]) -> CallState | None:
         """Spawn the job on an app that outlives this process, streaming its logs here. Detached:
@@ -193,10 +190,10 @@ class ModalService:
         so it leaves either no remote job or a run folder that tracks it; a call whose id cannot be
         recorded is cancelled (_record). Following, Modal's trouble past FOLLOW_OUTAGE_S is LostTouch."""
         interrupted, state, failure = False, None, None
-        with self.modal.enable_output(), request.app().run(detach=True):  # a client's trouble never stops the job
+        with self.client.output(), self.client.running(request, detach=True):  # a client's trouble never stops the job
             try:
                 with held_interrupts() as held:
-                    call = request.function().spawn(*request.args())
+                    call = self.client.spawn(request)
                     _record(call, spawned)
                 if held.interrupted:
                     interrupted = True
@@ -247,16 +244,16 @@ class ModalService:
                 time.sleep(2)
 
     def poll(self, call_id: str) -> CallState:
-        return self._wait(self.modal.FunctionCall.from_id(call_id), timeout=0)
+        return self._wait(self.client.call(call_id), timeout=0)
 
     def cancel(self, call_id: str) -> None:
         """Cancel the call without killing its container: Modal sends the function SIGUSR1, which
         train_remote turns into a checkpoint and a clean return (runner/backends/modal/app.py)."""
-        self.modal.FunctionCall.from_id(call_id).cancel(terminate_containers=False)
+        self.client.call(call_id).cancel(terminate_containers=False)
 
     def logs(self, call_id: str, follow: bool) -> Iterator[str]:
         """The call's output lines: the latest ones, and with `follow` the rest as they come."""
-        call = self.modal.FunctionCall.from_id(call_id)
+        call = self.client.call(call_id)
         entries = call.logs.stream() if follow else call.logs.tail(LOG_TAIL)
         partial = ""
         for entry in entries:
@@ -300,7 +297,7 @@ class ModalService:
         import modal.exception
 
         try:
-            return copy_run_folder(self._volume(), run_name, dest)
+            return copy_run_folder(self.client.volume(), run_name, dest)
         except (modal.exception.NotFoundError, FileNotFoundError):
             return []  # the job never wrote its folder (it failed at start-up)
 
