@@ -599,14 +599,9 @@ def test_a_resume_gets_its_own_time_limit_however_long_ago_the_first_submit_was(
 
 
 def _a_day_earlier(mark: Path) -> None:
-    """Move the time a submission's first attempt began a day back (a mark from before
-    submissions were told apart holds the bare time)."""
-    text = mark.read_text()
-    try:
-        kept = json.loads(text)
-        mark.write_text(json.dumps({**kept, "at": kept["at"] - 24 * 3600}) + "\n")
-    except (TypeError, KeyError):
-        mark.write_text(f"{float(text) - 24 * 3600}\n")
+    """Move the time a submission's first attempt began a day back."""
+    kept = json.loads(mark.read_text())
+    mark.write_text(json.dumps({**kept, "at": kept["at"] - 24 * 3600}) + "\n")
 
 
 def test_a_call_modal_failed_inside_its_infrastructure_is_the_jobs_failure(modal_spec, container_modal, tmp_path,
@@ -636,18 +631,6 @@ def test_status_of_a_folder_that_is_not_a_run_is_exit_2(tmp_path):
     result = cli("status", tmp_path / "plain")
     assert result.exit_code == 2 and "submission.json" in result.stderr
     assert cli("fetch", "nowhere", "--runs-dir", tmp_path).exit_code == 2
-
-
-def test_a_folder_from_before_the_record_is_read_through_its_modal_json(tmp_path, container_modal, modal_spec):
-    container_modal()
-    old = tmp_path / "runs" / "old-20250101-000000"
-    old.mkdir(parents=True)
-    (old / ".modal.json").write_text(json.dumps({"backend": "modal", "call_id": "fc-old", "app": "gpujob",
-                                                  "volume": "gpujob-runs", "gpu": "T4:1", "world_size": 1}))
-    from runner.runs.record import read
-
-    record = read(old)
-    assert record.backend == "modal" and record.handles["modal_call_id"] == "fc-old" and record.asks["gpu"] == "T4:1"
 
 
 # ---- credentials, the package, the network --------------------------------------------

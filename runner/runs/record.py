@@ -6,9 +6,6 @@ and from where, what it asks for (for `gpujob runs`, without reading the spec), 
 gpujob last saw, and what was done to it (submitted, cancel asked, resumed). `status`,
 `logs`, `cancel`, `fetch` and `resume` start from it. It never holds a credential: handles are
 ids, never tokens.
-
-Runs submitted to Modal before this record existed have `.modal.json` instead; it is read as
-a record of backend modal.
 """
 
 from __future__ import annotations
@@ -25,7 +22,6 @@ from runner.errors import bad_input
 from runner.runs.files import atomic_write
 from runner.runs.paths import RECORD
 
-LEGACY_MODAL = ".modal.json"
 FORMAT = 1
 
 
@@ -102,7 +98,7 @@ def _user() -> str | None:
 
 
 def is_run(folder: Path) -> bool:
-    return (folder / RECORD).is_file() or (folder / LEGACY_MODAL).is_file()
+    return (folder / RECORD).is_file()
 
 
 def write(folder: Path, submission: Submission) -> None:
@@ -114,8 +110,6 @@ def read(folder: Path) -> Submission:
     folder = Path(folder)
     path = folder / RECORD
     if not path.is_file():
-        if (folder / LEGACY_MODAL).is_file():
-            return _from_legacy_modal(folder)
         if not folder.is_dir():
             raise bad_input(f"{folder}: no such run folder")
         raise bad_input(f"{folder}: not a gpujob run (no {RECORD}); gpujob only acts on folders it made")
@@ -127,19 +121,6 @@ def read(folder: Path) -> Submission:
         return Submission(**known)
     except (OSError, ValueError, TypeError) as err:
         raise bad_input(f"{path}: damaged submission record ({err}); gpujob will not act on this run") from None
-
-
-def _from_legacy_modal(folder: Path) -> Submission:
-    path = folder / LEGACY_MODAL
-    try:
-        old = json.loads(path.read_text())
-        call_id = old["call_id"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise bad_input(f"{path}: damaged Modal record ({err})") from None
-    return Submission("modal", folder.name, submitted_at=old.get("submitted", ""), detached=bool(old.get("detached")),
-                      handles={"modal_call_id": call_id, "modal_app": old.get("app"),
-                               "modal_volume": old.get("volume")},
-                      asks={"gpu": old.get("gpu"), "world_size": old.get("world_size")})
 
 
 def phase_ended(folder: Path, event: str, phase: str, t: float | None = None) -> Submission:

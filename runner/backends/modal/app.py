@@ -166,7 +166,7 @@ def _submission_began_at(run_dir: Path, submission: str) -> float:
         if kept["submission"] == submission:
             return float(kept["at"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass  # none yet, or from before submissions were told apart (the bare time)
+        pass  # none yet, or unreadable: this attempt is the submission's first
     from runner.runs.files import atomic_write
 
     now = time.time()
