@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO
 
 TORCH_IMPORTED = re.compile(r"^import time:.*\|\s+torch$", re.MULTILINE)
@@ -69,3 +71,17 @@ def test_vast_without_a_key_is_said_before_torch(tmp_path):
     assert out.returncode == 3, said(out)
     assert "no API key" in said(out)
     assert not TORCH_IMPORTED.search(out.stderr)
+
+
+@pytest.mark.parametrize("backend, said_first", [("docker", "docker: the docker command is not installed"),
+                                                 ("slurm", "`scontrol` not found")])
+def test_an_engine_missing_is_said_before_torch(tmp_path, backend, said_first):
+    """Docker and SLURM: no engine or client commands on PATH (these held before issue 29 too)."""
+    bare_path = tmp_path / "bin"
+    bare_path.mkdir()
+    out = gpujob_bare(tmp_path, "submit", "jobs/quickstart.yaml", "--backend", backend,
+                      "--runs-dir", str(tmp_path / "runs"), env={"PATH": str(bare_path)})
+    assert out.returncode == 3, said(out)
+    assert said_first in said(out)
+    assert not TORCH_IMPORTED.search(out.stderr)
+    assert not (tmp_path / "runs").exists()
