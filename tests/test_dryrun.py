@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, cli, cli_subprocess
+from tests.conftest import REPO, cli_subprocess
 
 
 def rows(stdout: str) -> dict[str, str]:

@@ -5,7 +5,6 @@ import torch
 
 from runner.training.models import build_model
 from runner.spec.model import ModelSpec
-from tests.conftest import cli
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet18", "resnet34", "resnet50"])
