@@ -195,8 +195,9 @@ def remove(ctx: typer.Context,
     liveness `status` asks for); otherwise nothing at all is removed (exit 2). Asks nothing."""
     from runner.cli.lifecycle import find_run, remove_runs
 
-    runs_dir = runs_dir or ctx.parent.params.get("runs_dir") or Path("runs")
-    found = {}
+    given_to_runs = ctx.parent.params.get("runs_dir") if ctx.parent else None
+    runs_dir = runs_dir or given_to_runs or Path("runs")
+    found: dict[Path, Run] = {}
     for run in runs:  # one run named twice is one run
         one = find_run(run, runs_dir)
         found.setdefault(one.folder.resolve(), one)
