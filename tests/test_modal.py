@@ -301,7 +301,7 @@ def test_the_users_own_code_goes_in_the_image_and_the_job_runs_with_it(container
     result = cli("submit", spec, "--backend", "modal", "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 0, result.stderr
     run = result.run_dir
-    request = ModalRequest(**json.loads((run / "job" / "modal-call.json").read_text()))
+    request = ModalRequest(**json.loads((run / "job" / "request.json").read_text()))
     assert request.code_dir == str(run / "job" / "code")
     shipped = sorted(remote for _, remote in image_files(request.image()) if remote.startswith(CODE_MOUNT))
     package = spec.parent / "gpujob_examples"
@@ -421,7 +421,7 @@ def test_resources_timeout_minutes_stops_the_job_with_a_checkpoint_and_exit_1(mo
     assert result.stdout.splitlines()[-1] == str(run) and run.parent == tmp_path / "runs"
     assert "ran past resources.timeout_minutes (0.5 min)" in result.stderr and "nothing was kept" not in result.stderr
     assert f"gpujob resume {run}" in result.stderr  # the folder here, not the volume's path in the container
-    assert json.loads((run / "job" / "modal-call.json").read_text())["timeout_s"] == 30 + 600  # Modal's, with grace
+    assert json.loads((run / "job" / "request.json").read_text())["timeout_s"] == 30 + 600  # Modal's, with grace
     (call,) = service.calls.values()
     assert [how for how, _ in call.attempts] == ["returned"]  # the job's own outcome: Modal does not retry it
     assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()

@@ -82,7 +82,7 @@ def image_with_code(code_dir: str) -> modal.Image:
     return image.add_local_dir(code_dir, remote_path=CODE_MOUNT)
 
 
-@functools.lru_cache(maxsize=None)  # one app per folder: the function and the app that runs it must agree
+@functools.cache  # one app per folder: the function and the app that runs it must agree
 def with_code(code_dir: str) -> tuple[modal.App, modal.Function]:
     """An app of its own whose one function runs a job in image_with_code(code_dir)."""
     own = modal.App(APP_NAME)
@@ -100,11 +100,10 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     the job's own failure); raises when the job was stopped by a signal, so that Modal runs
     it again and it resumes from its checkpoint.
     """
-    from runner.errors import GpujobError
-    from runner.launching.topology import Topology
+    from runner.errors import INTERRUPTED, PREEMPTED, GpujobError
     from runner.launching.launcher import run_on_this_node, workers_per_node
+    from runner.launching.topology import Topology
     from runner.spec.load import load_spec
-    from runner.errors import INTERRUPTED, PREEMPTED
 
     in_container = not modal.is_local()
     runs_root = volume_root()

@@ -15,22 +15,37 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
-from runner.runs import record as run_record
-from runner.runs.state import CANCELLED, FAILED, FINISHED, PREEMPTED, RUNNING, Run, RunState
 from runner.backends.base import Backend, Plan, what_is_here
-from runner.errors import BAD_INPUT, MISSING_BACKEND, GpujobError, bad_input, job_failed, missing_backend
-from runner.invocation import command, commands_in
+from runner.errors import (
+    BAD_INPUT,
+    INTERRUPTED,
+    MISSING_BACKEND,
+    GpujobError,
+    bad_input,
+    job_failed,
+    missing_backend,
+)
+from runner.errors import PREEMPTED as PREEMPTED_CODE
 from runner.gpus import PRICES_READ_ON
+from runner.invocation import command, commands_in
+from runner.runs import record as run_record
 from runner.runs.lines import summary_line
-from runner.runs.paths import JOB, SUMMARY
+from runner.runs.paths import JOB, SUMMARY, RunPaths
+from runner.runs.state import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    PREEMPTED,
+    RUNNING,
+    Run,
+    RunState,
+)
 from runner.spec.model import JobSpec
-from runner.errors import INTERRUPTED, PREEMPTED as PREEMPTED_CODE
 from runner.usercode.shipping import CODE_DIR, code_fields
 
 APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
@@ -51,9 +66,16 @@ class ModalRequest:
     spec_yaml: str
     run_name: str  # the run folder's name, locally and on the volume
     code_dir: str | None = None  # the run's job/code: the user's code, which the image adds
-    # This submit's or resume's own id, new for each spawn (ModalBackend._send): Modal's retries
+    # This submit's or resume's own id, new for each spawn (ModalBackend.send): Modal's retries
     # of one submission share its time limit, a resume gets a limit of its own (app.run_job).
     submission: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModalRequest:
+        return cls(**data)
 
     def options(self) -> dict:
         from runner.backends.modal.app import SCALEDOWN_WINDOW_S, retry_policy
@@ -149,15 +171,13 @@ def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
             "job has ended (each serves its one call and stops)")
 
 
-REQUEST_FILE = "modal-call.json"  # in job/: the call as sent, for `gpujob resume`
-CANCEL_WAIT_S = 120  # cancel: time for the job to checkpoint to the volume and return
-
-
 class ModalBackend(Backend):
     name = "modal"
     folder_is_here = False  # the folder here is the only handle on a remote job
     ships_code = True  # a copy in the run's job/code, which the job imports
     rents = True
+    request_type = ModalRequest
+    stop_slack_s = 60  # cancel: past train.stop_grace_s, Modal's time to end the call once it has saved
 
     def readiness(self) -> str | None:
         """Modal's client installed, and a token where it looks for one (read, not sent)."""
@@ -198,7 +218,11 @@ class ModalBackend(Backend):
             require_credentials()
 
     def plan(self, spec: JobSpec, spec_path: Path, runs_dir: Path, run_name: str) -> Plan:
-        from runner.backends.modal.service import NO_CREDENTIALS, credentials_source, import_modal
+        from runner.backends.modal.service import (
+            NO_CREDENTIALS,
+            credentials_source,
+            import_modal,
+        )
 
         import_modal()  # first: the App is built with Modal's client
         from runner.backends.modal.app import TIMEOUT_GRACE_S, VOLUME_MOUNT, VOLUME_NAME
@@ -209,9 +233,9 @@ class ModalBackend(Backend):
         request.function()  # the call must be constructible before anything is paid for
         source = credentials_source()
         rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
-                ("timeout", f"{spec.resources.timeout_minutes} min for the job across all attempts; Modal's "
-                            f"{request.timeout_s} s per attempt adds "
-                            f"{TIMEOUT_GRACE_S // 60} min of start-up and save"),
+                ("timeout", (f"{spec.resources.timeout_minutes} min for the job across all attempts; Modal's "
+                             f"{request.timeout_s} s per attempt adds "
+                             f"{TIMEOUT_GRACE_S // 60} min of start-up and save")),
                 ("retries", f"{request.retries}; a restarted attempt resumes from the last checkpoint"),
                 ("volume", f"{VOLUME_NAME} at {VOLUME_MOUNT}; the run folder is {VOLUME_MOUNT}/{run_name}"),
                 ("call", request.call()),
@@ -220,26 +244,27 @@ class ModalBackend(Backend):
         return Plan(self.name, spec, spec_path, runs_dir, run_name, request.world_size, request, rows=rows)
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:
+        """The base's submit (job/spec.yaml, job/request.json, send), once Modal has answered that
+        no run of this name is on the volume; the estimate is said before anything is spawned."""
         from runner.backends.modal.service import FIRST_CONTACT_S, modal_errors, within
         from runner.reports.estimate import announce
 
         request: ModalRequest = plan.request
-        service = self._service()
         with modal_errors("looking up the volume"):
-            taken = request.run_name in within(FIRST_CONTACT_S, "connecting to Modal", service.run_names)
+            taken = request.run_name in within(FIRST_CONTACT_S, "connecting to Modal", self._service().run_names)
         if taken:
             raise bad_input(f"modal: a run named {request.run_name} is already on the volume; submit again")
-        job_dir = run.folder / JOB
-        job_dir.mkdir(exist_ok=True)
-        (job_dir / REQUEST_FILE).write_text(json.dumps(asdict(request), indent=2) + "\n")
         announce(run)
-        self._send(service, run, request, detach)
+        super().submit(plan, run, detach)
 
-    def _send(self, service, run: Run, request: "ModalRequest", detach: bool) -> None:
+    def send(self, run: Run, request: ModalRequest, detach: bool) -> None:
         """Spawn the call as a new submission of the run; attached, follow it and bring the folder back.
-        What is said about the call is about this spawn's, never the one the record held before it."""
+        What is said about the call is about this spawn's, never the one the record held before it.
+        A resume sends the recorded request again under the same run name: the volume's folder
+        holds the checkpoint, so the job continues from it."""
         from runner.backends.modal.service import LostTouch, modal_errors
 
+        service = self._service()
         request = replace(request, submission=uuid.uuid4().hex)  # a new submission of the run
 
         def spawned(call_id: str) -> None:
@@ -305,20 +330,20 @@ class ModalBackend(Backend):
         with modal_errors("reading the job's logs", _call_id(run)):
             yield from service.logs(_call_id(run), follow)
 
-    def cancel(self, run: Run) -> str:
+    def ask_to_stop(self, run: Run, state: RunState, grace_s: int) -> None:
         from runner.backends.modal.service import modal_errors
 
-        state = self.status(run)
-        if not state.live:
-            return f"{run.folder.name} is not running ({state.describe()}); nothing to cancel"
-        run.record.note("cancel asked")
-        run_record.write(run.folder, run.record)
-        service = self._service()
         with modal_errors("cancelling the job", _call_id(run)):
-            service.cancel(_call_id(run))  # the job checkpoints to the volume and returns
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while service.poll(_call_id(run)).running and time.monotonic() < deadline:
-                time.sleep(1)
+            self._service().cancel(_call_id(run))  # the job checkpoints to the volume and returns
+
+    def still_running(self, run: Run) -> bool:
+        from runner.backends.modal.service import modal_errors
+
+        with modal_errors("cancelling the job", _call_id(run)):
+            return self._service().poll(_call_id(run)).running
+
+    def stop(self, run: Run, state: RunState) -> str:
+        super().stop(run, state)
         return (f"cancelled {run.folder.name}; its checkpoint is on Modal's volume: "
                 f"`{command(f'gpujob fetch {run.folder}')}` "
                 f"downloads the folder, `{command(f'gpujob resume {run.folder}')}` continues it")
@@ -336,17 +361,6 @@ class ModalBackend(Backend):
                 raise
             return f"modal: the job did not finish ({err.message})"
         return f"modal: {run.folder.name} is here"
-
-    def resume(self, run: Run, detach: bool) -> None:
-        """Spawn the same call again under the same run name: the volume's folder holds the
-        checkpoint, so the job continues from it; then its folder is brought back."""
-        try:
-            sent = json.loads((run.folder / JOB / REQUEST_FILE).read_text())
-            request = ModalRequest(**sent)
-        except (OSError, ValueError, TypeError) as err:
-            raise bad_input(f"{run.folder}: its Modal call ({JOB}/{REQUEST_FILE}) is unreadable "
-                            f"({err})") from None
-        self._send(self._service(), run, request, detach)
 
     def detached_note(self, run: Run) -> str:
         return f"Modal runs it; `{command('gpujob fetch RUN')}` downloads its folder once it has ended"
@@ -392,7 +406,7 @@ def _record_cost(folder: Path) -> None:
     from runner.reports.cost import describe, estimate, write_cost
     from runner.spec.load import load_spec
 
-    summary, spec_file = folder / "summary.json", folder / "spec.yaml"
+    summary, spec_file = RunPaths(folder).summary, RunPaths(folder).spec
     if not (summary.exists() and spec_file.exists()):
         return
     request = load_spec(spec_file).resources.gpu_request

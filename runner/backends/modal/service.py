@@ -15,16 +15,21 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from typing import Callable, Iterator
 
 from runner.backends.interrupts import held_interrupts
-from runner.errors import JOB_FAILED, GpujobError, job_failed, missing_backend
+from runner.errors import (
+    INTERRUPTED,
+    JOB_FAILED,
+    GpujobError,
+    job_failed,
+    missing_backend,
+)
 from runner.invocation import command, commands_in
-from runner.errors import INTERRUPTED
 
 NO_PACKAGE = ("modal: the modal package is not installed; install it with `uv sync --extra modal` "
               "(or `pip install 'gpujob[modal]'`)")
@@ -40,7 +45,7 @@ def import_modal():
         import modal
     except ImportError:
         raise missing_backend(NO_PACKAGE) from None
-    except Exception as err:  # modal reads ~/.modal.toml when imported: a broken file fails here
+    except Exception as err:  # noqa: BLE001 - modal reads ~/.modal.toml when imported: a broken file fails here
         raise missing_backend(f"modal: cannot load Modal's client: {_first_line(err)}") from None
     return modal
 
@@ -53,7 +58,7 @@ def within(seconds: float, doing: str, call: Callable):
     def run():
         try:
             result["value"] = call()
-        except BaseException as err:  # handed to the caller's thread
+        except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
             result["error"] = err
 
     print(f"modal: {doing} ...", file=sys.stderr, flush=True)
@@ -207,7 +212,7 @@ class ModalService:
                         interrupted = True
                         call.cancel(terminate_containers=False)  # the job checkpoints and returns
                         self._wait_until_ended(call)
-            except Exception as err:  # app.run() of a detached app swallows a ConnectionError: raised below
+            except Exception as err:  # noqa: BLE001 - app.run() of a detached app swallows a ConnectionError: raised below
                 failure = err
         if failure is not None:
             raise failure
@@ -289,7 +294,7 @@ class ModalService:
                                                    "continues it from its last checkpoint on the volume")
         except (modal.exception.AuthError, *service_errors()):
             raise  # about this machine or Modal, not the job: modal_errors says what to do
-        except Exception as err:  # what train_remote raised on its last attempt
+        except Exception as err:  # noqa: BLE001 - what train_remote raised on its last attempt
             return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {_first_line(err)}")
 
     def download(self, run_name: str, dest: Path) -> list[Path]:
@@ -310,11 +315,11 @@ def _record(call, spawned: Callable[[str], None]) -> None:
     and the way to cancel it by hand."""
     try:
         spawned(call.object_id)
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - whatever kept the id from the folder, the call must not run untracked
         why = f"{type(err).__name__}: {_first_line(err)}"
         try:
             call.cancel(terminate_containers=True)  # it has just started: nothing to checkpoint
-        except Exception as refused:
+        except Exception as refused:  # noqa: BLE001 - any refusal: the user is told how to cancel it by hand
             raise missing_backend(
                 f"modal: could not record call {call.object_id} in the run folder ({why}), and Modal refused to "
                 f"cancel it ({type(refused).__name__}: {_first_line(refused)}); it may be running, billed: cancel it "
