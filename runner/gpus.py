@@ -30,7 +30,7 @@ BF16_MIN_CAPABILITY = 8.0
 class GpuType:
     name: str  # canonical, as written in specs (Modal's spelling where Modal has it)
     memory_gb: int
-    provider_names: dict[str, str] = field(default_factory=dict)
+    provider_names: dict[str, str | tuple[str, ...]] = field(default_factory=dict)  # a tuple: several names for one card
     price_per_hour: dict[str, float] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     # How CUDA names this card (torch.cuda.get_device_name), and the memory that tells apart

@@ -5,6 +5,7 @@ it came from."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from runner.spec.model import JobSpec
 from runner.spec.reading import MAX_DEPTH, SpecRefused, _kind, _shown, parse_yaml, read_spec_file
 
 
-def load_spec(path: str | Path, overrides: list[str] = (), **fields: Any) -> JobSpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = (), **fields: Any) -> JobSpec:
     """Read, override and validate a spec file. `fields` are dotted-path overrides
     coming from CLI options (e.g. `backend="modal"`), applied after `--set`."""
     path = Path(path)

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from runner.spec.model import JobSpec, Section
 from runner.spec.reading import _did_you_mean, _kind, _shown
@@ -40,7 +41,7 @@ def _origin(loc: tuple, origins: dict, lines: dict) -> str | None:
     return next((origin for key, origin in origins.items() if key[:len(loc)] == loc), None)
 
 
-def _explain(error: dict, loc: tuple, origin: str | None) -> str:
+def _explain(error: ErrorDetails, loc: tuple, origin: str | None) -> str:
     kind, value = error["type"], error.get("input")
     if kind == "extra_forbidden":
         return _unknown_field(loc)
@@ -85,7 +86,7 @@ def _not_a_section(loc: tuple, value: Any, origin: str | None) -> str:
 
 
 def _section_at(loc: tuple) -> type[Section] | None:
-    section = JobSpec
+    section: type[Section] = JobSpec
     for part in loc:
         field = section.model_fields.get(part)
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, Section)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Literal
+from typing import Any, Final, Literal, get_args
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator,
@@ -21,8 +21,9 @@ from runner.spec.reading import _did_you_mean, _shown
 
 # Where a job can run: the spec's `backend` values, the one list of names (runner/backends/registry.py
 # maps each to its module, and a test holds the two together).
-AUTO = "auto"
-BACKENDS = ("local", "modal", "docker", "vast", "slurm")
+AUTO: Final = "auto"
+BackendName = Literal["local", "modal", "docker", "vast", "slurm"]  # a type, so that mypy knows the spec's values
+BACKENDS: tuple[str, ...] = get_args(BackendName)
 BUILTIN_MODELS = ("mlp", "cnn", "resnet18", "resnet34", "resnet50")
 BUILTIN_DATASETS = ("fashion_mnist", "mnist", "cifar10", "digits", "synthetic")
 FACTORY_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -238,7 +239,7 @@ class JobSpec(Section):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    backend: Literal[(AUTO, *BACKENDS)] = Field(AUTO, description="auto: here when this machine has resources.gpu "
+    backend: Literal["auto", BackendName] = Field(AUTO, description="auto: here when this machine has resources.gpu "
                                              "(or none is asked for), else a service that rents it (Modal)")
     slurm: SlurmSpec = Field(default_factory=SlurmSpec, description="options for backend: slurm")
     docker: DockerSpec = Field(default_factory=DockerSpec, description="options for backend: docker")
@@ -262,6 +263,7 @@ def dataset_info(data: DataSpec) -> DatasetInfo | None:
     """Shape and classes of a builtin dataset; None for a factory dataset (known only once loaded)."""
     if data.dataset == "synthetic":
         s = data.synthetic
-        return DatasetInfo(tuple(s.shape), s.num_classes, (0.5,) * s.shape[0], (0.25,) * s.shape[0],
+        channels, height, width = s.shape  # _chw holds it to three
+        return DatasetInfo((channels, height, width), s.num_classes, (0.5,) * s.shape[0], (0.25,) * s.shape[0],
                            s.train_samples + s.test_samples, s.test_samples)
     return BUILTIN_INFO.get(data.dataset)

@@ -159,7 +159,8 @@ def _children(node, path: tuple) -> list[tuple[str, Any, int]]:
         return [(str(index), child, child.start_mark.line + 1) for index, child in enumerate(node.value)]
     if not isinstance(node, yaml.MappingNode):
         return []
-    children, seen = [], {}
+    children: list[tuple[str, Any, int]] = []
+    seen: dict[str, int] = {}
     for key, child in node.value:
         line = key.start_mark.line + 1
         if not isinstance(key, yaml.ScalarNode):
