@@ -12,8 +12,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tests.conftest import REPO
+
+if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
 
 
 class LocalVast:
@@ -203,7 +207,7 @@ class VastRest:
         self.requests: list[tuple[str, str]] = []
         self.instances: dict[int, dict] = {}
         self.lock = threading.Lock()
-        self.server = None
+        self.server: ThreadingHTTPServer | None = None  # while the stand-in serves (`with`)
 
     def alive(self) -> list[int]:
         return sorted(i for i, inst in self.instances.items() if not inst["destroyed"])
@@ -215,12 +219,13 @@ class VastRest:
         import threading
         from http.server import ThreadingHTTPServer
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{server.server_address[1]}"
 
     def __exit__(self, *exc) -> None:
+        assert self.server is not None, "__enter__ started it"
         self.server.shutdown()
         self.server.server_close()
 

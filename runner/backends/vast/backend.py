@@ -20,7 +20,7 @@ from runner.backends.vast.attempt import run_attempt
 from runner.backends.vast.copying import copy_back
 from runner.backends.vast.following import LOG_WINDOW, kept_log, new_lines
 from runner.backends.vast.offers import (choose_offer, describe_offer, describe_price, offer_query, offer_type, order_by,
-                                         vast_gpu_names)
+                                         vast_gpu, vast_gpu_names)
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
 from runner.backends.vast.request import VastRequest, instance_request
 from runner.errors import bad_input, job_failed, missing_backend
@@ -128,11 +128,12 @@ class VastBackend(Backend):
         offer = self._choose(api, spec)
         request = VastRequest(offer, instance_request(spec, run_name, offer))
         payload = request.payload
+        assert spec.vast.image is not None, "_choose checked that the spec names an image"
         rows = [("offer", describe_offer(offer, spec)), ("price", describe_price(offer, spec)),
                 ("image", spec.vast.image), ("query", offer_query(spec)),
                 ("instance", f"label {payload['label']!r}, disk {payload['disk']} GB, "
                              f"runtype {payload['runtype']}, on start {payload['onstart_cmd']}")]
-        return Plan(self.name, spec, spec_path, runs_dir, run_name, spec.resources.gpu_request.count, request,
+        return Plan(self.name, spec, spec_path, runs_dir, run_name, vast_gpu(spec).count, request,
                     rows=rows)
 
     def _choose(self, api, spec: JobSpec) -> dict:
@@ -182,7 +183,8 @@ class VastBackend(Backend):
         if instance_id is None:
             yield from kept_log(run.folder)
             return
-        api, seen = self._api(), []
+        api = self._api()
+        seen: list[str] = []
         while True:
             live = follow and self.status(run).live
             fresh = new_lines(seen, api.logs(instance_id).splitlines())

@@ -104,7 +104,7 @@ def _show_new_output(api, instance_id: int, watch: Watch) -> None:
     watch.lines = (watch.lines + fresh)[-LOG_WINDOW:]
 
 
-def _stopped_since(instance_id: int, spec: JobSpec, watch: Watch, status: str, since: float | None,
+def _stopped_since(instance_id: int, spec: JobSpec, watch: Watch, status: str | None, since: float | None,
                    now: float) -> float:
     """Since when the container has been stopped without finishing; a failure once that has
     lasted EXITED_GRACE_S, unless vast.ai paused an interruptible instance."""

@@ -32,10 +32,12 @@ def find(run: Run, connect: Callable[[], PatientApi]) -> int | None:
     return min(made) if made else None
 
 
-def state(api: PatientApi, run: Run, instance_id: int | None) -> RunState:
-    """Where the run stands, from its instance's state and the log's exit line."""
+def state(api: PatientApi | None, run: Run, instance_id: int | None) -> RunState:
+    """Where the run stands, from its instance's state and the log's exit line (no API is
+    needed, nor given, when no instance is recorded)."""
     if instance_id is None:
         return ended_state(run, exit_code(kept_log(run.folder)), "its instance is gone")
+    assert api is not None, "an instance is looked up on vast.ai"
     info = api.show_instance(instance_id) or {}
     status = info.get("actual_status")
     if not info:

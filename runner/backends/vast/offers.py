@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from runner.errors import bad_input
+from runner.gpus import GpuRequest
 from runner.spec.model import JobSpec
 
 ON_DEMAND, INTERRUPTIBLE = "on-demand", "bid"
@@ -20,12 +21,18 @@ BID_MARGIN = 1.10
 RUN_GRACE_MINUTES = 10  # past timeout_minutes: data download and the final checkpoint (vast/backend.py)
 
 
-def vast_gpu_names(spec: JobSpec) -> tuple[str, ...]:
-    """resources.gpu's names on vast.ai, from the GPU catalog; exit 2 for a card the image
-    cannot run on (its torch has no kernels for it), before anything is rented."""
+def vast_gpu(spec: JobSpec) -> GpuRequest:
+    """resources.gpu, which vast.ai needs: exit 2 without one."""
     request = spec.resources.gpu_request
     if request is None:
         raise bad_input("resources.gpu: backend vast rents GPUs; give a type and count, e.g. RTX4090:1")
+    return request
+
+
+def vast_gpu_names(spec: JobSpec) -> tuple[str, ...]:
+    """resources.gpu's names on vast.ai, from the GPU catalog; exit 2 for a card the image
+    cannot run on (its torch has no kernels for it), before anything is rented."""
+    request = vast_gpu(spec)
     try:
         names = request.names_on("vast")
     except ValueError as err:
@@ -38,7 +45,7 @@ def vast_gpu_names(spec: JobSpec) -> tuple[str, ...]:
 def min_gpu_ram_gb(spec: JobSpec) -> float:
     """Each GPU's memory must be the catalog's, give or take what drivers keep (an A100-80GB
     request must not be served by the cheaper 40 GB card of the same name)."""
-    return round(spec.resources.gpu_request.type.memory_gb * 0.9, 1)
+    return round(vast_gpu(spec).type.memory_gb * 0.9, 1)
 
 
 def min_duration_days(spec: JobSpec) -> float:
@@ -62,6 +69,13 @@ def price(offer: dict, interruptible: bool) -> float | None:
     return float(value) if value is not None else None
 
 
+def _chosen_price(offer: dict, interruptible: bool) -> float:
+    """The price of an offer that was chosen: choose_offer takes only those with one (fits)."""
+    cost = price(offer, interruptible)
+    assert cost is not None, f"offer #{offer.get('id')} has no price and cannot have been chosen"
+    return cost
+
+
 def storage_per_hour(offer: dict, disk_gb: float) -> float:
     """An interruptible instance's disk is billed on top of the bid (storage_cost is $/GB/month)."""
     return float(offer.get("storage_cost") or 0.0) * disk_gb / (30 * 24)
@@ -76,7 +90,7 @@ def offer_query(spec: JobSpec) -> str:
     v = spec.vast
     names = [name.replace(" ", "_") for name in vast_gpu_names(spec)]
     gpu = f"gpu_name={names[0]}" if len(names) == 1 else f"gpu_name in [{','.join(names)}]"
-    terms = [gpu, f"num_gpus={spec.resources.gpu_request.count}", f"gpu_ram>={min_gpu_ram_gb(spec)}",
+    terms = [gpu, f"num_gpus={vast_gpu(spec).count}", f"gpu_ram>={min_gpu_ram_gb(spec)}",
              f"reliability>={v.min_reliability}", f"disk_space>={v.disk_gb}", f"cuda_max_good>={v.min_cuda}",
              f"duration>={min_duration_days(spec)}", "rentable=true", "verified=true"]
     if v.max_dollars_per_hour is not None:
@@ -90,7 +104,7 @@ def fits(offer: dict, spec: JobSpec) -> bool:
     cost = price(offer, v.interruptible)
     duration = offer.get("duration")
     return (offer.get("gpu_name") in vast_gpu_names(spec)
-            and offer.get("num_gpus") == spec.resources.gpu_request.count
+            and offer.get("num_gpus") == vast_gpu(spec).count
             and float(offer.get("gpu_ram") or 0) >= min_gpu_ram_gb(spec) * 1000  # offers give MB
             and offer.get("rentable", True) is not False
             and reliability(offer) >= v.min_reliability
@@ -112,11 +126,13 @@ def choose_offer(offers: list[dict], spec: JobSpec) -> dict | None:
 def bid_price(offer: dict, spec: JobSpec) -> float | None:
     """What to bid for an interruptible instance (None for on-demand), rounded up to a tenth of a
     cent, never above vast.max_dollars_per_hour."""
-    if not spec.vast.interruptible:
-        return None
+    return _bid(offer, spec) if spec.vast.interruptible else None
+
+
+def _bid(offer: dict, spec: JobSpec) -> float:
     # Rounded to a millionth first: 0.4 x 1.10 is 0.44000000000000006 in binary, which a bare
     # ceil would make a bid of 0.441.
-    bid = math.ceil(round(price(offer, True) * BID_MARGIN * 1000, 6)) / 1000
+    bid = math.ceil(round(_chosen_price(offer, True) * BID_MARGIN * 1000, 6)) / 1000
     cap = spec.vast.max_dollars_per_hour
     return min(bid, cap) if cap is not None else bid
 
@@ -125,8 +141,8 @@ def hourly_cost(offer: dict, spec: JobSpec) -> float:
     """What the instance costs an hour: on-demand's dph_total (disk included), or the bid plus
     the disk, which vast.ai bills apart for interruptible instances."""
     if spec.vast.interruptible:
-        return bid_price(offer, spec) + storage_per_hour(offer, spec.vast.disk_gb)
-    return price(offer, False)
+        return _bid(offer, spec) + storage_per_hour(offer, spec.vast.disk_gb)
+    return _chosen_price(offer, False)
 
 
 def describe_offer(offer: dict, spec: JobSpec) -> str:

@@ -58,7 +58,7 @@ class PatientApi:
 
         def gave_up(state: RetryCallState):
             waited = self.clock() - began
-            raise VastUnavailable(f"{state.outcome.exception().message}; vast.ai has not answered for "
+            raise VastUnavailable(f"{_failure(state).message}; vast.ai has not answered for "
                                   f"{_duration(waited)}; check https://status.vast.ai and your network, then try "
                                   "again") from None
 
@@ -92,8 +92,16 @@ class PatientApi:
 
 
 def _warn(state: RetryCallState) -> None:
-    print(f"gpujob: warning: {state.outcome.exception().message}; trying again in {state.upcoming_sleep:.0f} s",
+    print(f"gpujob: warning: {_failure(state).message}; trying again in {state.upcoming_sleep:.0f} s",
           file=sys.stderr)
+
+
+def _failure(state: RetryCallState) -> VastUnavailable:
+    """What the last attempt raised: tenacity calls back only after one failed, and only
+    VastUnavailable is retried."""
+    error = state.outcome.exception() if state.outcome is not None else None
+    assert isinstance(error, VastUnavailable), f"a retry after {error!r}, which is not retried"
+    return error
 
 
 def _duration(seconds: float) -> str:

@@ -60,6 +60,7 @@ def rent(api: PatientApi, run: Run, rental: Rental, offer_id: int, payload: dict
     asking(_ask_and_look, api, run, rental, offer_id, payload)
     if rental.uncertain:
         _keep_only_the_recorded(api, rental)
+    assert rental.instance_id is not None, "the rent returns only once an instance is recorded (or raises)"
     return rental.instance_id
 
 
@@ -81,12 +82,19 @@ def _ask_and_look(api: PatientApi, run: Run, rental: Rental, offer_id: int, payl
 
 
 def _say_asking_again(state: RetryCallState) -> None:
-    print(f"gpujob: warning: {state.outcome.result().message}; no instance with this run's label is listed; trying "
+    print(f"gpujob: warning: {_lost(state).message}; no instance with this run's label is listed; trying "
           f"again in {state.upcoming_sleep:.0f} s", file=sys.stderr)
 
 
 def _give_up_renting(state: RetryCallState):
-    raise state.outcome.result()
+    raise _lost(state)
+
+
+def _lost(state: RetryCallState) -> VastUnavailable:
+    """The last rent's lost answer: tenacity calls back only on one it asks again for."""
+    lost = state.outcome.result() if state.outcome is not None else None
+    assert isinstance(lost, VastUnavailable), f"asked again after {lost!r}, which is not a lost answer"
+    return lost
 
 
 def _ask_once(api: PatientApi, run: Run, rental: Rental, offer_id: int, payload: dict) -> VastUnavailable | None:
