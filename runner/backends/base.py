@@ -33,7 +33,7 @@ class Plan:
     runs_dir: Path
     run_name: str
     world_size: int
-    request: object = None  # the backend's exact request: what submit sends, nothing rebuilt
+    request: "Request"  # the backend's exact request: what submit sends, nothing rebuilt
     rows: list[tuple[str, str]] = field(default_factory=list)  # the request, as --dry-run prints it
     notes: list[str] = field(default_factory=list)  # said before the job starts
     code: "UserCode | None" = None  # the user's code the job needs (runner/usercode/shipping.py)
@@ -135,7 +135,7 @@ class Backend:
     status_needs_no_service: ClassVar[bool] = False  # its status reads this folder alone (`gpujob runs` asks it)
     takes_machine_gpus: ClassVar[bool] = False  # `--gpu all` or a count: this machine's GPUs, handed to the job
 
-    request_type: ClassVar[type | None] = None  # the class of its plans' requests (a Request)
+    request_type: ClassVar[type["Request"]]  # the class of its plans' requests
     stop_slack_s: ClassVar[float] = 30  # a stop: past train.stop_grace_s, the backend's own time to end the job
 
     def plan(self, spec: "JobSpec", spec_path: Path, runs_dir: Path, run_name: str) -> Plan:

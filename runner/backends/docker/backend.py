@@ -132,6 +132,7 @@ class DockerBackend(Backend):
         from runner.training.memory import available_ram
 
         request = plan.spec.resources.gpu_request
+        assert isinstance(plan.request, DockerRequest), "plan() makes it"
         gpus = cuda_gpus() if plan.request.gpus else []
         if gpus:
             name, memory_gb = gpus[0]
@@ -258,6 +259,7 @@ def _run_streaming(command: list[str], container: str, limit_s: float, log: Path
     # Its own session: Ctrl-C reaches only gpujob, which stops the container with a grace period.
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, start_new_session=True)
+    assert proc.stdout is not None, "stdout=PIPE"
     timed_out = threading.Event()
 
     def stop_for_time() -> None:

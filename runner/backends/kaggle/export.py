@@ -193,7 +193,9 @@ def on_kaggles_cards(spec: JobSpec) -> JobSpec:
 
 
 def accelerator_line(asked: JobSpec, runs: JobSpec) -> str:
-    count = runs.resources.gpu_request.count
+    on_kaggle = runs.resources.gpu_request
+    assert on_kaggle is not None, "the spec on Kaggle names its T4s"
+    count = on_kaggle.count
     workers = (f"{count} DDP workers, one per {KAGGLE_GPU}" if count == KAGGLE_GPUS else
                f"1 worker on one of its {KAGGLE_GPUS} {KAGGLE_GPU}s (resources.gpu {KAGGLE_GPU}:{KAGGLE_GPUS} uses both)")
     request = asked.resources.gpu_request

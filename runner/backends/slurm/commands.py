@@ -96,7 +96,8 @@ class OutputFollower:
     LABEL = re.compile(r"^\s*(\d+): ?(.*)$")  # srun --label's "RANK: text"
 
     def __init__(self, path: Path, skip_existing: bool = False):
-        self.path, self.tails, self.partial = path, {}, b""
+        self.path, self.partial = path, b""
+        self.tails: dict[int | None, list[str]] = {}
         self.offset = path.stat().st_size if skip_existing and path.exists() else 0
 
     def poll(self, final: bool = False) -> list[str]:

@@ -100,6 +100,7 @@ def _parse_rank_line(rank: int, text: str, lines: list[str], record: ErrorRecord
     """"CODE NODE ENDED SIGNALS" (script.py's TASK); "CODE NODE" and "CODE" from older scripts
     (a resumed run submits the script it was first given)."""
     code, node, ended, got = (text.split() + [None] * 4)[:4]
+    assert code is not None, f"rank {rank}'s exit file is empty; its shell writes the line in one echo"
     seconds = float(ended.replace(",", ".")) if ended else None  # EPOCHREALTIME follows the locale's decimal point
     signals = tuple(name for name in (got or "").split(",") if name and name != "-")
     return RankEnd(rank, int(code), node, seconds, signals, tuple(lines), record)
@@ -107,7 +108,7 @@ def _parse_rank_line(rank: int, text: str, lines: list[str], record: ErrorRecord
 
 def _task_ids(listed: str) -> list[int]:
     """srun's task list, "1" or "0-1,3", as ranks."""
-    ids = []
+    ids: list[int] = []
     for part in listed.split(","):
         low, _, high = part.partition("-")
         ids += range(int(low), int(high or low) + 1)
