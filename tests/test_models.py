@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from runner.errors import GpujobError
 from runner.training.models import build_model
 from runner.spec.model import ModelSpec
 
@@ -13,6 +14,13 @@ def test_builtin_models_fit_the_data(name, shape):
     model = build_model(ModelSpec(name=name), shape, 7).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, *shape)).shape == (2, 7)
+
+
+def test_a_builtin_model_without_classes_names_the_field():
+    # a factory dataset without num_classes, trained by a user's step, leaves the class count unknown
+    with pytest.raises(GpujobError) as refused:
+        build_model(ModelSpec(name="mlp"), (1, 8, 8), None)
+    assert refused.value.exit_code == 2 and refused.value.message.startswith("model.num_classes:")
 
 
 def test_resnet_stem_keeps_small_images_large():

@@ -101,11 +101,12 @@ def _distributed_error(err: BaseException) -> bool:
     dist = sys.modules.get("torch.distributed")
     kind = getattr(dist, "DistError", None)
     seen = set()
-    while err is not None and kind is not None and id(err) not in seen:
-        if isinstance(err, kind):
+    cause: BaseException | None = err
+    while cause is not None and kind is not None and id(cause) not in seen:
+        if isinstance(cause, kind):
             return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
     return False
 
 

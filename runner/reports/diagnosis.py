@@ -92,7 +92,7 @@ def diagnose(summary: dict, timing: dict, spec: dict | None = None, environment:
 def _threads_fight(threads: dict | None) -> list[Finding]:
     """Threads past the cores the node's workers share take turns on them: each op waits for
     its slowest thread, and every worker slows down, while the time still counts as compute."""
-    if not oversubscribed(threads):
+    if threads is None or not oversubscribed(threads):
         return []
     workers, cores = threads.get("workers_on_node", 1), threads["cores_available"]
     fair = max(1, cores // max(1, workers))

@@ -92,9 +92,9 @@ SOURCE_CHECK_TIMEOUT_S = 8
 
 def _folders_a_download_makes(cls, root: str) -> list[Path]:
     """The folders torchvision makes for a download that do not exist yet, deepest first."""
-    root = Path(root)
-    wanted = [root / cls.__name__ / "raw", root / cls.__name__] if hasattr(cls, "mirrors") else []
-    wanted.append(root)
+    base = Path(root)
+    wanted = [base / cls.__name__ / "raw", base / cls.__name__] if hasattr(cls, "mirrors") else []
+    wanted.append(base)
     return [folder for folder in wanted if not folder.exists()]
 
 

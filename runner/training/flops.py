@@ -18,7 +18,7 @@ class StepCount:
     forward_kernels: int
 
 
-def count_step(model_spec, shape, num_classes: int, batch=None, step_fn=None) -> StepCount | None:
+def count_step(model_spec, shape, num_classes: int | None, batch=None, step_fn=None) -> StepCount | None:
     """Count one training step of the job's own step on `batch` (default: a built-in dataset's
     batch of `shape`) on the meta device: FLOPs with torch.utils.flop_counter, and the operations
     dispatched (each a kernel launch on a GPU, views left out). None where it cannot be counted."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from runner.errors import bad_input
 from runner.usercode.imports import call_factory, import_factory
 
 if TYPE_CHECKING:
@@ -13,11 +14,16 @@ if TYPE_CHECKING:
     from runner.spec.model import ModelSpec
 
 
-def build_model(spec: "ModelSpec", shape: tuple[int, int, int], num_classes: int) -> "nn.Module":
+def build_model(spec: "ModelSpec", shape: tuple[int, int, int], num_classes: int | None) -> "nn.Module":
+    """The spec's model. num_classes is None where neither the spec nor a factory dataset gives it
+    (a user's step needs none): a factory model is told so, a builtin one cannot be built."""
     if ":" in spec.name:
         factory = import_factory(spec.name, "model.name")
         return call_factory(factory, spec.name, "model.args", num_classes=num_classes, input_shape=tuple(shape),
                             **spec.args)
+    if num_classes is None:
+        raise bad_input(f"model.num_classes: the builtin model {spec.name} needs it (its last layer has one output "
+                        "per class); give it, or a dataset with a num_classes attribute")
     if spec.name == "mlp":
         return simple_nn(shape, num_classes)
     if spec.name == "cnn":

@@ -33,8 +33,13 @@ def on_meta(batch):
 
 def input_bytes_per_sample(batch) -> int:
     """What one sample of the batch takes, whatever its structure and dtypes."""
-    total = []
-    map_tensors(batch, lambda t: total.append(t[0].numel() * t.element_size() if t.dim() else 0) or t)
+    total: list[int] = []
+
+    def count(t):
+        total.append(t[0].numel() * t.element_size() if t.dim() else 0)
+        return t
+
+    map_tensors(batch, count)
     return sum(total)
 
 

@@ -72,13 +72,15 @@ def build_optimizer(spec: "JobSpec", model, total_steps: int, device=None):
 
     o = spec.optimizer
     params = model.parameters()
-    fused = {"fused": True} if device is not None and device.type == "cuda" else {}
+    fused = True if device is not None and device.type == "cuda" else None  # None: PyTorch's default
+    optimizer: torch.optim.Optimizer
     if o.name == "sgd":
-        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
+        optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, fused=fused)
     elif o.name == "adam":
-        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
+        optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
     else:
-        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
     if o.schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
     elif o.schedule == "onecycle":
@@ -98,6 +100,9 @@ def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext, classification:
     if local_batch * ctx.world_size != d.batch_size:
         raise bad_input(f"data.batch_size: {d.batch_size} does not split evenly over {ctx.world_size} workers")
     info = dataset_info(d)
+    batches: TensorBatches | LoaderBatches
+    shape: tuple[int, ...]
+    classes: int | None
     if info is not None:
         train_set, test_set = in_turns(ctx, lambda: (load_image_tensors(d, train=True),
                                                      load_image_tensors(d, train=False)))
@@ -115,6 +120,7 @@ def prepare_batches(spec: "JobSpec", device, ctx: WorkerContext, classification:
         raise bad_input(f"data.batch_size: {d.batch_size} is larger than the training set ({len(train_set)} samples)")
     classes = spec.model.num_classes or classes
     if classification:
+        assert classes is not None, "a classification without num_classes was refused above"
         check_labels(train_set, test_set, classes)
     return batches, shape, classes
 

@@ -65,7 +65,13 @@ def oversubscribed(record: dict | None) -> bool:
     """Whether the node's workers ran more threads than it had cores for them."""
     if not isinstance(record, dict):  # an older run's env.json, or one edited by hand
         return False
-    threads, workers, cores = (record.get(key) for key in ("intra_op", "workers_on_node", "cores_available"))
-    if not all(isinstance(n, int) and n > 0 for n in (threads, workers, cores)):
+    threads, workers, cores = (_count(record, key) for key in ("intra_op", "workers_on_node", "cores_available"))
+    if not (threads and workers and cores):
         return False
     return threads * workers > cores
+
+
+def _count(record: dict, key: str) -> int:
+    """A positive count the record holds, or 0 for one it lacks or holds as something else."""
+    value = record.get(key)
+    return value if isinstance(value, int) and value > 0 else 0
