@@ -10,6 +10,7 @@ without a traceback, at the CLI edge.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 JOB_FAILED = 1
 BAD_INPUT = 2
@@ -23,7 +24,7 @@ class GpujobError(Exception):
         super().__init__(message)
         self.message = message
         self.exit_code = exit_code
-        self.run_dir = None  # the run folder the failure left, printed last (for scripts)
+        self.run_dir: Path | None = None  # the run folder the failure left, printed last (for scripts)
 
 
 def bad_input(message: str) -> GpujobError:

@@ -1,7 +1,5 @@
 """`python -m runner.cli`: how backends, workers and tests start gpujob."""
 
-import sys
-
 from runner.cli.main import main
 
-sys.exit(main())
+main()  # typer's app ends the process with the command's exit code

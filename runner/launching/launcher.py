@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, job_failed, last_error_line
 from runner.invocation import command
@@ -47,6 +48,9 @@ from runner.training.distributed import JOINED
 from runner.training.threads import THREADS_WHY, choose_threads
 from runner.spec.model import JobSpec
 from runner.errors import INTERRUPTED, PREEMPTED
+
+if TYPE_CHECKING:
+    from runner.runs.folder import RunFolder
 
 FAILED_GRACE_S = 5.0  # the other workers of a failed job: nothing of theirs is worth waiting for
 WAITING_EVERY_S = 10.0  # multi-node: how often to say that this node still waits for the others
@@ -258,7 +262,8 @@ class Launch:
         failed = failed_ranks(endings, hung) or [r for r, c in enumerate(codes) if c not in (0, None)] or [0]
         local_rank = failed[0]
         rank, world = self._rank(local_rank), self.topology.world_size
-        code = codes[local_rank] if codes[local_rank] in (1, 2, 3) else JOB_FAILED
+        ended = codes[local_rank]
+        code = ended if ended is not None and ended in (1, 2, 3) else JOB_FAILED
         lines = self.lines(local_rank)
         report = last_error_line(lines)
         never_started = self._never_started(endings[local_rank], endings)
@@ -349,6 +354,7 @@ def _tee(proc: subprocess.Popen, log) -> None:
     """Copy a worker's stderr to its log and to the user's terminal, except the rendezvous line,
     torch's chatter before it, and the final error line, which the launcher reports itself (once,
     with the rank)."""
+    assert proc.stderr is not None, "_tee follows only the worker started with stderr=PIPE"
     held, joined = None, False
     for raw in proc.stderr:
         log.write(raw)
@@ -413,9 +419,9 @@ def run_on_this_node(spec: JobSpec, topology: Topology, run_dir: Path | None, ru
             release(opened[0].path)
 
 
-def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | None:
-    folder = opened[0] if opened else None
-    if opened and opened[1] and folder.finished:
+def _run_opened(spec, topology, opened: tuple[RunFolder, bool] | None, runs_dir, started, resume) -> Path | None:
+    folder, resumed = opened if opened else (None, False)
+    if folder is not None and resumed and folder.finished:
         print(f"gpujob: {folder.path} already finished; nothing to resume", file=sys.stderr)
         return folder.path
     # Even one worker runs as a process of its own under this launcher: only a parent can stop a
@@ -428,7 +434,7 @@ def _run_opened(spec, topology, opened, runs_dir, started, resume) -> Path | Non
             raise job_failed("the job's process ended with exit code 0 before it finished its epochs (no "
                              f"{SUMMARY}); nothing in gpujob ends a job that way: does your code call sys.exit?")
     except GpujobError as err:
-        if folder is not None and not (not opened[1] and _took_back(folder, err)):
+        if folder is not None and not (not resumed and _took_back(folder, err)):
             err.run_dir = folder.path
             if err.exit_code == JOB_FAILED and topology.world_size > 1:
                 _keep_verdict(folder, err.message)

@@ -12,6 +12,7 @@ narrow), at least one; an OMP_NUM_THREADS the user set is kept as theirs.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 THREADS_WHY = "GPUJOB_THREADS_WHY"  # the launcher's reason, read back by the worker for env.json
@@ -31,7 +32,7 @@ def cores_available() -> int:
         return os.cpu_count() or 1
 
 
-def choose_threads(workers_on_node: int, environ: dict, cores: int | None = None) -> ThreadChoice:
+def choose_threads(workers_on_node: int, environ: Mapping[str, str], cores: int | None = None) -> ThreadChoice:
     cores = cores_available() if cores is None else cores
     given = environ.get("OMP_NUM_THREADS", "").strip()
     if given:

@@ -183,6 +183,7 @@ def on_kaggles_cards(spec: JobSpec) -> JobSpec:
                         f"accelerator, {ACCELERATOR}, has {KAGGLE_GPUS}: ask for {KAGGLE_GPU}:{KAGGLE_GPUS} "
                         f"(e.g. --set resources.gpu={KAGGLE_GPU}:{KAGGLE_GPUS})")
     card = parse_gpu(f"{KAGGLE_GPU}:{count}")
+    assert card is not None, "a GPU type is never read as cpu"
     refusal = bf16_refusal(KAGGLE_GPU, card.type.compute_capability) if spec.train.precision == "bf16" else None
     if refusal:
         raise bad_input(f"train.precision: bf16, but Kaggle's {ACCELERATOR} runs it: {refusal}, e.g. "
