@@ -195,6 +195,11 @@ class Backend:
             raise bad_input(f"{run.folder}: what was sent to start it ({JOB}/{JOB_REQUEST}) is unreadable ({err}); "
                             f"resume it here with: {command(f'gpujob resume {run.folder} --here')}") from None
 
+    def resume_with(self, run: Run, workers: int, detach: bool) -> None:
+        """Continue the run in this process with `workers` workers, whichever backend ran it
+        before (`resume --here`): only a backend that `resumes_here` can."""
+        raise NotImplementedError(f"backend {self.name} does not run jobs in this process")
+
     def refreshed(self, run: Run, request):
         """The recorded request as it can be sent again now (e.g. a new offer where the old one is
         gone); by default, as it was."""
