@@ -51,7 +51,7 @@ class FolderVolume:
         self.root, self.modal = root, modal
 
     def _entry(self, p: Path):
-        from modal.volume import FileEntry, FileEntryType
+        from modal.types import FileEntry, FileEntryType
 
         kind = FileEntryType.DIRECTORY if p.is_dir() else FileEntryType.FILE
         return FileEntry(path=str(p.relative_to(self.root)), type=kind, mtime=int(p.stat().st_mtime),
@@ -167,6 +167,7 @@ class ContainerCall:
             if self.cancelled or result.get("cancelled"):
                 self.attempts.append(("cancelled", seconds))
                 break
+            error: BaseException
             if timed_out:
                 self.attempts.append(("timed out", seconds))
                 error = FunctionTimeoutError(f"Function timed out after {self.request.timeout_s} s")
@@ -206,6 +207,7 @@ class ContainerCall:
         return env
 
     def _kill(self) -> None:
+        assert self.proc is not None  # started before anything kills it
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -227,8 +229,10 @@ class ContainerCall:
         self._echo()
         if self.modal.expired:
             raise OutputExpiredError()
+        assert self.outcome is not None, "an ended input has an outcome"
         kind, value = self.outcome
         if kind == "raise":
+            assert isinstance(value, BaseException)
             raise value
         return value
 

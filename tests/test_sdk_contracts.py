@@ -20,7 +20,6 @@ import modal
 import modal.config
 import modal.exception
 import modal.types
-import modal.volume
 import pytest
 from vastai import VastAI
 
@@ -43,13 +42,15 @@ class Call:
 
     @property
     def label(self) -> str:
-        owner = getattr(self.owner, "__qualname__", None) or getattr(self.owner, "__name__", repr(self.owner))
+        owner = str(getattr(self.owner, "__qualname__", None) or getattr(self.owner, "__name__", self.owner))
         return f"{owner}.{self.name}" if self.name else owner
 
 
 def _call_logs_manager() -> type:
     """The class of FunctionCall.logs (a property), as its annotation names it."""
-    return typing.get_type_hints(modal.FunctionCall.logs.fget)["return"]
+    logs = inspect.getattr_static(modal.FunctionCall, "logs")
+    assert isinstance(logs, property), "FunctionCall.logs is no longer a property"
+    return typing.get_type_hints(logs.fget)["return"]
 
 
 MODAL_CALLS = [
@@ -96,7 +97,7 @@ MODAL_FIELDS = [
     (modal.types.FileEntry, "size"),
     (modal.types.FileEntry, "mtime"),
     (modal.types.LogEntry, "message"),
-    (modal.volume.FileEntryType, "FILE"),
+    (modal.types.FileEntryType, "FILE"),
     (modal.config, "config"),
     (modal.config, "user_config_path"),
 ]

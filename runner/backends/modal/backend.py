@@ -249,7 +249,8 @@ class ModalBackend(Backend):
         from runner.backends.modal.service import FIRST_CONTACT_S, modal_errors, within
         from runner.reports.estimate import announce
 
-        request: ModalRequest = plan.request
+        request = plan.request
+        assert isinstance(request, ModalRequest), request  # plan() made it
         with modal_errors("looking up the volume"):
             taken = request.run_name in within(FIRST_CONTACT_S, "connecting to Modal", self._service().run_names)
         if taken:

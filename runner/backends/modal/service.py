@@ -270,6 +270,7 @@ class ModalService:
     def _wait(self, call, timeout: float | None) -> CallState:
         import modal.exception
 
+        not_the_jobs: tuple[type[BaseException], ...] = (modal.exception.AuthError, *service_errors())
         try:
             return outcome(call.get(timeout=timeout))
         except modal.exception.OutputExpiredError:
@@ -292,7 +293,7 @@ class ModalService:
                                                    f"reruns (InternalFailure: {_first_line(err)}); "
                                                    f"`{command('gpujob resume')}` "
                                                    "continues it from its last checkpoint on the volume")
-        except (modal.exception.AuthError, *service_errors()):
+        except not_the_jobs:
             raise  # about this machine or Modal, not the job: modal_errors says what to do
         except Exception as err:  # noqa: BLE001 - what train_remote raised on its last attempt
             return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {_first_line(err)}")
@@ -333,7 +334,7 @@ def copy_run_folder(volume, run_name: str, dest: Path) -> list[Path]:
     files the job wrote that dest lacks or holds in another version (a resumed run's metrics,
     its summary). Nothing in dest is deleted, and what only this side keeps (the submission
     record, job/) is never touched."""
-    from modal.volume import FileEntryType
+    from modal.types import FileEntryType
 
     from runner.runs.files import atomic_write_chunks, is_interrupted_write
     from runner.runs.paths import PRE_RUN
