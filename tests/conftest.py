@@ -182,7 +182,7 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 def _build(tag: str = TAG) -> tuple[subprocess.CompletedProcess, float]:
     import time
 
-    args = ["image", "build", "--tag", tag, "--base-image", BASE] + (["--extra-ca", HOST_CA] if HOST_CA.exists() else [])
+    args = ["image", "build", "--tag", tag, "--base-image", BASE] + (["--extra-ca", str(HOST_CA)] if HOST_CA.exists() else [])
     started = time.perf_counter()
     out = cli_subprocess(*args, timeout=1800)
     return out, time.perf_counter() - started
