@@ -34,7 +34,7 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     import torch
 
     from runner.spec.model import dataset_info
-    from runner.training.memory import activation_bytes_per_sample, check_fits, describe, estimate
+    from runner.training.memory import activation_bytes_per_sample, check_fits, estimate
     from runner.training.samples import first_batch, image_batch
     from runner.training.models import build_model, parameter_count
     from runner.training.steps import step_for
@@ -69,8 +69,21 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     timed = min(local_batch, TIMING_BATCH)
     model = fresh_model()
     times = _timed_steps(spec, model, batches, shape, classes, timed, step_fn)
+    rows = plan.describe() + _figure_rows(spec, params, data_source, local_batch, timed, times, est, target)
+    estimate = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
+                                  step_fn, example)
+    if estimate:
+        rows.append(("estimate", estimate))
+    return rows
+
+
+def _figure_rows(spec, params: int, data_source: str, local_batch: int, timed: int, times, est,
+                 target: Target) -> list[tuple[str, str]]:
+    """What the dry run found, each figure with how it was got."""
+    from runner.training.memory import describe
+
     scaled = times.per_step * local_batch / timed
-    rows = plan.describe() + [
+    return [
         ("model", f"{spec.model.name}: {params:,} parameters"),
         ("data", data_source),
         ("batch", f"{spec.data.batch_size} global, {local_batch} per worker"),
@@ -81,11 +94,6 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
         ("memory per worker", f"{describe(est)}, counted from the model's shapes; "
                               f"{target.where}: {_capacity(target)}"),
     ]
-    estimate = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
-                                  step_fn, example)
-    if estimate:
-        rows.append(("estimate", estimate))
-    return rows
 
 
 def check_precision(precision: str, target: Target) -> None:

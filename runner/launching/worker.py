@@ -47,8 +47,6 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0.
     With `resume`, a run_dir that holds a run continues from its last checkpoint. `opened` is
     the folder open_run_folder already gave the caller."""
-    from runner.training.environment import describe_environment
-    from runner.reports.progress import console_listener
     from runner.training.loop import train
 
     started = time.perf_counter() if started is None else started
@@ -64,35 +62,14 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
             run_lock.release(opened[0].path)
     if ctx.is_main:
         folder, resuming = opened
-        store = CheckpointStore(folder.path)
-        try:
-            if resuming:
-                resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
-                if resume_from is not None:
-                    check_same_job(spec, resume_from, folder.file(SPEC))  # before anything is touched
-                _prepare_resume(folder, store, resume_from, describe_environment)
-            else:
-                folder.write_text(SPEC, spec.to_yaml())
-                folder.write_json(ENV, describe_environment())
-        except OSError as err:
-            raise file_error(err, folder) from None
-        console = None if quiet else console_listener()
-        listeners = [rf.MetricsListener(folder)] + ([console] if console else [])
+        store, resume_from, listeners = _ready_to_train(spec, folder, resuming, quiet)
     try:
         result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from,
                        keeps_time_limit=keeps_time_limit)
         if ctx.is_main:
             _write_results(folder, spec, result, ctx.world_size)
     except Stopped as stop:
-        where = f"; resume with: {command(f'gpujob resume {folder.path}')}" if folder else ""
-        if stop.timed_out:
-            error = job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) "
-                               f"and was stopped at step {stop.step}, checkpoint saved{where}")
-        else:
-            name = signal.Signals(stop.signum).name
-            error = GpujobError(f"stopped at step {stop.step} by {name}, checkpoint saved{where}", stop.exit_code)
-        error.run_dir = folder.path if folder else None
-        raise error from None
+        raise _stopped(stop, spec, folder) from None
     except GpujobError as err:
         leave_record(err)  # for the launcher: which rank failed first, and why (runner/launching/blame.py)
         # A spec mistake found at start-up leaves nothing half-written behind; found after
@@ -119,6 +96,42 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         for listener in listeners or []:
             getattr(listener, "close", lambda: None)()
     return folder.path if ctx.is_main else None
+
+
+def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: bool):
+    """Rank 0's side before training: the checkpoint store, the checkpoint to resume from (None:
+    start from scratch) with the folder set back to it, or spec.yaml and env.json for a new run;
+    and the listeners that write metrics.jsonl and the console's progress."""
+    from runner.reports.progress import console_listener
+    from runner.training.environment import describe_environment
+
+    store, resume_from = CheckpointStore(folder.path), None
+    try:
+        if resuming:
+            resume_from = store.load_latest()  # None: killed before its first checkpoint, so start over
+            if resume_from is not None:
+                check_same_job(spec, resume_from, folder.file(SPEC))  # before anything is touched
+            _prepare_resume(folder, store, resume_from, describe_environment)
+        else:
+            folder.write_text(SPEC, spec.to_yaml())
+            folder.write_json(ENV, describe_environment())
+    except OSError as err:
+        raise file_error(err, folder) from None
+    console = None if quiet else console_listener()
+    return store, resume_from, [rf.MetricsListener(folder)] + ([console] if console else [])
+
+
+def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> GpujobError:
+    """A stop that saved its checkpoint: a time limit is a failure, a signal the exit code it asks."""
+    where = f"; resume with: {command(f'gpujob resume {folder.path}')}" if folder else ""
+    if stop.timed_out:
+        error = job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) "
+                           f"and was stopped at step {stop.step}, checkpoint saved{where}")
+    else:
+        name = signal.Signals(stop.signum).name
+        error = GpujobError(f"stopped at step {stop.step} by {name}, checkpoint saved{where}", stop.exit_code)
+    error.run_dir = folder.path if folder else None
+    return error
 
 
 def _write_results(folder: rf.RunFolder, spec: JobSpec, result, world_size: int) -> None:

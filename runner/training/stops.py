@@ -61,3 +61,59 @@ class Stopped(Exception):
         if self.timed_out:
             return 1  # the job failed to finish in its time: a failure, though it checkpointed
         return INTERRUPTED if self.signum == signal.SIGINT else PREEMPTED
+
+
+DECIDE_EVERY_S = 1.0  # DDP: about how often the ranks agree whether to stop or checkpoint
+MAX_DECIDE_EVERY = 10  # steps: fast steps need not pay a sync each
+
+
+class Decisions:
+    """Whether to stop or checkpoint at this step, the same answer on every rank.
+
+    In DDP every rank must agree to stop (or checkpoint) at the same step; asking costs a sync,
+    so ranks ask every few steps, as many as take about DECIDE_EVERY_S (rank 0's clock decides,
+    and every rank learns the next step to ask at from the same answer). A stop is then agreed
+    within about a second and a step, however slow the steps: the launcher's grace is enough."""
+
+    def __init__(self, stop: StopRequest, checkpoint_every_s: float, ctx, device):
+        import time
+
+        self.stop, self.checkpoint_every_s, self.ctx, self.device = stop, checkpoint_every_s, ctx, device
+        self.last_checkpoint = time.perf_counter()
+        self.next_at, self.last = 0, (0, time.perf_counter())
+
+    def restart_from(self, step: int) -> None:
+        """A resumed run: the next proposal is measured from this step."""
+        import time
+
+        self.last = (step, time.perf_counter())
+
+    def checkpointed(self) -> None:
+        import time
+
+        self.last_checkpoint = time.perf_counter()
+
+    def due_at(self, step: int) -> bool:
+        return step >= self.next_at
+
+    def decide(self, step: int) -> tuple[bool, bool]:
+        """(stop, checkpoint now) at `step`, and how many steps until the ranks ask again."""
+        import time
+
+        ctx, now = self.ctx, time.perf_counter()
+        due = ctx.is_main and now - self.last_checkpoint >= self.checkpoint_every_s
+        if not ctx.distributed:
+            self.next_at = step + 1
+            return self.stop.requested, due
+        import torch
+
+        from runner.training.distributed import all_sum
+
+        steps, since = step - self.last[0], now - self.last[1]
+        # rank 0's proposal (the others add 0): steps that take about DECIDE_EVERY_S, 1 to MAX_DECIDE_EVERY
+        every = min(MAX_DECIDE_EVERY, max(1, int(DECIDE_EVERY_S * steps / since))) if steps and since > 0 else 1
+        flags = all_sum(torch.tensor([float(self.stop.requested), float(due), float(every if ctx.is_main else 0)],
+                                     device=self.device), ctx)
+        self.next_at = step + int(flags[2].item())
+        self.last = (step, now)
+        return flags[0].item() > 0, flags[1].item() > 0
