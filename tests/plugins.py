@@ -50,13 +50,13 @@ def exploding(num_classes: int, input_shape) -> nn.Module:
 class Saboteur(nn.Module):
     """An MLP that, in the rank named by `rank`, raises or hangs at training step `at_step`."""
 
-    def __init__(self, num_classes: int, input_shape, rank: int, mode: str, at_step: int):
+    def __init__(self, num_classes: int, input_shape, rank: int, mode: str, at_step: int, hung_note: str | None):
         super().__init__()
         import os
 
         self.net = tiny_mlp(num_classes, input_shape)
         self.armed = int(os.environ.get("RANK", 0)) == rank
-        self.mode, self.at_step, self.calls = mode, at_step, 0
+        self.mode, self.at_step, self.calls, self.hung_note = mode, at_step, 0, hung_note
 
     def forward(self, x):
         if self.training:
@@ -66,12 +66,15 @@ class Saboteur(nn.Module):
                 raise ValueError(f"planted failure at step {self.at_step}")
             import time
 
+            if self.hung_note:  # for a test that must act only once the rank hangs, however loaded the machine
+                open(self.hung_note, "w").close()
             time.sleep(3600)  # a hung rank: a deadlock, a stuck filesystem, a dead GPU
         return self.net(x)
 
 
-def saboteur(num_classes: int, input_shape, rank: int = 1, mode: str = "raise", at_step: int = 3) -> nn.Module:
-    return Saboteur(num_classes, input_shape, rank, mode, at_step)
+def saboteur(num_classes: int, input_shape, rank: int = 1, mode: str = "raise", at_step: int = 3,
+             hung_note: str | None = None) -> nn.Module:
+    return Saboteur(num_classes, input_shape, rank, mode, at_step, hung_note)
 
 
 def turn_recorder(train: bool, root: str, samples: int = 256) -> Dataset:

@@ -31,7 +31,10 @@ def test_unknown_option_and_missing_file_exit_2(tmp_path):
 
 
 def test_a_backend_without_its_credentials_exits_3(write_spec):
-    out = cli_subprocess("submit", write_spec(), "--backend", "vast", env={"VAST_API_KEY": ""})
+    # A spec fit for vast.ai (a GPU type, an image it can pull): one that is not is refused first
+    # (exit 2), before the key is read.
+    spec = write_spec(resources={"gpu": "RTX4090:1"}, vast={"image": "docker.io/alice/gpujob:1"})
+    out = cli_subprocess("submit", spec, "--backend", "vast", env={"VAST_API_KEY": ""})
     assert out.returncode == 3
     assert "vast" in out.stderr and "Traceback" not in out.stderr
 

@@ -348,14 +348,17 @@ def test_ctrl_c_while_a_rank_is_stopped_says_only_what_happened(digits, tmp_path
 
 def test_ctrl_c_while_a_rank_hangs_claims_no_checkpoint(write_spec, tmp_path):
     """A rank stuck inside a step (a deadlock): nobody can checkpoint, and the message says so."""
-    spec = write_spec(model={"name": "tests.plugins:saboteur", "args": {"rank": 1, "mode": "hang", "at_step": 3}},
+    hung = tmp_path / "rank-1-hangs"
+    spec = write_spec(model={"name": "tests.plugins:saboteur",
+                             "args": {"rank": 1, "mode": "hang", "at_step": 3, "hung_note": str(hung)}},
                       data={"dataset": "digits", "batch_size": 32}, resources={"processes": 2},
                       train={"epochs": 5, "collective_timeout_s": 300, "checkpoint_every_minutes": 10,
                              "stop_grace_s": 3})  # the stuck rank never checkpoints: no 30 s wait for it
     run = tmp_path / "run"
     proc = _start("run", spec, "--run-dir", run, "--nproc-per-node", 2)
-    wait_for(lambda: (run / "env.json").exists(), "the run to start")
-    time.sleep(8)  # rank 1 hangs at its third step; rank 0 waits for it
+    # Rank 1 hangs at its third step, rank 0 waits for it. A Ctrl-C before then (a fixed sleep on a
+    # loaded machine) is agreed at a step boundary and rightly checkpointed.
+    wait_for(lambda: hung.exists(), "rank 1 to hang", 180)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     line = stderr.strip().splitlines()[-1]
