@@ -70,10 +70,10 @@ def dry_run(plan: Plan) -> list[tuple[str, str]]:
     model = fresh_model()
     times = _timed_steps(spec, model, batches, shape, classes, timed, step_fn)
     rows = plan.describe() + _figure_rows(spec, params, data_source, local_batch, timed, times, est, target)
-    estimate = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
-                                  step_fn, example)
-    if estimate:
-        rows.append(("estimate", estimate))
+    whole_job = whole_job_estimate(plan, target, model, batches, shape, classes, times, _sizes(spec, batches, info),
+                                   step_fn, example)
+    if whole_job:
+        rows.append(("estimate", whole_job))
     return rows
 
 
@@ -336,7 +336,8 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
         count = spec.resources.gpu_request.count if spec.resources.gpu_request else 1
         guess = on_gpu(job, target.gpu, count)
         money = (f", about ${guess.total_usd:.2f} at ${guess.usd_per_hour:.2f}/h ({guess.price_source.split()[0]})"
-                 if guess.total_usd is not None else ", at the offer's price per hour")
+                 if guess.total_usd is not None and guess.price_source is not None  # the catalog's price and where
+                 else ", at the offer's price per hour")
         return (f"~{guess.epoch_s:,.1f} s per epoch, {human_duration(guess.total_s)} for {spec.train.epochs} epoch(s) "
                 f"on {target.gpu.name} x{count}{money}; from the catalog at {ASSUMPTIONS}")
     if target.device != "cpu" or not target.here:

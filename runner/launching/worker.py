@@ -51,7 +51,10 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
 
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext.from_env()
-    folder = listeners = store = resume_from = None
+    folder: rf.RunFolder | None = None  # rank 0's
+    listeners: list | None = None
+    store: CheckpointStore | None = None
+    resume_from: dict | None = None
     resuming = False
     if ctx.is_main and opened is None:
         opened = open_run_folder(spec, run_dir, runs_dir, resume)
@@ -61,12 +64,13 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         finally:
             run_lock.release(opened[0].path)
     if ctx.is_main:
+        assert opened is not None, "rank 0 opened it above"
         folder, resuming = opened
         store, resume_from, listeners = _ready_to_train(spec, folder, resuming, quiet)
     try:
         result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from,
                        keeps_time_limit=keeps_time_limit)
-        if ctx.is_main:
+        if folder is not None:  # rank 0
             _write_results(folder, spec, result, ctx.world_size)
     except Stopped as stop:
         raise _stopped(stop, spec, folder) from None
@@ -95,7 +99,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     finally:
         for listener in listeners or []:
             getattr(listener, "close", lambda: None)()
-    return folder.path if ctx.is_main else None
+    return folder.path if folder is not None else None
 
 
 def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: bool):
@@ -177,7 +181,7 @@ def file_error(err: OSError, folder: rf.RunFolder | None) -> GpujobError:
     if err.errno in DISK_FULL:
         kept = CheckpointStore(folder.path).paths() if folder else []
         last = f"the last good checkpoint {kept[0].name} is kept" if kept else "no checkpoint was written yet"
-        resume = f"; free some space, then: {command(f'gpujob resume {folder.path}')}" if kept else ""
+        resume = f"; free some space, then: {command(f'gpujob resume {folder.path}')}" if folder and kept else ""
         return job_failed(f"the disk is full: writing {path} failed; {last}{resume}")
     if err.errno in (errno.EEXIST, errno.ENOTDIR):
         return bad_input(f"{path}: a file is where gpujob keeps a folder; move it away, then try again")
@@ -221,6 +225,7 @@ def _prepare_resume(folder: rf.RunFolder, store: CheckpointStore, resume_from: d
     if resume_from is None:
         print("gpujob: no checkpoint yet: starting over", file=sys.stderr)
     else:
+        assert store.loaded is not None, "load_latest gave the checkpoint it loaded"
         written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(store.loaded.stat().st_mtime))
         print(f"gpujob: resuming from step {resume_from['loop']['step']} (checkpoint {store.loaded.name}, written "
               f"{written})", file=sys.stderr)

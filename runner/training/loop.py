@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -81,7 +82,7 @@ def evaluate(model, batches, autocast, ctx: WorkerContext, device, step_fn: Step
     return Evaluation(loss_sum / count, None, {name: v / count for name, v in zip(names, named_sums)})
 
 
-def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: list[Listener] = (),
+def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: Sequence[Listener] = (),
           started: float | None = None, checkpoints: CheckpointStore | None = None,
           resume_from: dict | None = None, device: "torch.device | None" = None,
           keeps_time_limit: bool = True) -> TrainResult:
@@ -148,7 +149,7 @@ class Loop:
         self.step_model = wrapped_for_ddp(torch.compile(self.model) if self.t.compile else self.model,
                                           ctx, device, self.comm)
         self.phases["model_built_s"] = time.perf_counter() - started
-        self.compile_s = None  # the first step's extra time when torch.compile builds the model's code
+        self.compile_s: float | None = None  # the first step's extra time when torch.compile builds the model's code
         self.decisions = Decisions(stop, self.t.checkpoint_every_minutes * 60, ctx, device)
 
     # ---- restore --------------------------------------------------------------------------

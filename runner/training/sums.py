@@ -33,7 +33,7 @@ class RunningSums:
         self.epoch_loss += detached
         self.window_loss += detached
 
-    def add_named(self, named: dict, state: "LoopState", step_name: str) -> None:
+    def add_named(self, named: dict, state: "LoopState", step_name: str | None) -> None:
         """Sum a user step's named values. The names are fixed by the first step (every rank
         takes the same first step): a step that names others is the function's error."""
         import torch
