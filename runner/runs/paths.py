@@ -109,7 +109,9 @@ class RunPaths:
 
 def checkpoint_step(path: Path) -> int:
     """The step a checkpoint file was written at (its name says it)."""
-    return int(CHECKPOINT_NAME.match(Path(path).name).group(1))
+    match = CHECKPOINT_NAME.match(Path(path).name)
+    assert match is not None, f"{path} is not named as a checkpoint (checkpoints() lists only those)"
+    return int(match.group(1))
 
 
 def digest_file(path: Path) -> Path:
