@@ -70,6 +70,8 @@ class Submission:
 def _seconds(text: str | None) -> float | None:
     from datetime import datetime
 
+    if text is None:
+        return None
     try:
         return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S%z").timestamp()
     except (TypeError, ValueError):
