@@ -37,6 +37,8 @@ def step_line(r: dict, total: int | None = None) -> str:
 
 def summary_line(folder: Path) -> str:
     s = whole_summary(folder)
+    if s is None:
+        return f"{SUMMARY} is damaged"
     try:
         return (f"{test_result(s, ', ')}, {s['epochs']} epoch(s) in {s['wall_s']:.1f} s on {s['device']} "
                 f"x{s['world_size']}")
