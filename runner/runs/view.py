@@ -51,10 +51,11 @@ class RunView:
         the job could see it; a phase nobody measured is left out, never guessed."""
         phases = self.timing.get("phases") or {}
         out = []
-        asked = self.record.last_start() if self.record is not None else None
+        record = self.record
+        asked = record.last_start() if record is not None else None
         started = self.timing.get("started_at")
-        if asked is not None and started is not None:
-            for event in self.record.events:  # what the backend saw in between (queued, instance running)
+        if record is not None and asked is not None and started is not None:
+            for event in record.events:  # what the backend saw in between (queued, instance running)
                 if event.get("phase") and event.get("t") is not None and asked <= event["t"] <= started:
                     out.append((event["phase"], event["t"] - asked))
                     asked = event["t"]
