@@ -84,3 +84,25 @@ def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
         load_image_tensors(data, train=True)
     assert err.value.exit_code == 2 and "data.download" in err.value.message
     assert not (tmp_path / "data").exists()
+
+
+def _estimate_row(out) -> str:
+    return next(line for line in out.stdout.splitlines() if line.startswith("estimate"))
+
+
+def test_the_cpu_estimate_says_when_a_busy_machine_makes_it_unreliable(write_spec, tmp_path, monkeypatch):
+    """It said ~24.7 s per epoch at load 3-8 for a job that took 0.24-1.58 s, and did not say so."""
+    import os
+
+    from tests.conftest import cli
+
+    spec = write_spec(train={"epochs": 1})
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * cores, 4.0 * cores, 4.0 * cores))
+    busy = cli("submit", spec, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert busy.exit_code == 0, busy.stderr
+    row = _estimate_row(busy)
+    assert f"UNRELIABLE: this machine is busy (load {4.0 * cores:.1f} on {cores} core(s))" in row, row
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    quiet = cli("submit", spec, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert "busy" not in _estimate_row(quiet)

@@ -35,6 +35,7 @@ def test_the_cores_counted_are_those_this_process_may_run_on():
 
 def test_two_workers_on_two_cores_run_one_thread_each_and_env_json_says_why(write_spec, tmp_path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("runner.launching.launcher.machine_load", lambda: 0.0)  # a quiet machine's choice
     mask = os.sched_getaffinity(0)
     if len(mask) < 2:
         pytest.skip("needs two cores")
@@ -78,3 +79,13 @@ def test_an_env_json_without_a_usable_thread_record_is_no_finding():
     for environment in (None, {}, {"threads": "16"}, {"threads": {"intra_op": "16", "cores_available": 4}},
                         {"threads": {"intra_op": 16, "cores_available": 0, "workers_on_node": 1}}):
         assert lines(diagnose({"world_size": 1}, timing, {}, environment))[0].startswith("no bottleneck found")
+
+
+def test_cores_other_processes_keep_busy_are_not_given_to_the_workers():
+    """One worker ran 30x slower with two threads at load 1.5 on 2 cores than with one."""
+    busy = choose_threads(1, {}, cores=2, load=1.5)
+    assert busy.threads == 1 and "busy with other processes (load 1.5)" in busy.why
+    assert choose_threads(1, {}, cores=2, load=0.2).threads == 2  # a quiet machine: all of its cores
+    assert choose_threads(2, {}, cores=8, load=4.0).threads == 2  # 4 of 8 free, shared by 2 workers
+    assert choose_threads(1, {}, cores=2, load=9.0).threads == 1  # never zero
+    assert choose_threads(1, {"OMP_NUM_THREADS": "2"}, cores=2, load=9.0).threads == 2  # the user's, kept

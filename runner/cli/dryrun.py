@@ -187,6 +187,7 @@ class StepTimes:
     per_step: float  # seconds per optimizer step at `batch` samples, the warm-up step left out
     batch: int
     data_per_sample: float  # seconds to make one sample's input, as the job's batches do
+    spread: float = 1.0  # the slowest timed step over the fastest (1: steady)
 
 
 def _batch_source(batches, shape, classes, batch: int):
@@ -230,7 +231,8 @@ def _timed_steps(spec, model, batches, shape, classes, batch: int, step_fn, step
         times.append(time.perf_counter() - start)
         losses.append(loss.item())
     steady, fetched = times[1:] or times, fetches[1:] or fetches
-    return StepTimes(losses, sum(steady) / len(steady), batch, sum(fetched) / len(fetched))
+    return StepTimes(losses, sum(steady) / len(steady), batch, sum(fetched) / len(fetched),
+                     max(steady) / max(min(steady), 1e-9))
 
 
 def _check_shipped_code(plan: Plan) -> None:
@@ -364,7 +366,28 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
     epoch_s = sizes.steps_per_epoch * (step + times.data_per_sample * local) + evals
     total = epoch_s * spec.train.epochs
     return (f"~{epoch_s:,.1f} s per epoch, {human_duration(total)} for {spec.train.epochs} epoch(s) on this CPU "
-            f"({sizes.steps_per_epoch} steps; {how}); start-up not included")
+            f"({sizes.steps_per_epoch} steps; {how}); start-up not included{_doubts(times)}")
+
+
+BUSY_LOAD_PER_CORE = 1.0  # runnable processes per core (1-minute load average) past which this CPU is shared
+UNSTEADY_SPREAD = 2.0  # the slowest timed step over the fastest, past which a few steps say little
+
+
+def _doubts(times: StepTimes) -> str:
+    """Why a figure timed on this CPU may be far off, or "": a busy machine (other processes
+    take the cores the timed steps needed: seen 15-100x slower at load 3-8 on 2 cores), or timed
+    steps that varied."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    reasons = []
+    if load > cores * BUSY_LOAD_PER_CORE:
+        reasons.append(f"this machine is busy (load {load:.1f} on {cores} core(s))")
+    if times.spread > UNSTEADY_SPREAD:
+        reasons.append(f"the timed steps varied {times.spread:.1f}x")
+    if not reasons:
+        return ""
+    return (f"; UNRELIABLE: {' and '.join(reasons)}, so the job may run several times faster; "
+            "run the dry run again on a quiet machine")
 
 
 def _bigger_card(target: Target, est) -> str | None:

@@ -45,7 +45,7 @@ from runner.launching.blame import ERROR_FILE, Ending, ErrorRecord, failed_ranks
 from runner.launching.topology import Topology, free_port, port_in_use, port_taken
 from runner.runs.lock import INHERITED
 from runner.training.distributed import JOINED
-from runner.training.threads import THREADS_WHY, choose_threads
+from runner.training.threads import THREADS_WHY, choose_threads, machine_load
 from runner.spec.model import JobSpec
 from runner.errors import INTERRUPTED, PREEMPTED
 
@@ -125,7 +125,7 @@ class Launch:
         env[STARTED_AT] = repr(self.started_at)
         env[ERROR_FILE] = f"/dev/fd/{self.records[local_rank].fileno()}"
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
-        threads = choose_threads(t.nproc_per_node, os.environ)
+        threads = choose_threads(t.nproc_per_node, os.environ, load=machine_load())
         env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS") or str(threads.threads), **{THREADS_WHY: threads.why})
         return env
 

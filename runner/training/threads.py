@@ -32,14 +32,32 @@ def cores_available() -> int:
         return os.cpu_count() or 1
 
 
-def choose_threads(workers_on_node: int, environ: Mapping[str, str], cores: int | None = None) -> ThreadChoice:
+def choose_threads(workers_on_node: int, environ: Mapping[str, str], cores: int | None = None,
+                   load: float = 0.0) -> ThreadChoice:
+    """Each worker's share of the cores that other processes leave free. `load` is the machine's
+    1-minute load average as the job starts (before its workers run): cores it says are busy are
+    not counted, as OpenMP's OMP_DYNAMIC would (a thread waiting for a busy core slows every step
+    it takes part in: the 30x of issue 29 was one worker's two threads at load 1.5 on 2 cores)."""
     cores = cores_available() if cores is None else cores
     given = environ.get("OMP_NUM_THREADS", "").strip()
     if given:
         return ThreadChoice(_as_count(given, cores, workers_on_node), f"OMP_NUM_THREADS={given} was set before "
                                                                        "gpujob started; kept")
-    threads = max(1, cores // max(1, workers_on_node))
-    return ThreadChoice(threads, f"{cores} core(s) available / {workers_on_node} worker(s) on this node")
+    busy = min(cores - 1, round(load)) if load > 0 else 0
+    threads = max(1, (cores - busy) // max(1, workers_on_node))
+    why = f"{cores} core(s) available / {workers_on_node} worker(s) on this node"
+    if busy:
+        why = f"{cores} core(s) available, {busy} busy with other processes (load {load:.1f}) / " \
+              f"{workers_on_node} worker(s) on this node"
+    return ThreadChoice(threads, why)
+
+
+def machine_load() -> float:
+    """The 1-minute load average, 0 where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def _as_count(given: str, cores: int, workers: int) -> int:
