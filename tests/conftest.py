@@ -201,6 +201,22 @@ def image() -> str:
     return TAG
 
 
+# ---- the fast tier: `pytest -m "not slow"` ----------------------------------------------------
+# slow_tests.txt lists the tests measured at 1 s or more in a full run (setup, call and teardown
+# together: a module's engine or image fixture counts for the test that starts it), as
+# tests/measure_slow.py writes it from `pytest --durations=0`. A new test is in the fast tier until
+# the list is measured again.
+
+SLOW_TESTS = Path(__file__).with_name("slow_tests.txt")
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = set(SLOW_TESTS.read_text().splitlines()) if SLOW_TESTS.exists() else set()
+    for item in items:
+        if item.nodeid in slow:
+            item.add_marker(pytest.mark.slow)
+
+
 # ---- CI must not go green by skipping ------------------------------------------------------
 # .ci/run sets GPUJOB_REQUIRE_ALL=1: there every engine a test needs (Docker, SLURM) has been
 # started, so a skipped test means something CI should run did not run. Only tests/remote/ (real
