@@ -19,6 +19,8 @@ from tests.conftest import REPO
 if TYPE_CHECKING:
     from http.server import ThreadingHTTPServer
 
+    from runner.backends.vast.api import VastService
+
 
 class LocalVast:
     def __init__(self, root: Path, offers: list[dict]):
@@ -66,9 +68,11 @@ class LocalVast:
             return {}
         return {"actual_status": "running" if inst["proc"].poll() is None else "exited", "status_msg": ""}
 
-    def logs(self, instance_id):
+    def logs(self, instance_id, tail=1000):
+        """The last `tail` lines, as vastai logs --tail gives them."""
         inst = self.instances[instance_id]
-        return "" if inst["destroyed"] else (inst["disk"] / "container.log").read_text(errors="replace")
+        text = "" if inst["destroyed"] else (inst["disk"] / "container.log").read_text(errors="replace")
+        return "".join(text.splitlines(keepends=True)[-tail:])
 
     def stop_instance(self, instance_id):
         self.calls.append(("stop", instance_id))
@@ -100,6 +104,12 @@ class LocalVast:
     def wait_all(self):
         for inst in self.instances.values():
             inst["proc"].wait(timeout=300)
+
+
+def _fits(vast: LocalVast) -> "VastService":
+    """Never called: mypy checks here that the stand-in answers every request the backend makes,
+    with the same parameters as VastApi (tests/test_sdk_contracts.py checks VastApi against the SDK)."""
+    return vast
 
 
 def _copy(source: Path, target: Path, exclude) -> None:

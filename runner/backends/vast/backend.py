@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from runner.backends.base import Backend, Plan, what_is_here
 from runner.backends.vast import instance
@@ -27,6 +27,9 @@ from runner.errors import bad_input, job_failed, missing_backend
 from runner.invocation import command, commands_in
 from runner.runs.state import Run, RunState, resume_hint
 from runner.spec.model import JobSpec
+
+if TYPE_CHECKING:
+    from runner.backends.vast.api import VastService
 
 POLL_S = 15.0
 PLAN_OUTAGE_S = 15.0  # --dry-run and the offer search: a user is waiting; say so soon
@@ -51,7 +54,7 @@ class VastBackend(Backend):
     rents = True
     request_type = VastRequest
 
-    def __init__(self, connect: Callable | None = None, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, connect: "Callable[[], VastService] | None" = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
         self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential
 
 from runner.backends.vast.api import VastUnavailable
+
+if TYPE_CHECKING:
+    from runner.backends.vast.api import VastService
 
 OUTAGE_S = 600.0  # how long vast.ai may fail to answer before the job gives up
 FIRST_DELAY_S, MAX_DELAY_S = 2.0, 60.0
@@ -42,7 +45,8 @@ class PatientApi:
     the first attempt. With `attempt_s`, an attempt that has not ended after that many seconds
     (or the patience left) counts as failed. `quiet` keeps the retries' warnings back."""
 
-    def __init__(self, api, sleep: Callable[[float], None], clock: Callable[[], float], outage_s: float = OUTAGE_S,
+    def __init__(self, api: "VastService", sleep: Callable[[float], None], clock: Callable[[], float],
+                 outage_s: float = OUTAGE_S,
                  attempt_s: float | None = None, quiet: bool = False):
         self.api, self.sleep, self.clock, self.outage_s = api, sleep, clock, outage_s
         self.attempt_s, self.quiet = attempt_s, quiet
