@@ -284,21 +284,24 @@ def _trainer_pid(run: Path) -> int:
     return json.loads((run / "submission.json").read_text())["handles"]["trainer"]["pid"]
 
 
+def _status_after(run: Path, signum: int, what: str, timeout: float) -> str:
+    """`gpujob status` once the run's trainer, sent `signum`, has ended (its exit code recorded)."""
+    os.kill(_trainer_pid(run), signum)
+    wait_for(lambda: (run / "job" / "exit-code").exists(), what, timeout)
+    return cli_subprocess("status", run).stdout
+
+
 def test_a_run_killed_with_sigkill_says_so_with_its_checkpoint_and_how_to_resume(write_spec, tmp_path):
     """It said "failed: exit 137", with no checkpoint and no resume hint."""
     run = _detached_run(write_spec, tmp_path)
-    os.kill(_trainer_pid(run), signal.SIGKILL)
-    wait_for(lambda: (run / "job" / "exit-code").exists(), "the wrapper to record the exit code", 60)
-    said = cli_subprocess("status", run).stdout
+    said = _status_after(run, signal.SIGKILL, "the wrapper to record the exit code", 60)
     assert said.startswith(f"{run.name}: preempted: killed by SIGKILL (exit 137), not by gpujob"), said
     assert "last checkpoint step-" in said and f"gpujob resume {run}" in said
 
 
 def test_ctrl_c_is_a_cancel_said_once_not_a_preemption(write_spec, tmp_path):
     run = _detached_run(write_spec, tmp_path)
-    os.kill(_trainer_pid(run), signal.SIGINT)
-    wait_for(lambda: (run / "job" / "exit-code").exists(), "the job to stop", 120)
-    said = cli_subprocess("status", run).stdout
+    said = _status_after(run, signal.SIGINT, "the job to stop", 120)
     assert said.startswith(f"{run.name}: cancelled: stopped by Ctrl-C; last checkpoint"), said
     assert cli_subprocess("resume", run, "--detach").returncode == 0
     cancelled = cli_subprocess("cancel", run)

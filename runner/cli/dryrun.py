@@ -377,8 +377,9 @@ def _doubts(times: StepTimes) -> str:
     """Why a figure timed on this CPU may be far off, or "": a busy machine (other processes
     take the cores the timed steps needed: seen 15-100x slower at load 3-8 on 2 cores), or timed
     steps that varied."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    from runner.training.threads import cores_available, machine_load
+
+    cores, load = cores_available(), machine_load()
     reasons = []
     if load > cores * BUSY_LOAD_PER_CORE:
         reasons.append(f"this machine is busy (load {load:.1f} on {cores} core(s))")

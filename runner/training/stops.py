@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 
 from runner.errors import INTERRUPTED, PREEMPTED
 
@@ -76,21 +77,15 @@ class Decisions:
     within about a second and a step, however slow the steps: the launcher's grace is enough."""
 
     def __init__(self, stop: StopRequest, checkpoint_every_s: float, ctx, device):
-        import time
-
         self.stop, self.checkpoint_every_s, self.ctx, self.device = stop, checkpoint_every_s, ctx, device
         self.last_checkpoint = time.perf_counter()
         self.next_at, self.last = 0, (0, time.perf_counter())
 
     def restart_from(self, step: int) -> None:
         """A resumed run: the next proposal is measured from this step."""
-        import time
-
         self.last = (step, time.perf_counter())
 
     def checkpointed(self) -> None:
-        import time
-
         self.last_checkpoint = time.perf_counter()
 
     def due_at(self, step: int) -> bool:
@@ -98,8 +93,6 @@ class Decisions:
 
     def decide(self, step: int) -> tuple[bool, bool]:
         """(stop, checkpoint now) at `step`, and how many steps until the ranks ask again."""
-        import time
-
         ctx, now = self.ctx, time.perf_counter()
         due = ctx.is_main and now - self.last_checkpoint >= self.checkpoint_every_s
         if not ctx.distributed:
