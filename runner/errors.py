@@ -39,6 +39,13 @@ def job_failed(message: str) -> GpujobError:
     return GpujobError(message, JOB_FAILED)
 
 
+def error_first_line(err: BaseException, max_chars: int | None = None) -> str:
+    """What an exception says, in one line (at most `max_chars`): its first line, or its type's
+    name when it says nothing (a service's bare timeout)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:max_chars] if text else type(err).__name__
+
+
 # A traceback's own error line: `ValueError: ...`, `torch.distributed.DistBackendError: ...`,
 # `KeyboardInterrupt`. Not its frames (indented) nor the `At:` lines torch adds below some errors.
 ERROR_LINE = re.compile(r"^\w+(\.\w+)*(Error|Exception|Interrupt)\b")

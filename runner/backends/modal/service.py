@@ -25,6 +25,7 @@ from runner.backends.interrupts import held_interrupts
 from runner.errors import (
     INTERRUPTED,
     JOB_FAILED,
+    error_first_line,
     GpujobError,
     job_failed,
     missing_backend,
@@ -46,7 +47,7 @@ def import_modal():
     except ImportError:
         raise missing_backend(NO_PACKAGE) from None
     except Exception as err:  # noqa: BLE001 - modal reads ~/.modal.toml when imported: a broken file fails here
-        raise missing_backend(f"modal: cannot load Modal's client: {_first_line(err)}") from None
+        raise missing_backend(f"modal: cannot load Modal's client: {error_first_line(err)}") from None
     return modal
 
 
@@ -95,10 +96,6 @@ def require_credentials() -> None:
         raise missing_backend(commands_in(NO_CREDENTIALS))
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
 
 def _network_errors() -> tuple[type[BaseException], ...]:
     import modal.exception
@@ -129,17 +126,17 @@ def modal_errors(doing: str, call_id: str | None = None):
     except GpujobError:
         raise
     except modal.exception.AuthError as err:
-        raise missing_backend(f"modal: Modal refused your credentials while {doing} ({_first_line(err)}); "
+        raise missing_backend(f"modal: Modal refused your credentials while {doing} ({error_first_line(err)}); "
                               f"run `{command('modal token new')}`") from None
     except _network_errors() as err:
-        raise missing_backend(f"modal: cannot reach Modal while {doing} ({type(err).__name__}: {_first_line(err)}); "
+        raise missing_backend(f"modal: cannot reach Modal while {doing} ({type(err).__name__}: {error_first_line(err)}); "
                               "check your network connection and try again") from None
     except service_errors() as err:
         call = f"; the job itself is not affected (call {about.call_id})" if about.call_id else ""
-        raise missing_backend(f"modal: Modal had trouble while {doing} ({type(err).__name__}: {_first_line(err)})"
+        raise missing_backend(f"modal: Modal had trouble while {doing} ({type(err).__name__}: {error_first_line(err)})"
                               f"{call}; try again in a minute") from None
     except modal.exception.Error as err:
-        raise job_failed(f"modal: {doing} failed: {type(err).__name__}: {_first_line(err)}") from None
+        raise job_failed(f"modal: {doing} failed: {type(err).__name__}: {error_first_line(err)}") from None
 
 
 class LostTouch(Exception):
@@ -148,7 +145,7 @@ class LostTouch(Exception):
     def __init__(self, call_id: str, cause: BaseException, lasted_s: float):
         super().__init__(call_id)
         self.call_id, self.lasted_s = call_id, lasted_s
-        self.cause = f"{type(cause).__name__}: {_first_line(cause)}"
+        self.cause = f"{type(cause).__name__}: {error_first_line(cause)}"
 
 
 @dataclass(frozen=True)
@@ -232,7 +229,7 @@ class ModalService:
                 trouble_since = trouble_since or now
                 if now - trouble_since > FOLLOW_OUTAGE_S:
                     raise LostTouch(call.object_id, err, now - trouble_since) from None
-                print(f"gpujob: warning: Modal had trouble ({type(err).__name__}: {_first_line(err)}); the job "
+                print(f"gpujob: warning: Modal had trouble ({type(err).__name__}: {error_first_line(err)}); the job "
                       f"runs on; asking again", file=sys.stderr)
                 time.sleep(min(30.0, 2 + now - trouble_since))
                 continue
@@ -282,21 +279,21 @@ class ModalService:
         except modal.exception.RemoteError as err:
             if not str(err).strip():  # a TERMINATED result: an input cancelled before it returned
                 return CallState("failed", INTERRUPTED, "the call was cancelled")
-            return CallState("failed", JOB_FAILED, f"RemoteError: {_first_line(err)}")
+            return CallState("failed", JOB_FAILED, f"RemoteError: {error_first_line(err)}")
         except modal.exception.FunctionTimeoutError as err:
-            return CallState("failed", JOB_FAILED, f"it ran past its Modal timeout ({_first_line(err)})")
+            return CallState("failed", JOB_FAILED, f"it ran past its Modal timeout ({error_first_line(err)})")
         except modal.exception.InternalFailure as err:
             # The input's final result (GENERIC_STATUS_INTERNAL_FAILURE, modal/_utils/function_utils.py):
             # it failed inside Modal's infrastructure and Modal gave up rerunning it. Every later get()
             # says the same, so it is the job's outcome, not trouble to wait out.
             return CallState("failed", JOB_FAILED, f"it failed inside Modal's infrastructure, after Modal's own "
-                                                   f"reruns (InternalFailure: {_first_line(err)}); "
+                                                   f"reruns (InternalFailure: {error_first_line(err)}); "
                                                    f"`{command('gpujob resume')}` "
                                                    "continues it from its last checkpoint on the volume")
         except not_the_jobs:
             raise  # about this machine or Modal, not the job: modal_errors says what to do
         except Exception as err:  # noqa: BLE001 - what train_remote raised on its last attempt
-            return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {_first_line(err)}")
+            return CallState("failed", JOB_FAILED, f"{type(err).__name__}: {error_first_line(err)}")
 
     def download(self, run_name: str, dest: Path) -> list[Path]:
         """Bring the volume's copy of the run folder into `dest`: what is new or changed there."""
@@ -317,13 +314,13 @@ def _record(call, spawned: Callable[[str], None]) -> None:
     try:
         spawned(call.object_id)
     except Exception as err:  # noqa: BLE001 - whatever kept the id from the folder, the call must not run untracked
-        why = f"{type(err).__name__}: {_first_line(err)}"
+        why = f"{type(err).__name__}: {error_first_line(err)}"
         try:
             call.cancel(terminate_containers=True)  # it has just started: nothing to checkpoint
         except Exception as refused:  # noqa: BLE001 - any refusal: the user is told how to cancel it by hand
             raise missing_backend(
                 f"modal: could not record call {call.object_id} in the run folder ({why}), and Modal refused to "
-                f"cancel it ({type(refused).__name__}: {_first_line(refused)}); it may be running, billed: cancel it "
+                f"cancel it ({type(refused).__name__}: {error_first_line(refused)}); it may be running, billed: cancel it "
                 f"with: python -c \"import modal; modal.FunctionCall.from_id('{call.object_id}').cancel()\"") from None
         raise missing_backend(f"modal: could not record call {call.object_id} in the run folder ({why}); the call "
                               "was cancelled, so nothing runs untracked; fix that and try again") from None

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from runner.errors import MISSING_BACKEND, GpujobError, job_failed, missing_backend
+from runner.errors import MISSING_BACKEND, GpujobError, error_first_line, job_failed, missing_backend
 from runner.invocation import command, commands_in
 
 RSYNC_TIMEOUT_S = 3600
@@ -76,8 +76,7 @@ def _calling(what: str):
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
+    return error_first_line(err, 200)  # a proxy's HTML page can be one long line
 
 
 def _shaped(reply, kind: type, what: str):
