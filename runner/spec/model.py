@@ -12,12 +12,13 @@ import re
 from typing import Any, Final, Literal, get_args
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator,
                       model_validator)
 
 from runner.spec.datasets import BUILTIN_INFO, DatasetInfo
 from runner.gpus import CATALOG, GpuRequest, parse_gpu
 from runner.spec.reading import _did_you_mean, _shown
+from runner.spec.targets import parse_target
 
 # Where a job can run: the spec's `backend` values, the one list of names (runner/backends/registry.py
 # maps each to its module, and a test holds the two together).
@@ -124,6 +125,18 @@ class TrainSpec(Section):
         if value is None or FACTORY_PATH.match(value):
             return value
         raise ValueError(f"'{_shown(value)}' is not 'package.module:function'")
+
+    # after `step`: which metrics exist depends on it (docs/targets-and-budgets.md)
+    stop_when: dict[str, str] = Field(default_factory=dict, description="stop at the end of the first epoch where "
+                                      "all of these hold, e.g. {test_accuracy: \">= 0.95\"}; metrics: test_accuracy, "
+                                      "test_loss, train_loss, or a value your train.step names")
+
+    @field_validator("stop_when", mode="before")
+    @classmethod
+    def _conditions(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, dict):
+            parse_target(value, user_step=info.data.get("step") is not None)
+        return value
 
 
 class ResourcesSpec(Section):
