@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,27 +82,36 @@ class FolderVolume:
             yield data[start:start + 4096]
 
 
-def image_files(image) -> list[tuple[Path, str]]:
-    """(local file, path in the container) for every local file the image adds (add_local_dir,
-    add_local_file), as Modal's client would upload them: read from the image's own definition.
-    Modal has no public way to list them, so this one helper reads its client's internals (the
-    image's dependencies, each mount's entries); a Modal upgrade that changes them fails the
-    tests that use it loudly, it cannot make them pass."""
-    from modal._utils.async_utils import synchronizer
-    from modal.mount import _Mount
+_LOCAL_DIRS: "weakref.WeakKeyDictionary[object, list[tuple[Path, str]]]" = weakref.WeakKeyDictionary()
 
-    files, seen, todo = [], set(), [synchronizer._translate_in(image)]
-    while todo:
-        obj = todo.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, _Mount) and obj.is_local():
-            for entry in obj.entries:
-                files += [(Path(local), str(remote)) for local, remote in entry.get_files_to_upload()]
-        elif hasattr(obj, "_deps") and obj._deps is not None:
-            todo += list(obj._deps())
-    return files
+
+def watch_local_dirs() -> None:
+    """Record, for every modal.Image, the folders of this machine it adds (add_local_dir, Modal's
+    public method, called through unchanged): Modal has no public way to list an image's files,
+    so the stand-in watches the calls gpujob makes to add them instead of reading the client's
+    internals. An argument the stand-in does not model (`ignore`, `copy=True`) fails loudly."""
+    import modal
+
+    if getattr(modal.Image.add_local_dir, "watched_by_standin", False):
+        return
+    original = modal.Image.add_local_dir
+
+    def add_local_dir(image, local_path, remote_path, **options):
+        assert not options.get("ignore") and not options.get("copy"), f"not modelled by the stand-in: {options}"
+        added = original(image, local_path, remote_path, **options)
+        _LOCAL_DIRS[added] = [*_LOCAL_DIRS.get(image, []), (Path(local_path), remote_path)]
+        return added
+
+    add_local_dir.watched_by_standin = True  # type: ignore[attr-defined]
+    modal.Image.add_local_dir = add_local_dir  # type: ignore[method-assign]
+
+
+def image_files(image) -> list[tuple[Path, str]]:
+    """(local file, path in the container) for every file the image adds from this machine's
+    folders, as Modal's add_local_dir uploads them: each file under the folder, at the same
+    relative path under remote_path. Needs watch_local_dirs() before the image is built."""
+    return [(file, f"{remote.rstrip('/')}/{file.relative_to(local).as_posix()}")
+            for local, remote in _LOCAL_DIRS.get(image, []) for file in sorted(local.rglob("*")) if file.is_file()]
 
 
 class ContainerCall:
@@ -323,6 +333,7 @@ class ContainerModal:
         self.echoing = self.interrupted = False
         self.failures: dict[str, list[BaseException]] = {}
         scratch.mkdir(parents=True, exist_ok=True)
+        watch_local_dirs()  # before gpujob builds the images whose files a container gets
 
     # ---- the test's handles -----------------------------------------------------------------
 

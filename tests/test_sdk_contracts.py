@@ -199,3 +199,25 @@ def test_every_sdk_call_is_listed():
     listed_vast = {call.name for call in VAST_CALLS if call.name}
     assert used_vast, "VastApi no longer calls self.sdk.X(...): update this test's scan"
     assert not used_vast - listed_vast, f"VastAI methods called but not in VAST_CALLS: {sorted(used_vast - listed_vast)}"
+
+
+def test_nothing_reads_an_sdks_private_internals():
+    """gpujob and its tests use the SDKs' public API only (issue 24): an SDK's private modules
+    (modal._utils, ...) and private names (modal.mount._Mount) are not promised to stay, and a
+    stand-in built on them tests gpujob against Modal's internals rather than its interface."""
+    sdks = ("modal", "vastai", "vast")
+    found = []
+    for source in [*RUNNER.rglob("*.py"), *RUNNER.parent.joinpath("tests").glob("*.py")]:
+        for node in ast.walk(ast.parse(source.read_text())):
+            modules = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] in sdks and any(part.startswith("_") for part in parts[1:]):
+                    found.append(f"{source.relative_to(RUNNER.parent)}:{node.lineno} {module}")
+            if isinstance(node, ast.Attribute) and node.attr in ("_translate_in", "_translate_out", "_deps"):
+                found.append(f"{source.relative_to(RUNNER.parent)}:{node.lineno} .{node.attr}")
+    assert not found, "private SDK internals read:\n" + "\n".join(found)
