@@ -103,7 +103,7 @@ def watch_local_dirs() -> None:
         return added
 
     add_local_dir.watched_by_standin = True  # type: ignore[attr-defined]
-    modal.Image.add_local_dir = add_local_dir  # type: ignore[method-assign]
+    modal.Image.add_local_dir = add_local_dir  # type: ignore[method-assign,assignment]
 
 
 def image_files(image) -> list[tuple[Path, str]]:
