@@ -18,6 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, 
 from runner.spec.datasets import BUILTIN_INFO, DatasetInfo
 from runner.gpus import CATALOG, GpuRequest, parse_gpu
 from runner.spec.reading import _did_you_mean, _shown
+from runner.spec.sweep import SweepSpec
 from runner.spec.targets import parse_target
 
 # Where a job can run: the spec's `backend` values, the one list of names (runner/backends/registry.py
@@ -259,6 +260,8 @@ class JobSpec(Section):
     vast: VastSpec = Field(default_factory=VastSpec, description="options for backend: vast")
     code: CodeSpec = Field(default_factory=CodeSpec, description="your code shipped with the job (model, data "
                            "and step factories are found beside the spec, here, or on PYTHONPATH)")
+    sweep: SweepSpec | None = Field(None, description="`gpujob sweep`: the fields to vary and how trials are "
+                                    "judged; `gpujob submit` ignores it")
 
     @model_validator(mode="after")
     def _classes_from_the_dataset(self) -> "JobSpec":
@@ -269,7 +272,9 @@ class JobSpec(Section):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        # no `sweep: null` in every run's spec.yaml: the section is there only where it was written
+        return yaml.safe_dump(self.model_dump(mode="json", exclude={"sweep"} if self.sweep is None else None),
+                              sort_keys=False)
 
 
 def dataset_info(data: DataSpec) -> DatasetInfo | None:
