@@ -2,10 +2,13 @@
 reaches its target, says so in summary.json, and a resume does nothing more."""
 
 
+import json
+
 import pytest
 
 from runner.errors import GpujobError
 from runner.spec.load import load_spec
+from tests.conftest import cli, read_jsonl
 
 
 
@@ -28,3 +31,67 @@ def test_a_user_step_has_no_accuracy_but_its_own_values(write_spec):
         load_spec(write_spec(train={"step": "job:step", "stop_when": {"test_accuracy": ">= 0.9"}}))
     spec = load_spec(write_spec(train={"step": "job:step", "stop_when": {"iou": "> 0.5", "test_loss": "<= .2"}}))
     assert spec.train.stop_when == {"iou": "> 0.5", "test_loss": "<= .2"}
+
+
+TIMING_ONLY = {"samples_per_s", "wall_s", "stopped_by"}
+
+
+@pytest.fixture
+def digits_cnn(write_spec):
+    def make(filename="job.yaml", **train):
+        return write_spec(filename, model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 64},
+                          optimizer={"name": "adam", "lr": 0.003},
+                          train={"epochs": 6, "log_every_steps": 10, **train})
+    return make
+
+
+def _curve(run):
+    return [{k: v for k, v in m.items() if k not in TIMING_ONLY} for m in read_jsonl(run / "metrics.jsonl")]
+
+
+def _summary(run) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_a_run_stops_at_the_first_epoch_that_reaches_its_target(digits_cnn, tmp_path):
+    plain = cli("run", digits_cnn("plain.yaml"), "--runs-dir", tmp_path / "plain")
+    assert plain.exit_code == 0, plain.stderr
+    reached = [m["epoch"] for m in read_jsonl(plain.run_dir / "metrics.jsonl")
+               if m["kind"] == "epoch" and m["test_accuracy"] >= 0.95]
+    assert reached and 1 < reached[0] < 6, reached  # the spec is one that reaches it midway
+
+    aimed = cli("run", digits_cnn(stop_when={"test_accuracy": ">= 0.95"}), "--runs-dir", tmp_path / "aimed")
+    assert aimed.exit_code == 0, aimed.stderr
+    expected = [m for m in _curve(plain.run_dir) if m["epoch"] <= reached[0]]
+    expected = expected[:max(i for i, m in enumerate(expected) if m["kind"] == "epoch") + 1]
+    assert _curve(aimed.run_dir) == expected  # the same steps, then stopped at that epoch's end
+    summary = _summary(aimed.run_dir)
+    assert (summary["stopped_by"], summary["target_met"], summary["target_epoch"]) == ("target", True, reached[0])
+    assert summary["epochs"] == reached[0] and summary["target"] == "test_accuracy >= 0.95"
+    assert summary["target_wall_s"] > 0 and summary["target_usd"] is None  # nothing is priced here
+    assert f"target: test_accuracy >= 0.95 met at epoch {reached[0]}" in aimed.stderr + aimed.stdout
+    assert _summary(plain.run_dir)["stopped_by"] == "epochs" and "target" not in _summary(plain.run_dir)
+
+    again = cli("resume", aimed.run_dir)
+    assert again.exit_code == 0 and "nothing to resume" in again.stderr
+    further = cli("resume", aimed.run_dir, "--here", "--set", "train.epochs=8")
+    assert further.exit_code == 0, further.stderr
+    assert _curve(aimed.run_dir) == expected  # a run that met its target trains no more
+    assert _summary(aimed.run_dir)["target_epoch"] == reached[0]
+
+
+def test_a_run_that_ends_without_its_target_says_so(digits_cnn, tmp_path):
+    result = cli("run", digits_cnn(epochs=2, stop_when={"test_loss": "<= 0.001"}), "--runs-dir", tmp_path)
+    assert result.exit_code == 0, result.stderr
+    summary = _summary(result.run_dir)
+    assert (summary["stopped_by"], summary["target_met"], summary["epochs"]) == ("epochs", False, 2)
+    assert "target_epoch" not in summary
+    assert "target: test_loss <= 0.001 not met in 2 epoch(s)" in result.stderr + result.stdout
+
+
+def test_every_ddp_rank_stops_at_the_target_together(digits_cnn, tmp_path):
+    result = cli("run", digits_cnn(stop_when={"test_accuracy": ">= 0.8"}), "--runs-dir", tmp_path,
+                 "--nproc-per-node", "2")
+    assert result.exit_code == 0, result.stderr
+    summary = _summary(result.run_dir)
+    assert summary["world_size"] == 2 and summary["target_met"] and 1 < summary["epochs"] < 6

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.reports.diagnosis import diagnose, lines, shares
-from runner.runs.lines import test_result
+from runner.runs.lines import target_line, test_result
 from runner.runs.view import RunView
 from runner.runs.reading import read_summary
 
@@ -77,6 +77,7 @@ def done_lines(folder: Path) -> list[str]:
     if s is None:
         return []
     out = [f"done: {test_result(s)}  {s['wall_s']:.1f} s on {s.get('device')} x{s.get('world_size')}"]
+    out += [line for line in [target_line(s)] if line]
     for finding in s.get("diagnosis") or []:  # what held it back, and the change to make
         if isinstance(finding, dict):
             out.append(f"diagnosis: {finding.get('kind')}: {finding.get('evidence')}; {finding.get('change')}")

@@ -26,7 +26,23 @@ def named_values(r: dict) -> str:
 def epoch_line(r: dict, epochs: int | None = None) -> str:
     of = f"/{epochs}" if epochs else ""
     return (f"epoch {r['epoch']}{of}  train_loss {r['loss']:.4f}{named_values(r)}  {test_result(r)}  "
-            f"{r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s")
+            f"{r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s{stopped_by(r)}")
+
+
+def stopped_by(r: dict) -> str:
+    """An epoch record's stop rule, as `  target met: stopping` (empty when the run goes on)."""
+    reason = r.get("stopped_by")
+    return "" if not reason else "  target met: stopping" if reason == "target" else f"  stopping: {reason}"
+
+
+def target_line(s: dict) -> str | None:
+    """A summary's account of its train.stop_when; None without one."""
+    if not s.get("target"):
+        return None
+    if not s.get("target_met"):
+        return f"target: {s['target']} not met in {s.get('epochs')} epoch(s)"
+    usd = f", ${s['target_usd']:.2f}" if isinstance(s.get("target_usd"), (int, float)) else ""
+    return f"target: {s['target']} met at epoch {s.get('target_epoch')} ({s.get('target_wall_s', 0):.1f} s{usd})"
 
 
 def step_line(r: dict, total: int | None = None) -> str:

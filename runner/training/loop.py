@@ -25,9 +25,10 @@ from runner.errors import bad_input, job_failed
 from runner.training.models import build_model, parameter_count
 from runner.training.steps import Step, batch_len, step_for
 from runner.training.torch_imports import import_dynamo
+from runner.training.goal import target_rules
 from runner.training.loopstate import LoopState, resumed_state
 from runner.training.results import Measured, TrainResult, attempt_timing, summary_of, timing_of
-from runner.training.stops import Decisions, StopRequest, Stopped
+from runner.training.stops import Decisions, EpochEndRule, StopRequest, Stopped
 from runner.training.sums import RunningSums
 from runner.training.setup import (autocast_for, build_optimizer, prepare_batches, seed_everything,
                                 sync)
@@ -85,10 +86,11 @@ def evaluate(model, batches, autocast, ctx: WorkerContext, device, step_fn: Step
 def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: Sequence[Listener] = (),
           started: float | None = None, checkpoints: CheckpointStore | None = None,
           resume_from: dict | None = None, device: "torch.device | None" = None,
-          keeps_time_limit: bool = True) -> TrainResult:
+          keeps_time_limit: bool = True, epoch_end_rules: Sequence[EpochEndRule] = ()) -> TrainResult:
     """Train `spec`. `checkpoints` (rank 0) is where checkpoints go; `resume_from` (rank 0)
     a loaded checkpoint to continue from: every rank receives it from rank 0. `keeps_time_limit`:
-    a lone process stops itself at resources.timeout_minutes, unless a launcher watches it."""
+    a lone process stops itself at resources.timeout_minutes, unless a launcher watches it.
+    `epoch_end_rules`: reasons to stop after an epoch beside the spec's train.stop_when."""
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext()
     device = device or pick_device(ctx)
@@ -98,7 +100,7 @@ def train(spec: "JobSpec", ctx: WorkerContext | None = None, listeners: Sequence
                spec.resources.timeout_minutes * 60 - (time.perf_counter() - started))
     try:
         with StopRequest(limit_s) as stop:
-            loop = Loop(spec, ctx, listeners, started, device, checkpoints, stop)
+            loop = Loop(spec, ctx, listeners, started, device, checkpoints, stop, epoch_end_rules)
             loop.restore(broadcast_object(resume_from, ctx))  # every rank loads what rank 0 read
             loop.announce()
             while loop.epochs_left():
@@ -117,7 +119,7 @@ class Loop:
     device (RunningSums) until they are read or saved."""
 
     def __init__(self, spec: "JobSpec", ctx: WorkerContext, listeners, started: float, device,
-                 checkpoints: CheckpointStore | None, stop: StopRequest):
+                 checkpoints: CheckpointStore | None, stop: StopRequest, epoch_end_rules: Sequence[EpochEndRule] = ()):
         import torch
 
         from runner.training.flops import training_flops_per_sample
@@ -150,7 +152,8 @@ class Loop:
                                           ctx, device, self.comm)
         self.phases["model_built_s"] = time.perf_counter() - started
         self.compile_s: float | None = None  # the first step's extra time when torch.compile builds the model's code
-        self.decisions = Decisions(stop, self.t.checkpoint_every_minutes * 60, ctx, device)
+        rules = [*target_rules(spec), *epoch_end_rules]
+        self.decisions = Decisions(stop, self.t.checkpoint_every_minutes * 60, ctx, device, rules)
 
     # ---- restore --------------------------------------------------------------------------
 
@@ -178,7 +181,7 @@ class Loop:
         # An epoch whose steps are all taken is still closed (evaluated, recorded) after a resume
         # from a checkpoint written between its last step and its end.
         s = self.state
-        return s.epoch <= self.t.epochs and (s.step < self.total_steps or s.epoch_steps > 0)
+        return s.stopped_by is None and s.epoch <= self.t.epochs and (s.step < self.total_steps or s.epoch_steps > 0)
 
     def run_epoch(self) -> bool:
         """The epoch's remaining steps, checkpointing when due and stopping when asked. False
@@ -299,6 +302,7 @@ class Loop:
         if s.names:
             record["metrics"] = named_means(s.names, named_sums, s.epoch_steps * self.ctx.world_size)
             record["test_metrics"] = tested.named
+        s.stopped_by = self.decisions.stop_after_epoch(record)  # and the record says so
         s.epoch_records.append(record)
         s.epoch_timing.append({"epoch": s.epoch, "wall_s": epoch_wall, "data_s": self.data_s,
                                "compute_s": max(epoch_wall - self.data_s, 0.0), "eval_s": eval_s,

@@ -38,6 +38,7 @@ class LoopState:
     names: list = field(default_factory=list)
     epoch_named: list = field(default_factory=list)
     window_named: list = field(default_factory=list)
+    stopped_by: str | None = None  # an epoch-end rule that ended the run (its target met): no epoch follows
 
 
 def resumed_state(checkpoint: dict, ctx: WorkerContext, global_batch: int) -> LoopState:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from runner.training.goal import target_summary
 from runner.training.loopstate import LoopState
+from runner.training.meter import from_env
 from runner.training.setup import device_name
 
 
@@ -61,6 +63,10 @@ def summary_of(spec, s: LoopState, m: Measured, this_attempt: dict) -> dict:
     if "metrics" in last:  # a user step's named values, as the last epoch averaged them
         summary["metrics"], summary["test_metrics"] = last["metrics"], last["test_metrics"]
     summary["whole_wall_s"] = sum(a["total_s"] for a in [*s.attempts, this_attempt])
+    summary["stopped_by"] = s.stopped_by or ("epochs" if last["epoch"] >= spec.train.epochs else "max_steps")
+    meter = from_env()
+    summary.update(target_summary(spec, s.stopped_by, s.epoch_records, summary["whole_wall_s"],
+                                  meter.spent() if meter else None))
     return summary
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Sequence
+from typing import Protocol
 
 from runner.errors import INTERRUPTED, PREEMPTED
 
@@ -64,6 +66,14 @@ class Stopped(Exception):
         return INTERRUPTED if self.signum == signal.SIGINT else PREEMPTED
 
 
+class EpochEndRule(Protocol):
+    """A reason to stop after an epoch (a target met, a sweep's pruner): the name summary.json's
+    `stopped_by` gives, or None to go on. Rank 0 asks; every rank follows its answer, so every
+    rank must be given the same number of rules."""
+
+    def __call__(self, record: dict) -> str | None: ...
+
+
 DECIDE_EVERY_S = 1.0  # DDP: about how often the ranks agree whether to stop or checkpoint
 MAX_DECIDE_EVERY = 10  # steps: fast steps need not pay a sync each
 
@@ -76,8 +86,10 @@ class Decisions:
     and every rank learns the next step to ask at from the same answer). A stop is then agreed
     within about a second and a step, however slow the steps: the launcher's grace is enough."""
 
-    def __init__(self, stop: StopRequest, checkpoint_every_s: float, ctx, device):
+    def __init__(self, stop: StopRequest, checkpoint_every_s: float, ctx, device,
+                 epoch_end_rules: Sequence[EpochEndRule] = ()):
         self.stop, self.checkpoint_every_s, self.ctx, self.device = stop, checkpoint_every_s, ctx, device
+        self.epoch_end_rules = list(epoch_end_rules)
         self.last_checkpoint = time.perf_counter()
         self.next_at, self.last = 0, (0, time.perf_counter())
 
@@ -110,3 +122,17 @@ class Decisions:
         self.next_at = step + int(flags[2].item())
         self.last = (step, now)
         return flags[0].item() > 0, flags[1].item() > 0
+
+    def stop_after_epoch(self, record: dict) -> str | None:
+        """The first epoch-end rule that says stop, as rank 0 found it, on every rank; the epoch's
+        record names it (`stopped_by`)."""
+        if not self.epoch_end_rules:
+            return None
+        reason = next(filter(None, (rule(record) for rule in self.epoch_end_rules)), None) if self.ctx.is_main else None
+        if self.ctx.distributed:
+            from runner.training.distributed import broadcast_object
+
+            reason = broadcast_object(reason, self.ctx)
+        if reason:
+            record["stopped_by"] = reason
+        return reason
