@@ -30,15 +30,19 @@ def submit(
                                  "run nothing"),
     detach: bool = typer.Option(False, "--detach", help="start the job and return; `gpujob status|logs|cancel|"
                                 "fetch RUN` pick it up from any terminal"),
+    notify: Optional[List[str]] = typer.Option(None, "--notify", metavar="URL", help="a webhook the job tells when it "
+                                               "starts and ends (repeatable; kept out of the run folder)"),
 ):
     """Run a job on its backend and bring the run folder back."""
     from runner.backends.registry import get_backend
     from runner.backends.auto import MACHINE_GPUS, choose_backend, gpu_option
+    from runner.reports.notify import hand_to_job
 
     fields = gpu_option(gpu)
     job = load_job(spec, set_, backend=backend, **fields)
     name, why = choose_backend(job, machine_gpus=bool(fields.get(MACHINE_GPUS)))
     chosen = get_backend(name)
+    hand_to_job(job.notify, notify or [], name)  # in the environment, never in a file: a webhook is a credential
     chosen.check_costless(job, sending=not dry_run)  # before torch, timed steps or an estimate
     plan = _plan(chosen, job, spec, runs_dir)
     if why and not dry_run:  # after planning: a spec the backend refuses gets its one line alone

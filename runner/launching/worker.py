@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 
 from runner.launching.blame import leave_record
+from runner.launching.notifying import notifications
 from runner.runs import folder as rf
 from runner.runs.files import atomic_write, remove_interrupted_writes
 from runner.runs.paths import ENV, JOB, METRICS, PLOT, SPEC, SUMMARY, TIMING
@@ -59,8 +60,9 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     if ctx.is_main and opened is None:
         opened = open_run_folder(spec, run_dir, runs_dir, resume)
         try:
-            return run_worker(spec, runs_dir=runs_dir, ctx=ctx, started=started, quiet=quiet, resume=resume,
-                              opened=opened, keeps_time_limit=keeps_time_limit)
+            with notifications(opened[0].path, spec, resuming=opened[1]):  # where the job was given webhooks
+                return run_worker(spec, runs_dir=runs_dir, ctx=ctx, started=started, quiet=quiet, resume=resume,
+                                  opened=opened, keeps_time_limit=keeps_time_limit)
         finally:
             run_lock.release(opened[0].path)
     if ctx.is_main:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from typing import Any, Final, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator,
@@ -262,6 +263,19 @@ class JobSpec(Section):
                            "and step factories are found beside the spec, here, or on PYTHONPATH)")
     sweep: SweepSpec | None = Field(None, description="`gpujob sweep`: the fields to vary and how trials are "
                                     "judged; `gpujob submit` ignores it")
+    # A webhook URL is a credential: never dumped (spec.yaml, job/), it reaches the job through the
+    # environment (runner/reports/notify.py)
+    notify: list[str] = Field(default_factory=list, exclude=True, description="webhook URLs the job tells when it "
+                              "starts, resumes and ends (Slack's or any that takes JSON); never written to the run folder")
+
+    @field_validator("notify")
+    @classmethod
+    def _webhooks(cls, value: list[str]) -> list[str]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+                raise ValueError("each entry is a webhook URL, http:// or https://HOST/...")
+        return value
 
     @model_validator(mode="after")
     def _classes_from_the_dataset(self) -> "JobSpec":

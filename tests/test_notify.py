@@ -1,0 +1,274 @@
+"""Notifications (issue 26): the job itself tells the user's webhooks when it starts and ends,
+with the result; a webhook that fails, refuses or hangs never fails or holds the job; and a
+webhook URL, a credential, lands in no file of the run folder and is printed masked.
+
+The webhook is a real HTTP server on 127.0.0.1 (Receiver) that answers as each test plans:
+200, 500, 429 with Retry-After, 404, or no answer at all."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from runner.reports.notify import FINAL_WAIT_S, NOTIFY_ENV, Notifier, masked
+from tests.conftest import cli
+
+SECRET = "T0PSECRET-hook-token"
+
+
+class Receiver:
+    """A webhook on 127.0.0.1. `plan` holds how the next requests are answered, one each:
+    200 (the default once it is empty), another status, (429, seconds) with Retry-After, or
+    "hang" (no answer until the test ends)."""
+
+    def __init__(self):
+        self.plan: list = []
+        self.bodies: list[tuple[str, dict]] = []  # (path, body) of every request, answered or not
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with receiver.lock:
+                    receiver.bodies.append((self.path, body))
+                    answer = receiver.plan.pop(0) if receiver.plan else 200
+                if answer == "hang":
+                    receiver.release.wait(120)
+                    return
+                status, retry_after = answer if isinstance(answer, tuple) else (answer, None)
+                self.send_response(status)
+                if retry_after is not None:
+                    self.send_header("Retry-After", str(retry_after))
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path: str = f"/hook/{SECRET}") -> str:
+        return f"http://127.0.0.1:{self.server.server_port}{path}"
+
+    def events(self, path: str | None = None) -> list[str]:
+        return [body["event"] for where, body in self.bodies if path is None or where == path]
+
+    def body(self, event: str) -> dict:
+        return next(body for _, body in self.bodies if body.get("event") == event)
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver(monkeypatch):
+    # submit puts the webhooks in this process's environment (where the backends take them from):
+    # monkeypatch puts it back as it was after the test
+    monkeypatch.setenv(NOTIFY_ENV, "")
+    made = Receiver()
+    yield made
+    made.close()
+
+
+def _no_secret_in(folder: Path, *texts: str, secret: str = SECRET) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"the webhook URL is in {path}"
+    for text in texts:
+        assert secret not in text
+
+
+def _digits(write_spec, **sections):
+    base = dict(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 64},
+                train={"epochs": 2, "log_every_steps": 10})
+    return write_spec(**{**base, **sections})
+
+
+# ---- a local run, end to end ------------------------------------------------------------
+
+
+def test_a_local_run_tells_started_and_finished_with_the_result_and_keeps_the_url_out(write_spec, receiver, tmp_path):
+    spec_url, option_url = receiver.url(f"/spec/{SECRET}"), receiver.url(f"/option/{SECRET}")
+    spec = _digits(write_spec, notify=[spec_url])
+    result = cli("submit", spec, "--notify", option_url, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    run = result.run_dir
+    for path in (f"/spec/{SECRET}", f"/option/{SECRET}"):  # the spec's webhook and --notify's, each told once
+        assert receiver.events(path) == ["started", "finished"]
+    started, finished = receiver.body("started"), receiver.body("finished")
+    assert started["run"] == run.name and started["backend"] == "local" and started["epochs"] == {"done": 0, "total": 2}
+    summary = json.loads((run / "summary.json").read_text())
+    assert finished["state"] == "finished" and finished["exit_code"] == 0 and finished["epochs"] == {"done": 2, "total": 2}
+    assert finished["metrics"]["test_accuracy"] == summary["test_accuracy"]
+    assert finished["metrics"]["test_loss"] == summary["test_loss"]
+    assert finished["diagnosis"] is None or finished["diagnosis"].split(":")[0] == summary["diagnosis"][0]["kind"]
+    assert finished["cost_so_far_usd"] is None  # this machine is nobody's rented GPU
+    png = finished["loss_curve_png"]
+    assert png.startswith("data:image/png;base64,")
+    assert base64.b64decode(png.split(",", 1)[1]) == (run / "loss_curve.png").read_bytes()
+    # a credential: in no file of the run folder (spec.yaml, job/spec.yaml, the request, the logs), never printed
+    assert "notify" not in (run / "spec.yaml").read_text() and "notify" not in (run / "job" / "spec.yaml").read_text()
+    _no_secret_in(run, result.stdout, result.stderr)
+    shown = cli("validate", spec)
+    assert shown.exit_code == 0 and SECRET not in shown.stdout
+
+
+def test_a_failed_job_says_so_with_its_exit_code_and_error(write_spec, receiver, tmp_path):
+    (tmp_path / "boom.py").write_text("def step(model, batch):\n    raise RuntimeError('boom at the first step')\n")
+    spec = _digits(write_spec, train={"epochs": 1, "step": "boom:step"})
+    result = cli("submit", spec, "--notify", receiver.url(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 1
+    assert receiver.events() == ["started", "failed"]
+    failed = receiver.body("failed")
+    assert failed["exit_code"] == 1 and "RuntimeError: boom at the first step" in failed["message"]
+    assert failed["loss_curve_png"] is None  # none was drawn
+    _no_secret_in(result.run_dir, result.stdout, result.stderr)
+
+
+@pytest.mark.parametrize("args, field", [(["--notify", f"ftp://example.com/{SECRET}"], "--notify"),
+                                         (["--notify", "hooks.slack.com/services/x"], "--notify")])
+def test_a_bad_webhook_url_is_exit_2_naming_the_option_and_masking_it(write_spec, receiver, tmp_path, args, field):
+    result = cli("submit", _digits(write_spec), *args, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 2 and result.stderr.startswith(f"gpujob: {field}: ")
+    assert SECRET not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_bad_webhook_in_the_spec_is_exit_2_naming_notify(write_spec, tmp_path):
+    result = cli("validate", _digits(write_spec, notify=["not a url"]))
+    assert result.exit_code == 2 and "notify" in result.stderr and "webhook URL" in result.stderr
+
+
+def test_a_hanging_webhook_holds_the_jobs_end_back_at_most_the_final_wait(write_spec, receiver, tmp_path):
+    receiver.plan = ["hang"] * 10
+    result = cli("submit", _digits(write_spec), "--notify", receiver.url(), "--runs-dir", tmp_path / "runs")
+    ended = time.time()
+    assert result.exit_code == 0, result.stderr
+    summary_written = (result.run_dir / "summary.json").stat().st_mtime
+    # summary.json is the job's last result; past it the webhook may hold the process FINAL_WAIT_S,
+    # plus the launcher's and the CLI's own end (generous: a loaded machine)
+    assert ended - summary_written < FINAL_WAIT_S + 15
+    warnings = [line for line in result.stderr.splitlines() if "warning: notification" in line]
+    assert len(warnings) == 2 and all("(the job is not affected)" in line for line in warnings)
+    assert all(f"127.0.0.1:{receiver.server.server_port}/***" in line and SECRET not in line for line in warnings)
+
+
+# ---- the sender: retries, Retry-After, hangs, one warning -------------------------------
+
+
+def _notifier(receiver, warnings, sleeps=None, **options) -> Notifier:
+    sleep = sleeps.append if sleeps is not None else time.sleep
+    return Notifier([receiver.url()], warn=warnings.append, sleep=sleep, **options)
+
+
+def test_500s_are_retried_with_backoff_until_delivered(receiver):
+    receiver.plan = [500, 503]
+    warnings, sleeps = [], []
+    notifier = _notifier(receiver, warnings, sleeps)
+    notifier.send("finished", lambda url: {"event": "finished"})
+    notifier.wait(30)
+    assert receiver.events() == ["finished"] * 3 and warnings == [] and sleeps == [1.0, 2.0]
+
+
+def test_a_429_waits_what_retry_after_asks(receiver):
+    receiver.plan = [(429, 7)]
+    warnings, sleeps = [], []
+    notifier = _notifier(receiver, warnings, sleeps)
+    notifier.send("started", lambda url: {"event": "started"})
+    notifier.wait(30)
+    assert receiver.events() == ["started"] * 2 and sleeps == [7.0] and warnings == []
+
+
+def test_a_refusal_that_will_not_change_is_not_retried_and_warned_once(receiver):
+    receiver.plan = [404]
+    warnings: list[str] = []
+    notifier = _notifier(receiver, warnings, [])
+    notifier.send("finished", lambda url: {"event": "finished"})
+    notifier.wait(30)
+    assert receiver.events() == ["finished"] and len(warnings) == 1 and "HTTP 404; not retried" in warnings[0]
+    assert SECRET not in warnings[0]
+
+
+def test_retries_stop_after_their_bound_with_one_warning(receiver):
+    receiver.plan = [500] * 100
+    warnings: list[str] = []
+    notifier = _notifier(receiver, warnings, retry_for_s=2.5)  # real sleeps: 1 s, then 2 s would pass the bound
+    began = time.monotonic()
+    notifier.send("finished", lambda url: {"event": "finished"})
+    notifier.wait(30)
+    assert time.monotonic() - began < 10
+    assert receiver.events() == ["finished"] * 2 and len(warnings) == 1
+    assert "HTTP 500 after 2 tries within 2.5 s; given up" in warnings[0]
+
+
+def test_a_receiver_that_never_answers_is_given_up_on_at_the_try_timeout(receiver):
+    receiver.plan = ["hang"] * 10
+    warnings: list[str] = []
+    notifier = _notifier(receiver, warnings, try_timeout_s=0.5, retry_for_s=1.0)
+    began = time.monotonic()
+    notifier.send("started", lambda url: {"event": "started"})
+    assert time.monotonic() - began < 0.5  # sending never blocks the caller
+    notifier.wait(30)
+    assert time.monotonic() - began < 10 and len(warnings) == 1
+    assert "no answer within 0.5 s" in warnings[0] and "given up" in warnings[0]
+
+
+def test_wait_gives_up_at_its_limit_and_says_so_once(receiver):
+    receiver.plan = ["hang"] * 10
+    warnings: list[str] = []
+    notifier = _notifier(receiver, warnings, try_timeout_s=60)
+    notifier.send("finished", lambda url: {"event": "finished"})
+    began = time.monotonic()
+    notifier.wait(0.5)
+    assert time.monotonic() - began < 3
+    assert len(warnings) == 1 and "not delivered within 0.5 s of the job's end" in warnings[0]
+
+
+def test_a_body_that_cannot_be_made_is_a_warning_never_an_error(receiver):
+    warnings: list[str] = []
+    notifier = _notifier(receiver, warnings)
+
+    def broken(url):
+        raise ValueError(f"cannot read {url}")
+
+    notifier.send("finished", broken)
+    notifier.wait(5)
+    assert receiver.events() == [] and len(warnings) == 1 and SECRET not in warnings[0]
+
+
+def test_the_url_is_printed_as_its_host_only():
+    assert masked(f"https://hooks.slack.com/services/T0/B0/{SECRET}") == "https://hooks.slack.com/***"
+    assert masked(f"http://user:pw@127.0.0.1:8080/x?token={SECRET}") == "http://127.0.0.1:8080/***"
+
+
+def test_slacks_webhooks_get_slacks_body(tmp_path):
+    from runner.reports.notify_body import JobFacts, body_for
+    from runner.spec.model import JobSpec
+
+    run = tmp_path / "job-20261203-000000"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"epochs": 3, "train_loss": 0.5, "test_loss": 0.4,
+                                                  "test_accuracy": 0.9, "diagnosis": []}))
+    (run / "loss_curve.png").write_bytes(b"\x89PNG fake")
+    facts = JobFacts(run, JobSpec(name="job", train={"epochs": 3}, resources={"gpu": "A10G:2"}), "modal",
+                     time.time() - 1800)  # began half an hour ago
+    slack = body_for(f"https://hooks.slack.com/services/T0/B0/{SECRET}", facts, "finished", 0)
+    assert slack["text"] == f"gpujob: {run.name} finished" and slack["blocks"][0]["type"] == "section"
+    fields = [f["text"] for f in slack["blocks"][1]["fields"]]
+    assert "*epochs* 3/3" in fields and "*test_accuracy* 0.9" in fields and "*backend* modal" in fields
+    assert any(f.startswith("*cost so far* $") for f in fields)  # A10G:2 at Modal's list price
+    plain = body_for("https://example.com/hook", facts, "finished", 0)
+    assert plain["loss_curve_png"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
+    assert plain["cost_so_far_usd"] == pytest.approx(2 * 1.10 / 2, rel=0.01) and "blocks" not in plain
