@@ -14,6 +14,8 @@ from runner.cli.app import (RunsDirOpt, SetOpt, SpecArg, app, detached_lines, fi
                             user_errors, workers_here)
 from runner.errors import GpujobError
 from runner.spec.model import AUTO, BACKENDS
+from runner.training import meter
+from runner.training.meter import unpriced_budget
 
 
 @app.command()
@@ -42,6 +44,8 @@ def submit(
     job = load_job(spec, set_, backend=backend, **fields)
     name, why = choose_backend(job, machine_gpus=bool(fields.get(MACHINE_GPUS)))
     chosen = get_backend(name)
+    if not chosen.rents and unpriced_budget(job, f"backend {name}"):
+        raise unpriced_budget(job, f"backend {name}")
     hand_to_job(job.notify, notify or [], name)  # in the environment, never in a file: a webhook is a credential
     chosen.check_costless(job, sending=not dry_run)  # before torch, timed steps or an estimate
     plan = _plan(chosen, job, spec, runs_dir)
@@ -181,6 +185,8 @@ def run(
     if worker and launched_at:
         started -= max(0.0, time.time() - float(launched_at))
     job = load_job(spec, set_, worker=worker)
+    if not worker and meter.from_env() is None and unpriced_budget(job, "`gpujob run` here"):
+        raise unpriced_budget(job, "`gpujob run` here")  # a rented backend's job is told its price
     if worker:
         from runner.launching.worker import run_worker
 

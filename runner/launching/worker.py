@@ -7,6 +7,7 @@ import errno
 import signal
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.launching.blame import leave_record
@@ -17,9 +18,9 @@ from runner.runs.paths import ENV, JOB, METRICS, PLOT, SPEC, SUMMARY, TIMING
 from runner.runs import lock as run_lock
 from runner.training.distributed import WorkerContext
 from runner.training.checkpoint import CheckpointStore
-from runner.errors import BAD_INPUT, GpujobError, bad_input, job_failed
+from runner.errors import BAD_INPUT, BUDGET_REACHED, GpujobError, bad_input, job_failed
 from runner.invocation import command
-from runner.training.stops import Stopped
+from runner.training.stops import EpochEndRule, Stopped
 from runner.spec.model import JobSpec
 
 
@@ -44,10 +45,10 @@ def open_run_folder(spec: JobSpec, run_dir: Path | None, runs_dir: Path, resume:
 def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path("runs"),
                ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False,
                resume: bool = False, opened: tuple[rf.RunFolder, bool] | None = None,
-               keeps_time_limit: bool = True) -> Path | None:
+               keeps_time_limit: bool = True, epoch_end_rules: Sequence[EpochEndRule] = ()) -> Path | None:
     """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0.
     With `resume`, a run_dir that holds a run continues from its last checkpoint. `opened` is
-    the folder open_run_folder already gave the caller."""
+    the folder open_run_folder already gave the caller; `epoch_end_rules` go to train() (a sweep's pruner)."""
     from runner.training.loop import train
 
     started = time.perf_counter() if started is None else started
@@ -62,7 +63,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         try:
             with notifications(opened[0].path, spec, resuming=opened[1]):  # where the job was given webhooks
                 return run_worker(spec, runs_dir=runs_dir, ctx=ctx, started=started, quiet=quiet, resume=resume,
-                                  opened=opened, keeps_time_limit=keeps_time_limit)
+                                  opened=opened, keeps_time_limit=keeps_time_limit, epoch_end_rules=epoch_end_rules)
         finally:
             run_lock.release(opened[0].path)
     if ctx.is_main:
@@ -71,7 +72,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         store, resume_from, listeners = _ready_to_train(spec, folder, resuming, quiet)
     try:
         result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from,
-                       keeps_time_limit=keeps_time_limit)
+                       keeps_time_limit=keeps_time_limit, epoch_end_rules=epoch_end_rules)
         if folder is not None:  # rank 0
             _write_results(folder, spec, result, ctx.world_size)
     except Stopped as stop:
@@ -130,12 +131,26 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
 def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> GpujobError:
     """A stop that saved its checkpoint: a time limit is a failure, a signal the exit code it asks."""
     where = f"; resume with: {command(f'gpujob resume {folder.path}')}" if folder else ""
+    if stop.budget is not None:
+        return _over_budget(stop, folder)
     if stop.timed_out:
         error = job_failed(f"the job ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) "
                            f"and was stopped at step {stop.step}, checkpoint saved{where}")
     else:
         name = signal.Signals(stop.signum).name
         error = GpujobError(f"stopped at step {stop.step} by {name}, checkpoint saved{where}", stop.exit_code)
+    error.run_dir = folder.path if folder else None
+    return error
+
+
+def _over_budget(stop: Stopped, folder: rf.RunFolder | None) -> GpujobError:
+    """The budget's stop: what was spent, and the resume that raises the budget."""
+    spent, max_usd = stop.budget or (0.0, 0.0)
+    raise_to = f"{max(2 * max_usd, spent + max_usd):.2f}"
+    how = (f"; continue with: {command(f'gpujob resume {folder.path} --set resources.max_usd={raise_to}')}"
+           if folder else "")
+    error = GpujobError(f"budget reached: about ${spent:.2f} of resources.max_usd ${max_usd:.2f} spent; stopped at "
+                        f"step {stop.step} with a checkpoint{how}", BUDGET_REACHED)
     error.run_dir = folder.path if folder else None
     return error
 

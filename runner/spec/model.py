@@ -147,6 +147,8 @@ class ResourcesSpec(Section):
                                                          "(with a checkpoint) after this long; fractions allowed")
     processes: PositiveInt = Field(1, le=256, description="DDP workers per node on a machine without CUDA GPUs")
     nodes: PositiveInt = Field(1, description="machines (SLURM nodes); workers per node from gpu count or processes")
+    max_usd: PositiveFloat | None = Field(None, description="rented backends (modal, vast): checkpoint and stop "
+                                          "before the run's cost (all its attempts) passes this many US$")
 
     @field_validator("gpu", mode="before")
     @classmethod

@@ -1,0 +1,83 @@
+"""`gpujob sweep SPEC`: a grid or a search over some of the spec's fields, each trial an ordinary
+run folder inside the sweep's folder; and `gpujob sweep show|status|cancel|resume SWEEP`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from runner.cli.app import RunsDirOpt, SetOpt, app, load_job, user_errors
+from runner.errors import bad_input
+
+VERBS = ("show", "status", "cancel", "resume")
+
+
+@app.command(no_args_is_help=True)
+@user_errors
+def sweep(
+    target: List[str] = typer.Argument(..., metavar="SPEC | show|status|cancel|resume SWEEP", show_default=False,
+                                       help="a job spec to sweep, or a verb and a sweep folder"),
+    grid: Optional[List[str]] = typer.Option(None, "--grid", metavar="FIELD=V1,V2",
+                                             help="an axis: a field and its values, or a range to sample: "
+                                             "FIELD=log(LOW,HIGH), uniform(LOW,HIGH), int(LOW,HIGH) (repeatable)"),
+    random: Optional[int] = typer.Option(None, "--random", metavar="N", help="draw N trials at random from the axes"),
+    seed: Optional[int] = typer.Option(None, "--seed", metavar="S", help="the sampler's seed (default: sweep.seed, 0)"),
+    set_: Optional[List[str]] = SetOpt,
+    runs_dir: Path = RunsDirOpt,
+):
+    """Run a sweep of trials over some of a spec's fields; show, check, cancel or resume one."""
+    if target[0] in VERBS:
+        if len(target) != 2:
+            raise bad_input(f"gpujob sweep {target[0]} SWEEP: give one sweep folder")
+        return _lifecycle(target[0], _sweep_folder(target[1], runs_dir))
+    if len(target) != 1:
+        raise bad_input(f"gpujob sweep SPEC: one spec, not {len(target)} arguments (or a verb: {', '.join(VERBS)})")
+    from runner.sweeps import driver
+
+    spec = Path(target[0])
+    job = load_job(spec, set_)
+    plan = driver.plan_sweep(job, spec, runs_dir, grid or [], random, seed)
+    folder = driver.start(plan)
+    typer.echo(f"sweep {folder.name}: {plan.record.planned} trials ({plan.record.sampler}) of {spec}, "
+               f"{plan.record.metric} ({plan.record.goal}); each trial a run folder in {folder}")
+    _run_and_report(folder)
+
+
+def _run_and_report(folder: Path) -> None:
+    from runner.sweeps import driver
+    from runner.sweeps import record as rec
+    from runner.sweeps.report import summary_lines
+
+    code = driver.run_here(folder, say=typer.echo)
+    for line in summary_lines(folder, rec.read(folder)):
+        typer.echo(line)
+    typer.echo(str(folder))  # last line: the sweep folder, for scripts
+    if code:
+        raise typer.Exit(code)
+
+
+def _sweep_folder(given: str, runs_dir: Path) -> Path:
+    from runner.sweeps.record import is_sweep
+
+    for candidate in (Path(given), Path(runs_dir) / given):
+        if is_sweep(candidate):
+            return candidate
+    raise bad_input(f"{given}: no such sweep folder (nor {Path(runs_dir) / given})")
+
+
+def _lifecycle(verb: str, folder: Path) -> None:
+    from runner.sweeps import record as rec
+    from runner.sweeps.report import summary_lines, write_report
+
+    if verb == "show":
+        for line in summary_lines(folder, write_report(folder)):
+            typer.echo(line)
+        return
+    if verb == "resume":
+        with rec.updating(folder) as sweep:
+            sweep.note("resumed")
+        _run_and_report(folder)
+        return
+    raise bad_input(f"gpujob sweep {verb}: not yet")

@@ -1,0 +1,244 @@
+"""A sweep from its spec to its end: planned (axes checked, every grid point's spec validated, the
+sweep folder and sweep.json written), then worked through by one or more processes, each of which
+claims the next trial under the sweep's lock, trains it in-process and records how it ended.
+
+A trial is claimed as the record says: a trial left running by a process that is gone (kill -9 of
+the sweep) or one stopped with a checkpoint (cancel) is continued from that checkpoint; otherwise
+Optuna is asked for a new one until the sweep has its planned number. A trial that ended (finished,
+pruned, failed) is never run again."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.errors import bad_input
+from runner.runs import lock as run_lock
+from runner.runs.folder import RunFolder
+from runner.spec.model import JobSpec
+from runner.spec.reading import read_spec_file
+from runner.spec.sweep import SweepSpec
+from runner.sweeps import record as rec
+from runner.sweeps.axes import check_axes, from_option, from_spec, grid_points, spec_with
+from runner.sweeps.record import CANCELLED, ENDED, RUNNING, SweepRecord, TrialRecord
+from runner.sweeps.trial import LOSS_METRICS, TrialOutcome, trial_name
+
+SWEEP_SUFFIX = "sweep"  # a sweep folder: runs/NAME-sweep-YYYYmmdd-HHMMSS
+
+
+@dataclass
+class SweepPlan:
+    record: SweepRecord
+    folder: Path
+    specs: list[JobSpec]  # every trial's spec where they are known before the start (a grid); else []
+
+
+def plan_sweep(job: JobSpec, spec_path: Path, runs_dir: Path, grid: list[str], random: int | None,
+               seed: int | None) -> SweepPlan:
+    """The sweep as the spec's `sweep:` section and the options ask for it, checked whole: exit 2
+    naming the axis for a field that does not exist, a value the spec refuses, an empty grid."""
+    sweep = job.sweep or SweepSpec()
+    _raw, lines = read_spec_file(spec_path)
+    given = [from_option(text) for text in grid]
+    written = [a for a in from_spec(sweep.axes, str(spec_path), lines) if a.field not in {g.field for g in given}]
+    axes = written + given
+    base = _base(job, _raw)
+    check_axes(axes, base, str(spec_path))
+    _check_metric(sweep.metric, job)
+    if random is not None and random < 1:
+        raise bad_input(f"--random {random}: give the number of trials to draw, at least 1")
+    sampler = "random" if random is not None else sweep.sampler or (
+        "grid" if all(not a.is_range for a in axes) else "random")
+    ranged = [a for a in axes if a.is_range]
+    if sampler == "grid" and ranged:
+        raise bad_input(f"{ranged[0].origin}: a range is sampled, not a grid; add --random N (or sweep.sampler: "
+                        "random or tpe with sweep.trials: N)")
+    planned = len(grid_points(axes)) if sampler == "grid" else (random or sweep.trials)
+    if not planned:
+        raise bad_input(f"{spec_path}: sweep.trials: how many trials to draw with sampler {sampler}; "
+                        "give it, or --random N")
+    name = RunFolder.free_name(runs_dir, f"{job.name}-{SWEEP_SUFFIX}")
+    specs = ([spec_with(base, point, str(spec_path), {a.field: a.origin for a in axes}, name=_trial_spec_name(job, i))
+              for i, point in enumerate(grid_points(axes))] if sampler == "grid" else [])
+    record = SweepRecord(job.name, str(spec_path), base, [a.to_json() for a in axes], sampler, planned,
+                         sweep.seed if seed is None else seed, sweep.metric, sweep.goal, sweep.pruner,
+                         sweep.max_parallel, sweep.max_usd)
+    return SweepPlan(record, Path(runs_dir) / name, specs)
+
+
+def _base(job: JobSpec, raw: Any) -> dict:
+    """The spec every trial starts from: as resolved, without its sweep section, and without the
+    class count the dataset gave it unless the spec set one (an axis may change the dataset)."""
+    base = job.model_dump(mode="json", exclude={"sweep"})
+    written = isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "num_classes" in raw["model"]
+    if not written:
+        base["model"].pop("num_classes", None)
+    return base
+
+
+def _check_metric(metric: str, job: JobSpec) -> None:
+    if job.train.step is None and metric not in LOSS_METRICS:
+        raise bad_input(f"sweep.metric: '{metric}' is not one of {', '.join(LOSS_METRICS)} (a train.step of your "
+                        "own may report others)")
+    if job.train.step is not None and metric == "test_accuracy":
+        raise bad_input("sweep.metric: test_accuracy is reported by the default step only; use test_loss or a "
+                        "test metric your train.step returns")
+
+
+def _trial_spec_name(job: JobSpec, number: int) -> str:
+    return f"{job.name}-{trial_name(number)}"[:80]
+
+
+def start(plan: SweepPlan) -> Path:
+    """Make the sweep folder and its record: from here on `gpujob sweep status` knows it."""
+    plan.folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.folder.mkdir()
+    except FileExistsError:
+        raise bad_input(f"{plan.folder}: exists; a sweep never writes into another's folder") from None
+    plan.record.note("started")
+    rec.write(plan.folder, plan.record)
+    return plan.folder
+
+
+# ---- working through the trials ----------------------------------------------------------------
+
+@dataclass
+class Claim:
+    number: int
+    params: dict
+    resume: bool  # the trial's folder holds its earlier attempt: continue it
+
+
+def work(folder: Path, say=print) -> int:
+    """Claim, train and record trials until none is left (or the sweep is cancelled); returns the
+    exit code for the process: 0, or that of the trial that was stopped (130, 143)."""
+    while True:
+        claim = claim_next(folder)
+        if claim is None:
+            return 0
+        outcome = run_claim(folder, claim)
+        sweep = finish_trial(folder, claim.number, outcome)
+        say(trial_line(sweep, sweep.trial(claim.number)))
+        if outcome.state == CANCELLED:
+            return outcome.exit_code
+
+
+def claim_next(folder: Path) -> Claim | None:
+    from runner.sweeps.study import ask, open_study
+
+    with rec.updating(folder) as sweep:
+        if sweep.cancel_asked:
+            return None
+        me = run_lock.identity()
+        for trial in sweep.trials:
+            if trial.state == CANCELLED or (trial.state == RUNNING and not _owner_alive(trial.owner)):
+                trial.state, trial.owner, trial.ended_at = RUNNING, me, None
+                return Claim(trial.number, trial.params, resume=True)
+        if len(sweep.trials) >= sweep.planned:
+            return None
+        _optuna_trial, params = ask(open_study(folder, sweep), sweep)
+        number = _optuna_trial.number
+        sweep.trials.append(TrialRecord(number, trial_name(number), params, owner=me))
+        return Claim(number, params, resume=False)
+
+
+def _owner_alive(owner: dict | None) -> bool:
+    return bool(owner) and run_lock.is_alive(owner)  # type: ignore[arg-type]
+
+
+def run_claim(folder: Path, claim: Claim) -> TrialOutcome:
+    from runner.sweeps.study import Judge, open_study, reopen
+    from runner.sweeps.trial import PruneRule, start_folder, train_trial
+
+    sweep = rec.read(folder)
+    spec_path = Path(sweep.spec_path)
+    try:
+        spec = spec_with(sweep.base, claim.params, sweep.spec_path, name=f"{sweep.name}-{trial_name(claim.number)}"[:80])
+    except Exception as err:  # a sampled value the spec refuses: this trial fails, the sweep goes on
+        return TrialOutcome("failed", detail=getattr(err, "message", str(err)))
+    trial_dir = folder / trial_name(claim.number)
+    resume = claim.resume and trial_dir.is_dir()
+    if not resume:
+        if trial_dir.exists():  # made by a claim killed before it trained: nothing of a user's is in it
+            _set_aside(trial_dir)
+        start_folder(folder, claim.number, spec, spec_path)
+    judge = Judge(reopen(open_study(folder, sweep), claim.number))
+    return train_trial(trial_dir, spec, PruneRule(sweep.metric, spec.train.epochs, judge), resume=resume)
+
+
+def _set_aside(trial_dir: Path) -> None:
+    trial_dir.rename(trial_dir.with_name(f"{trial_dir.name}-unstarted-{time.strftime('%Y%m%d-%H%M%S')}"))
+
+
+def finish_trial(folder: Path, number: int, outcome: TrialOutcome) -> SweepRecord:
+    from runner.sweeps.study import open_study, tell
+
+    with rec.updating(folder) as sweep:
+        trial = sweep.trial(number)
+        trial.state, trial.epochs, trial.value = outcome.state, outcome.epochs, _finite(outcome.value)
+        trial.curve = [_finite(v) for v in outcome.curve]
+        trial.detail, trial.owner, trial.ended_at = outcome.detail, None, rec.now()
+        trial.wall_s = round((trial.wall_s or 0.0) + outcome.wall_s, 3)
+        if outcome.state in ENDED:
+            tell(open_study(folder, sweep), number, outcome.state, trial.value)
+    return sweep
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def trial_line(sweep: SweepRecord, trial: TrialRecord) -> str:
+    values = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    result = f"{sweep.metric} {trial.value:.4g}" if trial.value is not None else "no result"
+    how = {"finished": f"after {trial.epochs} epoch(s)", "pruned": f"pruned after epoch {trial.epochs}"}.get(
+        trial.state, f"{trial.state}: {trial.detail}")
+    return f"{trial.folder} {values}: {result}, {how} ({trial.wall_s or 0:.1f} s)"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_here(folder: Path, say=print) -> int:
+    """Work through the sweep in this process, holding the sweep folder's lock (how `status` knows
+    it runs and `cancel` whom to stop); then mark it ended and write its report."""
+    from runner.sweeps.report import write_report
+
+    try:
+        run_lock.acquire(folder)
+    except run_lock.LockHeld as held:
+        raise bad_input(f"{folder} is running: {run_lock.describe(held.owner)}; follow it with "
+                        f"`gpujob sweep status {folder}`, stop it with `gpujob sweep cancel {folder}`") from None
+    try:
+        _share_cores(1)
+        code = work(folder, say)
+    finally:
+        run_lock.release(folder)
+    with rec.updating(folder) as sweep:
+        done = all(t.state in ENDED for t in sweep.trials) and len(sweep.trials) >= sweep.planned
+        sweep.state = rec.FINISHED if done else (CANCELLED if sweep.cancel_asked or code else RUNNING)
+        if done:
+            sweep.note("finished")
+    write_report(folder)
+    return code
+
+
+def _share_cores(workers: int) -> None:
+    """Each process's intra-op threads, as the launcher gives a job's workers (runner/training/threads.py):
+    set before torch is imported, so a trial here runs as it would alone."""
+    from runner.training.threads import THREADS_WHY, choose_threads, machine_load
+
+    threads = choose_threads(workers, os.environ, load=machine_load())
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads.threads))
+    os.environ[THREADS_WHY] = threads.why
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"].split(",")[0]))

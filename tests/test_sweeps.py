@@ -1,0 +1,92 @@
+"""`gpujob sweep` (issue 25): a grid or a search over a spec's fields, each trial an ordinary run
+folder, the answer on local disk (a table, best.yaml, sweep.png), Optuna's pruning at epoch ends,
+trials run in one process exactly as they would alone, and a killed sweep resumed without
+repeating a trial that ended."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import cli, cli_subprocess
+
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same maths in the sweep's process and in a separate run's
+
+
+def digits_spec(write_spec, epochs: int = 2, **sweep):
+    sections = dict(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                    optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": epochs, "log_every_steps": 10})
+    if sweep:
+        sections["sweep"] = sweep
+    return write_spec(**sections)
+
+
+def sweep_folder(stdout: str) -> Path:
+    return Path(stdout.strip().splitlines()[-1])
+
+
+def record(folder: Path) -> dict:
+    return json.loads((folder / "sweep.json").read_text())
+
+
+def test_a_grid_sweep_runs_every_combination_as_run_folders_and_names_the_best(write_spec, tmp_path):
+    spec = digits_spec(write_spec)
+    done = cli_subprocess("sweep", spec, "--grid", "optimizer.lr=0.1,0.01", "--grid", "data.batch_size=32,64",
+                          "--runs-dir", tmp_path / "runs", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    sweep = record(folder)
+    assert sweep["sampler"] == "grid" and sweep["planned"] == 4
+    assert sorted((t["params"]["optimizer.lr"], t["params"]["data.batch_size"]) for t in sweep["trials"]) == [
+        (0.01, 32), (0.01, 64), (0.1, 32), (0.1, 64)]
+    assert all(t["state"] == "finished" and t["epochs"] == 2 and len(t["curve"]) == 2 for t in sweep["trials"])
+    best = min(sweep["trials"], key=lambda t: t["value"])
+    assert f"best: {best['folder']}" in done.stdout
+    # the table is sorted by the metric
+    rows = [line.split() for line in (folder / "table.txt").read_text().splitlines() if line.startswith(("1 ", "2 ",
+                                                                                                         "3 ", "4 "))]
+    values = [float(row[4]) for row in rows]
+    assert values == sorted(values) and len(values) == 4
+    # every trial is an ordinary run: status and show work on it
+    for trial in sweep["trials"]:
+        status = cli("status", folder / trial["folder"])
+        assert status.exit_code == 0 and "finished" in status.stdout, status.stdout
+    # best.yaml is the best trial's spec, ready to submit
+    best_spec = yaml.safe_load((folder / "best.yaml").read_text())
+    assert best_spec["optimizer"]["lr"] == best["params"]["optimizer.lr"]
+    assert best_spec["data"]["batch_size"] == best["params"]["data.batch_size"]
+    assert "sweep" not in best_spec
+    assert cli("validate", folder / "best.yaml").exit_code == 0
+    assert_an_image_of_the_sweep(folder / "sweep.png", panels=3)
+
+
+def assert_an_image_of_the_sweep(path: Path, panels: int) -> None:
+    """A PNG that decodes, sized for one panel per axis plus the curves, and not blank."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+        assert width >= panels * 300 and height >= 300
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+        assert colours is not None and len(colours) > 50  # points, lines and text, not one flat colour
+
+
+@pytest.mark.parametrize("grid, says", [
+    ("optimizer.lrr=0.1,0.01", "optimizer.lrr"),
+    ("optimizer.lr=0.1,-1", "optimizer.lr"),
+    ("optimizer.lr=", "empty grid"),
+    ("optimizer=0.1", "optimizer is a section"),
+    ("data.batch_size=32,abc", "data.batch_size"),
+    ("optimizer.lr=log(0,1)", "LOW > 0"),
+])
+def test_a_bad_axis_is_exit_2_naming_it_before_anything_runs(write_spec, tmp_path, grid, says):
+    spec = digits_spec(write_spec)
+    done = cli("sweep", spec, "--grid", grid, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 2, done.stdout
+    assert says in done.stderr and f"--grid {grid}" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing made
