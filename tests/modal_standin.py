@@ -38,6 +38,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from runner.backends.modal.app import VOLUME_PATH_ENV
+from runner.reports.notify import NOTIFY_ENV
 from tests.conftest import REPO
 
 # How many lost attempts of one input Modal reruns before it gives up on it: the client's own
@@ -198,10 +199,25 @@ class ContainerCall:
             self.outcome = ("raise", RemoteError(""))
         self.ended.set()
 
+    def _secrets_env(self) -> dict[str, str]:
+        """The variables Modal sets in the container from the function's secrets. The SDK gives no
+        public way to read a Secret back, so this takes the dictionary gpujob made each one from
+        (Secret.from_dict: "a dictionary of environment variable names to string values"), once
+        the call's options hold as many modal.Secret objects as that."""
+        import modal
+
+        secrets = self.request.options().get("secrets", [])
+        assert all(isinstance(secret, modal.Secret) for secret in secrets)
+        given = {key: value for key, value in self.request.secret_env().items() if value is not None}
+        assert bool(secrets) == bool(given), "a secret is sent exactly when there is something in it"
+        return given
+
     def _container_env(self) -> dict[str, str]:
         """The container's environment: none of this machine's Python paths, and the image's
         local files where the image puts them (the job's own code at CODE_MOUNT, in a folder here)."""
-        env = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH")}
+        # The client's own environment never reaches Modal's container; the function's secrets do.
+        env = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH", NOTIFY_ENV)}
+        env.update(self._secrets_env())
         from runner.backends.modal.app import CODE_MOUNT, CODE_MOUNT_ENV
 
         # gpujob's own runner/ is the one here (the tests' checkout); the job's code is what the image adds.
@@ -400,3 +416,4 @@ class ContainerModal:
         call_id = f"fc-test-{len(self.calls) + 1}"
         self.calls[call_id] = ContainerCall(self, call_id, request)
         return self.calls[call_id]
+

@@ -272,3 +272,75 @@ def test_slacks_webhooks_get_slacks_body(tmp_path):
     plain = body_for("https://example.com/hook", facts, "finished", 0)
     assert plain["loss_curve_png"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
     assert plain["cost_so_far_usd"] == pytest.approx(2 * 1.10 / 2, rel=0.01) and "blocks" not in plain
+
+
+# ---- through the other backends: each passes the webhooks as it passes a secret ---------
+
+
+def test_docker_hands_the_variable_by_name_so_the_recorded_run_holds_no_url(write_spec, monkeypatch, tmp_path):
+    from runner.backends.docker.backend import container_run, docker_run_command
+    from runner.spec.load import load_spec
+
+    spec = load_spec(_digits(write_spec))
+    monkeypatch.delenv(NOTIFY_ENV, raising=False)
+    plain = docker_run_command(container_run(spec, tmp_path, False, tmp_path), "r", str(tmp_path), 1, 1)
+    assert not any(NOTIFY_ENV in arg for arg in plain)  # the recorded command of a run without webhooks is as it was
+    monkeypatch.setenv(NOTIFY_ENV, json.dumps({"urls": [f"https://example.com/{SECRET}"], "backend": "docker"}))
+    argv = docker_run_command(container_run(spec, tmp_path, False, tmp_path), "r", str(tmp_path), 1, 1)
+    assert argv[argv.index(NOTIFY_ENV) - 1] == "--env" and SECRET not in " ".join(argv)
+
+
+def test_a_kaggle_bundle_holds_no_webhook(write_spec, tmp_path):
+    result = cli("export", "kaggle", _digits(write_spec, notify=[f"https://example.com/{SECRET}"]), tmp_path / "k")
+    assert result.exit_code == 0, result.stderr
+    _no_secret_in(tmp_path / "k", result.stdout, result.stderr)
+
+
+@pytest.fixture
+def standin_modal(tmp_path, monkeypatch, use_backend):
+    pytest.importorskip("modal", reason="the modal extra is not installed (uv sync --extra modal)")
+    from runner.backends.modal.app import VOLUME_PATH_ENV
+    from runner.backends.modal.service import ModalService
+    from tests.modal_standin import ContainerModal
+
+    monkeypatch.setenv(VOLUME_PATH_ENV, str(tmp_path / "volume"))
+    service = ContainerModal(tmp_path / "volume", tmp_path / "modal-calls")
+    use_backend("modal", connect=lambda: ModalService(service))
+    yield service
+    service.stop_all()
+
+
+def test_modal_gives_the_job_its_webhooks_as_a_secret(write_spec, receiver, standin_modal, tmp_path):
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                      train={"epochs": 1, "max_steps": 6, "log_every_steps": 2},
+                      resources={"gpu": "A10G:1", "timeout_minutes": 20}, backend="modal")
+    result = cli("submit", spec, "--notify", receiver.url(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    assert receiver.events() == ["started", "finished"]  # sent from Modal's container, which only the secret told
+    finished = receiver.body("finished")
+    assert finished["backend"] == "modal" and finished["run"] == result.run_dir.name
+    assert finished["cost_so_far_usd"] is not None and finished["cost_so_far_usd"] >= 0
+    _no_secret_in(result.run_dir, result.stdout, result.stderr)
+    _no_secret_in(tmp_path / "volume")
+
+
+def test_vast_gives_the_instance_its_webhooks_in_its_environment_not_in_the_record(write_spec, receiver, use_backend,
+                                                                                  tmp_path):
+    from tests.test_vast import GOOD, IMAGE
+    from tests.vast_standin import LocalVast
+
+    vast = LocalVast(tmp_path / "vast", GOOD)
+    use_backend("vast", connect=lambda: vast, poll_s=0.2)
+    spec = write_spec(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                      train={"epochs": 1, "log_every_steps": 5}, resources={"gpu": "A10G:2", "timeout_minutes": 5},
+                      backend="vast", vast={"image": IMAGE})
+    try:
+        result = cli("submit", spec, "--notify", receiver.url(), "--runs-dir", tmp_path / "runs")
+    finally:
+        for instance_id, instance in vast.instances.items():
+            if not instance["destroyed"]:
+                vast.destroy_instance(instance_id)
+    assert result.exit_code == 0, result.stderr
+    assert receiver.events() == ["started", "finished"] and receiver.body("finished")["backend"] == "vast"
+    assert SECRET in vast.envs[0][NOTIFY_ENV]  # what vast.ai was asked to set in the instance
+    _no_secret_in(result.run_dir, result.stdout, result.stderr)  # job/request.json holds the payload without it

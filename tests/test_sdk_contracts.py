@@ -68,7 +68,9 @@ MODAL_CALLS = [
          keywords=("image", "volumes", "timeout", "retries", "single_use_containers", "include_source", "name")),
     Call(modal, "is_local"),
     # backend.py: the per-job options of the call (ModalRequest.options)
-    Call(modal.Function, "with_options", keywords=("gpu", "timeout", "retries", "scaledown_window"), method=True),
+    Call(modal.Function, "with_options", keywords=("gpu", "timeout", "retries", "scaledown_window", "secrets"),
+         method=True),
+    Call(modal.Secret, "from_dict", positional=1),  # the job's webhooks, a credential (issue 26)
     # service.py: starting, following, cancelling, logs, the volume's files
     Call(modal, "enable_output"),
     Call(modal.App, "run", keywords=("detach",), method=True),

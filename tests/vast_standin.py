@@ -27,6 +27,7 @@ class LocalVast:
         self.root, self.offers = root, offers
         self.instances: dict[int, dict] = {}
         self.calls: list[tuple] = []
+        self.envs: list[dict] = []  # each rented instance's environment, as asked for
 
     def names(self) -> list[str]:
         return [call[0] for call in self.calls]
@@ -47,7 +48,9 @@ class LocalVast:
         disk = self.root / f"instance-{instance_id}"
         (disk / "workspace").mkdir(parents=True)
         # Nothing of this machine's Python paths: the instance has only its image and what is sent to it.
-        here = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH")}
+        # The client's webhooks reach the instance only as the request's env, as vast.ai sets it.
+        here = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH", "GPUJOB_NOTIFY")}
+        self.envs.append(dict(request["env"]))
         env = {**here, **request["env"], "HOME": str(disk), "PYTHONUNBUFFERED": "1",
                "GPUJOB_RUNS_DIR": str(disk / "workspace" / "runs"), "GPUJOB_JOB_DIR": str(disk / "workspace" / "job"),
                "GPUJOB_UPLOAD_WAIT_S": "120",

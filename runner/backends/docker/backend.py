@@ -25,6 +25,7 @@ from runner.backends.detached import exit_code, start_detached, tail_lines
 from runner.backends.exit_codes import remote_exit_error
 from runner.errors import INTERRUPTED, GpujobError, bad_input, job_failed
 from runner.invocation import command
+from runner.reports.notify import NOTIFY_ENV
 from runner.launching.command import run_arguments
 from runner.runs import lock as run_lock
 from runner.runs import record as run_record
@@ -50,6 +51,8 @@ class ContainerRun:
     mounts: list[tuple[Path, str, str]] = field(default_factory=list)  # host path, container path, ro|rw
     env: dict[str, str] = field(default_factory=dict)
     note: str | None = None
+    # names only: `--env NAME` hands the container the value `docker run` has, kept out of the request
+    passed_env: tuple[str, ...] = ()
 
 
 
@@ -77,7 +80,8 @@ def container_run(spec: JobSpec, runs_dir: Path, nvidia: bool, cwd: Path) -> Con
     if code_fields(spec):
         # The user's code, as submitted: the run's job/code, which the container sees at /job/code.
         env[SHIPPED_CODE] = f"{JOB_MOUNT}/{CODE_DIR}"
-    return ContainerRun(spec.docker.image, spec, gpus, mounts, env, note)
+    passed = (NOTIFY_ENV,) if os.environ.get(NOTIFY_ENV) else ()  # webhooks are credentials
+    return ContainerRun(spec.docker.image, spec, gpus, mounts, env, note, passed)
 
 
 def docker_run_command(run: ContainerRun, run_name: str, job_dir: str, uid: int, gid: int) -> list[str]:
@@ -91,6 +95,8 @@ def docker_run_command(run: ContainerRun, run_name: str, job_dir: str, uid: int,
         command += ["--volume", f"{host}:{inside}:{mode}"]
     for key, value in run.env.items():
         command += ["--env", f"{key}={value}"]
+    for key in run.passed_env:
+        command += ["--env", key]
     # `--resume` every time: a resume sends this very command again, and the folder then holds the run
     return command + [run.image, *run_arguments(f"{JOB_MOUNT}/{JOB_SPEC}", f"{RUNS_MOUNT}/{run_name}", "auto",
                                                 resume=True)]

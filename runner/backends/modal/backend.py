@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from runner.errors import (
 from runner.errors import PREEMPTED as PREEMPTED_CODE
 from runner.gpus import PRICES_READ_ON
 from runner.invocation import command, commands_in
+from runner.reports.notify import NOTIFY_ENV
 from runner.runs import record as run_record
 from runner.runs.lines import summary_line
 from runner.runs.paths import JOB, SUMMARY, RunPaths
@@ -78,11 +80,21 @@ class ModalRequest:
         return cls(**data)
 
     def options(self) -> dict:
+        import modal
+
         from runner.backends.modal.app import SCALEDOWN_WINDOW_S, retry_policy
 
         gpu = {"gpu": self.gpu} if self.gpu else {}  # with_options cannot unset a GPU; the base has none
+        secrets = {"secrets": [modal.Secret.from_dict(self.secret_env())]} if self.secret_env() else {}
         return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries),
-                "scaledown_window": SCALEDOWN_WINDOW_S}
+                "scaledown_window": SCALEDOWN_WINDOW_S, **secrets}
+
+    @staticmethod
+    def secret_env() -> dict[str, str | None]:
+        """What the container gets as a Modal secret (the job's webhooks), read from this process's
+        environment as the call is made: a resume gets what the resuming process has."""
+        webhooks = os.environ.get(NOTIFY_ENV)
+        return {NOTIFY_ENV: webhooks} if webhooks else {}
 
     def args(self) -> tuple[str, str, str]:
         """What train_remote is called with."""

@@ -6,6 +6,7 @@ so nobody is left paying for an idle box.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from runner.backends.vast.patience import PatientApi
 from runner.backends.vast.rental import Rental, close_rental, rent
 from runner.backends.vast.request import VastRequest
 from runner.errors import INTERRUPTED, GpujobError
+from runner.reports.notify import NOTIFY_ENV
 from runner.runs.state import Run
 from runner.spec.model import JobSpec
 
@@ -28,7 +30,8 @@ def run_attempt(api: PatientApi, run: Run, spec: JobSpec, request: VastRequest, 
     folder, watch = run.folder, Watch()
     rental = Rental(request.label, before=dict(run.handles))
     try:
-        instance_id = rent(api, run, rental, request.offer["id"], request.payload, _handles(api, spec, request))
+        instance_id = rent(api, run, rental, request.offer["id"], with_secrets(request.payload),
+                           _handles(api, spec, request))
         print(f"vast: rented instance {instance_id}, {describe_price(request.offer, spec)}; it pulls "
               f"{spec.vast.image} first", file=sys.stderr)
         if request.waits_for_upload:
@@ -47,6 +50,13 @@ def run_attempt(api: PatientApi, run: Run, spec: JobSpec, request: VastRequest, 
     error = remote_exit_error(code, watch.lines, f"vast (instance {instance_id})", folder)
     if error is not None:
         raise error
+
+
+def with_secrets(payload: dict) -> dict:
+    """The payload as sent: the job's webhooks (credentials) join the instance's environment
+    here, so that job/request.json, which keeps the payload, never holds them."""
+    webhooks = os.environ.get(NOTIFY_ENV)
+    return {**payload, "env": {**payload["env"], NOTIFY_ENV: webhooks}} if webhooks else payload
 
 
 def _handles(api: PatientApi, spec: JobSpec, request: VastRequest) -> dict:
