@@ -1,8 +1,9 @@
 """The one error type users can cause, carrying the exit code the CLI returns.
 
 Exit codes are a contract: 0 done, 1 the job itself failed, 2 bad spec or usage,
-3 a backend, credential or engine is missing, 130 interrupted and 143 preempted (both stopped
-with a checkpoint: `gpujob resume` continues). Everything that can go wrong because
+3 a backend, credential or engine is missing, 4 the run's budget (resources.max_usd) was reached,
+130 interrupted and 143 preempted (these three stopped with a checkpoint: `gpujob resume`
+continues). Everything that can go wrong because
 of what the user typed or has installed is raised as a GpujobError and printed once,
 without a traceback, at the CLI edge.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 JOB_FAILED = 1
 BAD_INPUT = 2
 MISSING_BACKEND = 3
+BUDGET_REACHED = 4  # stopped with a checkpoint before resources.max_usd would pass
 INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C (or SIGHUP), after a checkpoint
 PREEMPTED = 143  # 128 + SIGTERM, what a shell reports for a SIGTERM death: "preempted, resume me"
 

@@ -47,7 +47,7 @@ from runner.runs.lock import INHERITED
 from runner.training.distributed import JOINED
 from runner.training.threads import THREADS_WHY, choose_threads, machine_load
 from runner.spec.model import JobSpec
-from runner.errors import INTERRUPTED, PREEMPTED
+from runner.errors import BUDGET_REACHED, INTERRUPTED, PREEMPTED
 
 if TYPE_CHECKING:
     from runner.runs.folder import RunFolder
@@ -210,6 +210,8 @@ class Launch:
             codes = self._poll()
             if codes and all(c == PREEMPTED for c in codes):  # SIGTERM reached the workers directly
                 raise self._stopped("stopped by SIGTERM", PREEMPTED)
+            if codes and codes[0] == BUDGET_REACHED:  # every rank stops with it, after its checkpoint
+                raise over_budget(self)
             if any(c not in (None, 0, PREEMPTED) for c in codes):
                 # The failing rank's peers notice its closed connections and fail at once, often
                 # before it has finished exiting: give every rank a moment to end on its own.
@@ -400,6 +402,16 @@ def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         job.cleanup()
+
+
+def over_budget(launch: Launch) -> GpujobError:
+    """Rank 0 stopped the job at resources.max_usd, its checkpoint saved: in its own words, once
+    the other ranks, which stop with it, have ended."""
+    deadline = time.monotonic() + launch.spec.train.stop_grace_s
+    while None in launch._poll() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    launch.stop_all(grace_s=FAILED_GRACE_S)
+    return GpujobError(last_error_line(launch.lines(0)), BUDGET_REACHED)
 
 
 def run_on_this_node(spec: JobSpec, topology: Topology, run_dir: Path | None, runs_dir: Path,

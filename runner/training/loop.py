@@ -28,7 +28,8 @@ from runner.training.torch_imports import import_dynamo
 from runner.training.goal import target_rules
 from runner.training.loopstate import LoopState, resumed_state
 from runner.training.results import Measured, TrainResult, attempt_timing, summary_of, timing_of
-from runner.training.stops import Decisions, EpochEndRule, StopRequest, Stopped
+from runner.training.meter import budget_for
+from runner.training.stops import Decisions, EpochEndRule, StopRequest
 from runner.training.sums import RunningSums
 from runner.training.setup import (autocast_for, build_optimizer, prepare_batches, seed_everything,
                                 sync)
@@ -153,7 +154,7 @@ class Loop:
         self.phases["model_built_s"] = time.perf_counter() - started
         self.compile_s: float | None = None  # the first step's extra time when torch.compile builds the model's code
         rules = [*target_rules(spec), *epoch_end_rules]
-        self.decisions = Decisions(stop, self.t.checkpoint_every_minutes * 60, ctx, device, rules)
+        self.decisions = Decisions(stop, self.t.checkpoint_every_minutes * 60, ctx, device, rules, budget_for(spec))
 
     # ---- restore --------------------------------------------------------------------------
 
@@ -164,7 +165,7 @@ class Loop:
             return
         load_training_state(checkpoint, self.model, self.optimizer, self.scheduler, self.scaler)
         self.state = resumed_state(checkpoint, self.ctx, self.spec.data.batch_size)
-        self.decisions.restart_from(self.state.step)
+        self.decisions.restart_from(self.state.step, self.state.attempts)
 
     def announce(self) -> None:
         s = self.state
@@ -210,7 +211,7 @@ class Loop:
                 # Every rank waits for rank 0's save: one that exited first would make SLURM's
                 # srun --kill-on-bad-exit kill rank 0 mid-write.
                 self.comm.wait_for_all(self.ctx)
-                raise Stopped(self.stop.signum or 15, s.step)
+                raise self.decisions.stopped(s.step)
         return s.epoch_steps > 0
 
     def step(self, batch) -> None:

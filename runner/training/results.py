@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from runner.training.goal import target_summary
 from runner.training.loopstate import LoopState
-from runner.training.meter import from_env
+from runner.training.meter import from_env, spent_before
 from runner.training.setup import device_name
 
 
@@ -37,8 +37,10 @@ def attempt_timing(started: float, time_to_first_step_s: float | None, phases: d
     import time
 
     total_s = time.perf_counter() - started
+    meter = from_env()
+    billing = {"billing": meter.billing()} if meter else {}  # what a priced attempt had cost by now
     return {"started_at": time.time() - total_s, "time_to_first_step_s": time_to_first_step_s,
-            "total_s": total_s, "phases": dict(phases)}
+            "total_s": total_s, "phases": dict(phases), **billing}
 
 
 def summary_of(spec, s: LoopState, m: Measured, this_attempt: dict) -> dict:
@@ -65,8 +67,8 @@ def summary_of(spec, s: LoopState, m: Measured, this_attempt: dict) -> dict:
     summary["whole_wall_s"] = sum(a["total_s"] for a in [*s.attempts, this_attempt])
     summary["stopped_by"] = s.stopped_by or ("epochs" if last["epoch"] >= spec.train.epochs else "max_steps")
     meter = from_env()
-    summary.update(target_summary(spec, s.stopped_by, s.epoch_records, summary["whole_wall_s"],
-                                  meter.spent() if meter else None))
+    summary["usd"] = spent_before(s.attempts, meter) + meter.submission_usd() if meter else None
+    summary.update(target_summary(spec, s.stopped_by, s.epoch_records, summary["whole_wall_s"], summary["usd"]))
     return summary
 
 

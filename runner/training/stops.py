@@ -13,9 +13,12 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from runner.errors import INTERRUPTED, PREEMPTED
+from runner.errors import BUDGET_REACHED, INTERRUPTED, PREEMPTED
+
+if TYPE_CHECKING:
+    from runner.training.meter import Budget
 
 
 class StopRequest:
@@ -51,9 +54,10 @@ class StopRequest:
 class Stopped(Exception):
     """Raised out of the training loop after a checkpoint was written for a stop request."""
 
-    def __init__(self, signum: int, step: int):
+    def __init__(self, signum: int, step: int, budget: tuple[float, float] | None = None):
         super().__init__(f"stopped by signal {signum} at step {step}")
         self.signum, self.step = signum, step
+        self.budget = budget  # (spent, max_usd) when the stop was the budget's (rank 0's figures), not a signal
 
     @property
     def timed_out(self) -> bool:
@@ -61,6 +65,8 @@ class Stopped(Exception):
 
     @property
     def exit_code(self) -> int:
+        if self.budget is not None:
+            return BUDGET_REACHED
         if self.timed_out:
             return 1  # the job failed to finish in its time: a failure, though it checkpointed
         return INTERRUPTED if self.signum == signal.SIGINT else PREEMPTED
@@ -87,15 +93,19 @@ class Decisions:
     within about a second and a step, however slow the steps: the launcher's grace is enough."""
 
     def __init__(self, stop: StopRequest, checkpoint_every_s: float, ctx, device,
-                 epoch_end_rules: Sequence[EpochEndRule] = ()):
+                 epoch_end_rules: Sequence[EpochEndRule] = (), budget: "Budget | None" = None):
         self.stop, self.checkpoint_every_s, self.ctx, self.device = stop, checkpoint_every_s, ctx, device
         self.epoch_end_rules = list(epoch_end_rules)
+        self.budget, self.over_budget = budget, False  # rank 0's (the others follow its answer)
         self.last_checkpoint = time.perf_counter()
         self.next_at, self.last = 0, (0, time.perf_counter())
 
-    def restart_from(self, step: int) -> None:
-        """A resumed run: the next proposal is measured from this step."""
+    def restart_from(self, step: int, attempts: Sequence[dict] = ()) -> None:
+        """A resumed run: the next proposal is measured from this step; its budget counts what
+        the earlier attempts (as the checkpoint lists them) spent."""
         self.last = (step, time.perf_counter())
+        if self.budget is not None:
+            self.budget.count_earlier(attempts)
 
     def checkpointed(self) -> None:
         self.last_checkpoint = time.perf_counter()
@@ -107,9 +117,11 @@ class Decisions:
         """(stop, checkpoint now) at `step`, and how many steps until the ranks ask again."""
         ctx, now = self.ctx, time.perf_counter()
         due = ctx.is_main and now - self.last_checkpoint >= self.checkpoint_every_s
+        # Would the budget pass before the next decision has saved a checkpoint? (`last`: the previous one)
+        over = ctx.is_main and self.budget is not None and self.budget.would_pass(max(now - self.last[1], 0.0))
         if not ctx.distributed:
-            self.next_at = step + 1
-            return self.stop.requested, due
+            self.next_at, self.last, self.over_budget = step + 1, (step, now), over
+            return self.stop.requested or over, due
         import torch
 
         from runner.training.distributed import all_sum
@@ -117,11 +129,18 @@ class Decisions:
         steps, since = step - self.last[0], now - self.last[1]
         # rank 0's proposal (the others add 0): steps that take about DECIDE_EVERY_S, 1 to MAX_DECIDE_EVERY
         every = min(MAX_DECIDE_EVERY, max(1, int(DECIDE_EVERY_S * steps / since))) if steps and since > 0 else 1
-        flags = all_sum(torch.tensor([float(self.stop.requested), float(due), float(every if ctx.is_main else 0)],
-                                     device=self.device), ctx)
+        flags = all_sum(torch.tensor([float(self.stop.requested), float(due), float(every if ctx.is_main else 0),
+                                      float(over)], device=self.device), ctx)
         self.next_at = step + int(flags[2].item())
-        self.last = (step, now)
-        return flags[0].item() > 0, flags[1].item() > 0
+        self.last, self.over_budget = (step, now), flags[3].item() > 0
+        return flags[0].item() > 0 or self.over_budget, flags[1].item() > 0
+
+    def stopped(self, step: int) -> Stopped:
+        """What the loop raises once its stop's checkpoint is saved: the budget's, or a signal's."""
+        if not self.over_budget:
+            return Stopped(self.stop.signum or 15, step)
+        b = self.budget
+        return Stopped(self.stop.signum or 15, step, (b.spent(), b.max_usd) if b is not None else (0.0, 0.0))
 
     def stop_after_epoch(self, record: dict) -> str | None:
         """The first epoch-end rule that says stop, as rank 0 found it, on every rank; the epoch's
