@@ -18,6 +18,7 @@ import pytest
 
 from runner.reports.notify import FINAL_WAIT_S, NOTIFY_ENV, Notifier, masked
 from tests.conftest import cli
+from tests.test_slurm import slurm_cluster  # noqa: F401  (a fixture)
 
 SECRET = "T0PSECRET-hook-token"
 
@@ -344,3 +345,12 @@ def test_vast_gives_the_instance_its_webhooks_in_its_environment_not_in_the_reco
     assert receiver.events() == ["started", "finished"] and receiver.body("finished")["backend"] == "vast"
     assert SECRET in vast.envs[0][NOTIFY_ENV]  # what vast.ai was asked to set in the instance
     _no_secret_in(result.run_dir, result.stdout, result.stderr)  # job/request.json holds the payload without it
+
+
+def test_slurm_jobs_get_the_webhooks_through_sbatchs_environment(write_spec, receiver, tmp_path, slurm_cluster):
+    spec = _digits(write_spec, resources={"processes": 2}, train={"epochs": 1, "log_every_steps": 10})
+    result = cli("submit", spec, "--backend", "slurm", "--notify", receiver.url(), "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    assert receiver.events() == ["started", "finished"]  # rank 0 alone tells, from the SLURM node
+    assert receiver.body("finished")["backend"] == "slurm"
+    _no_secret_in(result.run_dir, result.stdout, result.stderr)  # job/job.sbatch and slurm-ID.out included
