@@ -1,0 +1,97 @@
+"""The documentation's commands run as shown, so the docs cannot lie.
+
+The convention (docs/development.md): every ```console block in README.md and docs/ is run, each
+`$ ` line a command, unless the line before the block is `<!-- not run: REASON -->` (it needs an
+engine, credentials, the network, a run made earlier, or it is the test suite itself). A command
+in a run block starts with `gpujob` or `uv run gpujob` (anything else there fails this test: mark
+the block); it exits 0 unless its comment starts with `exit N`. The commands of one block run in
+order in one fresh folder holding the repository's `jobs/`, as a user in a checkout runs them.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+NOT_RUN = re.compile(r"^<!-- not run: \S.* -->$")
+EXPECTED_EXIT = re.compile(r"#\s*exit (\d+)\b")
+GPUJOB = re.compile(r"^(uv run (--frozen )?(--all-extras )?)?gpujob( |$)")
+
+
+@dataclass(frozen=True)
+class Block:
+    where: str  # page:line of the block's first line
+    commands: tuple[str, ...]
+    marked_not_run: bool
+
+
+def console_blocks(page: Path) -> list[Block]:
+    lines = page.read_text().splitlines()
+    blocks, index = [], 0
+    while index < len(lines):
+        if lines[index].strip() != "```console":
+            index += 1
+            continue
+        before = next((line.strip() for line in reversed(lines[:index]) if line.strip()), "")
+        end = next(j for j in range(index + 1, len(lines)) if lines[j].strip() == "```")
+        commands = tuple(line[2:] for line in lines[index + 1:end] if line.startswith("$ "))
+        blocks.append(Block(f"{page.relative_to(REPO)}:{index + 1}", commands, bool(NOT_RUN.match(before))))
+        index = end + 1
+    return blocks
+
+
+ALL_BLOCKS = [block for page in PAGES for block in console_blocks(page)]
+
+
+def unique_run_blocks() -> list[Block]:
+    """The blocks to run, each text once (README.md and docs/getting-started.md share theirs)."""
+    seen: dict[tuple[str, ...], Block] = {}
+    for block in ALL_BLOCKS:
+        if not block.marked_not_run and block.commands not in seen:
+            seen[block.commands] = block
+    return list(seen.values())
+
+
+def expected_exit(command: str) -> int:
+    comment = command.partition(" #")[2]
+    found = EXPECTED_EXIT.match("#" + comment.strip()) if comment else None
+    return int(found.group(1)) if found else 0
+
+
+def argv(command: str) -> list[str]:
+    """The command as this environment's gpujob console script runs it (what `uv run gpujob` starts)."""
+    words = shlex.split(command, comments=True)
+    while words[0] != "gpujob":
+        words.pop(0)
+    return [str(Path(sys.executable).with_name("gpujob")), *words[1:]]
+
+
+def test_every_console_block_is_run_or_says_why_not():
+    assert ALL_BLOCKS, "no console blocks found"
+    for block in ALL_BLOCKS:
+        if not block.marked_not_run:
+            assert block.commands, f"{block.where}: a console block without a `$ ` command"
+            strays = [c for c in block.commands if not GPUJOB.match(c)]
+            assert not strays, (f"{block.where}: {strays[0]!r} is not a gpujob command; mark the block "
+                                "`<!-- not run: REASON -->` if it cannot run offline here")
+    assert len(unique_run_blocks()) >= 8, "the docs' offline commands are what keeps them true; most should run"
+
+
+@pytest.mark.parametrize("block", unique_run_blocks(), ids=lambda block: block.where)
+def test_documented_command_exits_as_shown(block: Block, tmp_path: Path):
+    (tmp_path / "jobs").symlink_to(REPO / "jobs")
+    for command in block.commands:
+        done = subprocess.run(argv(command), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == expected_exit(command), (
+            f"{block.where}: `{command}` exited {done.returncode}, the docs say {expected_exit(command)}\n"
+            f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
+        assert "Traceback" not in done.stderr, f"{block.where}: `{command}` printed a traceback:\n{done.stderr}"
