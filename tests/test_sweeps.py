@@ -90,3 +90,40 @@ def test_a_bad_axis_is_exit_2_naming_it_before_anything_runs(write_spec, tmp_pat
     assert says in done.stderr and f"--grid {grid}" in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()  # nothing made
+
+
+def test_an_axis_written_in_the_spec_is_blamed_on_its_line(write_spec, tmp_path):
+    spec = digits_spec(write_spec, axes={"optimizer.lr": [0.1, -1]})
+    done = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 2
+    line = next(i for i, text in enumerate(spec.read_text().splitlines(), 1) if "optimizer.lr:" in text and i > 10)
+    assert f"{spec}:{line}: sweep.axes.optimizer.lr: optimizer.lr: Input should be greater than 0" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--set", "sweep.max_usd=0"], "sweep.max_usd: Input should be greater than 0"),
+    (["--random", "0"], "--random 0"),
+    (["--grid", "optimizer.lr=log(1e-4,1e-1)", "--set", "sweep.sampler=grid"], "a range is sampled, not a grid"),
+    (["--grid", "optimizer.lr=log(1e-4,1e-1)"], "sweep.trials: how many trials to draw with sampler random"),
+    (["--set", "sweep.metric=accuracy"], "sweep.metric: 'accuracy'"),
+])
+def test_a_budget_of_zero_and_other_bad_sweeps_are_exit_2(write_spec, tmp_path, args, says):
+    spec = digits_spec(write_spec)
+    done = cli("sweep", spec, "--grid", "data.batch_size=32,64", *args, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 2 and says in done.stderr, done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_dry_run_prints_trials_by_time_by_dollars_and_refuses_a_sweep_over_its_budget(write_spec, tmp_path):
+    spec = digits_spec(write_spec)
+    rented = ["--set", "resources.gpu=A10G", "--grid", "optimizer.lr=0.1,0.01,0.001", "--runs-dir", tmp_path / "runs"]
+    planned = cli("sweep", spec, *rented, "--set", "sweep.max_usd=100", "--dry-run")
+    assert planned.exit_code == 0, planned.stderr
+    total = planned.stdout.strip().splitlines()[-2]
+    assert total.startswith("sweep: 3 trials (grid) x ") and "$" in total and "(budget $100.00)" in total, total
+    assert "optimizer.lr=0.001: " in planned.stdout and " on modal, $" in planned.stdout
+    refused = cli("sweep", spec, *rented, "--set", "sweep.max_usd=0.0001", "--dry-run")
+    assert refused.exit_code == 2
+    assert "sweep.max_usd: the sweep's estimate" in refused.stderr and "above its budget of $0.0001" in refused.stderr
+    assert not (tmp_path / "runs").exists()

@@ -26,6 +26,8 @@ def sweep(
     seed: Optional[int] = typer.Option(None, "--seed", metavar="S", help="the sampler's seed (default: sweep.seed, 0)"),
     set_: Optional[List[str]] = SetOpt,
     runs_dir: Path = RunsDirOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="check every trial's spec, print trials x estimated "
+                                 "time x $; run nothing"),
 ):
     """Run a sweep of trials over some of a spec's fields; show, check, cancel or resume one."""
     if target[0] in VERBS:
@@ -39,10 +41,30 @@ def sweep(
     spec = Path(target[0])
     job = load_job(spec, set_)
     plan = driver.plan_sweep(job, spec, runs_dir, grid or [], random, seed)
+    if dry_run:
+        from runner.cli.sweep_dryrun import sweep_dry_run
+
+        r = plan.record
+        fields = [axis["field"] for axis in r.axes]
+        for line in sweep_dry_run(plan.specs, fields, r.planned, r.sampler, job, spec, runs_dir, r.max_usd):
+            typer.echo(line)
+        typer.echo("dry run: nothing was run")
+        return
+    _check_runs_here(job)
     folder = driver.start(plan)
     typer.echo(f"sweep {folder.name}: {plan.record.planned} trials ({plan.record.sampler}) of {spec}, "
                f"{plan.record.metric} ({plan.record.goal}); each trial a run folder in {folder}")
     _run_and_report(folder)
+
+
+def _check_runs_here(job) -> None:
+    from runner.backends.auto import choose_backend
+    from runner.backends.registry import get_backend
+
+    name, _why = choose_backend(job)
+    if not get_backend(name).resumes_here:
+        raise bad_input(f"backend {name}: a sweep's trials run on this machine only, for now; "
+                        "use --set backend=local, or --dry-run to see what it would cost there")
 
 
 def _run_and_report(folder: Path) -> None:
