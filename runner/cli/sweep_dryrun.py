@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from runner.errors import bad_input
 from runner.reports.estimate import human_duration
@@ -85,7 +86,7 @@ def _label(spec: JobSpec, fields: list[str]) -> str:
     """The trial's values of the swept fields, as `optimizer.lr=0.01 data.batch_size=32`."""
     values = []
     for field in fields:
-        node = spec.model_dump(mode="json")
+        node: Any = spec.model_dump(mode="json")
         for part in field.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         values.append(f"{field}={node}")
