@@ -139,6 +139,29 @@ def test_a_failed_job_says_so_with_its_exit_code_and_error(write_spec, receiver,
     _no_secret_in(result.run_dir, result.stdout, result.stderr)
 
 
+def test_a_detached_run_tells_its_stop_and_its_resume_with_the_webhooks_the_resume_is_given(write_spec, receiver,
+                                                                                           tmp_path):
+    from tests.conftest import read_jsonl_if, wait_for
+
+    spec = _digits(write_spec, train={"epochs": 400, "max_steps": 300, "log_every_steps": 5})
+    submitted = cli("submit", spec, "--detach", "--notify", receiver.url(), "--runs-dir", tmp_path / "runs")
+    assert submitted.exit_code == 0, submitted.stderr
+    run = submitted.run_dir
+    wait_for(lambda: len(read_jsonl_if(run / "metrics.jsonl")) >= 2 and receiver.events() == ["started"],
+             "the detached job's steps and its started notification")
+    assert cli("cancel", run).exit_code == 0
+    wait_for(lambda: len(receiver.events()) == 2, "the stop's notification")
+    stopped = receiver.bodies[1][1]
+    assert stopped["state"] == "preempted" and stopped["exit_code"] == 143  # SIGTERM: the job cannot tell a cancel
+    assert "checkpoint saved" in stopped["message"]
+    # a resume tells the webhooks its process has (here the same GPUJOB_NOTIFY, as a user exports it)
+    resumed = cli("resume", run)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert receiver.events() == ["started", "preempted", "resumed", "finished"]
+    assert receiver.body("finished")["epochs"]["done"] == json.loads((run / "summary.json").read_text())["epochs"]
+    _no_secret_in(run, submitted.stdout, resumed.stdout, resumed.stderr)
+
+
 @pytest.mark.parametrize("args, field", [(["--notify", f"ftp://example.com/{SECRET}"], "--notify"),
                                          (["--notify", "hooks.slack.com/services/x"], "--notify")])
 def test_a_bad_webhook_url_is_exit_2_naming_the_option_and_masking_it(write_spec, receiver, tmp_path, args, field):
