@@ -127,3 +127,55 @@ def test_the_dry_run_prints_trials_by_time_by_dollars_and_refuses_a_sweep_over_i
     assert refused.exit_code == 2
     assert "sweep.max_usd: the sweep's estimate" in refused.stderr and "above its budget of $0.0001" in refused.stderr
     assert not (tmp_path / "runs").exists()
+
+
+SIX_RATES = [0.3, 0.1, 0.03, 0.01, 0.003, 0.001]
+
+
+def outcomes(folder: Path) -> list[tuple]:
+    return [(t["number"], t["params"], t["state"], t["epochs"], t["value"], t["curve"]) for t in record(folder)["trials"]]
+
+
+def test_a_six_trial_sweep_with_a_pruner_prunes_at_an_epoch_end_and_gives_the_same_result_twice(write_spec, tmp_path):
+    spec = digits_spec(write_spec, epochs=3, axes={"optimizer.lr": SIX_RATES}, pruner="median", seed=7)
+    folders = []
+    for attempt in ("first", "second"):
+        done = cli_subprocess("sweep", spec, "--runs-dir", tmp_path / attempt, env=ONE_THREAD)
+        assert done.returncode == 0, done.stderr
+        folders.append(sweep_folder(done.stdout))
+    assert outcomes(folders[0]) == outcomes(folders[1])  # values, states and curves, bit for bit
+    trials = record(folders[0])["trials"]
+    assert len(trials) == 6 and all(t["state"] in ("finished", "pruned") for t in trials)
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    assert pruned, "the median pruner stopped none of six learning rates from 0.3 to 0.001"
+    for trial in pruned:
+        run = folders[0] / trial["folder"]
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["stopped_by"] == "pruned" and summary["epochs"] == trial["epochs"] < 3
+        assert len(trial["curve"]) == trial["epochs"]
+        checkpoints = sorted((run / "checkpoints").glob("step-*.pt"))
+        assert checkpoints and int(checkpoints[-1].stem.split("-")[1]) == summary["steps"]  # at the epoch's end
+    best = min((t for t in trials if t["state"] == "finished"), key=lambda t: t["value"])
+    assert f"best: {best['folder']}" in done.stdout
+    assert_an_image_of_the_sweep(folders[0] / "sweep.png", panels=2)
+
+
+def test_each_trial_trains_exactly_as_a_separate_run_of_its_spec(write_spec, tmp_path):
+    """Trials share one process (imports paid once), yet each builds its own data, model, optimizer
+    and seed: the weights equal those of `gpujob run` on the trial's spec, in a process of its own."""
+    import torch
+
+    spec = digits_spec(write_spec, epochs=2)
+    done = cli_subprocess("sweep", spec, "--grid", "optimizer.lr=0.1,0.02", "--runs-dir", tmp_path / "runs",
+                          env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    for trial in record(folder)["trials"]:
+        alone = tmp_path / f"alone-{trial['folder']}"
+        ran = cli_subprocess("run", folder / trial["folder"] / "job" / "spec.yaml", "--run-dir", alone, env=ONE_THREAD)
+        assert ran.returncode == 0, ran.stderr
+        swept = torch.load(folder / trial["folder"] / "model.pt")
+        separate = torch.load(alone / "model.pt")
+        assert swept.keys() == separate.keys()
+        assert all(torch.equal(swept[k], separate[k]) for k in swept), trial["folder"]
+        assert json.loads((alone / "summary.json").read_text())["test_loss"] == trial["value"]
