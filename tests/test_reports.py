@@ -224,6 +224,41 @@ def test_plan_uses_a_measured_run_where_there_is_one(cpu_runs, tmp_path, write_s
     assert re.search(r"^fastest: \S+ x\d, (~\d+ s|under 1 s)$", out.stdout, re.M)
 
 
+def test_plan_and_the_dry_run_price_the_start_up_modal_bills(cpu_runs, tmp_path, write_spec):
+    """Issue 29: Modal bills a container from its start (~1 s, then the job's imports, data, model
+    and final save) to its end (the 2 s scale-down window), not only the training. The dollars of
+    `plan` and of the dry run include it: the job's own start-up as a finished run of it measured
+    it (timing.json: everything but the training loop), or a stated assumption."""
+    from runner.reports.estimate import ASSUMED_JOB_STARTUP_S, CONTAINER_START_S
+
+    spec = write_spec(name="one", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 64},
+                      optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9}, resources={"gpu": "A10G"})
+    empty = tmp_path / "none"
+    out = cli("plan", spec, "--runs-dir", empty, "--gpus", "A10G")
+    assert out.exit_code == 0, out.stderr
+    assumed = round(CONTAINER_START_S["modal"] + ASSUMED_JOB_STARTUP_S)
+    assert f"'$ total' includes ~{assumed} s of billed start-up a run" in out.stdout and "assumed" in out.stdout
+    dry = cli("submit", spec, "--backend", "modal", "--dry-run", "--runs-dir", empty)
+    assert dry.exit_code == 0, dry.stderr
+    assert re.search(rf"about \$[\d.]+ at \$1\.10/h \(modal\) with ~{assumed} s of billed start-up", dry.stdout)
+
+    run = _gpu_run(cpu_runs, tmp_path, "a10g-1", 1, 9000.0, 0.3, 1.25)
+    timing = json.loads((run / "timing.json").read_text())
+    timing.update(total_s=50.0, train_loop_s=10.0)  # 40 s that were not training
+    (run / "timing.json").write_text(json.dumps(timing))
+    spec_text = (run / "spec.yaml").read_text()
+    measured_spec = tmp_path / "measured.yaml"
+    measured_spec.write_text(spec_text)
+    out = cli("plan", measured_spec, "--runs-dir", tmp_path / "runs", "--gpus", "A10G")
+    assert out.exit_code == 0, out.stderr
+    seconds = round(CONTAINER_START_S["modal"] + 40.0)
+    assert f"includes ~{seconds} s of billed start-up a run (the container's start, then the job's start-up and " \
+           "save measured by a10g-1)" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("A10G x1"))
+    # 3 epochs of 1.25 s measured, plus the start-up, at $1.10/h
+    assert f" {1.10 * (3 * 1.25 + seconds) / 3600:.2f} " in row
+
+
 def test_plan_refuses_what_a_card_cannot_run_and_bad_gpu_names(write_spec, tmp_path):
     spec = write_spec(model={"name": "cnn"}, data={"dataset": "digits"}, train={"precision": "bf16"})
     out = cli("plan", spec, "--gpus", "T4,A10G", "--runs-dir", tmp_path)
@@ -258,7 +293,10 @@ def test_plan_estimates_grow_with_the_work_and_shrink_with_the_card(write_spec, 
     h100 = parse_gpu("H100").type
     two, four = (on_gpu(job_shape(load_spec(spec(n))), h100, 1) for n in (2, 4))
     assert four.total_s == pytest.approx(2 * two.total_s) and four.epoch_s == pytest.approx(two.epoch_s)
-    assert four.total_usd == pytest.approx(2 * two.total_usd)
+    assert four.training_usd == pytest.approx(2 * two.training_usd)
+    # issue 29: the dollars add what the card is billed besides training, the same for any length
+    assert four.startup_s == two.startup_s > 0 and "assumed" in two.startup_how
+    assert two.total_usd == pytest.approx(two.usd_per_hour * (two.total_s + two.startup_s) / 3600)
     split = on_gpu(job_shape(load_spec(spec(2))), h100, 2)
     assert split.epoch_s < two.epoch_s and split.usd_per_hour == 2 * two.usd_per_hour
     huge = on_gpu(job_shape(load_spec(spec(1, batch=50_000))), parse_gpu("T4").type, 1)

@@ -173,6 +173,10 @@ def estimate_lines(spec, gpus: str | None, runs_dir: Path) -> list[str]:
         lines.append(f"fastest: {best.gpu} x{best.count}, {_duration(best.total_s)}")
     if not fitting:
         lines.append("none of these can run it: see the fits column; `gpujob gpus` lists the others")
+    startups = {(round(e.startup_s), e.startup_how) for e in estimates if e.total_usd is not None}
+    for seconds, how in sorted(startups):
+        lines.append(f"'$ total' includes ~{seconds} s of billed start-up a run (the container's start, then the "
+                     f"job's {how})")
     lines.append(f"estimates assume {ASSUMPTIONS}; 'measured' rows use a finished run of this model, data and batch "
                  f"on that card from {runs_dir}")
     return lines

@@ -28,9 +28,18 @@ LAUNCH_S = 10e-6
 ACTIVATION_PASSES = 6
 OPTIMIZER_KERNELS = 10  # the optimizer step (fused or foreach): a few launches however many tensors
 ASSUMPTIONS = (f"{COMPUTE_EFFICIENCY:.0%} of the dense peak FLOP/s, {BANDWIDTH_EFFICIENCY:.0%} of the memory "
-               f"bandwidth, {LAUNCH_S * 1e6:.0f} us per kernel launch; training and evaluation only, start-up "
-               "not included")
+               f"bandwidth, {LAUNCH_S * 1e6:.0f} us per kernel launch; times are training and evaluation, dollars add "
+               "the billed start-up")
 PLAN_GPUS = ("T4", "L4", "A10G", "A100-80GB", "H100")
+# A rented card is billed from its container's start to its end, not only while it trains: the
+# container's own start (Modal: "a cold-start time of ~1s", https://modal.com/docs/guide/cold-start)
+# and the scale-down window after the call (2 s, Modal's least, which gpujob sets), then inside
+# it the job's start-up (imports, data, model, CUDA's context) and its final save.
+CONTAINER_START_S = {"modal": 1.0 + 2.0}
+# The job's start-up and save where no finished run of it has measured them: the quickstart's
+# time to first step measured 2.6-18 s on the 2-core test machine (timing.json), and a GPU adds
+# CUDA's context; a finished run of the job replaces this with its own figure.
+ASSUMED_JOB_STARTUP_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,9 @@ class Estimate:
     usd_per_hour: float | None
     total_usd: float | None
     price_source: str | None
+    startup_s: float  # billed besides training: the container's start, the job's start-up and save
+    startup_how: str  # where that figure comes from (a finished run, or the stated assumption)
+    training_usd: float | None  # the training and evaluation alone; total_usd adds the start-up
     fits: bool
     memory_bytes: int
     refused: str | None  # why the job cannot run on this card at all (a precision it lacks)
@@ -161,9 +173,29 @@ def on_gpu(job: JobShape, gpu, count: int, runs: list | None = None) -> Estimate
         source = None
     total_s = epoch_s * job.epochs
     price, where = cheapest_price(gpu)
-    total_usd = price * count * total_s / 3600 if price is not None else None
-    return Estimate(gpu.name, count, epoch_s, total_s, price * count if price is not None else None, total_usd,
-                    where, fits, memory.per_worker, refused, source, bound)
+    startup_s, startup_how = billed_startup(job, where, runs or [])
+    hourly = price * count if price is not None else None
+    training_usd = hourly * total_s / 3600 if hourly is not None else None
+    total_usd = hourly * (total_s + startup_s) / 3600 if hourly is not None else None
+    return Estimate(gpu.name, count, epoch_s, total_s, hourly, total_usd, where, startup_s, startup_how, training_usd,
+                    fits, memory.per_worker, refused, source, bound)
+
+
+def billed_startup(job: JobShape, provider: str | None, runs: list) -> tuple[float, str]:
+    """Seconds a rented card is billed besides training, and where the figure comes from: the
+    provider's container start, plus the job's own start-up and save as the latest finished run
+    of this model, data and batch measured them (any device), or the stated assumption."""
+    container = CONTAINER_START_S.get(provider or "", 0.0)
+    for run in runs:
+        s, timing = run.summary, run.timing or {}
+        model = {k: v for k, v in dict(run.spec.get("model") or {}).items() if v is not None}
+        if (s.get("dataset") != job.dataset or s.get("global_batch_size") != job.global_batch
+                or model != {k: v for k, v in job.model.items() if v is not None}):
+            continue
+        if isinstance(timing.get("total_s"), (int, float)) and isinstance(timing.get("train_loop_s"), (int, float)):
+            own = max(timing["total_s"] - timing["train_loop_s"], 0.0)
+            return container + own, f"start-up and save measured by {run.folder.name}"
+    return container + ASSUMED_JOB_STARTUP_S, f"start-up and save assumed {ASSUMED_JOB_STARTUP_S:.0f} s"
 
 
 def _modelled_epoch(job: JobShape, gpu, count: int, local: int) -> tuple[float, str]:
@@ -267,7 +299,8 @@ def before_run(spec, runs_dir: Path | None = None) -> dict | None:
     guess = on_gpu(job, request.type, request.count, finished_runs(runs_dir) if runs_dir else [])
     return {"gpu": str(request), "epoch_s": round(guess.epoch_s, 2), "total_s": round(guess.total_s, 1),
             "usd_per_hour": guess.usd_per_hour, "total_usd": None if guess.total_usd is None else round(guess.total_usd, 4),
-            "price_source": guess.price_source, "how": f"measured by {guess.measured}" if guess.measured else
+            "price_source": guess.price_source, "startup_s": round(guess.startup_s, 1),
+            "startup_how": guess.startup_how, "how": f"measured by {guess.measured}" if guess.measured else
             f"estimated ({guess.bound}-bound) at {ASSUMPTIONS}"}
 
 
@@ -280,5 +313,6 @@ def announce(run) -> None:
 
 def describe_before_run(record: dict) -> str:
     money = (f", about ${record['total_usd']:.2f} at ${record['usd_per_hour']:.2f}/h"
+             + (f" with ~{record['startup_s']:.0f} s of billed start-up" if record.get("startup_s") else "")
              if record.get("total_usd") is not None else "")
     return f"estimate before the run: {human_duration(record['total_s'])} of training on {record['gpu']}{money}"
