@@ -30,6 +30,7 @@ GPUJOB = re.compile(r"^(uv run (--frozen )?(--all-extras )?)?gpujob( |$)")
 @dataclass(frozen=True)
 class Block:
     where: str  # page:line of the block's first line
+    name: str  # page#N, the page's Nth console block: the test's id (slow_tests.txt), steady while lines move
     commands: tuple[str, ...]
     marked_not_run: bool
 
@@ -44,7 +45,9 @@ def console_blocks(page: Path) -> list[Block]:
         before = next((line.strip() for line in reversed(lines[:index]) if line.strip()), "")
         end = next(j for j in range(index + 1, len(lines)) if lines[j].strip() == "```")
         commands = tuple(line[2:] for line in lines[index + 1:end] if line.startswith("$ "))
-        blocks.append(Block(f"{page.relative_to(REPO)}:{index + 1}", commands, bool(NOT_RUN.match(before))))
+        page_name = page.relative_to(REPO)
+        blocks.append(Block(f"{page_name}:{index + 1}", f"{page_name}#{len(blocks) + 1}", commands,
+                            bool(NOT_RUN.match(before))))
         index = end + 1
     return blocks
 
@@ -86,7 +89,7 @@ def test_every_console_block_is_run_or_says_why_not():
     assert len(unique_run_blocks()) >= 8, "the docs' offline commands are what keeps them true; most should run"
 
 
-@pytest.mark.parametrize("block", unique_run_blocks(), ids=lambda block: block.where)
+@pytest.mark.parametrize("block", unique_run_blocks(), ids=lambda block: block.name)
 def test_documented_command_exits_as_shown(block: Block, tmp_path: Path):
     (tmp_path / "jobs").symlink_to(REPO / "jobs")
     for command in block.commands:
