@@ -66,9 +66,9 @@ class ModelSpec(Section):
 
 class SyntheticSpec(Section):
     shape: list[PositiveInt] = Field([1, 28, 28], description="channels, height, width")
-    num_classes: PositiveInt = 10
-    train_samples: PositiveInt = 2048
-    test_samples: PositiveInt = 512
+    num_classes: PositiveInt = Field(10, description="one noisy prototype image per class")
+    train_samples: PositiveInt = Field(2048, description="samples in the training split")
+    test_samples: PositiveInt = Field(512, description="samples in the test split")
 
     @field_validator("shape")
     @classmethod
@@ -81,7 +81,7 @@ class SyntheticSpec(Section):
 class DataSpec(Section):
     dataset: str = Field("digits", description="fashion_mnist | mnist | cifar10 | digits | synthetic | package.module:factory")
     root: str = Field("./data", description="where datasets live (relative to the working directory)")
-    download: bool = True
+    download: bool = Field(True, description="fetch a torchvision dataset that is not under root")
     batch_size: PositiveInt = Field(128, description="global batch size, split across workers")
     num_workers: int = Field(2, ge=0, description="DataLoader workers (factory datasets only)")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="used when dataset is synthetic")
@@ -95,19 +95,21 @@ class DataSpec(Section):
 
 class OptimizerSpec(Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["none", "cosine", "onecycle"] = "none"
+    lr: float = Field(0.01, gt=0, description="learning rate (the peak, under a schedule)")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD's momentum")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled for adamw")
+    schedule: Literal["none", "cosine", "onecycle"] = Field("none", description="steps once per optimizer step")
 
 
 class TrainSpec(Section):
-    epochs: PositiveInt = 1
+    epochs: PositiveInt = Field(1, description="passes over the training split")
     max_steps: PositiveInt | None = Field(None, description="optional cap on optimizer steps, for smoke runs")
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # torch and numpy take seeds this size
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch and numpy take seeds this size
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds the model, the batch order and every RNG")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="bf16 and fp16 run under autocast; fp16 "
+                                                      "with a gradient scaler, on CUDA or MPS")
     compile: bool = Field(False, description="torch.compile the model")
-    log_every_steps: PositiveInt = 50
+    log_every_steps: PositiveInt = Field(50, description="a step line in metrics.jsonl every N steps")
     checkpoint_every_minutes: float = Field(
         10, ge=0, description="checkpoint at the first step boundary after this long (0: every step); "
         "also on SIGTERM/SIGINT and at the end")
@@ -194,12 +196,13 @@ def _gpu_hint(text: str) -> str | None:
 
 
 class SlurmSpec(Section):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = Field(None, description="sbatch --partition; default: the cluster's")
+    account: str | None = Field(None, description="sbatch --account")
+    qos: str | None = Field(None, description="sbatch --qos")
     gres_type: str | None = Field(None, description="GPU type as this cluster names it in --gres, e.g. a100; "
                                   "default: any GPU")
-    cpus_per_task: PositiveInt | None = None
+    cpus_per_task: PositiveInt | None = Field(None, description="each task's CPUs (also given to srun), and its "
+                                              "OMP_NUM_THREADS")
     mem: str | None = Field(None, description="memory per node, e.g. 32G")
     sbatch_lines: list[str] = Field(default_factory=list, description="extra '#SBATCH ...' options, e.g. --constraint=a100")
     setup: list[str] = Field(default_factory=list, description="shell lines run before the job, e.g. module load cuda")
