@@ -98,3 +98,31 @@ def test_documented_command_exits_as_shown(block: Block, tmp_path: Path):
             f"{block.where}: `{command}` exited {done.returncode}, the docs say {expected_exit(command)}\n"
             f"{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
         assert "Traceback" not in done.stderr, f"{block.where}: `{command}` printed a traceback:\n{done.stderr}"
+
+
+def test_the_spec_reference_names_every_field_of_the_schema():
+    """docs/spec.md's reference is generated from the models (docs/hooks/spec_reference.py): every
+    field `gpujob schema` knows is a row, with its description."""
+    from runner.spec.model import JobSpec
+
+    sys.path.insert(0, str(REPO / "docs" / "hooks"))
+    try:
+        import spec_reference
+    finally:
+        sys.path.pop(0)
+    schema = JobSpec.model_json_schema()
+    page = spec_reference.reference(schema)
+
+    def fields(properties: dict, prefix: str):
+        for name, prop in properties.items():
+            section = spec_reference.section_of(prop, schema["$defs"])
+            if section is None:
+                yield f"{prefix}{name}", prop
+            else:
+                yield from fields(section["properties"], f"{prefix}{name}.")
+
+    rows = {line.split("`")[1]: line for line in page.splitlines() if line.startswith("| `")}
+    for path, prop in fields(schema["properties"], ""):
+        assert path in rows, f"{path} is missing from the generated spec reference"
+        assert spec_reference.cell(prop.get("description", "")) in rows[path]
+    assert "<!-- spec-reference -->" in (REPO / "docs" / "spec.md").read_text()
