@@ -126,3 +126,12 @@ def test_the_spec_reference_names_every_field_of_the_schema():
         assert path in rows, f"{path} is missing from the generated spec reference"
         assert spec_reference.cell(prop.get("description", "")) in rows[path]
     assert "<!-- spec-reference -->" in (REPO / "docs" / "spec.md").read_text()
+
+
+def test_the_readmes_links_into_the_docs_lead_to_pages():
+    """mkdocs build --strict checks the links between pages; the README is outside the site."""
+    readme = (REPO / "README.md").read_text()
+    targets = re.findall(r"\]\(((?!https?:)[^)#]+)(?:#[^)]*)?\)", readme)
+    assert targets, "the README links into docs/"
+    for target in targets:
+        assert (REPO / target).is_file(), f"README.md links to {target}, which is not there"
