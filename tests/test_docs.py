@@ -135,3 +135,19 @@ def test_the_readmes_links_into_the_docs_lead_to_pages():
     assert targets, "the README links into docs/"
     for target in targets:
         assert (REPO / target).is_file(), f"README.md links to {target}, which is not there"
+
+
+def test_every_command_of_the_cli_is_in_the_commands_tables():
+    """A command added to the CLI without a row in docs/commands.md (and the README's table) fails here."""
+    from typer.main import get_command
+
+    from runner.cli.main import app
+
+    commands = get_command(app).commands  # type: ignore[attr-defined]
+    names = sorted(name for name, command in commands.items() if not command.hidden)  # `plan`: estimate's old name
+    rows = "\n".join(line for line in (REPO / "docs" / "commands.md").read_text().splitlines() if line.startswith("| "))
+    readme = (REPO / "README.md").read_text()
+    readme_table = readme[readme.index("## Commands"):readme.index("## Backends")]
+    for name in names:
+        assert re.search(rf"`gpujob {name}\b", rows), f"gpujob {name} has no row in docs/commands.md"
+        assert re.search(rf"`(gpujob )?{name}\b", readme_table), f"gpujob {name} is not in the README's commands table"
