@@ -6,12 +6,15 @@ repeating a trial that ended."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import cli, cli_subprocess
+from tests.conftest import REPO, cli, cli_subprocess, read_jsonl_if, wait_for
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same maths in the sweep's process and in a separate run's
 
@@ -179,3 +182,102 @@ def test_each_trial_trains_exactly_as_a_separate_run_of_its_spec(write_spec, tmp
         assert swept.keys() == separate.keys()
         assert all(torch.equal(swept[k], separate[k]) for k in swept), trial["folder"]
         assert json.loads((alone / "summary.json").read_text())["test_loss"] == trial["value"]
+
+
+def start_sweep(spec: Path, runs: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner.cli", "sweep", str(spec), *args, "--runs-dir", str(runs)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            env={**os.environ, **ONE_THREAD})
+
+
+def the_sweep(runs: Path) -> Path | None:
+    found = [p for p in runs.glob("*-sweep-*") if (p / "sweep.json").exists()] if runs.is_dir() else []
+    return found[0] if found else None
+
+
+def epochs_done(run: Path) -> int:
+    return sum(r.get("kind") == "epoch" for r in read_jsonl_if(run / "metrics.jsonl"))
+
+
+def test_a_sweep_killed_midway_resumes_without_repeating_a_finished_trial(write_spec, tmp_path):
+    spec = digits_spec(write_spec, epochs=20)
+    spec.write_text(spec.read_text().replace("log_every_steps: 10", "log_every_steps: 10\n  checkpoint_every_minutes: 0.005"))
+    runs = tmp_path / "runs"
+    driver = start_sweep(spec, runs, "--grid", "optimizer.lr=0.1,0.05,0.02")
+
+    def second_trial_midway() -> bool:
+        folder = the_sweep(runs)
+        return folder is not None and epochs_done(folder / "trial-001") >= 2 and any(
+            (folder / "trial-001" / "checkpoints").glob("step-*.pt"))
+
+    wait_for(second_trial_midway, "the sweep's second trial two epochs in, with a checkpoint")
+    driver.kill()  # kill -9: no handler runs, nothing is recorded by the driver itself
+    driver.wait()
+    folder = the_sweep(runs)
+    assert folder is not None
+    before = {t["folder"]: t for t in record(folder)["trials"]}
+    assert before["trial-000"]["state"] == "finished" and before["trial-001"]["state"] == "running"
+    first_summary = (folder / "trial-000" / "summary.json").stat().st_mtime_ns
+    stopped = cli("sweep", "status", folder)
+    assert "stopped" in stopped.stdout and f"gpujob sweep resume {folder}" in stopped.stdout, stopped.stdout
+
+    resumed = cli_subprocess("sweep", "resume", folder, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    after = record(folder)
+    assert after["state"] == "finished"
+    assert [t["folder"] for t in after["trials"]] == ["trial-000", "trial-001", "trial-002"]
+    assert all(t["state"] == "finished" and t["epochs"] == 20 for t in after["trials"])
+    assert sorted(t["params"]["optimizer.lr"] for t in after["trials"]) == [0.02, 0.05, 0.1]  # none twice
+    assert after["trials"][0]["value"] == before["trial-000"]["value"]
+    assert (folder / "trial-000" / "summary.json").stat().st_mtime_ns == first_summary  # not run again
+    assert "trial-000" not in resumed.stdout.split("sweep ")[0]  # no line for it: it did not run
+    assert json.loads((folder / "trial-001" / "summary.json").read_text())["resumed"] >= 1  # from its checkpoint
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    import optuna
+
+    study = optuna.load_study(study_name="sweep", storage=JournalStorage(JournalFileBackend(str(folder / "optuna.journal"))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+
+
+def test_a_detached_sweep_is_followed_cancelled_and_resumed_from_any_terminal(write_spec, tmp_path):
+    spec = digits_spec(write_spec, epochs=20)
+    runs = tmp_path / "runs"
+    started = cli_subprocess("sweep", spec, "--grid", "optimizer.lr=0.1,0.05", "--detach", "--runs-dir", runs,
+                             env=ONE_THREAD)
+    assert started.returncode == 0, started.stderr
+    folder = sweep_folder(started.stdout)
+    assert "runs without this terminal" in started.stdout
+    wait_for(lambda: epochs_done(folder / "trial-000") >= 1, "the detached sweep's first epoch")
+    running = cli("sweep", "status", folder)
+    assert "running (process" in running.stdout and "trial-000 running since" in running.stdout, running.stdout
+    cancelled = cli("sweep", "cancel", folder)
+    assert cancelled.exit_code == 0 and f"cancelled {folder.name}" in cancelled.stdout, cancelled.stdout
+    sweep = record(folder)
+    assert [t["state"] for t in sweep["trials"]] == ["cancelled"]  # stopped with a checkpoint; no other started
+    assert any((folder / "trial-000" / "checkpoints").glob("step-*.pt"))
+    assert "cancelled" in cli("sweep", "status", folder).stdout
+    assert "not running; nothing to cancel" in cli("sweep", "cancel", folder).stdout  # safe to repeat
+    resumed = cli_subprocess("sweep", "resume", folder, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    assert [t["state"] for t in record(folder)["trials"]] == ["finished", "finished"]
+    assert json.loads((folder / "trial-000" / "summary.json").read_text())["resumed"] >= 1
+
+
+def test_parallel_workers_share_out_the_trials_and_runs_groups_them(write_spec, tmp_path):
+    spec = digits_spec(write_spec)
+    runs = tmp_path / "runs"
+    done = cli_subprocess("sweep", spec, "--grid", "optimizer.lr=0.1,0.05,0.02,0.01", "--parallel", "2",
+                          "--runs-dir", runs, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    trials = record(folder)["trials"]
+    assert sorted(t["params"]["optimizer.lr"] for t in trials) == [0.01, 0.02, 0.05, 0.1]
+    assert all(t["state"] == "finished" for t in trials)
+    pids = {json.loads((folder / t["folder"] / "submission.json").read_text())["handles"]["pid"] for t in trials}
+    assert len(pids) == 2  # two worker processes, each several trials in turn
+    listed = cli("runs", "--runs-dir", runs)
+    names = [line.split()[0] for line in listed.stdout.splitlines()[1:]]
+    assert names == [f"{folder.name}/trial-00{i}" for i in range(4)]
+    too_many = cli("sweep", spec, "--grid", "optimizer.lr=0.1,0.05", "--parallel", "999", "--runs-dir", runs)
+    assert too_many.exit_code == 2 and "--parallel 999" in too_many.stderr

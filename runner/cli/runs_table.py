@@ -19,21 +19,33 @@ from runner.runs import record as run_record
 from runner.runs.state import FINISHED, RUNNING, Run
 from runner.runs.paths import METRICS, SUMMARY
 from runner.runs.reading import DamagedFile, read_json, read_summary
+from runner.sweeps.record import is_sweep
 
 TAIL_BYTES = 8192  # enough for the last epoch line of metrics.jsonl
 COLUMNS = ("run", "backend", "state", "gpu", "epoch", "test_acc", "wall", "cost")
 
 
 def collect(runs_dir: Path) -> list[dict]:
+    """Every run, newest first; a sweep's trials (run folders inside its folder) together, in their
+    order, named SWEEP/TRIAL, where the sweep's newest trial puts them."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    rows = []
+    groups: list[list[dict]] = []
     with os.scandir(runs_dir) as entries:
         for entry in entries:
             if entry.is_dir() and run_record.is_run(Path(entry.path)):
-                rows.append(_row(Path(entry.path)))
-    return sorted(rows, key=lambda r: (r["submitted_at"] or "", r["run"]), reverse=True)
+                groups.append([_row(Path(entry.path))])
+            elif entry.is_dir() and is_sweep(Path(entry.path)):
+                groups.append(_trial_rows(Path(entry.path)))
+    groups = [group for group in groups if group]
+    groups.sort(key=lambda g: (max(r["submitted_at"] or "" for r in g), g[0]["run"]), reverse=True)
+    return [row for group in groups for row in group]
+
+
+def _trial_rows(sweep: Path) -> list[dict]:
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir() and run_record.is_run(p))
+    return [{**_row(trial), "run": f"{sweep.name}/{trial.name}", "sweep": sweep.name} for trial in trials]
 
 
 def _last_epoch(path: Path) -> dict | None:

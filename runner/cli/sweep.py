@@ -11,7 +11,7 @@ import typer
 from runner.cli.app import RunsDirOpt, SetOpt, app, load_job, user_errors
 from runner.errors import bad_input
 
-VERBS = ("show", "status", "cancel", "resume")
+VERBS = ("show", "status", "cancel", "resume", "work")  # work: one process of a parallel sweep (internal)
 
 
 @app.command(no_args_is_help=True)
@@ -28,12 +28,16 @@ def sweep(
     runs_dir: Path = RunsDirOpt,
     dry_run: bool = typer.Option(False, "--dry-run", help="check every trial's spec, print trials x estimated "
                                  "time x $; run nothing"),
+    parallel: int = typer.Option(1, "--parallel", metavar="N", help="trials at once here, each in a process of "
+                                 "its own (at most the cores there are)"),
+    detach: bool = typer.Option(False, "--detach", help="start the sweep and return; `gpujob sweep status|cancel "
+                                "SWEEP` pick it up from any terminal"),
 ):
     """Run a sweep of trials over some of a spec's fields; show, check, cancel or resume one."""
     if target[0] in VERBS:
         if len(target) != 2:
             raise bad_input(f"gpujob sweep {target[0]} SWEEP: give one sweep folder")
-        return _lifecycle(target[0], _sweep_folder(target[1], runs_dir))
+        return _lifecycle(target[0], _sweep_folder(target[1], runs_dir), parallel, detach)
     if len(target) != 1:
         raise bad_input(f"gpujob sweep SPEC: one spec, not {len(target)} arguments (or a verb: {', '.join(VERBS)})")
     from runner.sweeps import driver
@@ -51,10 +55,11 @@ def sweep(
         typer.echo("dry run: nothing was run")
         return
     _check_runs_here(job)
+    driver.check_parallel(parallel)
     folder = driver.start(plan)
     typer.echo(f"sweep {folder.name}: {plan.record.planned} trials ({plan.record.sampler}) of {spec}, "
                f"{plan.record.metric} ({plan.record.goal}); each trial a run folder in {folder}")
-    _run_and_report(folder)
+    _run_and_report(folder, parallel, detach)
 
 
 def _check_runs_here(job) -> None:
@@ -67,12 +72,20 @@ def _check_runs_here(job) -> None:
                         "use --set backend=local, or --dry-run to see what it would cost there")
 
 
-def _run_and_report(folder: Path) -> None:
+def _run_and_report(folder: Path, parallel: int, detach: bool) -> None:
     from runner.sweeps import driver
     from runner.sweeps import record as rec
+    from runner.sweeps.lifecycle import start_detached
     from runner.sweeps.report import summary_lines
 
-    code = driver.run_here(folder, say=typer.echo)
+    if detach:
+        start_detached(folder, parallel)
+        typer.echo(f"sweep {folder.name} runs without this terminal")
+        typer.echo(f"  its state:  gpujob sweep status {folder}")
+        typer.echo(f"  stop it:    gpujob sweep cancel {folder}")
+        typer.echo(str(folder))
+        return
+    code = driver.run_here(folder, parallel, say=typer.echo)
     for line in summary_lines(folder, rec.read(folder)):
         typer.echo(line)
     typer.echo(str(folder))  # last line: the sweep folder, for scripts
@@ -89,17 +102,40 @@ def _sweep_folder(given: str, runs_dir: Path) -> Path:
     raise bad_input(f"{given}: no such sweep folder (nor {Path(runs_dir) / given})")
 
 
-def _lifecycle(verb: str, folder: Path) -> None:
-    from runner.sweeps import record as rec
+def _lifecycle(verb: str, folder: Path, parallel: int, detach: bool) -> None:
+    from runner.sweeps import driver
+    from runner.sweeps import lifecycle
     from runner.sweeps.report import summary_lines, write_report
 
     if verb == "show":
         for line in summary_lines(folder, write_report(folder)):
             typer.echo(line)
+    elif verb == "status":
+        for line in lifecycle.status_lines(folder):
+            typer.echo(line)
+    elif verb == "cancel":
+        typer.echo(lifecycle.cancel(folder))
+    elif verb == "work":
+        code = driver.work_in_this_worker(folder, say=typer.echo)
+        if code:
+            raise typer.Exit(code)
+    else:
+        _resume(folder, parallel, detach)
+
+
+def _resume(folder: Path, parallel: int, detach: bool) -> None:
+    from runner.sweeps import driver
+    from runner.sweeps import lifecycle
+    from runner.sweeps import record as rec
+
+    driver.check_parallel(parallel)
+    sweep = rec.read(folder)
+    if sweep.state == rec.FINISHED:
+        typer.echo(f"{folder.name} finished: every trial ended; nothing to resume (gpujob sweep show {folder})")
         return
-    if verb == "resume":
-        with rec.updating(folder) as sweep:
-            sweep.note("resumed")
-        _run_and_report(folder)
-        return
-    raise bad_input(f"gpujob sweep {verb}: not yet")
+    if lifecycle.driver(folder) is not None:
+        raise bad_input(f"{folder} is running; `gpujob sweep status {folder}`, `gpujob sweep cancel {folder}`")
+    if not detach:
+        with rec.updating(folder) as record:
+            record.note("resumed")
+    _run_and_report(folder, parallel, detach)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import bad_input
+from runner.errors import INTERRUPTED, PREEMPTED, bad_input
 from runner.runs import lock as run_lock
 from runner.runs.folder import RunFolder
 from runner.spec.model import JobSpec
@@ -115,10 +116,37 @@ class Claim:
     resume: bool  # the trial's folder holds its earlier attempt: continue it
 
 
-def work(folder: Path, say=print) -> int:
-    """Claim, train and record trials until none is left (or the sweep is cancelled); returns the
-    exit code for the process: 0, or that of the trial that was stopped (130, 143)."""
+class Signals:
+    """SIGTERM, SIGINT and SIGHUP between trials: noted, so that no trial starts after them (during
+    a trial the training loop's own StopRequest takes them: it checkpoints and stops the trial)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "Signals":
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def _note(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    @property
+    def exit_code(self) -> int:
+        return INTERRUPTED if self.signum == signal.SIGINT else PREEMPTED
+
+
+def work(folder: Path, say=print, signals: Signals | None = None) -> int:
+    """Claim, train and record trials until none is left (or the sweep is stopped); returns the
+    exit code for the process: 0, or that of the stop (130, 143)."""
     while True:
+        if signals is not None and signals.signum is not None:
+            return signals.exit_code
         claim = claim_next(folder)
         if claim is None:
             return 0
@@ -206,9 +234,10 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def run_here(folder: Path, say=print) -> int:
-    """Work through the sweep in this process, holding the sweep folder's lock (how `status` knows
-    it runs and `cancel` whom to stop); then mark it ended and write its report."""
+def run_here(folder: Path, parallel: int = 1, say=print) -> int:
+    """Work through the sweep here, in this process or `parallel` worker processes, holding the
+    sweep folder's lock (how `status` knows it runs and `cancel` whom to stop); then mark it ended
+    and write its report."""
     from runner.sweeps.report import write_report
 
     try:
@@ -217,8 +246,12 @@ def run_here(folder: Path, say=print) -> int:
         raise bad_input(f"{folder} is running: {run_lock.describe(held.owner)}; follow it with "
                         f"`gpujob sweep status {folder}`, stop it with `gpujob sweep cancel {folder}`") from None
     try:
-        _share_cores(1)
-        code = work(folder, say)
+        with Signals() as signals:
+            if parallel == 1:
+                _share_cores(1)
+                code = work(folder, say, signals)
+            else:
+                code = _in_worker_processes(folder, parallel, signals)
     finally:
         run_lock.release(folder)
     with rec.updating(folder) as sweep:
@@ -242,3 +275,41 @@ def _share_cores(workers: int) -> None:
         import torch
 
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"].split(",")[0]))
+
+
+WORKERS = "GPUJOB_SWEEP_WORKERS"  # a worker process's count of sibling workers, for its share of the cores
+
+
+def check_parallel(parallel: int) -> None:
+    from runner.training.threads import cores_available
+
+    cores = cores_available()
+    if not 1 <= parallel <= cores:
+        raise bad_input(f"--parallel {parallel}: between 1 and this machine's {cores} core(s); each trial "
+                        "process gets its share of them")
+
+
+def _in_worker_processes(folder: Path, parallel: int, signals: Signals) -> int:
+    """`parallel` processes of `gpujob sweep work FOLDER`, each claiming trials in turn; a stop
+    asked of this driver is passed on to them (their running trials checkpoint)."""
+    import subprocess
+
+    command = [sys.executable, "-m", "runner.cli", "sweep", "work", str(folder)]
+    workers = [subprocess.Popen(command, env={**os.environ, WORKERS: str(parallel)}) for _ in range(parallel)]
+    passed_on = False
+    while any(w.poll() is None for w in workers):
+        if signals.signum is not None and not passed_on:
+            for w in workers:
+                if w.poll() is None:
+                    w.send_signal(signals.signum)
+            passed_on = True
+        time.sleep(0.1)
+    codes = [w.returncode for w in workers]
+    return signals.exit_code if signals.signum is not None else next((c for c in codes if c), 0)
+
+
+def work_in_this_worker(folder: Path, say=print) -> int:
+    """One of a parallel sweep's worker processes (the driver holds the sweep's lock)."""
+    _share_cores(int(os.environ.get(WORKERS, "1")))
+    with Signals() as signals:
+        return work(folder, say, signals)
