@@ -151,3 +151,14 @@ def test_every_command_of_the_cli_is_in_the_commands_tables():
     for name in names:
         assert re.search(rf"`gpujob {name}\b", rows), f"gpujob {name} has no row in docs/commands.md"
         assert re.search(rf"`(gpujob )?{name}\b", readme_table), f"gpujob {name} is not in the README's commands table"
+
+
+def test_every_exit_code_has_a_row_in_troubleshooting():
+    """The exit codes are a contract (runner/errors.py): each has its meaning and fix on the page."""
+    from runner import errors
+
+    codes = {value for name, value in vars(errors).items() if name.isupper() and isinstance(value, int)}
+    page = (REPO / "docs" / "troubleshooting.md").read_text()
+    assert codes >= {1, 2, 3, 130, 143}
+    for code in sorted(codes | {0}):
+        assert re.search(rf"^\| {code} \| ", page, re.MULTILINE), f"exit code {code} has no row in docs/troubleshooting.md"
