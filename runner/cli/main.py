@@ -10,7 +10,7 @@ from runner.cli import interrupts
 
 interrupts.install_if_this_is_gpujob()  # first: a Ctrl-C while typer, torch and the rest import is one line too
 
-from runner.cli import jobs, lifecycle, reports, sweep, tools  # noqa: E402,F401  (each registers its commands)
+from runner.cli import jobs, lifecycle, monitoring, reports, sweep, tools  # noqa: E402,F401  (each registers its commands)
 from runner.cli.app import app  # noqa: E402
 from runner import invocation  # noqa: E402
 

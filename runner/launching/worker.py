@@ -46,9 +46,8 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
                ctx: WorkerContext | None = None, started: float | None = None, quiet: bool = False,
                resume: bool = False, opened: tuple[rf.RunFolder, bool] | None = None,
                keeps_time_limit: bool = True, epoch_end_rules: Sequence[EpochEndRule] = ()) -> Path | None:
-    """Train `spec` in this process and (rank 0) write the run folder; returns its path on rank 0.
-    With `resume`, a run_dir that holds a run continues from its last checkpoint. `opened` is
-    the folder open_run_folder already gave the caller; `epoch_end_rules` go to train() (a sweep's pruner)."""
+    """Train `spec` here and (rank 0) write the run folder; returns its path on rank 0. `resume`: continue a run_dir
+    that holds a run from its last checkpoint; `opened`: what open_run_folder gave; `epoch_end_rules`: a pruner's."""
     from runner.training.loop import train
 
     started = time.perf_counter() if started is None else started
@@ -111,6 +110,7 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
     and the listeners that write metrics.jsonl and the console's progress."""
     from runner.reports.progress import console_listener
     from runner.training.environment import describe_environment
+    from runner.training.tensorboard_events import tensorboard_listeners
 
     store, resume_from = CheckpointStore(folder.path), None
     try:
@@ -125,7 +125,8 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
     except OSError as err:
         raise file_error(err, folder) from None
     console = None if quiet else console_listener()
-    return store, resume_from, [rf.MetricsListener(folder)] + ([console] if console else [])
+    return store, resume_from, ([rf.MetricsListener(folder), *tensorboard_listeners(folder.path, spec)]
+                                + ([console] if console else []))
 
 
 def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> GpujobError:
