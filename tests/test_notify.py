@@ -92,6 +92,17 @@ def _no_secret_in(folder: Path, *texts: str, secret: str = SECRET) -> None:
         assert secret not in text
 
 
+def _has_tensorboard_events(run: Path) -> None:
+    """The run's TensorBoard events, read back with TensorBoard's own reader, where it is installed."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = [m["step"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if m["kind"] == "step"]
+    assert [e.step for e in events.Scalars("step/loss")] == steps
+
+
 def _digits(write_spec, **sections):
     base = dict(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 64},
                 train={"epochs": 2, "log_every_steps": 10})
@@ -346,6 +357,7 @@ def test_modal_gives_the_job_its_webhooks_as_a_secret(write_spec, receiver, stan
     assert finished["cost_so_far_usd"] is not None and finished["cost_so_far_usd"] >= 0
     _no_secret_in(result.run_dir, result.stdout, result.stderr)
     _no_secret_in(tmp_path / "volume")
+    _has_tensorboard_events(result.run_dir)  # fetched back with the rest of the folder
 
 
 def test_vast_gives_the_instance_its_webhooks_in_its_environment_not_in_the_record(write_spec, receiver, use_backend,
@@ -368,6 +380,7 @@ def test_vast_gives_the_instance_its_webhooks_in_its_environment_not_in_the_reco
     assert receiver.events() == ["started", "finished"] and receiver.body("finished")["backend"] == "vast"
     assert SECRET in vast.envs[0][NOTIFY_ENV]  # what vast.ai was asked to set in the instance
     _no_secret_in(result.run_dir, result.stdout, result.stderr)  # job/request.json holds the payload without it
+    _has_tensorboard_events(result.run_dir)  # copied back with the rest of the folder
 
 
 def test_slurm_jobs_get_the_webhooks_through_sbatchs_environment(write_spec, receiver, tmp_path, slurm_cluster):
@@ -377,3 +390,4 @@ def test_slurm_jobs_get_the_webhooks_through_sbatchs_environment(write_spec, rec
     assert receiver.events() == ["started", "finished"]  # rank 0 alone tells, from the SLURM node
     assert receiver.body("finished")["backend"] == "slurm"
     _no_secret_in(result.run_dir, result.stdout, result.stderr)  # job/job.sbatch and slurm-ID.out included
+    _has_tensorboard_events(result.run_dir)
