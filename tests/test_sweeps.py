@@ -281,3 +281,44 @@ def test_parallel_workers_share_out_the_trials_and_runs_groups_them(write_spec, 
     assert names == [f"{folder.name}/trial-00{i}" for i in range(4)]
     too_many = cli("sweep", spec, "--grid", "optimizer.lr=0.1,0.05", "--parallel", "999", "--runs-dir", runs)
     assert too_many.exit_code == 2 and "--parallel 999" in too_many.stderr
+
+
+# ---- SLURM: one job array on the real cluster ---------------------------------------------------
+
+from tests.test_slurm import slurm_cluster  # noqa: E402,F401  (the fixture: the cluster up, or a skip)
+
+
+def array_tasks(job_id: str) -> list[str]:
+    shown = subprocess.run(["squeue", "--noheader", "--array", "--jobs", job_id, "--format=%T"],
+                           capture_output=True, text=True)
+    return shown.stdout.split() if shown.returncode == 0 else []
+
+
+def test_a_slurm_sweep_is_one_job_array_followed_cancelled_and_resumed(slurm_cluster, write_spec, tmp_path):
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": 15, "log_every_steps": 10},
+                      backend="slurm", slurm={"partition": "debug"},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05, 0.02]}, "max_parallel": 2})
+    runs = tmp_path / "runs"
+    started = cli_subprocess("sweep", spec, "--detach", "--runs-dir", runs, env=ONE_THREAD)
+    assert started.returncode == 0, started.stderr
+    folder = sweep_folder(started.stdout)
+    job_id = record(folder)["handles"]["slurm_job_id"]
+    script = (folder / "job" / "sweep.sbatch").read_text()
+    assert "#SBATCH --array=0-2%2" in script and "#SBATCH --partition=debug" in script
+    assert f"sweep work {folder.resolve()}" in script
+    wait_for(lambda: epochs_done(folder / "trial-000") >= 1, "the array's first trial one epoch in")
+    status = cli("sweep", "status", folder)
+    assert f"running (SLURM array {job_id}:" in status.stdout, status.stdout
+    cancelled = cli("sweep", "cancel", folder)
+    assert cancelled.exit_code == 0 and f"cancelled {folder.name}" in cancelled.stdout, cancelled.stdout
+    assert array_tasks(job_id) == []  # nothing left running or waiting
+    states = [t["state"] for t in record(folder)["trials"]]
+    assert "cancelled" in states and "running" not in states, states
+    resumed = cli_subprocess("sweep", "resume", folder, env=ONE_THREAD)
+    assert resumed.returncode == 0, resumed.stderr
+    sweep = record(folder)
+    assert sweep["state"] == "finished" and len(sweep["trials"]) == 3
+    assert all(t["state"] == "finished" and t["epochs"] == 15 for t in sweep["trials"])
+    assert sorted(t["params"]["optimizer.lr"] for t in sweep["trials"]) == [0.02, 0.05, 0.1]
+    assert "best: trial-" in resumed.stdout

@@ -272,3 +272,19 @@ class Backend:
         engine, image, client commands), as one line with what to do; None when nothing is missing.
         Free to ask: no network, no torch, nothing that takes more than a moment."""
         return None
+
+    # ---- a sweep's trials, fanned out by the backend's own mechanism (runner/sweeps) -----------
+
+    def fan_out(self, spec: "JobSpec", sweep_dir: Path, trials: int, parallel: int) -> dict:
+        """Start workers of `gpujob sweep work SWEEP_DIR` for `trials` trials, at most `parallel`
+        at once; returns the handles to keep in sweep.json. A backend that runs jobs in this
+        process (local) runs the workers itself and is never asked."""
+        raise bad_input(f"backend {self.name}: a sweep's trials run here (local) or on slurm for now; "
+                        "use --set backend=local or backend=slurm")
+
+    def fanned_out_live(self, handles: dict) -> str | None:
+        """While a sweep's workers run (or wait to): one line saying so; None once they all ended."""
+        return None
+
+    def stop_fan_out(self, handles: dict) -> None:
+        """Stop a sweep's workers: none starts again, and running ones checkpoint their trials."""

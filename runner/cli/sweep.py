@@ -54,22 +54,18 @@ def sweep(
             typer.echo(line)
         typer.echo("dry run: nothing was run")
         return
-    _check_runs_here(job)
-    driver.check_parallel(parallel)
+    if _runs_here(plan.record.backend):
+        driver.check_parallel(parallel)
     folder = driver.start(plan)
     typer.echo(f"sweep {folder.name}: {plan.record.planned} trials ({plan.record.sampler}) of {spec}, "
                f"{plan.record.metric} ({plan.record.goal}); each trial a run folder in {folder}")
     _run_and_report(folder, parallel, detach)
 
 
-def _check_runs_here(job) -> None:
-    from runner.backends.auto import choose_backend
+def _runs_here(backend: str) -> bool:
     from runner.backends.registry import get_backend
 
-    name, _why = choose_backend(job)
-    if not get_backend(name).resumes_here:
-        raise bad_input(f"backend {name}: a sweep's trials run on this machine only, for now; "
-                        "use --set backend=local, or --dry-run to see what it would cost there")
+    return get_backend(backend).resumes_here
 
 
 def _run_and_report(folder: Path, parallel: int, detach: bool) -> None:
@@ -78,14 +74,24 @@ def _run_and_report(folder: Path, parallel: int, detach: bool) -> None:
     from runner.sweeps.lifecycle import start_detached
     from runner.sweeps.report import summary_lines
 
-    if detach:
+    sweep = rec.read(folder)
+    if not _runs_here(sweep.backend):
+        handles = driver.fan_out(folder, sweep.max_parallel)
+        typer.echo(f"sweep {folder.name}: trials handed to {sweep.backend} ({', '.join(map(str, handles.values()))})")
+        code = 0 if detach else driver.follow(folder, say=typer.echo)
+    elif detach:
         start_detached(folder, parallel)
         typer.echo(f"sweep {folder.name} runs without this terminal")
         typer.echo(f"  its state:  gpujob sweep status {folder}")
         typer.echo(f"  stop it:    gpujob sweep cancel {folder}")
         typer.echo(str(folder))
         return
-    code = driver.run_here(folder, parallel, say=typer.echo)
+    else:
+        code = driver.run_here(folder, parallel, say=typer.echo)
+    if detach:
+        typer.echo(f"  its state:  gpujob sweep status {folder}")
+        typer.echo(str(folder))
+        return
     for line in summary_lines(folder, rec.read(folder)):
         typer.echo(line)
     typer.echo(str(folder))  # last line: the sweep folder, for scripts
@@ -128,14 +134,16 @@ def _resume(folder: Path, parallel: int, detach: bool) -> None:
     from runner.sweeps import lifecycle
     from runner.sweeps import record as rec
 
-    driver.check_parallel(parallel)
     sweep = rec.read(folder)
+    if _runs_here(sweep.backend):
+        driver.check_parallel(parallel)
     if sweep.state == rec.FINISHED:
         typer.echo(f"{folder.name} finished: every trial ended; nothing to resume (gpujob sweep show {folder})")
         return
-    if lifecycle.driver(folder) is not None:
+    if lifecycle.live(folder, sweep) is not None:
         raise bad_input(f"{folder} is running; `gpujob sweep status {folder}`, `gpujob sweep cancel {folder}`")
-    if not detach:
+    driver.reclaim_orphans(folder)
+    if not detach or not _runs_here(sweep.backend):
         with rec.updating(folder) as record:
             record.note("resumed")
     _run_and_report(folder, parallel, detach)

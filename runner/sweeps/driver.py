@@ -68,8 +68,14 @@ def plan_sweep(job: JobSpec, spec_path: Path, runs_dir: Path, grid: list[str], r
               for i, point in enumerate(grid_points(axes))] if sampler == "grid" else [])
     record = SweepRecord(job.name, str(spec_path), base, [a.to_json() for a in axes], sampler, planned,
                          sweep.seed if seed is None else seed, sweep.metric, sweep.goal, sweep.pruner,
-                         sweep.max_parallel, sweep.max_usd)
+                         sweep.max_parallel, sweep.max_usd, backend=_backend_for(job))
     return SweepPlan(record, Path(runs_dir) / name, specs)
+
+
+def _backend_for(job: JobSpec) -> str:
+    from runner.backends.auto import choose_backend
+
+    return choose_backend(job)[0]
 
 
 def _base(job: JobSpec, raw: Any) -> dict:
@@ -177,7 +183,23 @@ def claim_next(folder: Path) -> Claim | None:
 
 
 def _owner_alive(owner: dict | None) -> bool:
-    return bool(owner) and run_lock.is_alive(owner)  # type: ignore[arg-type]
+    """Whether the process running a trial is still there; one on another machine (a SLURM node)
+    only that machine can tell: taken as alive until the sweep is resumed (reclaim_orphans)."""
+    if not owner:
+        return False
+    import socket
+
+    return owner.get("host") != socket.gethostname() or run_lock.is_alive(owner)
+
+
+def reclaim_orphans(folder: Path) -> None:
+    """On `sweep resume`, when none of the sweep's workers runs any more: a trial still recorded as
+    running lost its process (kill -9, a lost node) and is continued like a cancelled one."""
+    with rec.updating(folder) as sweep:
+        for trial in sweep.trials:
+            if trial.state == RUNNING:
+                trial.state, trial.owner = CANCELLED, None
+                trial.detail = "its process was gone when the sweep was resumed"
 
 
 def run_claim(folder: Path, claim: Claim) -> TrialOutcome:
@@ -254,11 +276,7 @@ def run_here(folder: Path, parallel: int = 1, say=print) -> int:
                 code = _in_worker_processes(folder, parallel, signals)
     finally:
         run_lock.release(folder)
-    with rec.updating(folder) as sweep:
-        done = all(t.state in ENDED for t in sweep.trials) and len(sweep.trials) >= sweep.planned
-        sweep.state = rec.FINISHED if done else (CANCELLED if sweep.cancel_asked or code else RUNNING)
-        if done:
-            sweep.note("finished")
+    _close(folder, code)
     write_report(folder)
     return code
 
@@ -313,3 +331,58 @@ def work_in_this_worker(folder: Path, say=print) -> int:
     _share_cores(int(os.environ.get(WORKERS, "1")))
     with Signals() as signals:
         return work(folder, say, signals)
+
+
+FOLLOW_POLL_S = 1.0
+
+
+def fan_out(folder: Path, parallel: int) -> dict:
+    """Hand the trials not yet ended to the sweep's backend (a SLURM array); its handles are recorded."""
+    from runner.backends.registry import get_backend
+
+    sweep = rec.read(folder)
+    left = sweep.planned - sum(t.state in ENDED for t in sweep.trials)
+    spec = JobSpec.model_validate(sweep.base)
+    handles = get_backend(sweep.backend).fan_out(spec, folder, left, parallel)
+    with rec.updating(folder) as record:
+        record.handles = handles
+        record.note("fanned out", backend=record.backend, trials=left, **handles)
+    return handles
+
+
+def follow(folder: Path, say=print) -> int:
+    """Print each trial's line as it ends, until the backend's workers have all ended; Ctrl-C stops
+    them (their trials checkpoint). Then the sweep's state and its report."""
+    from runner.backends.registry import get_backend
+    from runner.sweeps.report import write_report
+
+    sweep = rec.read(folder)
+    backend, said = get_backend(sweep.backend), {t.number for t in sweep.trials if t.state in ENDED}
+    code = 0
+    try:
+        while True:
+            live = backend.fanned_out_live(sweep.handles)
+            sweep = rec.read(folder)
+            for trial in sweep.trials:
+                if trial.state in ENDED + (CANCELLED,) and trial.number not in said:
+                    said.add(trial.number)
+                    say(trial_line(sweep, trial))
+            if live is None:
+                break
+            time.sleep(FOLLOW_POLL_S)
+    except KeyboardInterrupt:
+        with rec.updating(folder) as record:
+            record.note("cancel asked")
+        backend.stop_fan_out(sweep.handles)
+        code = INTERRUPTED
+    _close(folder, code)
+    write_report(folder)
+    return code
+
+
+def _close(folder: Path, code: int) -> None:
+    with rec.updating(folder) as sweep:
+        done = all(t.state in ENDED for t in sweep.trials) and len(sweep.trials) >= sweep.planned
+        sweep.state = rec.FINISHED if done else (CANCELLED if sweep.cancel_asked or code else RUNNING)
+        if done:
+            sweep.note("finished")

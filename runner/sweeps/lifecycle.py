@@ -25,15 +25,27 @@ def driver(folder: Path) -> dict | None:
     return run_lock.holder(folder)
 
 
+def live(folder: Path, sweep: SweepRecord) -> str | None:
+    """What runs the sweep now, in one line (its driver here, or the backend's workers); None: nothing."""
+    owner = driver(folder)
+    if owner is not None:
+        return run_lock.describe(owner)
+    if sweep.handles:
+        from runner.backends.registry import get_backend
+
+        return get_backend(sweep.backend).fanned_out_live(sweep.handles)
+    return None
+
+
 def status_lines(folder: Path) -> list[str]:
     sweep = rec.read(folder)
-    owner = driver(folder)
+    owner = live(folder, sweep)
     state = RUNNING if owner is not None else _ended_state(sweep)
     counts: dict[str, int] = {}
     for trial in sweep.trials:
         counts[trial.state] = counts.get(trial.state, 0) + 1
     said = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no trial started"
-    where = f" ({run_lock.describe(owner)})" if owner else ""
+    where = f" ({owner})" if owner else ""
     lines = [f"{folder.name}: {state}{where}: {len(sweep.trials)} of {sweep.planned} trials started: {said}"]
     lines += [f"  {t.folder} running since {t.started_at}" for t in sweep.trials if t.state == RUNNING and owner]
     if state not in (RUNNING, rec.FINISHED):
@@ -42,13 +54,17 @@ def status_lines(folder: Path) -> list[str]:
 
 
 def _ended_state(sweep: SweepRecord) -> str:
-    if sweep.state == rec.FINISHED:
+    ended = len(sweep.trials) >= sweep.planned and all(t.state in rec.ENDED for t in sweep.trials)
+    if sweep.state == rec.FINISHED or ended:
         return rec.FINISHED
     return CANCELLED if sweep.cancel_asked else "stopped"  # killed, or a terminal that closed
 
 
 def cancel(folder: Path) -> str:
     """Stop the sweep: no trial starts after this, and the running ones checkpoint and end. Safe to repeat."""
+    sweep = rec.read(folder)
+    if driver(folder) is None and sweep.handles:
+        return _cancel_fanned_out(folder, sweep)
     owner = driver(folder)
     if owner is None:
         return f"{folder.name} is not running; nothing to cancel"
@@ -86,3 +102,20 @@ def start_detached(folder: Path, parallel: int) -> int:
     while driver(folder) is None and exit_code(log_dir) is None and time.monotonic() < deadline:
         time.sleep(0.05)
     return pid
+
+
+def _cancel_fanned_out(folder: Path, sweep: SweepRecord) -> str:
+    from runner.backends.registry import get_backend
+    from runner.sweeps.driver import _close
+
+    backend = get_backend(sweep.backend)
+    if backend.fanned_out_live(sweep.handles) is None:
+        return f"{folder.name} is not running; nothing to cancel"
+    with rec.updating(folder) as record:
+        record.note("cancel asked")
+    backend.stop_fan_out(sweep.handles)
+    deadline = time.monotonic() + STOP_WAIT_S
+    while backend.fanned_out_live(sweep.handles) is not None and time.monotonic() < deadline:
+        time.sleep(1)
+    _close(folder, 0)
+    return f"cancelled {folder.name}; its unfinished trials continue with: gpujob sweep resume {folder}"

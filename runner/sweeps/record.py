@@ -62,6 +62,7 @@ class SweepRecord:
     max_parallel: int
     max_usd: float | None
     backend: str = "local"
+    handles: dict = field(default_factory=dict)  # where the backend fanned the trials out (a SLURM array's id)
     state: str = RUNNING  # running | finished | cancelled | failed
     created_at: str = field(default_factory=now)
     trials: list = field(default_factory=list)  # TrialRecord each

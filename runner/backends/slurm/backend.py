@@ -169,6 +169,25 @@ class SlurmBackend(Backend):
         if error is not None:
             raise error
 
+    def fan_out(self, spec: JobSpec, sweep_dir: Path, trials: int, parallel: int) -> dict:
+        from runner.backends.slurm.array import submit_array
+
+        return submit_array(spec, sweep_dir, trials, parallel)
+
+    def fanned_out_live(self, handles: dict) -> str | None:
+        from runner.backends.slurm.array import array_tasks
+
+        tasks = array_tasks(handles)
+        if not tasks:
+            return None
+        counts = {state: tasks.count(state) for state in sorted(set(tasks))}
+        return f"SLURM array {handles['slurm_job_id']}: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
+
+    def stop_fan_out(self, handles: dict) -> None:
+        from runner.backends.slurm.array import stop_array
+
+        stop_array(handles)
+
     def status(self, run: Run) -> RunState:
         job_id = run.handles.get("slurm_job_id")
         if job_id is None:
