@@ -110,6 +110,7 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
     and the listeners that write metrics.jsonl and the console's progress."""
     from runner.reports.progress import console_listener
     from runner.training.environment import describe_environment
+    from runner.training.sampler import sampler_listeners
     from runner.training.tensorboard_events import tensorboard_listeners
 
     store, resume_from = CheckpointStore(folder.path), None
@@ -125,8 +126,8 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
     except OSError as err:
         raise file_error(err, folder) from None
     console = None if quiet else console_listener()
-    return store, resume_from, ([rf.MetricsListener(folder), *tensorboard_listeners(folder.path, spec)]
-                                + ([console] if console else []))
+    return store, resume_from, ([rf.MetricsListener(folder), *tensorboard_listeners(folder.path, spec),
+                                 *sampler_listeners(folder.path)] + ([console] if console else []))
 
 
 def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> GpujobError:
@@ -166,11 +167,13 @@ def _write_results(folder: rf.RunFolder, spec: JobSpec, result, world_size: int)
     from runner.reports.plot import plot_loss_curve
 
     from runner.reports.diagnosis import as_records, diagnose, shares
+    from runner.training.sampler import utilisation_summary
 
     buffer = io.BytesIO()
     torch.save(result.weights, buffer)
     atomic_write(folder.file("model.pt"), buffer.getvalue())  # the final weights, loadable with torch.load
     result.timing["shares"] = shares(result.timing)
+    result.summary["utilisation"] = utilisation_summary(folder.path)  # the device's samples so far; the diagnosis reads it
     result.summary["diagnosis"] = as_records(diagnose(result.summary, result.timing, spec.model_dump(mode="json"),
                                                       folder.read_json(ENV)))
     folder.write_json(TIMING, result.timing)

@@ -16,6 +16,8 @@ DATA_SHARE = 0.30  # of training time spent waiting for the next batch
 STARTUP_SHARE = 0.50  # of the job's wall time spent before the first step ended
 COMM_SHARE = 0.25  # of training time in gradient all-reduces
 LOW_MFU = 0.15  # achieved FLOP/s against the device's dense peak
+LOW_BUSY_PERCENT = 50  # of the sampled time the GPU ran a kernel (NVML's utilisation, RUN/utilisation.jsonl)
+MIN_SAMPLES = 3  # fewer say little about a whole run
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,24 @@ def diagnose(summary: dict, timing: dict, spec: dict | None = None, environment:
             f"device's {summary.get('peak_tflops_per_device') or 0:g} TFLOP/s peak",
             f"give it more work per step: {cheaper}a larger data.batch_size, train.compile: true; "
             "or rent a smaller GPU, which this job would keep busier for less"))
+    if not any(f.kind == "device-underused" for f in found):
+        found += _idle_gpu(summary.get("utilisation"))
     return found
+
+
+def _idle_gpu(utilisation: dict | None) -> list[Finding]:
+    """A GPU that sat idle between kernels for half the sampled time or more: the steps do not keep
+    it fed (the host prepares batches, launches small kernels, or waits on something else)."""
+    if not utilisation or utilisation.get("device") != "cuda" or utilisation.get("samples", 0) < MIN_SAMPLES:
+        return []
+    busy = utilisation.get("mean_util_percent")
+    if busy is None or busy >= LOW_BUSY_PERCENT:
+        return []
+    return [Finding(
+        "device-underused", f"the GPU was busy {busy:.0f}% of the time on average ({utilisation['samples']} samples "
+        "of NVML's utilisation, utilisation.jsonl)",
+        "give it more work per step and less to wait for: a larger data.batch_size, more data.num_workers for a "
+        "dataset of your own, train.compile: true; or rent a smaller GPU, which this job would keep busier for less")]
 
 
 def _threads_fight(threads: dict | None) -> list[Finding]:
