@@ -218,6 +218,8 @@ class ContainerCall:
         # The client's own environment never reaches Modal's container; the function's secrets do.
         env = {k: v for k, v in os.environ.items() if k not in ("GPUJOB_CODE_PATHS", "PYTHONPATH", NOTIFY_ENV)}
         env.update(self._secrets_env())
+        # with_options(env=...): "environment variables to set in the container" (None values unset)
+        env.update({k: v for k, v in (self.request.options().get("env") or {}).items() if v is not None})
         from runner.backends.modal.app import CODE_MOUNT, CODE_MOUNT_ENV
 
         # gpujob's own runner/ is the one here (the tests' checkout); the job's code is what the image adds.

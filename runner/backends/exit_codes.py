@@ -6,11 +6,12 @@ code and the last lines it printed; this turns them into the same GpujobError a 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from runner.errors import BAD_INPUT, JOB_FAILED, GpujobError, last_error_line
 from runner.invocation import command
-from runner.errors import INTERRUPTED, PREEMPTED
+from runner.errors import BUDGET_REACHED, INTERRUPTED, PREEMPTED
 
 TAIL_LINES = 12
 
@@ -21,6 +22,9 @@ def remote_exit_error(code: int, lines: list[str], where: str, run_dir: Path) ->
         return None
     if code == BAD_INPUT:
         return GpujobError(f"{where}: {last_error_line(lines)}", BAD_INPUT)
+    if code == BUDGET_REACHED:  # its own line, with the folder here in place of the remote one
+        said = re.sub(r"gpujob resume \S+", f"gpujob resume {run_dir}", last_error_line(lines))
+        return GpujobError(f"{where}: {said}", BUDGET_REACHED)
     if code in (PREEMPTED, INTERRUPTED):
         return GpujobError(f"{where}: the job was stopped and saved a checkpoint; its run folder is {run_dir}; "
                            f"continue it with: {command(f'gpujob resume {run_dir}')}", code)

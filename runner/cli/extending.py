@@ -80,3 +80,38 @@ def _free(path: Path) -> Path:
     while candidate.exists():
         candidate, n = path.with_name(f"{path.stem}.{n}{path.suffix}"), n + 1
     return candidate
+
+
+BUDGET = "resources.max_usd"
+
+
+def budget_raise(run: Run, overrides: list[str], rents: bool) -> tuple[float | None, list[str]]:
+    """`--set resources.max_usd=X` among the overrides: the raised budget (exit 2 unless it is more
+    than the run's budget now, on a backend that rents), and the other overrides. Reads only."""
+    from runner.backends.billing import run_budget
+    from runner.spec.load import load_spec
+
+    raised = [item for item in overrides if item.partition("=")[0].strip() == BUDGET]
+    rest = [item for item in overrides if item not in raised]
+    if not raised:
+        return None, rest
+    if not rents:
+        raise bad_input(f"--set {BUDGET}: backend {run.record.backend} runs on machines gpujob does not rent; "
+                        "nothing is priced, so there is no budget to raise")
+    spec_file = run.paths.spec if run.paths.spec.exists() else run.paths.job_spec
+    value = load_spec(spec_file, raised[-1:]).resources.max_usd  # validated as the spec's own field
+    now = run_budget(run, spec_file.read_text())
+    if value is None or (now is not None and value <= now):
+        raise bad_input(f"--set {BUDGET}={value}: the run's budget is ${now:.2f}; give more to continue it"
+                        if now is not None else f"--set {BUDGET}: give a budget in US$, e.g. {BUDGET}=20")
+    return value, rest
+
+
+def raise_budget(run: Run, value: float) -> None:
+    """The run's record keeps the raised budget: every later submission of the run is sent it."""
+    from runner.backends.billing import BUDGET_ASK
+
+    run.record.asks[BUDGET_ASK] = value
+    run.record.note(f"budget raised to ${value:.2f}")
+    run_record.write(run.folder, run.record)
+

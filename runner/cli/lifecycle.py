@@ -30,7 +30,7 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here, overrides: list
     workers_here(spec) workers (checked before anything is touched). `overrides` (train.epochs,
     train.max_steps) train it further, a finished run too. False when it had finished."""
     from runner.backends.registry import HERE, get_backend
-    from runner.cli.extending import extend, extension
+    from runner.cli.extending import budget_raise, extend, extension, raise_budget
     from runner.runs.folder import RunFolder
     from runner.spec.load import load_spec
 
@@ -43,6 +43,7 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here, overrides: list
     workers = longer = None
     if here or backend.resumes_here:
         RunFolder.existing(run.folder)
+    budget, overrides = budget_raise(run, overrides or [], backend.rents)
     if overrides:
         longer = extension(run, overrides, here or backend.resumes_here)
     if here or backend.resumes_here:
@@ -54,6 +55,8 @@ def resume_run(run: Run, detach: bool, here: bool, workers_here, overrides: list
             return False
         if longer is not None:
             extend(run, longer)
+        if budget is not None:
+            raise_budget(run, budget)
         run.record.note("resumed")
         if workers is not None and not backend.resumes_here:
             run.record.note(f"moved here from backend {run.record.backend}")

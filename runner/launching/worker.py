@@ -20,6 +20,7 @@ from runner.training.distributed import WorkerContext
 from runner.training.checkpoint import CheckpointStore
 from runner.errors import BAD_INPUT, BUDGET_REACHED, GpujobError, bad_input, job_failed
 from runner.invocation import command
+from runner.training.meter import usd
 from runner.training.stops import EpochEndRule, Stopped
 from runner.spec.model import JobSpec
 
@@ -148,11 +149,11 @@ def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> Gpujo
 def _over_budget(stop: Stopped, folder: rf.RunFolder | None) -> GpujobError:
     """The budget's stop: what was spent, and the resume that raises the budget."""
     spent, max_usd = stop.budget or (0.0, 0.0)
-    raise_to = f"{max(2 * max_usd, spent + max_usd):.2f}"
+    raise_to = usd(max(2 * max_usd, spent + max_usd))
     how = (f"; continue with: {command(f'gpujob resume {folder.path} --set resources.max_usd={raise_to}')}"
            if folder else "")
-    error = GpujobError(f"budget reached: about ${spent:.2f} of resources.max_usd ${max_usd:.2f} spent; stopped at "
-                        f"step {stop.step} with a checkpoint{how}", BUDGET_REACHED)
+    error = GpujobError(f"budget reached: about ${usd(spent)} of resources.max_usd ${usd(max_usd)} spent; stopped "
+                        f"at step {stop.step} with a checkpoint{how}", BUDGET_REACHED)
     error.run_dir = folder.path if folder else None
     return error
 

@@ -95,3 +95,8 @@ def unpriced_budget(spec, where: str):
         return None
     return bad_input(f"resources.max_usd: {where} runs on machines gpujob does not rent, so nothing is priced; a "
                      "budget applies to the backends that rent (modal, vast): remove it, or choose one of those")
+
+
+def usd(amount: float) -> str:
+    """Dollars as a person reads them: cents, or four places below ten cents (a test's tiny budget)."""
+    return f"{amount:.2f}" if amount >= 0.1 else f"{amount:.4f}"

@@ -17,8 +17,10 @@ import math
 import os
 import sys
 import uuid
+
+import yaml
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from runner.backends.base import Backend, Plan, what_is_here
@@ -71,9 +73,12 @@ class ModalRequest:
     # This submit's or resume's own id, new for each spawn (ModalBackend.send): Modal's retries
     # of one submission share its time limit, a resume gets a limit of its own (app.run_job).
     submission: str = ""
+    # The meter's variables (runner/backends/billing.py), new for each spawn like `submission`: not
+    # part of what the run was sent (job/request.json), which a resume sends again.
+    billing: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "billing"}
 
     @classmethod
     def from_json(cls, data: dict) -> ModalRequest:
@@ -86,8 +91,9 @@ class ModalRequest:
 
         gpu = {"gpu": self.gpu} if self.gpu else {}  # with_options cannot unset a GPU; the base has none
         secrets = {"secrets": [modal.Secret.from_dict(self.secret_env())]} if self.secret_env() else {}
+        env = {"env": dict(self.billing)} if self.billing else {}  # the price and budget are no secret
         return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries),
-                "scaledown_window": SCALEDOWN_WINDOW_S, **secrets}
+                "scaledown_window": SCALEDOWN_WINDOW_S, **secrets, **env}
 
     @staticmethod
     def secret_env() -> dict[str, str | None]:
@@ -226,6 +232,9 @@ class ModalBackend(Backend):
 
         import_modal()
         modal_request(spec, spec.name)
+        if spec.resources.max_usd is not None and hourly_price(spec) is None:
+            raise bad_input("resources.max_usd: Modal's CPU and memory prices are not in gpujob's catalog, so a CPU "
+                            "job's cost is not counted; a budget needs resources.gpu")
         if sending and self.connect is None:
             require_credentials()
 
@@ -277,8 +286,11 @@ class ModalBackend(Backend):
         holds the checkpoint, so the job continues from it."""
         from runner.backends.modal.service import LostTouch, modal_errors
 
+        from runner.backends.billing import billing_env
+
         service = self._service()
-        request = replace(request, submission=uuid.uuid4().hex)  # a new submission of the run
+        request = replace(request, submission=uuid.uuid4().hex,  # a new submission of the run
+                          billing=billing_env(run, request.spec_yaml, hourly_price(load_spec_text(request.spec_yaml))))
 
         def spawned(call_id: str) -> None:
             run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,
@@ -412,6 +424,18 @@ def _call_id(run: Run) -> str:
     if not call_id:
         raise bad_input(f"{run.folder}: its record names no Modal call (the submission never started one)")
     return call_id
+
+
+def hourly_price(spec: JobSpec) -> float | None:
+    """Modal's list price per hour for the job's GPUs (None on CPU: not in the catalog)."""
+    request = spec.resources.gpu_request
+    return None if request is None else request.count * request.type.price_per_hour["modal"]
+
+
+def load_spec_text(spec_yaml: str) -> JobSpec:
+    from runner.spec.load import validate_spec
+
+    return validate_spec(yaml.safe_load(spec_yaml), source="the run's request")
 
 
 def _record_cost(folder: Path) -> None:

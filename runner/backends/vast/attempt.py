@@ -30,8 +30,8 @@ def run_attempt(api: PatientApi, run: Run, spec: JobSpec, request: VastRequest, 
     folder, watch = run.folder, Watch()
     rental = Rental(request.label, before=dict(run.handles))
     try:
-        instance_id = rent(api, run, rental, request.offer["id"], with_secrets(request.payload),
-                           _handles(api, spec, request))
+        payload = with_billing(with_secrets(request.payload), run, spec, request)
+        instance_id = rent(api, run, rental, request.offer["id"], payload, _handles(api, spec, request))
         print(f"vast: rented instance {instance_id}, {describe_price(request.offer, spec)}; it pulls "
               f"{spec.vast.image} first", file=sys.stderr)
         if request.waits_for_upload:
@@ -57,6 +57,15 @@ def with_secrets(payload: dict) -> dict:
     here, so that job/request.json, which keeps the payload, never holds them."""
     webhooks = os.environ.get(NOTIFY_ENV)
     return {**payload, "env": {**payload["env"], NOTIFY_ENV: webhooks}} if webhooks else payload
+
+
+def with_billing(payload: dict, run: Run, spec: JobSpec, request: VastRequest) -> dict:
+    """The payload with the meter's variables (runner/backends/billing.py), billed from the rent on:
+    new for each rent, so job/request.json never holds them."""
+    from runner.backends.billing import billing_env
+
+    billing = billing_env(run, spec.to_yaml(), hourly_cost(request.offer, spec))
+    return {**payload, "env": {**payload["env"], **billing}}
 
 
 def _handles(api: PatientApi, spec: JobSpec, request: VastRequest) -> dict:
