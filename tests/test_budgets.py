@@ -100,3 +100,14 @@ def test_vast_stops_at_its_budget_and_resumes_under_a_raised_one(write_spec, loc
     _stops_then_resumes(spec, tmp_path / "runs", reference.run_dir)
     assert all("GPUJOB_USD_PER_HOUR" in env and "GPUJOB_MAX_USD" in env for env in local_vast.envs)
     assert [env["GPUJOB_MAX_USD"] for env in local_vast.envs] == [repr(TINY), repr(TINY), "5.0"]
+
+
+def test_the_dry_run_refuses_a_budget_below_the_start_up_and_one_epoch(write_spec, tmp_path):
+    spec = write_spec(**_sections(gpu="A10G:1", max_usd=0.001), backend="modal")
+    refused = cli("submit", spec, "--dry-run", "--runs-dir", tmp_path / "runs")
+    assert refused.exit_code == 2, refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith("gpujob: resources.max_usd: $0.0010 does not pay for the start-up and one epoch (about $")
+    assert "s billed start-up + ~" in line and "at $1.10/h" in line
+    enough = cli("submit", spec, "--dry-run", "--set", "resources.max_usd=1", "--runs-dir", tmp_path / "runs")
+    assert enough.exit_code == 0, enough.stderr

@@ -330,6 +330,7 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
     spec = plan.spec
     if target.device == "cuda" and target.gpu is not None:
         from runner.reports.estimate import ASSUMPTIONS, DataSample, finished_runs, job_shape, on_gpu
+        from runner.reports.targets import check_budget
 
         job = job_shape(spec, DataSample(shape, classes, example, sizes.steps_per_epoch * spec.data.batch_size,
                                          sizes.test_samples, sizes.held_bytes))
@@ -337,6 +338,7 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
             return None
         count = spec.resources.gpu_request.count if spec.resources.gpu_request else 1
         guess = on_gpu(job, target.gpu, count, finished_runs(plan.runs_dir))
+        check_budget(spec, guess)
         money = (f", about ${guess.total_usd:.2f} at ${guess.usd_per_hour:.2f}/h ({guess.price_source.split()[0]}) "
                  f"with ~{guess.startup_s:.0f} s of billed start-up ({guess.startup_how})"
                  if guess.total_usd is not None and guess.price_source is not None  # the catalog's price and where
