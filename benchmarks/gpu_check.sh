@@ -10,10 +10,12 @@
 #   3. cuda_paths  benchmarks/cuda_paths.py: AMP bf16 and fp16 (the gradient scaler) through `gpujob run`,
 #                  SIGTERM mid-run then `--resume` against the uninterrupted run (bit-identical, or
 #                  judged against two uninterrupted runs), the error for fp16 without a GPU
-#   4. gpu_speed   benchmarks/gpu_speed.py --device cuda: gpujob vs a tight loop vs the notebook loop,
+#   4. sampler     benchmarks/sampler_check.py: the device sampler (NVML) sees the GPU busy under matmuls
+#                  and idle in a sleep, and what sampling every 0.5 s costs the matmuls (issue 26)
+#   5. gpu_speed   benchmarks/gpu_speed.py --device cuda: gpujob vs a tight loop vs the notebook loop,
 #                  ResNet-18 (50,000 3x32x32, batch 512, bf16) and SimpleNN (60,000 28x28, batch 64),
 #                  without and with torch.compile: samples/s, TFLOP/s, MFU, first step, compile, memory
-#   5. merge       benchmarks/results/gpu_check-<gpu>.json: every part's exit code, time and log tail,
+#   6. merge       benchmarks/results/gpu_check-<gpu>.json: every part's exit code, time and log tail,
 #                  the checks and the ratios; then a summary, printed last
 # Results: benchmarks/results/gpu_check-<gpu>.json and gpu_speed-<gpu>.json, and under $OUT (where
 # the device tool sets it) those two and gpu_check.log.
@@ -22,7 +24,7 @@
 #   uv run --with pip python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 -d .gpu_wheels pydantic==2.14.3 pydantic-core==2.50.4 \
-#     annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0
+#     annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0 nvidia-ml-py==13.615.71
 # The call: the device tool's run with command `bash benchmarks/gpu_check.sh`, carry [".gpu_wheels"],
 # timeout_s 420; then copy gpu_check-*.json and gpu_speed-*.json from its files into benchmarks/results/.
 #
@@ -72,8 +74,8 @@ part() {
 }
 
 install_wheels() {
-    if "$PY" -c "import pydantic" 2>/dev/null; then
-        echo "pydantic is already there: nothing to install"
+    if "$PY" -c "import pydantic, pynvml" 2>/dev/null; then
+        echo "pydantic and pynvml are already there: nothing to install"
         return 0
     fi
     ls .gpu_wheels/*.whl || { echo "no .gpu_wheels/*.whl: fill it here first (see this script's top) and carry it"; return 3; }
@@ -122,6 +124,8 @@ PATHS_LIMIT=$(( $(left) < 110 ? $(left) : 110 ))
 part cuda_paths "$PATHS_LIMIT" "$PY" benchmarks/cuda_paths.py --device "$DEVICE" --budget-s $((PATHS_LIMIT - 35)) \
     --out "$WORK/cuda_paths.json"
 
+part sampler 45 "$PY" benchmarks/sampler_check.py --device "$DEVICE" --seconds 6 --out "$WORK/sampler_check.json"
+
 # The benchmark takes what is left; it starts no run past its own budget, and writes its JSON after every run.
 SPEED_LIMIT=$(( $(left) - 12 ))
 SPEED_ARGS=(--device "$DEVICE" --budget-s $((SPEED_LIMIT - 20)) --device-label "$LABEL"
@@ -155,7 +159,7 @@ speed_file = results / f"gpu_speed-{label}.json"
 speed, paths = load(speed_file), load(work / "cuda_paths.json")
 check = {"benchmark": "gpu_check", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device, "label": label,
          "dry_run_on_cpu": device == "cpu", "budget_s": budget, "elapsed_s": elapsed, "env": env, "parts": parts,
-         "cuda_paths": paths, "gpu_speed_file": str(speed_file),
+         "cuda_paths": paths, "sampler": load(work / "sampler_check.json"), "gpu_speed_file": str(speed_file),
          "gpu_speed_ratios": {name: c.get("ratios") for name, c in speed.get("cases", {}).items()},
          "gpu_speed_failed": speed.get("failed"), "gpu_speed_skipped": speed.get("skipped")}
 out = results / f"gpu_check-{label}.json"
@@ -169,6 +173,11 @@ for name, c in paths.get("checks", {}).items():
     what = c.get("verdict") or c.get("message") or c.get("error") or ""
     extra = f" test_accuracy {c['test_accuracy']:.3f}, {c['samples_per_s']:.0f} samples/s" if "samples_per_s" in c else ""
     print(f"  {name:<16} {'ok' if c.get('ok') else 'FAILED'}{extra} {what[:160]}")
+sampler = check["sampler"]
+if "busy" in sampler:
+    print(f"  sampler          {'ok' if sampler.get('ok') else 'FAILED'}: busy {(sampler['busy'] or {}).get('mean_util_percent')}%, "
+          f"idle {(sampler['idle'] or {}).get('mean_util_percent')}%, matmuls sampled/alone "
+          f"{sampler.get('sampled_over_alone') or 0:.3f}x")
 for name, c in speed.get("cases", {}).items():
     for mode, runs in c.get("runs", {}).items():
         line = ", ".join(f"{kind} {r['steady']['samples_per_s']:.0f}" for kind, r in runs.items())
