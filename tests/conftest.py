@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -236,18 +238,30 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
-def requeue_now(job_id: str, run: Path) -> None:
+def requeue_now(job_id: str, run: Path, before_restart=None) -> None:
     """What SLURM does to a preempted job (`scontrol requeue`: SIGTERM, back in the queue), then
     start it again at once: a requeued job waits two minutes before it may start, a test need
     not. A start in the same second as the requeue is refused (the nodes revoked the job's
-    credential then), so the next but one."""
+    credential then), so the next but one. `before_restart`: what the test changes about the
+    pending job first (the start time is set only once it is pending: SLURM sets its two
+    minutes when the requeue completes, over a start time set earlier)."""
     requeued_at = time.time()
     subprocess.run(["scontrol", "requeue", job_id], check=True)
     wait_for(lambda: "JobState=PENDING" in subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
                                                           text=True).stdout, "the job back in the queue", 60)
     wait_for(lambda: (run / "job" / "exit-code").exists(), "the first run's batch script to end", 60)
     wait_for(lambda: time.time() >= int(requeued_at) + 2, "the second after the requeue's", 5)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    if before_restart is not None:
+        before_restart()
+
+    def may_start_now() -> bool:  # asked again if SLURM's two minutes landed after the ask
+        subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True).stdout
+        begins = re.search(r"\bStartTime=(\S+)", shown)
+        return "JobState=PENDING" not in shown or not begins or begins[1] in ("Unknown", "None") or \
+            datetime.fromisoformat(begins[1]).timestamp() <= time.time() + 1
+
+    wait_for(may_start_now, "the requeued job allowed to start now", 30)
 
 
 @pytest.fixture

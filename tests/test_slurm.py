@@ -505,10 +505,8 @@ def test_a_requeued_job_whose_restart_fails_before_its_script_runs_is_not_report
     wait_for(lambda: _steps(run) or proc.poll() is not None, "the SLURM job's first steps")
     assert proc.poll() is None, proc.stderr.read()
     job_id = read_record(run).handles["slurm_job_id"]
-    subprocess.run(["scontrol", "requeue", job_id], check=True)
-    wait_for(lambda: (run / "job" / "exit-code").exists(), "the first attempt's batch script to end", 60)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", f"StdOut={tmp_path}/no-such-folder/out"], check=True)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+    requeue_now(job_id, run, before_restart=lambda: subprocess.run(
+        ["scontrol", "update", f"JobId={job_id}", f"StdOut={tmp_path}/no-such-folder/out"], check=True))
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 1, stderr
     assert stderr.strip().splitlines()[-1] == (
