@@ -3,6 +3,7 @@ reaches its target, says so in summary.json, and a resume does nothing more."""
 
 
 import json
+import math
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_a_user_step_has_no_accuracy_but_its_own_values(write_spec):
     assert spec.train.stop_when == {"iou": "> 0.5", "test_loss": "<= .2"}
 
 
-TIMING_ONLY = {"samples_per_s", "wall_s", "stopped_by"}
+TIMING_ONLY = {"samples_per_s", "wall_s", "stopped_by", "prediction"}  # and what the target adds
 
 
 @pytest.fixture
@@ -69,6 +70,12 @@ def test_a_run_stops_at_the_first_epoch_that_reaches_its_target(digits_cnn, tmp_
     assert (summary["stopped_by"], summary["target_met"], summary["target_epoch"]) == ("target", True, reached[0])
     assert summary["epochs"] == reached[0] and summary["target"] == "test_accuracy >= 0.95"
     assert summary["target_wall_s"] > 0 and summary["target_usd"] is None  # nothing is priced here
+    predicted = [m for m in read_jsonl(aimed.run_dir / "metrics.jsonl") if m.get("prediction")]
+    assert [p["epoch"] for p in predicted] == list(range(3, reached[0]))  # from the third epoch on, until met
+    assert summary["target_predictions"] == [{"at_epoch": m["epoch"], **m["prediction"]} for m in predicted]
+    assert all(p["prediction"]["low"] <= p["prediction"]["epoch"] <= p["prediction"]["high"] for p in predicted)
+    assert "epoch 3  train_loss" in cli("logs", aimed.run_dir).stdout  # the epoch lines say it
+    assert f"target ~epoch {predicted[0]['prediction']['epoch']} (" in cli("logs", aimed.run_dir).stdout
     assert f"target: test_accuracy >= 0.95 met at epoch {reached[0]}" in aimed.stderr + aimed.stdout
     assert _summary(plain.run_dir)["stopped_by"] == "epochs" and "target" not in _summary(plain.run_dir)
 
@@ -95,3 +102,22 @@ def test_every_ddp_rank_stops_at_the_target_together(digits_cnn, tmp_path):
     assert result.exit_code == 0, result.stderr
     summary = _summary(result.run_dir)
     assert summary["world_size"] == 2 and summary["target_met"] and 1 < summary["epochs"] < 6
+
+
+def test_the_prediction_follows_a_power_law_and_says_nothing_it_cannot_support():
+    from runner.spec.targets import parse_condition
+    from runner.training.prediction import predict
+
+    accuracy = parse_condition("test_accuracy", ">= 0.99")
+    curve = [(t, 1 - 0.5 * t ** -1.0) for t in range(1, 8)]  # 1 - accuracy = 0.5/t: 0.01 at epoch 50
+    exact = predict(accuracy, curve)
+    assert exact is not None and [exact.low, exact.epoch, exact.high] == pytest.approx([50, 50, 50])
+    noisy = predict(accuracy, [(t, a + (0.01 if t % 2 else -0.01)) for t, a in curve])
+    assert noisy is not None and noisy.low < noisy.epoch < noisy.high and noisy.from_epochs == 6
+    assert predict(accuracy, curve[:2]) is None  # too few points
+    assert predict(accuracy, [(t, 0.9 - 0.05 * t) for t in range(1, 8)]) is None  # a falling accuracy
+    assert predict(accuracy, [(1, 0.5), (2, 0.6), (3, 0.5), (4, 0.6), (5, 0.5)]) is None  # no trend to bound
+    loss = parse_condition("test_loss", "<= 0.1")
+    assert predict(loss, [(t, 2.0 * t ** -0.5) for t in range(1, 6)]).epoch == pytest.approx(400)
+    score = parse_condition("iou", ">= 0.8")  # a value of the user's, no floor: y = a + b ln t
+    assert predict(score, [(t, 0.2 + 0.1 * math.log(t)) for t in range(1, 6)]).epoch == pytest.approx(math.e ** 6)

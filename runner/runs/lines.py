@@ -30,9 +30,20 @@ def epoch_line(r: dict, epochs: int | None = None) -> str:
 
 
 def stopped_by(r: dict) -> str:
-    """An epoch record's stop rule, as `  target met: stopping` (empty when the run goes on)."""
+    """An epoch record's stop rule, as `  target met: stopping`, or the target's prediction (empty
+    when there is neither)."""
     reason = r.get("stopped_by")
-    return "" if not reason else "  target met: stopping" if reason == "target" else f"  stopping: {reason}"
+    if reason:
+        return "  target met: stopping" if reason == "target" else f"  stopping: {reason}"
+    return f"  {prediction_text(r['prediction'])}" if r.get("prediction") else ""
+
+
+def prediction_text(p: dict) -> str:
+    """`target ~epoch 7 (6-9), ~12 s, ~$0.01 more`: when the fit says the target will be met."""
+    spread = f" ({p['low']}-{p['high']})" if p["low"] != p["high"] else ""
+    money = f", ~${p['usd']:.2f}" if isinstance(p.get("usd"), (int, float)) else ""
+    past = "" if p.get("within_epochs", True) else ", past train.epochs"
+    return f"target ~epoch {p['epoch']}{spread}{past}, ~{p['seconds']:.0f} s{money} more"
 
 
 def target_line(s: dict) -> str | None:

@@ -165,7 +165,7 @@ class Loop:
             return
         load_training_state(checkpoint, self.model, self.optimizer, self.scheduler, self.scaler)
         self.state = resumed_state(checkpoint, self.ctx, self.spec.data.batch_size)
-        self.decisions.restart_from(self.state.step, self.state.attempts)
+        self.decisions.restart_from(self.state.step, self.state.attempts, self.state.epoch_records)
 
     def announce(self) -> None:
         s = self.state

@@ -100,10 +100,13 @@ class Decisions:
         self.last_checkpoint = time.perf_counter()
         self.next_at, self.last = 0, (0, time.perf_counter())
 
-    def restart_from(self, step: int, attempts: Sequence[dict] = ()) -> None:
+    def restart_from(self, step: int, attempts: Sequence[dict] = (), epoch_records: Sequence[dict] = ()) -> None:
         """A resumed run: the next proposal is measured from this step; its budget counts what
-        the earlier attempts (as the checkpoint lists them) spent."""
+        the earlier attempts (as the checkpoint lists them) spent; a rule with a memory
+        (`seen_before`) learns the epochs already closed."""
         self.last = (step, time.perf_counter())
+        for rule in self.epoch_end_rules:
+            getattr(rule, "seen_before", lambda records: None)(list(epoch_records))
         if self.budget is not None:
             self.budget.count_earlier(attempts)
 
