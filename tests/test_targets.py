@@ -3,6 +3,8 @@ reaches its target, says so in summary.json, and a resume does nothing more."""
 
 
 import json
+import subprocess
+import sys
 import math
 
 import pytest
@@ -121,3 +123,22 @@ def test_the_prediction_follows_a_power_law_and_says_nothing_it_cannot_support()
     assert predict(loss, [(t, 2.0 * t ** -0.5) for t in range(1, 6)]).epoch == pytest.approx(400)
     score = parse_condition("iou", ">= 0.8")  # a value of the user's, no floor: y = a + b ln t
     assert predict(score, [(t, 0.2 + 0.1 * math.log(t)) for t in range(1, 6)]).epoch == pytest.approx(math.e ** 6)
+
+
+def test_status_of_a_running_run_says_the_latest_prediction(digits_cnn, tmp_path):
+    from tests.conftest import cli_subprocess, read_jsonl_if, wait_for
+
+    spec = digits_cnn(epochs=2000, stop_when={"test_accuracy": ">= 0.995"})  # far off: it runs on
+    runs = tmp_path / "runs"
+    job = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(spec), "--runs-dir", str(runs)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(r.get("prediction") for folder in runs.glob("*")
+                             for r in read_jsonl_if(folder / "metrics.jsonl")), "a prediction", timeout=300)
+        (run,) = runs.iterdir()
+        said = cli_subprocess("status", run).stdout.splitlines()
+        assert said[0].startswith(f"{run.name}: running") and said[1].startswith("after epoch ")
+        assert "target ~epoch " in said[1]
+    finally:
+        job.terminate()
+        job.wait(timeout=120)

@@ -119,6 +119,12 @@ def status(run: str = RunArg, runs_dir: Path = RunsDirOpt):
     state = get_backend(found.record.backend).status(found)
     record_state(found, state)
     typer.echo(f"{found.folder.name}: {state.describe()}")
+    if state.live:
+        from runner.runs.lines import latest_prediction
+
+        said = latest_prediction(found.folder)
+        if said:
+            typer.echo(said)
 
 
 @app.command()

@@ -56,6 +56,18 @@ def target_line(s: dict) -> str | None:
     return f"target: {s['target']} met at epoch {s.get('target_epoch')} ({s.get('target_wall_s', 0):.1f} s{usd})"
 
 
+def latest_prediction(folder: Path) -> str | None:
+    """The target's prediction at the run's last epoch so far (metrics.jsonl), as a line; None
+    without one."""
+    epochs = [r for r in metrics_records(Path(folder) / METRICS) if r.get("kind") == "epoch"]
+    if not epochs or not isinstance(epochs[-1].get("prediction"), dict):
+        return None
+    try:
+        return f"after epoch {epochs[-1]['epoch']}: {prediction_text(epochs[-1]['prediction'])}"
+    except (KeyError, TypeError, ValueError):
+        return None  # a record lacking what the line shows
+
+
 def step_line(r: dict, total: int | None = None) -> str:
     of = f"/{total}" if total else ""
     return (f"step {r['step']}{of}  epoch {r['epoch']}  loss {r['loss']:.4f}{named_values(r)}  "
