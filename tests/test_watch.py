@@ -73,3 +73,28 @@ def test_the_panel_reads_progress_time_left_utilisation_and_cost_from_the_folder
     for text in ("epoch 1/4", "step 30/80", "about 5 s", "1.2000 at step 30", "test_accuracy 50.00%",
                  "cuda:0 busy 42%, 3.0 GiB, 150 W, 61 C, throttled: SwPowerCap", "$2.20 so far"):
         assert text in shown, text
+
+
+def test_watch_follows_a_detached_modal_run_from_its_output_to_its_end(write_spec, tmp_path, monkeypatch, use_backend):
+    import pytest
+
+    pytest.importorskip("modal", reason="the modal extra is not installed (uv sync --extra modal)")
+    from runner.backends.modal.app import VOLUME_PATH_ENV
+    from runner.backends.modal.service import ModalService
+    from tests.modal_standin import ContainerModal
+
+    monkeypatch.setenv(VOLUME_PATH_ENV, str(tmp_path / "volume"))
+    service = ContainerModal(tmp_path / "volume", tmp_path / "modal-calls")
+    use_backend("modal", connect=lambda: ModalService(service))
+    try:
+        spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                          train={"epochs": 3, "log_every_steps": 2}, resources={"gpu": "A10G:1"}, backend="modal")
+        submitted = cli("submit", spec, "--detach", "--runs-dir", tmp_path / "runs")
+        assert submitted.exit_code == 0, submitted.stderr
+        watched = cli("watch", submitted.run_dir, "--every", "0.5")
+    finally:
+        service.stop_all()
+    assert watched.exit_code == 0, watched.stderr + watched.stdout
+    assert watched.stdout.splitlines()[-1].startswith(f"{submitted.run_dir.name}: finished")
+    # the folder is on Modal's volume until fetched: the panel shows the job's latest progress line from its output
+    assert "latest" in watched.stdout and "epoch 3/3" in watched.stdout and "epoch 0/3" not in watched.stdout

@@ -13,7 +13,7 @@ import typer
 
 from runner.cli.app import RunArg, RunsDirOpt, app, user_errors
 from runner.errors import bad_input, missing_backend
-from runner.runs.paths import RECORD
+from runner.runs.paths import METRICS, RECORD
 from runner.training.tensorboard_events import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
@@ -118,10 +118,11 @@ class _Watched:
     def render(self):
         from runner.reports.watching import panel, read_progress
 
+        here = self.backend.folder_is_here or (self.run.folder / METRICS).is_file()  # or fetched already
         progress = None
-        if self.spec is not None and (self.backend.folder_is_here or not self.state.live):
+        if here and self.spec is not None:
             progress = read_progress(self.run.folder, self.spec, self.run.record.backend, self.run.record.submitted_at)
-        elif self.state.live and time.monotonic() - self.logs_at >= self.LOGS_EVERY_S:
+        elif not self.state.live or time.monotonic() - self.logs_at >= self.LOGS_EVERY_S:
             self.latest_line, self.logs_at = _latest_progress_line(self.backend, self.run), time.monotonic()
         return panel(self.run.folder.name, self.run.record.backend, self.state.describe(), progress, self.latest_line)
 
