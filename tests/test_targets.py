@@ -81,6 +81,16 @@ def test_a_run_stops_at_the_first_epoch_that_reaches_its_target(digits_cnn, tmp_
     assert f"target: test_accuracy >= 0.95 met at epoch {reached[0]}" in aimed.stderr + aimed.stdout
     assert _summary(plain.run_dir)["stopped_by"] == "epochs" and "target" not in _summary(plain.run_dir)
 
+    dry = cli("submit", digits_cnn(stop_when={"test_accuracy": ">= 0.95"}), "--dry-run", "--runs-dir",
+              tmp_path / "plain")  # the dry run reads the curve of the run like it
+    assert dry.exit_code == 0, dry.stderr
+    assert f"target test_accuracy >= 0.95: run {plain.run_dir.name} of this model, data and optimizer met it at " \
+           f"epoch {reached[0]}: " in dry.stdout
+    farther = cli("submit", digits_cnn(stop_when={"test_accuracy": ">= 0.995"}), "--dry-run", "--runs-dir",
+                  tmp_path / "plain")
+    assert f"~epoch 21 (19-23) by the fit of run {plain.run_dir.name}'s curve (6 epochs" in farther.stdout, \
+        farther.stdout
+
     again = cli("resume", aimed.run_dir)
     assert again.exit_code == 0 and "nothing to resume" in again.stderr
     further = cli("resume", aimed.run_dir, "--here", "--set", "train.epochs=8")

@@ -330,7 +330,7 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
     spec = plan.spec
     if target.device == "cuda" and target.gpu is not None:
         from runner.reports.estimate import ASSUMPTIONS, DataSample, finished_runs, job_shape, on_gpu
-        from runner.reports.targets import check_budget
+        from runner.reports.targets import check_budget, target_note
 
         job = job_shape(spec, DataSample(shape, classes, example, sizes.steps_per_epoch * spec.data.batch_size,
                                          sizes.test_samples, sizes.held_bytes))
@@ -344,7 +344,8 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
                  if guess.total_usd is not None and guess.price_source is not None  # the catalog's price and where
                  else ", at the offer's price per hour")
         return (f"~{guess.epoch_s:,.1f} s per epoch, {human_duration(guess.total_s)} for {spec.train.epochs} epoch(s) "
-                f"on {target.gpu.name} x{count}{money}; from the catalog at {ASSUMPTIONS}")
+                f"on {target.gpu.name} x{count}{money}; from the catalog at {ASSUMPTIONS}"
+                + target_note(spec, guess.epoch_s, guess.usd_per_hour, guess.startup_s, plan.runs_dir))
     if target.device != "cpu" or not target.here:
         return None
     from runner.training.flops import training_flops_per_sample
@@ -368,8 +369,11 @@ def whole_job_estimate(plan: Plan, target: Target, model, batches, shape, classe
     evals = -(-sizes.test_samples // 1024) * eval_s
     epoch_s = sizes.steps_per_epoch * (step + times.data_per_sample * local) + evals
     total = epoch_s * spec.train.epochs
+    from runner.reports.targets import target_note
+
     return (f"~{epoch_s:,.1f} s per epoch, {human_duration(total)} for {spec.train.epochs} epoch(s) on this CPU "
-            f"({sizes.steps_per_epoch} steps; {how}); start-up not included{_doubts(times)}")
+            f"({sizes.steps_per_epoch} steps; {how}); start-up not included{_doubts(times)}"
+            + target_note(spec, epoch_s, None, 0.0, plan.runs_dir))
 
 
 BUSY_LOAD_PER_CORE = 1.0  # runnable processes per core (1-minute load average) past which this CPU is shared
