@@ -322,3 +322,88 @@ def test_a_slurm_sweep_is_one_job_array_followed_cancelled_and_resumed(slurm_clu
     assert all(t["state"] == "finished" and t["epochs"] == 15 for t in sweep["trials"])
     assert sorted(t["params"]["optimizer.lr"] for t in sweep["trials"]) == [0.02, 0.05, 0.1]
     assert "best: trial-" in resumed.stdout
+
+
+# ---- Modal through its stand-in: a call per trial, the budget, a whole-sweep cancel -------------
+
+from tests.test_modal import container_modal, volume  # noqa: E402,F401  (Modal's servers stood in for here)
+
+
+def modal_sweep_spec(write_spec, epochs: int, max_usd=None, rates=(0.1, 0.05, 0.02)):
+    sweep = {"axes": {"optimizer.lr": list(rates)}, "max_parallel": 2, **({"max_usd": max_usd} if max_usd else {})}
+    return write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": epochs, "log_every_steps": 10},
+                      resources={"gpu": "A10G:1", "timeout_minutes": 20}, backend="modal", sweep=sweep)
+
+
+def live_calls(service) -> int:
+    return sum(1 for call in service.calls.values() if not call.ended.is_set())
+
+
+def test_a_modal_sweep_spawns_one_call_per_trial_at_most_max_parallel_at_once(write_spec, container_modal, tmp_path):
+    import threading
+
+    service = container_modal()
+    most = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            most.append(live_calls(service))
+            stop.wait(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    done = cli("sweep", modal_sweep_spec(write_spec, epochs=2), "--runs-dir", tmp_path / "runs")
+    stop.set()
+    watcher.join()
+    assert done.exit_code == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    sweep = record(folder)
+    assert sweep["backend"] == "modal" and all(t["state"] == "finished" for t in sweep["trials"])
+    assert len(service.calls) == 3 and 0 < max(most) <= 2  # one call per trial, max_parallel at once
+    for trial in sweep["trials"]:
+        run = folder / trial["folder"]
+        assert trial["folder"] == f"{folder.name}-trial-00{trial['number']}"  # its name on the volume, unique
+        assert (run / "summary.json").is_file() and (run / "cost.json").is_file()  # brought back
+        assert json.loads((run / "submission.json").read_text())["handles"]["modal_call_id"].startswith("fc-test-")
+    assert "best: " in done.stdout
+
+
+def test_a_modal_sweep_stops_at_its_budget_and_a_cancel_leaves_no_call_running(write_spec, container_modal,
+                                                                                tmp_path):
+    import threading
+
+    from runner.reports.estimate import before_run
+    from runner.spec.load import load_spec
+    from runner.sweeps.lifecycle import cancel
+
+    service = container_modal()
+    long = modal_sweep_spec(write_spec, epochs=2000)
+    estimate = before_run(load_spec(long).model_copy(update={"sweep": None}))["total_usd"]
+    # room for one trial as estimated; the trial runs far longer here than on an A10G, and its cost
+    # (the price per hour since it was submitted) reaches the budget while it runs
+    budgeted = modal_sweep_spec(write_spec, epochs=2000, max_usd=round(1.2 * estimate, 6))
+    stopped = cli("sweep", budgeted, "--runs-dir", tmp_path / "budget")
+    assert stopped.exit_code == 4, stopped.stderr  # the budget's exit code
+    folder = sweep_folder(stopped.stdout)
+    sweep = record(folder)
+    assert [t["state"] for t in sweep["trials"]] == ["cancelled"]  # no second trial: it would have passed the budget
+    assert any(e["event"] == "budget" for e in sweep["events"])
+    assert live_calls(service) == 0 and service.cancels  # stopped through FunctionCall.cancel: it checkpointed
+
+    said = []
+
+    def cancel_once_two_run() -> None:  # from another thread: `gpujob sweep cancel` signals this very process
+        wait_for(lambda: live_calls(service) == 2, "two trials' calls running at once")
+        (folder,) = list((tmp_path / "cancel").iterdir())
+        said.append(cancel(folder))
+
+    canceller = threading.Thread(target=cancel_once_two_run, daemon=True)
+    canceller.start()
+    cancelled = cli("sweep", modal_sweep_spec(write_spec, epochs=2000), "--runs-dir", tmp_path / "cancel")
+    canceller.join(timeout=300)
+    folder = sweep_folder(cancelled.stdout)
+    assert cancelled.exit_code == 143 and said and f"cancelled {folder.name}" in said[0], (cancelled.stderr, said)
+    assert live_calls(service) == 0  # the whole sweep stopped: no call left running
+    assert sorted(t["state"] for t in record(folder)["trials"]) == ["cancelled", "cancelled"]

@@ -134,6 +134,7 @@ class Backend:
     resumes_here: ClassVar[bool] = False  # `resume` continues the run in this process (the local backend)
     status_needs_no_service: ClassVar[bool] = False  # its status reads this folder alone (`gpujob runs` asks it)
     takes_machine_gpus: ClassVar[bool] = False  # `--gpu all` or a count: this machine's GPUs, handed to the job
+    fans_out: ClassVar[bool] = False  # a sweep's trials go out by its own mechanism (fan_out: a SLURM array)
 
     request_type: ClassVar[type["Request"]]  # the class of its plans' requests
     stop_slack_s: ClassVar[float] = 30  # a stop: past train.stop_grace_s, the backend's own time to end the job

@@ -63,9 +63,11 @@ def sweep(
 
 
 def _runs_here(backend: str) -> bool:
+    """Whether this machine drives the trials (here, or as submissions to Modal, vast.ai, Docker),
+    rather than the backend's own fan-out (a SLURM array)."""
     from runner.backends.registry import get_backend
 
-    return get_backend(backend).resumes_here
+    return not get_backend(backend).fans_out
 
 
 def _run_and_report(folder: Path, parallel: int, detach: bool) -> None:
@@ -130,7 +132,7 @@ def _lifecycle(verb: str, folder: Path, parallel: int, detach: bool) -> None:
 
 
 def _resume(folder: Path, parallel: int, detach: bool) -> None:
-    from runner.sweeps import driver
+    from runner.sweeps import claims, driver
     from runner.sweeps import lifecycle
     from runner.sweeps import record as rec
 
@@ -142,7 +144,7 @@ def _resume(folder: Path, parallel: int, detach: bool) -> None:
         return
     if lifecycle.live(folder, sweep) is not None:
         raise bad_input(f"{folder} is running; `gpujob sweep status {folder}`, `gpujob sweep cancel {folder}`")
-    driver.reclaim_orphans(folder)
+    claims.reclaim_orphans(folder)
     if not detach or not _runs_here(sweep.backend):
         with rec.updating(folder) as record:
             record.note("resumed")

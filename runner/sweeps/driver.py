@@ -9,7 +9,6 @@ pruned, failed) is never run again."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import sys
@@ -26,7 +25,8 @@ from runner.spec.reading import read_spec_file
 from runner.spec.sweep import SweepSpec
 from runner.sweeps import record as rec
 from runner.sweeps.axes import check_axes, from_option, from_spec, grid_points, spec_with
-from runner.sweeps.record import CANCELLED, ENDED, RUNNING, SweepRecord, TrialRecord
+from runner.sweeps.record import CANCELLED, ENDED, RUNNING, SweepRecord
+from runner.sweeps.claims import Claim, claim_next, finish_trial, trial_line
 from runner.sweeps.trial import LOSS_METRICS, TrialOutcome, trial_name
 
 SWEEP_SUFFIX = "sweep"  # a sweep folder: runs/NAME-sweep-YYYYmmdd-HHMMSS
@@ -115,13 +115,6 @@ def start(plan: SweepPlan) -> Path:
 
 # ---- working through the trials ----------------------------------------------------------------
 
-@dataclass
-class Claim:
-    number: int
-    params: dict
-    resume: bool  # the trial's folder holds its earlier attempt: continue it
-
-
 class Signals:
     """SIGTERM, SIGINT and SIGHUP between trials: noted, so that no trial starts after them (during
     a trial the training loop's own StopRequest takes them: it checkpoints and stops the trial)."""
@@ -163,45 +156,6 @@ def work(folder: Path, say=print, signals: Signals | None = None) -> int:
             return outcome.exit_code
 
 
-def claim_next(folder: Path) -> Claim | None:
-    from runner.sweeps.study import ask, open_study
-
-    with rec.updating(folder) as sweep:
-        if sweep.cancel_asked:
-            return None
-        me = run_lock.identity()
-        for trial in sweep.trials:
-            if trial.state == CANCELLED or (trial.state == RUNNING and not _owner_alive(trial.owner)):
-                trial.state, trial.owner, trial.ended_at = RUNNING, me, None
-                return Claim(trial.number, trial.params, resume=True)
-        if len(sweep.trials) >= sweep.planned:
-            return None
-        _optuna_trial, params = ask(open_study(folder, sweep), sweep)
-        number = _optuna_trial.number
-        sweep.trials.append(TrialRecord(number, trial_name(number), params, owner=me))
-        return Claim(number, params, resume=False)
-
-
-def _owner_alive(owner: dict | None) -> bool:
-    """Whether the process running a trial is still there; one on another machine (a SLURM node)
-    only that machine can tell: taken as alive until the sweep is resumed (reclaim_orphans)."""
-    if not owner:
-        return False
-    import socket
-
-    return owner.get("host") != socket.gethostname() or run_lock.is_alive(owner)
-
-
-def reclaim_orphans(folder: Path) -> None:
-    """On `sweep resume`, when none of the sweep's workers runs any more: a trial still recorded as
-    running lost its process (kill -9, a lost node) and is continued like a cancelled one."""
-    with rec.updating(folder) as sweep:
-        for trial in sweep.trials:
-            if trial.state == RUNNING:
-                trial.state, trial.owner = CANCELLED, None
-                trial.detail = "its process was gone when the sweep was resumed"
-
-
 def run_claim(folder: Path, claim: Claim) -> TrialOutcome:
     from runner.sweeps.study import Judge, open_study, reopen
     from runner.sweeps.trial import PruneRule, start_folder, train_trial
@@ -226,36 +180,6 @@ def _set_aside(trial_dir: Path) -> None:
     trial_dir.rename(trial_dir.with_name(f"{trial_dir.name}-unstarted-{time.strftime('%Y%m%d-%H%M%S')}"))
 
 
-def finish_trial(folder: Path, number: int, outcome: TrialOutcome) -> SweepRecord:
-    from runner.sweeps.study import open_study, tell
-
-    with rec.updating(folder) as sweep:
-        trial = sweep.trial(number)
-        trial.state, trial.epochs, trial.value = outcome.state, outcome.epochs, _finite(outcome.value)
-        trial.curve = [_finite(v) for v in outcome.curve]
-        trial.detail, trial.owner, trial.ended_at = outcome.detail, None, rec.now()
-        trial.wall_s = round((trial.wall_s or 0.0) + outcome.wall_s, 3)
-        if outcome.state in ENDED:
-            tell(open_study(folder, sweep), number, outcome.state, trial.value)
-    return sweep
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def trial_line(sweep: SweepRecord, trial: TrialRecord) -> str:
-    values = " ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-    result = f"{sweep.metric} {trial.value:.4g}" if trial.value is not None else "no result"
-    how = {"finished": f"after {trial.epochs} epoch(s)", "pruned": f"pruned after epoch {trial.epochs}"}.get(
-        trial.state, f"{trial.state}: {trial.detail}")
-    return f"{trial.folder} {values}: {result}, {how} ({trial.wall_s or 0:.1f} s)"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
 def run_here(folder: Path, parallel: int = 1, say=print) -> int:
     """Work through the sweep here, in this process or `parallel` worker processes, holding the
     sweep folder's lock (how `status` knows it runs and `cancel` whom to stop); then mark it ended
@@ -267,16 +191,23 @@ def run_here(folder: Path, parallel: int = 1, say=print) -> int:
     except run_lock.LockHeld as held:
         raise bad_input(f"{folder} is running: {run_lock.describe(held.owner)}; follow it with "
                         f"`gpujob sweep status {folder}`, stop it with `gpujob sweep cancel {folder}`") from None
+    from runner.backends.registry import get_backend
+
+    backend = get_backend(rec.read(folder).backend)
     try:
         with Signals() as signals:
-            if parallel == 1:
+            if not backend.resumes_here:
+                from runner.sweeps.remote import run_remote
+
+                code = run_remote(folder, backend, signals, say)
+            elif parallel == 1:
                 _share_cores(1)
                 code = work(folder, say, signals)
             else:
                 code = _in_worker_processes(folder, parallel, signals)
     finally:
         run_lock.release(folder)
-    _close(folder, code)
+    close(folder, code)
     write_report(folder)
     return code
 
@@ -375,12 +306,12 @@ def follow(folder: Path, say=print) -> int:
             record.note("cancel asked")
         backend.stop_fan_out(sweep.handles)
         code = INTERRUPTED
-    _close(folder, code)
+    close(folder, code)
     write_report(folder)
     return code
 
 
-def _close(folder: Path, code: int) -> None:
+def close(folder: Path, code: int) -> None:
     with rec.updating(folder) as sweep:
         done = all(t.state in ENDED for t in sweep.trials) and len(sweep.trials) >= sweep.planned
         sweep.state = rec.FINISHED if done else (CANCELLED if sweep.cancel_asked or code else RUNNING)

@@ -106,7 +106,7 @@ def start_detached(folder: Path, parallel: int) -> int:
 
 def _cancel_fanned_out(folder: Path, sweep: SweepRecord) -> str:
     from runner.backends.registry import get_backend
-    from runner.sweeps.driver import _close
+    from runner.sweeps.driver import close
 
     backend = get_backend(sweep.backend)
     if backend.fanned_out_live(sweep.handles) is None:
@@ -117,5 +117,5 @@ def _cancel_fanned_out(folder: Path, sweep: SweepRecord) -> str:
     deadline = time.monotonic() + STOP_WAIT_S
     while backend.fanned_out_live(sweep.handles) is not None and time.monotonic() < deadline:
         time.sleep(1)
-    _close(folder, 0)
+    close(folder, 0)
     return f"cancelled {folder.name}; its unfinished trials continue with: gpujob sweep resume {folder}"

@@ -129,5 +129,5 @@ def _curves(panel, sweep: SweepRecord) -> None:
     panel.set_ylabel(sweep.metric)
     panel.set_title("trials (dashed, x: pruned)", fontsize=9)
     panel.grid(alpha=0.3)
-    if len(sweep.trials) <= 12:
+    if 0 < len(panel.get_lines()) and len(sweep.trials) <= 12:
         panel.legend(fontsize=7)

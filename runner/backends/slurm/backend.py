@@ -61,6 +61,7 @@ class SlurmBackend(Backend):
     folder_is_here = True  # the job writes its run folder here (a file system the nodes share)
     ships_code = True  # a copy in the run's job/code, which the job imports
     request_type = SlurmRequest
+    fans_out = True  # a sweep is one job array (runner/backends/slurm/array.py)
 
     def target(self, plan: Plan) -> Target:
         if plan.spec.resources.gpu_request is not None:
