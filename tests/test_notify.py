@@ -151,7 +151,7 @@ def test_a_failed_job_says_so_with_its_exit_code_and_error(write_spec, receiver,
 
 
 def test_a_detached_run_tells_its_stop_and_its_resume_with_the_webhooks_the_resume_is_given(write_spec, receiver,
-                                                                                           tmp_path):
+                                                                                           tmp_path, monkeypatch):
     from tests.conftest import read_jsonl_if, wait_for
 
     spec = _digits(write_spec, train={"epochs": 400, "max_steps": 300, "log_every_steps": 5})
@@ -165,8 +165,9 @@ def test_a_detached_run_tells_its_stop_and_its_resume_with_the_webhooks_the_resu
     stopped = receiver.bodies[1][1]
     assert stopped["state"] == "preempted" and stopped["exit_code"] == 143  # SIGTERM: the job cannot tell a cancel
     assert "checkpoint saved" in stopped["message"]
-    # a resume tells the webhooks its process has (here the same GPUJOB_NOTIFY, as a user exports it)
-    resumed = cli("resume", run)
+    # a resume tells the webhooks it is given: none are kept with the run
+    monkeypatch.setenv(NOTIFY_ENV, "")
+    resumed = cli("resume", run, "--notify", receiver.url())
     assert resumed.exit_code == 0, resumed.stderr
     assert receiver.events() == ["started", "preempted", "resumed", "finished"]
     assert receiver.body("finished")["epochs"]["done"] == json.loads((run / "summary.json").read_text())["epochs"]

@@ -80,6 +80,8 @@ def resume(
                                        "or 'auto'"),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="train it further: train.epochs=N "
                                              "or train.max_steps=N, more than it has done (a finished run too)"),
+    notify: Optional[List[str]] = typer.Option(None, "--notify", metavar="URL", help="a webhook the job tells when it "
+                                               "resumes and ends (repeatable; a run folder keeps none)"),
 ):
     """Continue a stopped run from its last checkpoint.
 
@@ -87,8 +89,10 @@ def resume(
     backend that ran it (a SLURM run goes back to SLURM), or here with --here. With
     --set train.epochs=N, a finished or stopped run trains on to N epochs."""
     from runner.cli.lifecycle import find_run, resume_run
+    from runner.reports.notify import hand_to_job
 
     found = find_run(run, runs_dir)
+    hand_to_job([], notify or [], found.record.backend)  # in the environment only: a webhook is a credential
     try:
         resumed = resume_run(found, detach, here, lambda spec: workers_here(spec, nproc_per_node), set_)
     except GpujobError as err:
