@@ -162,3 +162,24 @@ def test_every_exit_code_has_a_row_in_troubleshooting():
     assert codes >= {1, 2, 3, 130, 143}
     for code in sorted(codes | {0}):
         assert re.search(rf"^\| {code} \| ", page, re.MULTILINE), f"exit code {code} has no row in docs/troubleshooting.md"
+
+
+def test_every_option_of_every_command_is_on_the_commands_page():
+    from typer.main import get_command
+
+    from runner.cli.main import app
+
+    page = (REPO / "docs" / "commands.md").read_text()
+    missing = []
+
+    def walk(command, path: str) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            if not sub.hidden:
+                walk(sub, f"{path} {name}")
+        for param in getattr(command, "params", []):
+            if type(param).__name__.endswith("Option") and not getattr(param, "hidden", False):
+                missing.extend(f"{path} {opt}" for opt in param.opts
+                               if opt.startswith("--") and opt != "--help" and opt not in page)
+
+    walk(get_command(app), "gpujob")
+    assert not missing, f"options not on docs/commands.md: {', '.join(missing)}"
