@@ -407,3 +407,49 @@ def test_a_modal_sweep_stops_at_its_budget_and_a_cancel_leaves_no_call_running(w
     assert cancelled.exit_code == 143 and said and f"cancelled {folder.name}" in said[0], (cancelled.stderr, said)
     assert live_calls(service) == 0  # the whole sweep stopped: no call left running
     assert sorted(t["state"] for t in record(folder)["trials"]) == ["cancelled", "cancelled"]
+
+
+# ---- vast.ai through its stand-in: an instance per trial, every one destroyed --------------------
+
+from tests.test_vast import IMAGE, local_vast  # noqa: E402,F401  (the image's start script as the instance)
+
+
+def vast_sweep_spec(write_spec, epochs: int):
+    return write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 32},
+                      train={"epochs": epochs, "log_every_steps": 5, "checkpoint_every_minutes": 10},
+                      resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05]}, "max_parallel": 2})
+
+
+def live_instances(vast) -> list[int]:
+    return [i for i, inst in vast.instances.items() if not inst["destroyed"]]
+
+
+def test_a_vast_sweep_rents_an_instance_per_trial_and_a_cancel_leaves_none(write_spec, local_vast, tmp_path):
+    import threading
+
+    from runner.sweeps.lifecycle import cancel
+
+    done = cli("sweep", vast_sweep_spec(write_spec, epochs=2), "--runs-dir", tmp_path / "done")
+    assert done.exit_code == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    trials = record(folder)["trials"]
+    assert [t["state"] for t in trials] == ["finished", "finished"]
+    assert all((folder / t["folder"] / "summary.json").is_file() for t in trials)  # copied back
+    assert len(local_vast.instances) == 2 and live_instances(local_vast) == []  # each destroyed once it ended
+
+    said = []
+
+    def cancel_once_both_run() -> None:
+        wait_for(lambda: len(live_instances(local_vast)) == 2 and all(
+            "step 5/" in local_vast.logs(i) for i in live_instances(local_vast)), "both trials' instances training")
+        (folder,) = list((tmp_path / "cancel").iterdir())
+        said.append(cancel(folder))
+
+    canceller = threading.Thread(target=cancel_once_both_run, daemon=True)
+    canceller.start()
+    stopped = cli("sweep", vast_sweep_spec(write_spec, epochs=400), "--runs-dir", tmp_path / "cancel")
+    canceller.join(timeout=300)
+    assert stopped.exit_code == 143 and said, (stopped.stderr, said)
+    assert live_instances(local_vast) == []  # nothing left renting
+    assert [t["state"] for t in record(sweep_folder(stopped.stdout))["trials"]] == ["cancelled", "cancelled"]

@@ -277,11 +277,11 @@ class Backend:
     # ---- a sweep's trials, fanned out by the backend's own mechanism (runner/sweeps) -----------
 
     def fan_out(self, spec: "JobSpec", sweep_dir: Path, trials: int, parallel: int) -> dict:
-        """Start workers of `gpujob sweep work SWEEP_DIR` for `trials` trials, at most `parallel`
-        at once; returns the handles to keep in sweep.json. A backend that runs jobs in this
-        process (local) runs the workers itself and is never asked."""
-        raise bad_input(f"backend {self.name}: a sweep's trials run here (local) or on slurm for now; "
-                        "use --set backend=local or backend=slurm")
+        """Where `fans_out`: start workers of `gpujob sweep work SWEEP_DIR` for `trials` trials, at
+        most `parallel` at once; returns the handles to keep in sweep.json. Other backends' trials
+        are submitted one by one from this machine, or (local) trained in this process."""
+        raise NotImplementedError(f"backend {self.name} has no fan-out of its own (fans_out is False): this "
+                                  "machine submits its trials one by one (runner/sweeps/remote.py)")
 
     def fanned_out_live(self, handles: dict) -> str | None:
         """While a sweep's workers run (or wait to): one line saying so; None once they all ended."""
