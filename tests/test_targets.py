@@ -88,7 +88,7 @@ def test_a_run_stops_at_the_first_epoch_that_reaches_its_target(digits_cnn, tmp_
            f"epoch {reached[0]}: " in dry.stdout
     farther = cli("submit", digits_cnn(stop_when={"test_accuracy": ">= 0.995"}), "--dry-run", "--runs-dir",
                   tmp_path / "plain")
-    assert f"~epoch 21 (19-23) by the fit of run {plain.run_dir.name}'s curve (6 epochs" in farther.stdout, \
+    assert f"~epoch 11 (10-11) by the fit of run {plain.run_dir.name}'s curve (6 epochs" in farther.stdout, \
         farther.stdout
 
     again = cli("resume", aimed.run_dir)
@@ -131,6 +131,9 @@ def test_the_prediction_follows_a_power_law_and_says_nothing_it_cannot_support()
     assert predict(accuracy, [(1, 0.5), (2, 0.6), (3, 0.5), (4, 0.6), (5, 0.5)]) is None  # no trend to bound
     loss = parse_condition("test_loss", "<= 0.1")
     assert predict(loss, [(t, 2.0 * t ** -0.5) for t in range(1, 6)]).epoch == pytest.approx(400)
+    falling = [(t, 0.5 * math.exp(-0.2 * t)) for t in range(1, 6)]  # an exponential fits it better: it is one
+    assert predict(loss, [(t, v + 0.1) for t, v in falling]) is not None
+    assert predict(parse_condition("test_loss", "<= 0.01"), falling).epoch == pytest.approx(math.log(50) / 0.2)
     score = parse_condition("iou", ">= 0.8")  # a value of the user's, no floor: y = a + b ln t
     assert predict(score, [(t, 0.2 + 0.1 * math.log(t)) for t in range(1, 6)]).epoch == pytest.approx(math.e ** 6)
 
