@@ -28,7 +28,8 @@ class Receiver:
     200 (the default once it is empty), another status, (429, seconds) with Retry-After, or
     "hang" (no answer until the test ends)."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1"):
+        self.host = host
         self.plan: list = []
         self.bodies: list[tuple[str, dict]] = []  # (path, body) of every request, answered or not
         self.release = threading.Event()
@@ -55,12 +56,12 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def url(self, path: str = f"/hook/{SECRET}") -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
+        return f"http://{self.host}:{self.server.server_port}{path}"
 
     def events(self, path: str | None = None) -> list[str]:
         return [body["event"] for where, body in self.bodies if path is None or where == path]
@@ -392,3 +393,40 @@ def test_slurm_jobs_get_the_webhooks_through_sbatchs_environment(write_spec, rec
     assert receiver.body("finished")["backend"] == "slurm"
     _no_secret_in(result.run_dir, result.stdout, result.stderr)  # job/job.sbatch and slurm-ID.out included
     _has_tensorboard_events(result.run_dir)
+
+
+def _docker_bridge() -> str | None:
+    """The host's address on docker's default bridge, which a container reaches the host by."""
+    import subprocess
+
+    out = subprocess.run(["docker", "network", "inspect", "bridge", "--format",
+                          "{{range .IPAM.Config}}{{.Gateway}}{{end}}"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or None
+
+
+def _engine() -> bool:
+    from runner.backends.docker.image import engine_available
+
+    return engine_available()
+
+
+@pytest.mark.skipif(not _engine(), reason="no Docker engine answers here (.ci/start-docker.sh starts one)")
+def test_docker_jobs_get_the_webhooks_by_name_from_dockers_environment(write_spec, monkeypatch, tmp_path, image):
+    from tests.conftest import cli_subprocess
+
+    bridge = _docker_bridge()
+    if bridge is None:
+        pytest.skip("docker has no default bridge here")
+    monkeypatch.setenv(NOTIFY_ENV, "")
+    receiver = Receiver(bridge)  # where the container can reach this machine
+    try:
+        spec = _digits(write_spec, model={"name": "mlp"}, train={"epochs": 1}, docker={"image": image})
+        out = cli_subprocess("submit", spec, "--backend", "docker", "--notify", receiver.url(), "--runs-dir",
+                             tmp_path / "runs", timeout=600)
+    finally:
+        receiver.close()
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert receiver.events() == ["started", "finished"] and receiver.body("finished")["backend"] == "docker"
+    run = Path(out.stdout.strip().splitlines()[-1])
+    _no_secret_in(run, out.stdout, out.stderr)  # job/request.json holds `--env GPUJOB_NOTIFY`, by name
+    assert f'"{NOTIFY_ENV}"' in (run / "job" / "request.json").read_text()
