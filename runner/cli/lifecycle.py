@@ -79,7 +79,8 @@ def resume(
     nproc_per_node: str = typer.Option("auto", "--nproc-per-node", metavar="N|auto", help="DDP workers when it continues here, "
                                        "or 'auto'"),
     set_: Optional[List[str]] = typer.Option(None, "--set", metavar="KEY=VALUE", help="train it further: train.epochs=N "
-                                             "or train.max_steps=N, more than it has done (a finished run too)"),
+                                             "or train.max_steps=N, more than it has done (a finished run too); "
+                                             "or raise its budget: resources.max_usd=X"),
     notify: Optional[List[str]] = typer.Option(None, "--notify", metavar="URL", help="a webhook the job tells when it "
                                                "resumes and ends (repeatable; a run folder keeps none)"),
 ):
