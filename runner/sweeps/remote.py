@@ -170,7 +170,7 @@ def _brought_back(backend, run: Run, metric: str) -> TrialOutcome:
     outcome = outcome_of(run.folder, metric, 0.0)
     if outcome.state == FAILED:
         outcome.state = CANCELLED if state.state in ("cancelled", "preempted") else FAILED
-        outcome.detail = state.detail
+        outcome.detail = " ".join(filter(None, (state.detail, _last_said(run.folder))))
     summary = run.folder / "timing.json"
     if summary.is_file():
         import json
@@ -187,3 +187,14 @@ def _budget_noted(sweep: rec.SweepRecord) -> bool:
         if event["event"] in ("started", "resumed"):
             return False
     return False
+
+
+def _last_said(folder: Path) -> str:
+    """The job's own last line where the backend kept its output (a container's job/output.log):
+    why a trial failed, beside the backend's exit code."""
+    output = folder / "job" / "output.log"
+    try:
+        lines = [line for line in output.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return f"({lines[-1].strip()[:300]})" if lines else ""
