@@ -111,3 +111,17 @@ def test_the_dry_run_refuses_a_budget_below_the_start_up_and_one_epoch(write_spe
     assert "s billed start-up + ~" in line and "at $1.10/h" in line
     enough = cli("submit", spec, "--dry-run", "--set", "resources.max_usd=1", "--runs-dir", tmp_path / "runs")
     assert enough.exit_code == 0, enough.stderr
+
+
+def test_every_ddp_rank_stops_at_the_budget_with_rank_0s_checkpoint(write_spec, tmp_path):
+    """As a rented backend runs the job: told its price and budget, two workers stop together."""
+    from runner.training.meter import Meter
+    from tests.conftest import cli_subprocess
+
+    told = Meter(usd_per_hour=3600.0, billed_since=time.time(), max_usd=1.0).env()  # $1 a second: spent at start-up
+    spec = write_spec(**_sections())
+    done = cli_subprocess("run", spec, "--runs-dir", tmp_path / "runs", "--nproc-per-node", "2", env=told)
+    assert done.returncode == BUDGET_REACHED, done.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    assert "gpujob: budget reached: about $" in done.stderr and "of resources.max_usd $1.00 spent" in done.stderr
+    assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()
