@@ -149,6 +149,7 @@ def test_a_local_run_samples_its_cpu_into_the_folder_and_the_summary(write_spec,
     summary = json.loads((result.run_dir / "summary.json").read_text())["utilisation"]
     assert summary["device"] == "cpu" and summary["samples"] >= 1 and summary["mean_util_percent"] > 0
     assert summary["peak_memory_used_bytes"] > 10 * 2**20 and summary["energy_j"] is None
+    assert "rank 0's CPU threads busy" in cli("show", result.run_dir).stdout
 
 
 @pytest.mark.parametrize("value", ["0"])
@@ -157,3 +158,12 @@ def test_sampling_can_be_turned_off(write_spec, tmp_path, monkeypatch, value):
     result = cli("submit", write_spec(train={"epochs": 1}), "--runs-dir", tmp_path / "runs")
     assert result.exit_code == 0 and not (result.run_dir / UTILISATION).exists()
     assert json.loads((result.run_dir / "summary.json").read_text())["utilisation"] is None
+
+
+def test_show_says_how_busy_the_device_was():
+    from runner.reports.show import utilisation_line
+
+    line = utilisation_line({"device": "cuda", "devices": 2, "samples": 40, "mean_util_percent": 71.6,
+                             "peak_memory_used_bytes": 3 * 2**30, "energy_j": 720_000.0, "throttled_samples": 2})
+    assert line == ("the GPU(s) busy 72% on average (40 samples, utilisation.jsonl), peak 3.0 GiB used, "
+                    "0.200 kWh (720,000 J), clocks held back in 2 sample(s)")

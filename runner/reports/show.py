@@ -23,6 +23,8 @@ def show_lines(run: RunView) -> list[tuple[str, str]]:
     if s.get("peak_memory_bytes"):
         where = "the GPU's allocator peak" if s.get("device", "").startswith("cuda") else "peak RSS of rank 0"
         rows.append(("peak memory", f"{s['peak_memory_bytes'] / 2**20:,.0f} MiB ({where})"))
+    if s.get("utilisation"):
+        rows.append(("utilisation", utilisation_line(s["utilisation"])))
     rows.append(("wall time", f"{s.get('wall_s', 0):.1f} s in all" + (f", resumed {s['resumed']}x" if s.get("resumed")
                                                                        else "")))
     phases = run.startup_phases()
@@ -43,6 +45,20 @@ def show_lines(run: RunView) -> list[tuple[str, str]]:
         rows.append(("damaged" if i == 0 else "", problem))
     rows.append(("folder", str(run.folder)))
     return rows
+
+
+def utilisation_line(u: dict) -> str:
+    """summary.json's `utilisation` (runner/training/sampler.py) in one line."""
+    what = "the GPU(s) busy" if u.get("device") == "cuda" else "rank 0's CPU threads busy"
+    parts = [f"{what} {u['mean_util_percent']:.0f}% on average" if u.get("mean_util_percent") is not None else what]
+    parts[0] += f" ({u.get('samples')} samples, utilisation.jsonl)"
+    if u.get("peak_memory_used_bytes"):
+        parts.append(f"peak {u['peak_memory_used_bytes'] / 2**30:.1f} GiB used")
+    if u.get("energy_j") is not None:
+        parts.append(f"{u['energy_j'] / 3.6e6:.3f} kWh ({u['energy_j']:,.0f} J)")
+    if u.get("throttled_samples"):
+        parts.append(f"clocks held back in {u['throttled_samples']} sample(s)")
+    return ", ".join(parts)
 
 
 def speed(run: RunView) -> str:
