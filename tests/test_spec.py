@@ -150,7 +150,7 @@ def test_a_value_where_a_section_belongs_says_what_to_write(write_spec):
     assert result.exit_code == 2 and "model: a section, not a value; write `model: {name: cnn}`" in result.stderr
     assert "ModelSpec" not in result.stderr
     result = cli("validate", write_spec(resources=5))
-    assert "resources: a section of fields (gpu, timeout_minutes, processes, nodes), not `5`" in result.stderr
+    assert "resources: a section of fields (gpu, timeout_minutes, processes, nodes, max_usd), not `5`" in result.stderr
     result = cli("validate", write_spec(data=[1, 2]))
     assert "data: a section of fields (dataset, root," in result.stderr and "not `[1, 2]`" in result.stderr
     result = cli("validate", write_spec(), "--set", "model=cnn")
