@@ -219,6 +219,16 @@ def test_500s_are_retried_with_backoff_until_delivered(receiver):
     assert receiver.events() == ["finished"] * 3 and warnings == [] and sleeps == [1.0, 2.0]
 
 
+def test_a_receiver_hears_the_events_in_their_order_even_while_one_is_retried(receiver):
+    receiver.plan = [503]
+    warnings: list[str] = []
+    notifier = _notifier(receiver, warnings, try_timeout_s=5, retry_for_s=30)
+    notifier.send("started", lambda url: {"event": "started"})
+    notifier.send("finished", lambda url: {"event": "finished"})
+    notifier.wait(30)
+    assert receiver.events() == ["started", "started", "finished"] and warnings == []
+
+
 def test_a_429_waits_what_retry_after_asks(receiver):
     receiver.plan = [(429, 7)]
     warnings, sleeps = [], []
@@ -430,3 +440,20 @@ def test_docker_jobs_get_the_webhooks_by_name_from_dockers_environment(write_spe
     run = Path(out.stdout.strip().splitlines()[-1])
     _no_secret_in(run, out.stdout, out.stderr)  # job/request.json holds `--env GPUJOB_NOTIFY`, by name
     assert f'"{NOTIFY_ENV}"' in (run / "job" / "request.json").read_text()
+
+
+def test_a_trial_its_sweeps_pruner_stopped_is_told_as_pruned(receiver, monkeypatch, tmp_path):
+    from runner.launching.notifying import notifications
+    from runner.reports.notify import environment_value
+    from runner.spec.model import JobSpec
+
+    monkeypatch.setenv(NOTIFY_ENV, environment_value([receiver.url()], "local"))
+    run = tmp_path / "trial-003"
+    run.mkdir()
+    with notifications(run, JobSpec(name="trial", train={"epochs": 5}), resuming=False):
+        # the trial's worker writes summary.json as a pruned trial ends (runner/sweeps/trial.py's PRUNED_BY)
+        (run / "summary.json").write_text(json.dumps({"epochs": 2, "train_loss": 0.9, "test_loss": 1.1,
+                                                     "test_accuracy": 0.6, "stopped_by": "pruned"}))
+    assert receiver.events() == ["started", "pruned"]
+    pruned = receiver.body("pruned")
+    assert pruned["exit_code"] == 0 and pruned["stopped_by"] == "pruned" and pruned["epochs"] == {"done": 2, "total": 5}

@@ -1,9 +1,10 @@
 """Rank 0's notifications around one attempt of a job: `started` (or `resumed`) as it begins, and
-how it ended (finished, failed, preempted, cancelled) from what the worker returned or raised.
+how it ended (finished, pruned, failed, preempted, cancelled) from what the worker returned or raised.
 Only where the job was given webhooks (runner/reports/notify.py, NOTIFY_ENV); otherwise nothing."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ from typing import Iterator
 from runner.errors import GpujobError
 from runner.reports.notify import Notifier, from_environment
 from runner.reports.notify_body import JobFacts, body_for
+from runner.runs.paths import SUMMARY
 from runner.runs.state import FINISHED, state_of_error
 from runner.spec.model import JobSpec
 
@@ -42,10 +44,22 @@ def notifications(run_dir: Path, spec: JobSpec, resuming: bool) -> Iterator[None
         _send(notifier, facts, "failed", 1, f"{type(err).__name__}: {err}")
         raise
     else:
-        _send(notifier, facts, FINISHED, 0)
+        _send(notifier, facts, _ended_as(facts.run_dir), 0)
     finally:
         notifier.wait()
 
 
 def _send(notifier: Notifier, facts: JobFacts, state: str, exit_code: int | None, message: str = "") -> None:
     notifier.send(state, lambda url: body_for(url, facts, state, exit_code, message))
+
+
+PRUNED = "pruned"  # summary.json's stopped_by for a sweep's trial its pruner ended (runner/sweeps/trial.py)
+
+
+def _ended_as(run_dir: Path) -> str:
+    """finished, or pruned: a sweep's trial its pruner stopped after an epoch (exit 0 too)."""
+    try:
+        stopped_by = json.loads((run_dir / SUMMARY).read_text()).get("stopped_by")
+    except (OSError, ValueError, AttributeError):
+        return FINISHED
+    return PRUNED if stopped_by == PRUNED else FINISHED

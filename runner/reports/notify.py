@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -116,12 +117,14 @@ def _retry_after(value: str | None) -> float | None:
 class Delivery:
     event: str
     url: str
-    thread: threading.Thread | None = None
+    make_body: Callable[[str], dict]
+    done: threading.Event = field(default_factory=threading.Event)
     outcome: list[str] = field(default_factory=list)  # "sent", or the reason it was given up on
 
 
 class Notifier:
-    """Sends each event to every webhook on a thread of its own; `wait` at the job's end."""
+    """Sends each event to every webhook from a background thread per webhook, in the order the
+    events happened (a receiver never hears `finished` before `started`); `wait` at the job's end."""
 
     def __init__(self, urls: list[str], post: Callable[[str, dict, float], None] = post_json,
                  try_timeout_s: float = TRY_TIMEOUT_S, retry_for_s: float = RETRY_FOR_S,
@@ -130,28 +133,40 @@ class Notifier:
         self.warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self.sleep = sleep
         self.deliveries: list[Delivery] = []
-        self.warned: set[tuple[str, str]] = set()
+        self.queues: dict[str, queue.SimpleQueue] = {}
         self.lock = threading.Lock()
 
     def send(self, event: str, make_body: Callable[[str], dict]) -> None:
         """`make_body(url)`: the body for that receiver, made on the sending thread (it reads the
         run folder), so that nothing of it holds the job up."""
         for url in self.urls:
-            delivery = Delivery(event, url)
-            delivery.thread = threading.Thread(target=self._deliver, args=(delivery, make_body), daemon=True,
-                                               name=f"gpujob-notify-{event}")
+            delivery = Delivery(event, url, make_body)
             self.deliveries.append(delivery)
-            delivery.thread.start()
+            self._queue(url).put(delivery)
 
     def wait(self, limit_s: float = FINAL_WAIT_S) -> None:
         """Wait for what is still being sent, at most `limit_s` in all; what is not through by
         then is given up on, with one warning each."""
         deadline = time.monotonic() + limit_s
         for delivery in self.deliveries:
-            assert delivery.thread is not None, "started by send"
-            delivery.thread.join(max(0.0, deadline - time.monotonic()))
-            if delivery.thread.is_alive():
+            if not delivery.done.wait(max(0.0, deadline - time.monotonic())):
                 self._warn_once(delivery, f"not delivered within {limit_s:g} s of the job's end; given up")
+
+    def _queue(self, url: str) -> queue.SimpleQueue:
+        with self.lock:
+            if url not in self.queues:
+                self.queues[url] = queue.SimpleQueue()
+                threading.Thread(target=self._sender, args=(self.queues[url],), daemon=True,
+                                 name="gpujob-notify").start()
+            return self.queues[url]
+
+    def _sender(self, deliveries: queue.SimpleQueue) -> None:
+        while True:
+            delivery = deliveries.get()
+            try:
+                self._deliver(delivery, delivery.make_body)
+            finally:
+                delivery.done.set()
 
     def _deliver(self, delivery: Delivery, make_body: Callable[[str], dict]) -> None:
         from tenacity import RetryError, Retrying, retry_if_exception, stop_before_delay
@@ -166,7 +181,8 @@ class Notifier:
                 with attempt:
                     tries += 1
                     self.post(delivery.url, body, self.try_timeout_s)
-            delivery.outcome.append("sent")
+            with self.lock:
+                delivery.outcome.append("sent")
         except RetryError as err:
             last = err.last_attempt.exception()
             self._warn_once(delivery, f"{getattr(last, 'reason', last)} after {tries} tries within "
@@ -179,9 +195,8 @@ class Notifier:
 
     def _warn_once(self, delivery: Delivery, why: str) -> None:
         with self.lock:
-            if (delivery.event, delivery.url) in self.warned or delivery.outcome:
+            if delivery.outcome:  # sent, or already given up on and said so
                 return
-            self.warned.add((delivery.event, delivery.url))
             delivery.outcome.append(why)
         self.warn(f"gpujob: warning: notification '{delivery.event}' to {masked(delivery.url)}: {why} "
                   "(the job is not affected)")

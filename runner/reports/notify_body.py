@@ -48,6 +48,7 @@ def plain_body(facts: JobFacts, state: str, exit_code: int | None, message: str 
         "metrics": _final_metrics(summary, last_epoch),
         "cost_so_far_usd": _cost_so_far(facts, folder),
         "diagnosis": _diagnosis_line(summary),
+        "stopped_by": summary.get("stopped_by"),  # epochs, max_steps, target, pruned, ...
         "device": summary.get("device_name") or summary.get("device"),
         "wall_s": summary.get("wall_s"),
         "loss_curve_png": _png_data_url(folder / PLOT) if state not in ("started", "resumed") else None,
