@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from runner.cli.app import RunsDirOpt, SetOpt, app, load_job, user_errors
+from runner.invocation import command
 from runner.errors import bad_input
 
 VERBS = ("show", "status", "cancel", "resume", "work")  # work: one process of a parallel sweep (internal)
@@ -84,14 +85,14 @@ def _run_and_report(folder: Path, parallel: int, detach: bool) -> None:
     elif detach:
         start_detached(folder, parallel)
         typer.echo(f"sweep {folder.name} runs without this terminal")
-        typer.echo(f"  its state:  gpujob sweep status {folder}")
-        typer.echo(f"  stop it:    gpujob sweep cancel {folder}")
+        typer.echo(f"  its state:  {command(f'gpujob sweep status {folder}')}")
+        typer.echo(f"  stop it:    {command(f'gpujob sweep cancel {folder}')}")
         typer.echo(str(folder))
         return
     else:
         code = driver.run_here(folder, parallel, say=typer.echo)
     if detach:
-        typer.echo(f"  its state:  gpujob sweep status {folder}")
+        typer.echo(f"  its state:  {command(f'gpujob sweep status {folder}')}")
         typer.echo(str(folder))
         return
     for line in summary_lines(folder, rec.read(folder)):
@@ -140,10 +141,11 @@ def _resume(folder: Path, parallel: int, detach: bool) -> None:
     if _runs_here(sweep.backend):
         driver.check_parallel(parallel)
     if sweep.state == rec.FINISHED:
-        typer.echo(f"{folder.name} finished: every trial ended; nothing to resume (gpujob sweep show {folder})")
+        typer.echo(f"{folder.name} finished: every trial ended; nothing to resume ({command(f'gpujob sweep show {folder}')})")
         return
     if lifecycle.live(folder, sweep) is not None:
-        raise bad_input(f"{folder} is running; `gpujob sweep status {folder}`, `gpujob sweep cancel {folder}`")
+        raise bad_input(f"{folder} is running; `{command(f'gpujob sweep status {folder}')}`, "
+                        f"`{command(f'gpujob sweep cancel {folder}')}`")
     claims.reclaim_orphans(folder)
     if not detach or not _runs_here(sweep.backend):
         with rec.updating(folder) as record:

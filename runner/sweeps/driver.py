@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.invocation import command
 from runner.errors import INTERRUPTED, PREEMPTED, bad_input
 from runner.runs import lock as run_lock
 from runner.runs.folder import RunFolder
@@ -190,7 +191,8 @@ def run_here(folder: Path, parallel: int = 1, say=print) -> int:
         run_lock.acquire(folder)
     except run_lock.LockHeld as held:
         raise bad_input(f"{folder} is running: {run_lock.describe(held.owner)}; follow it with "
-                        f"`gpujob sweep status {folder}`, stop it with `gpujob sweep cancel {folder}`") from None
+                        f"`{command(f'gpujob sweep status {folder}')}`, stop it with "
+                        f"`{command(f'gpujob sweep cancel {folder}')}`") from None
     from runner.backends.registry import get_backend
 
     backend = get_backend(rec.read(folder).backend)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from runner.invocation import command
 from runner.errors import bad_input
 from runner.runs import lock as run_lock
 from runner.sweeps import record as rec
@@ -49,7 +50,7 @@ def status_lines(folder: Path) -> list[str]:
     lines = [f"{folder.name}: {state}{where}: {len(sweep.trials)} of {sweep.planned} trials started: {said}"]
     lines += [f"  {t.folder} running since {t.started_at}" for t in sweep.trials if t.state == RUNNING and owner]
     if state not in (RUNNING, rec.FINISHED):
-        lines.append(f"  continue it with: gpujob sweep resume {folder}")
+        lines.append(f"  continue it with: {command(f'gpujob sweep resume {folder}')}")
     return lines
 
 
@@ -78,8 +79,9 @@ def cancel(folder: Path) -> str:
         time.sleep(0.2)
     if driver(folder) is not None:
         _signal(owner["pid"], signal.SIGKILL)
-        return f"{folder.name} did not stop within {STOP_WAIT_S} s and was killed; resume: gpujob sweep resume {folder}"
-    return f"cancelled {folder.name}; its unfinished trials continue with: gpujob sweep resume {folder}"
+        return (f"{folder.name} did not stop within {STOP_WAIT_S} s and was killed; resume: "
+                f"{command(f'gpujob sweep resume {folder}')}")
+    return f"cancelled {folder.name}; its unfinished trials continue with: {command(f'gpujob sweep resume {folder}')}"
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -118,4 +120,4 @@ def _cancel_fanned_out(folder: Path, sweep: SweepRecord) -> str:
     while backend.fanned_out_live(sweep.handles) is not None and time.monotonic() < deadline:
         time.sleep(1)
     close(folder, 0)
-    return f"cancelled {folder.name}; its unfinished trials continue with: gpujob sweep resume {folder}"
+    return f"cancelled {folder.name}; its unfinished trials continue with: {command(f'gpujob sweep resume {folder}')}"

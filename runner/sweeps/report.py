@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from runner.invocation import command
 from runner.runs.files import atomic_write
 from runner.runs.paths import RunPaths
 from runner.sweeps import record as rec
@@ -62,7 +63,7 @@ def write_report(folder: Path) -> SweepRecord:
     if best is not None:
         spec = RunPaths(folder / best.folder).job_spec.read_text()
         head = (f"# The best trial of sweep {folder.name}: {best.folder}, {sweep.metric} {best.value:.6g} "
-                f"({sweep.goal}).\n# Submit it as it is: gpujob submit {folder / rec.BEST}\n")
+                f"({sweep.goal}).\n# Submit it as it is: {command(f'gpujob submit {folder / rec.BEST}')}\n")
         atomic_write(folder / rec.BEST, (head + spec).encode())
     if sweep.trials:
         plot(sweep, folder / rec.PLOT)
