@@ -453,3 +453,32 @@ def test_a_vast_sweep_rents_an_instance_per_trial_and_a_cancel_leaves_none(write
     assert stopped.exit_code == 143 and said, (stopped.stderr, said)
     assert live_instances(local_vast) == []  # nothing left renting
     assert [t["state"] for t in record(sweep_folder(stopped.stdout))["trials"]] == ["cancelled", "cancelled"]
+
+
+def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_starting_it_again(
+        write_spec, container_modal, tmp_path):
+    """The driver was killed (kill -9) while a trial's call ran on Modal: `sweep resume` takes the
+    call up where it runs; it never spawns a second call into the same run."""
+    from runner.backends.registry import get_backend
+    from runner.cli.app import load_job
+    from runner.sweeps import claims, driver
+    from runner.sweeps import record as rec
+    from runner.sweeps.remote import remote_trial_name, start_trial
+
+    service = container_modal()
+    spec = modal_sweep_spec(write_spec, epochs=30, rates=(0.1, 0.05))
+    plan = driver.plan_sweep(load_job(spec, []), spec, tmp_path / "runs", [], None, None)
+    folder = driver.start(plan)
+    claim = claims.claim_next(folder, naming=lambda n: remote_trial_name(folder, n))
+    start_trial(folder, claim.number, claim.params, get_backend("modal"))  # what the driver did before it died
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with rec.updating(folder) as sweep:  # its owner: a process that has ended, as a killed driver has
+        sweep.trials[0].owner = {**sweep.trials[0].owner, "pid": int(gone.stdout), "started": 1}
+    assert len(service.calls) == 1 and live_calls(service) == 1
+
+    resumed = cli("sweep", "resume", folder)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert len(service.calls) == 2  # trial 0's call followed to its end, one new call for trial 1
+    trials = record(folder)["trials"]
+    assert [t["state"] for t in trials] == ["finished", "finished"]
+    assert all((folder / t["folder"] / "summary.json").is_file() for t in trials)

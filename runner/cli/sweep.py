@@ -60,7 +60,22 @@ def sweep(
     folder = driver.start(plan)
     typer.echo(f"sweep {folder.name}: {plan.record.planned} trials ({plan.record.sampler}) of {spec}, "
                f"{plan.record.metric} ({plan.record.goal}); each trial a run folder in {folder}")
+    _say_estimate(job, plan.record)
     _run_and_report(folder, parallel, detach)
+
+
+def _say_estimate(job, sweep) -> None:
+    """Where trials rent GPUs: what the sweep should cost, from the GPU catalog, beside its budget."""
+    from runner.backends.registry import get_backend
+    from runner.reports.estimate import before_run
+
+    if not get_backend(sweep.backend).rents:
+        return
+    guess = before_run(job.model_copy(update={"sweep": None})) or {}
+    if guess.get("total_usd") is not None:
+        budget = f" (budget ${sweep.max_usd:g})" if sweep.max_usd else ""
+        typer.echo(f"gpujob: estimate before the sweep: {sweep.planned} trials x ~${guess['total_usd']:.4f} = "
+                   f"~${sweep.planned * guess['total_usd']:.4f}{budget}", err=True)
 
 
 def _runs_here(backend: str) -> bool:

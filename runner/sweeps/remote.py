@@ -56,9 +56,11 @@ def start_trial(folder: Path, number: int, params: dict, backend) -> Run:
 def _start_or_resume(folder: Path, claim, backend) -> Run:
     trial = rec.read(folder).trial(claim.number)
     path = folder / trial.folder
-    if claim.resume and run_record.is_run(path):  # a cancelled trial: its backend continues it from its checkpoint
+    if claim.resume and run_record.is_run(path):
         run = Run(path, run_record.read(path))
-        backend.resume(run, True)
+        if backend.status(run).live:  # a killed driver's trial still runs there: followed, never started twice
+            return run
+        backend.resume(run, True)  # a cancelled trial: its backend continues it from its checkpoint
         return Run(path, run_record.read(path))
     return start_trial(folder, claim.number, claim.params, backend)
 
