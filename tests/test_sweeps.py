@@ -482,3 +482,18 @@ def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_st
     trials = record(folder)["trials"]
     assert [t["state"] for t in trials] == ["finished", "finished"]
     assert all((folder / t["folder"] / "summary.json").is_file() for t in trials)
+
+
+def test_a_slurm_sweep_runs_its_array_on_the_two_node_partition(slurm_cluster, slurm_nodes, write_spec, tmp_path):
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": 2, "log_every_steps": 10},
+                      backend="slurm", slurm={"partition": "multi"},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05, 0.02]}, "max_parallel": 2, "pruner": "median"})
+    done = cli_subprocess("sweep", spec, "--runs-dir", tmp_path / "runs", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    trials = record(folder)["trials"]
+    assert len(trials) == 3 and all(t["state"] == "finished" for t in trials)
+    hosts = {json.loads((folder / t["folder"] / "submission.json").read_text())["handles"]["host"] for t in trials}
+    assert hosts <= set(slurm_nodes), hosts  # trained on the partition's nodes, not here
+    assert "#SBATCH --array=0-2%2" in (folder / "job" / "sweep.sbatch").read_text()
