@@ -67,6 +67,8 @@ def _stops_then_resumes(spec, runs, reference) -> dict:
     assert "budget reached: about $" in said and f"of resources.max_usd ${TINY} spent" in said, said
     assert f"gpujob resume {run} --set resources.max_usd=" in said, said
     assert list((run / "checkpoints").glob("step-*.pt")) and not (run / "summary.json").exists()
+    status = cli("status", run).stdout
+    assert status.startswith(f"{run.name}: over budget: ") and "resources.max_usd=" in status, status
 
     again = cli("resume", run)  # the budget is the run's, across resumes
     assert again.exit_code == BUDGET_REACHED and "budget reached" in again.stderr, again.stderr

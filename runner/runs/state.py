@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.errors import INTERRUPTED, PREEMPTED as PREEMPTED_CODE, bad_input
+from runner.errors import BUDGET_REACHED, INTERRUPTED, PREEMPTED as PREEMPTED_CODE, bad_input
 from runner.invocation import command
 from runner.runs import lock as run_lock
 from runner.runs import record as run_record
@@ -18,6 +18,7 @@ from runner.runs.reading import whole_summary
 
 PENDING, RUNNING, FINISHED, FAILED, CANCELLED, PREEMPTED = (
     "pending", "running", "finished", "failed", "cancelled", "preempted")
+OVER_BUDGET = "over budget"  # stopped with a checkpoint at resources.max_usd: a resume that raises it continues
 LIVE = (PENDING, RUNNING)
 
 
@@ -66,10 +67,12 @@ def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
         return RunState(FINISHED, summary_line(folder), 0)
     error = error_line(folder)
     seen = run.record.last_state
-    if code is None and not error and seen.get("state") in (FAILED, CANCELLED, PREEMPTED):
+    if code is None and not error and seen.get("state") in (FAILED, CANCELLED, PREEMPTED, OVER_BUDGET):
         return RunState(seen["state"], seen.get("detail", ""))  # what gpujob saw when it ended
     if run.record.cancel_asked:
         return RunState(CANCELLED, f"by `gpujob cancel`; {resume_hint(folder)}", code)
+    if code == BUDGET_REACHED:
+        return RunState(OVER_BUDGET, f"stopped before resources.max_usd would pass; {budget_hint(folder)}", code)
     if code == INTERRUPTED:  # Ctrl-C (or a closed terminal): the user's own stop
         return RunState(CANCELLED, f"stopped by Ctrl-C; {resume_hint(folder)}", code)
     if code == PREEMPTED_CODE or (code is None and not error):
@@ -80,6 +83,12 @@ def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
         return RunState(PREEMPTED, f"killed by {killed} (exit {code}), not by gpujob{cause}; {resume_hint(folder)}",
                         code)
     return RunState(FAILED, error or f"exit {code}" + (f" ({how})" if how else ""), code)
+
+
+def budget_hint(folder: Path) -> str:
+    kept = RunPaths(folder).newest_checkpoint()
+    return (f"last checkpoint {kept.name if kept else 'none'}; continue it under a higher budget with: "
+            f"{command(f'gpujob resume {folder} --set resources.max_usd=N')}")
 
 
 def _signal_name(code: int | None) -> str | None:
@@ -102,6 +111,8 @@ def state_of_error(err: BaseException) -> RunState:
         return RunState(CANCELLED, message, code)
     if code == PREEMPTED_CODE:
         return RunState(PREEMPTED, message, code)
+    if code == BUDGET_REACHED:
+        return RunState(OVER_BUDGET, message, code)
     return RunState(FAILED, message, code)
 
 

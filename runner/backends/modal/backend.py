@@ -26,6 +26,7 @@ from pathlib import Path
 from runner.backends.base import Backend, Plan, what_is_here
 from runner.errors import (
     BAD_INPUT,
+    BUDGET_REACHED,
     INTERRUPTED,
     MISSING_BACKEND,
     GpujobError,
@@ -44,6 +45,7 @@ from runner.runs.state import (
     CANCELLED,
     FAILED,
     FINISHED,
+    OVER_BUDGET,
     PREEMPTED,
     RUNNING,
     Run,
@@ -335,6 +337,8 @@ class ModalBackend(Backend):
         if state.state == "ended":  # Modal forgot the outcome: the folder tells, where it was fetched
             return ended_state(run, None, "Modal no longer keeps its result; `gpujob fetch` downloads what it wrote")
         message = _said_here(state.message, run.folder)
+        if state.exit_code == BUDGET_REACHED:
+            return RunState(OVER_BUDGET, message, state.exit_code)
         if state.exit_code in (INTERRUPTED, PREEMPTED_CODE) or run.record.cancel_asked:
             kind = CANCELLED if run.record.cancel_asked else PREEMPTED
             return RunState(kind, f"{message}; its checkpoint is on Modal's volume: "
