@@ -167,3 +167,14 @@ def test_show_says_how_busy_the_device_was():
                              "peak_memory_used_bytes": 3 * 2**30, "energy_j": 720_000.0, "throttled_samples": 2})
     assert line == ("the GPU(s) busy 72% on average (40 samples, utilisation.jsonl), peak 3.0 GiB used, "
                     "0.200 kWh (720,000 J), clocks held back in 2 sample(s)")
+
+
+def test_without_nvml_bindings_a_cuda_job_goes_on_unsampled_with_one_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` now raises ImportError
+    sampler = Sampler(tmp_path / UTILISATION, every_s=0.01)
+    sampler.on_start({"device": "cuda"})
+    sampler.on_step({"step": 1})
+    sampler.close()
+    assert sampler.thread is None and not (tmp_path / UTILISATION).exists()
+    (warning,) = [line for line in capsys.readouterr().err.splitlines() if "device sampling" in line]
+    assert warning.startswith("gpujob: warning: device sampling is off (ModuleNotFoundError") and "not affected" in warning

@@ -48,7 +48,11 @@ class Sampler:
 
     def on_start(self, start: dict) -> None:
         if self.read is None:
-            self.read = nvml_reader() if str(start.get("device", "")).startswith("cuda") else cpu_reader()
+            try:
+                self.read = nvml_reader() if str(start.get("device", "")).startswith("cuda") else cpu_reader()
+            except Exception as err:  # no NVML bindings, no driver to ask: the job goes on unsampled
+                _warn(f"device sampling is off ({type(err).__name__}: {err})")
+                return
         self.began = self.clock()
         self.thread = threading.Thread(target=self._run, daemon=True, name="gpujob-sampler")
         self.thread.start()
@@ -74,8 +78,11 @@ class Sampler:
                         out.write(json.dumps({"t": t, **sample}) + "\n")
                     out.flush()
         except Exception as err:  # the job goes on without samples
-            print(f"gpujob: warning: device sampling stopped ({type(err).__name__}: {err}); the job is not affected",
-                  file=sys.stderr, flush=True)
+            _warn(f"device sampling stopped ({type(err).__name__}: {err})")
+
+
+def _warn(what: str) -> None:
+    print(f"gpujob: warning: {what}; the job is not affected", file=sys.stderr, flush=True)
 
 
 def cpu_reader() -> Reader:

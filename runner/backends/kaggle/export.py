@@ -57,7 +57,7 @@ PYPROJECT = PACKAGE.parent / "pyproject.toml"
 # What `gpujob run` never imports: clients for other backends and their retry loop (tenacity),
 # and the export's own helper (the kernel script falls back to pip's copy of packaging), so the
 # kernel needs none of them.
-NOT_FOR_THE_KERNEL = {"modal", "packaging", "tenacity"}
+NOT_FOR_THE_KERNEL = {"modal", "packaging", "tenacity", "nvidia-ml-py"}  # a job without NVML goes on unsampled
 # Kaggle's torch is built for the driver of its GPUs; the kernel never installs one over it.
 KAGGLE_TORCH_STACK = ("torch", "torchvision")
 # What Kaggle's image holds of gpujob's requirements, from Kaggle/docker-python's package list
