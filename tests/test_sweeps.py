@@ -497,3 +497,37 @@ def test_a_slurm_sweep_runs_its_array_on_the_two_node_partition(slurm_cluster, s
     hosts = {json.loads((folder / t["folder"] / "submission.json").read_text())["handles"]["host"] for t in trials}
     assert hosts <= set(slurm_nodes), hosts  # trained on the partition's nodes, not here
     assert "#SBATCH --array=0-2%2" in (folder / "job" / "sweep.sbatch").read_text()
+
+
+# ---- Kaggle: one kernel that runs the trials in turn -------------------------------------------
+
+from tests.test_kaggle import stub_pip  # noqa: E402,F401  (pip stood in for: the kernel installs nothing)
+
+
+def test_a_kaggle_kernel_runs_the_whole_sweep_in_turn(write_spec, tmp_path, stub_pip):
+    from runner.backends.kaggle.export import CODE_FILE
+
+    sections = dict(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                    optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": 2, "log_every_steps": 5},
+                    resources={"gpu": "T4:1"})
+    spec = write_spec(**sections, sweep={"axes": {"optimizer.lr": [0.1, 0.05]}})
+    bad = cli("export", "kaggle", write_spec("bad.yaml", **sections, sweep={"axes": {"optimizer.lrr": [1]}}),
+              tmp_path / "bad", "--sweep")
+    assert bad.exit_code == 2 and "optimizer.lrr" in bad.stderr and not (tmp_path / "bad").exists()
+    exported = cli("export", "kaggle", spec, tmp_path / "kernel", "--sweep")
+    assert exported.exit_code == 0, exported.stderr
+    assert "the sweep folder is runs/test-job-sweep-*/" in exported.stdout
+    working = tmp_path / "working"
+    stub, _calls = stub_pip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPUJOB_KAGGLE_SKIP_INSTALL")}
+    env.update(GPUJOB_KAGGLE_OUTPUT=str(working), PYTHONPATH=str(stub), **ONE_THREAD)
+    out = subprocess.run([sys.executable, str(tmp_path / "kernel" / CODE_FILE)], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (folder,) = (working / "runs").glob("test-job-sweep-*")
+    trials = record(folder)["trials"]
+    assert sorted(t["params"]["optimizer.lr"] for t in trials) == [0.05, 0.1]
+    assert all(t["state"] == "finished" for t in trials)
+    assert (folder / "best.yaml").is_file() and (folder / "sweep.png").is_file()
+    pids = {json.loads((folder / t["folder"] / "submission.json").read_text())["handles"]["pid"] for t in trials}
+    assert len(pids) == 1  # one process: the trials in turn

@@ -104,6 +104,8 @@ def export_kaggle(
                                               help="your Kaggle username, for the kernel's id"),
     dataset: Optional[List[str]] = typer.Option(None, "--dataset", metavar="OWNER/SLUG", help="attach a Kaggle dataset OWNER/SLUG "
                                                 "(repeatable); kernels see it under /kaggle/input/"),
+    sweep: bool = typer.Option(False, "--sweep", help="the kernel runs `gpujob sweep` on the spec's sweep: "
+                               "section: every trial in turn, in one process"),
 ):
     """Write a Kaggle kernel folder that runs the job: `kaggle kernels push -p OUT`."""
     from runner.backends.kaggle.export import export_kernel
@@ -111,5 +113,12 @@ def export_kaggle(
     from runner.usercode.shipping import find_user_code
 
     job = load_job(spec, set_)
-    for line in export_kernel(job, out, kaggle_user, dataset or [], find_user_code(job, spec)):
+    if sweep:  # the sweep's axes checked here, as `gpujob sweep` checks them, before anything is written
+        import tempfile
+
+        from runner.sweeps.driver import plan_sweep
+
+        with tempfile.TemporaryDirectory() as nowhere:
+            plan_sweep(job, spec, Path(nowhere), [], None, None)
+    for line in export_kernel(job, out, kaggle_user, dataset or [], find_user_code(job, spec), sweep):
         typer.echo(line)

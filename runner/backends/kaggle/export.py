@@ -58,6 +58,7 @@ PYPROJECT = PACKAGE.parent / "pyproject.toml"
 # and the export's own helper (the kernel script falls back to pip's copy of packaging), so the
 # kernel needs none of them.
 NOT_FOR_THE_KERNEL = {"modal", "packaging", "tenacity", "nvidia-ml-py"}  # a job without NVML goes on unsampled
+SWEEPS_ONLY = "optuna"  # `gpujob sweep`'s search and pruning; `gpujob run` never imports it
 # Kaggle's torch is built for the driver of its GPUs; the kernel never installs one over it.
 KAGGLE_TORCH_STACK = ("torch", "torchvision")
 # What Kaggle's image holds of gpujob's requirements, from Kaggle/docker-python's package list
@@ -87,12 +88,14 @@ def kernel_title(name: str) -> str:
     return f"{title[:TITLE_MAX - len(digest) - 1].rstrip('._-')}-{digest}"
 
 
-def kernel_requirements() -> list[str]:
-    """gpujob's requirements as pyproject.toml declares them (ranges), less what the kernel never imports."""
+def kernel_requirements(sweep: bool = False) -> list[str]:
+    """gpujob's requirements as pyproject.toml declares them (ranges), less what the kernel never
+    imports: Optuna only where the kernel runs a sweep."""
     if not PYPROJECT.is_file():
         raise missing_backend(f"export kaggle: {PYPROJECT} is missing; run it from a gpujob checkout")
     declared = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
-    return [line for line in declared if canonicalize_name(Requirement(line).name) not in NOT_FOR_THE_KERNEL]
+    unused = NOT_FOR_THE_KERNEL | (set() if sweep else {SWEEPS_ONLY})
+    return [line for line in declared if canonicalize_name(Requirement(line).name) not in unused]
 
 
 def missing_from_kaggle(requirements: list[str]) -> list[str]:
@@ -157,10 +160,11 @@ def code_zip(code: "UserCode | None") -> bytes:
     return buffer.getvalue()
 
 
-def render_script(spec: JobSpec, requirements: list[str], code: "UserCode | None" = None) -> str:
+def render_script(spec: JobSpec, requirements: list[str], code: "UserCode | None" = None, sweep: bool = False) -> str:
     template = (Path(__file__).with_name("kernel.py.template")).read_text()
     values = {
         "SPEC_YAML": repr(spec.to_yaml()),
+        "SWEEP": repr(sweep),
         "RUN_NAME": repr(spec.name),
         "REQUIREMENTS": repr(requirements),
         "KAGGLE_TORCH_STACK": repr(KAGGLE_TORCH_STACK),
@@ -207,9 +211,11 @@ def accelerator_line(asked: JobSpec, runs: JobSpec) -> str:
 
 
 def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str],
-                  code: "UserCode | None" = None) -> list[str]:
+                  code: "UserCode | None" = None, sweep: bool = False) -> list[str]:
     """Write OUT/kernel-metadata.json and OUT/run_gpujob.py (carrying the user's `code`, if
-    any); return what to tell the user."""
+    any); return what to tell the user. With `sweep`, the kernel runs `gpujob sweep` on the spec
+    (its sweep: section, checked by the caller): the trials in turn in one process, on the kernel's
+    own machine."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise bad_input(f"{out}: not an empty folder; gpujob export never overwrites one")
@@ -217,10 +223,12 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
         if not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset):
             raise bad_input(f"--dataset {dataset}: expected OWNER/SLUG, e.g. zalando-research/fashionmnist")
     kernel_spec = on_kaggles_cards(spec)
-    requirements = kernel_requirements()
+    if sweep:  # the trials train where the sweep runs: the kernel
+        kernel_spec = kernel_spec.model_copy(update={"backend": "local"})
+    requirements = kernel_requirements(sweep)
     reasons = internet_reasons(kernel_spec, requirements)
     metadata = kernel_metadata(kernel_spec, user, datasets, internet=bool(reasons))
-    script = render_script(kernel_spec, requirements, code)  # before writing: no half-made folder
+    script = render_script(kernel_spec, requirements, code, sweep)  # before writing: no half-made folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / CODE_FILE).write_text(script)
@@ -238,5 +246,6 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
                      "(or export again with --kaggle-user or KAGGLE_USERNAME set)")
     lines += [f"run it:        kaggle kernels push -p {out}",
               f"follow it:     kaggle kernels status {kernel}",
-              f"fetch results: kaggle kernels output {kernel} -p DEST   (the run folder is runs/{spec.name}/)"]
+              f"fetch results: kaggle kernels output {kernel} -p DEST   (the " + (
+                  f"sweep folder is runs/{spec.name}-sweep-*/" if sweep else f"run folder is runs/{spec.name}/") + ")"]
     return lines
