@@ -531,3 +531,22 @@ def test_a_kaggle_kernel_runs_the_whole_sweep_in_turn(write_spec, tmp_path, stub
     assert (folder / "best.yaml").is_file() and (folder / "sweep.png").is_file()
     pids = {json.loads((folder / t["folder"] / "submission.json").read_text())["handles"]["pid"] for t in trials}
     assert len(pids) == 1  # one process: the trials in turn
+
+
+# ---- Docker: a container per trial, at most max_parallel at once ---------------------------------
+
+def test_a_docker_sweep_runs_each_trial_in_a_container_of_its_own(image, write_spec, tmp_path):
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": 2, "log_every_steps": 10},
+                      backend="docker", docker={"image": image},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05]}, "max_parallel": 2})
+    done = cli_subprocess("sweep", spec, "--runs-dir", tmp_path / "runs", env=ONE_THREAD)
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = sweep_folder(done.stdout)
+    trials = record(folder)["trials"]
+    assert [t["state"] for t in trials] == ["finished", "finished"], trials
+    for trial in trials:
+        handles = json.loads((folder / trial["folder"] / "submission.json").read_text())["handles"]
+        assert handles.get("container"), handles  # each trial its own container
+        assert (folder / trial["folder"] / "summary.json").is_file()
+    assert "best: " in done.stdout
