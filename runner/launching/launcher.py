@@ -212,7 +212,7 @@ class Launch:
                 raise self._stopped("stopped by SIGTERM", PREEMPTED)
             if codes and codes[0] == BUDGET_REACHED:  # every rank stops with it, after its checkpoint
                 raise over_budget(self)
-            if any(c not in (None, 0, PREEMPTED) for c in codes):
+            if any(c not in (None, 0, PREEMPTED, BUDGET_REACHED) for c in codes):  # those wait for rank 0's
                 # The failing rank's peers notice its closed connections and fail at once, often
                 # before it has finished exiting: give every rank a moment to end on its own.
                 settle = time.monotonic() + 3.0
