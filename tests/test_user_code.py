@@ -293,3 +293,23 @@ def test_code_the_shipped_copy_cannot_import_is_refused_at_submit_with_the_fix(t
                            "--runs-dir", tmp_path / "runs")
     assert fixed.returncode == 0, fixed.stderr
     assert "helpers/: " in fixed.stdout or "helpers/__init__.py" in fixed.stdout
+
+
+def test_a_detached_run_finds_the_code_beside_its_spec_when_submitted_from_elsewhere(tmp_path):
+    """Seen: `gpujob submit ../job/regression.yaml --detach` from another folder failed in the
+    background with "cannot import gpujob_examples", though the same command attached trained:
+    the detached `gpujob run job/spec.yaml` looked beside the run's copy of the spec and in the
+    current folder, not beside the spec as submitted."""
+    from tests.conftest import cli_subprocess, wait_for
+
+    spec = example(tmp_path, "regression", train={"epochs": 2})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli_subprocess("submit", spec, "--detach", "--runs-dir", tmp_path / "runs", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    run = Path(result.stdout.strip().splitlines()[-1])
+    wait_for(lambda: (run / "job" / "exit-code").exists(), "the detached run to end", 300)
+    status = cli_subprocess("status", run, cwd=elsewhere)
+    assert status.stdout.startswith(f"{run.name}: finished"), (status.stdout, (run / "job" / "output.log").read_text()
+                                                              if (run / "job" / "output.log").exists() else "")
+    assert_the_loss_falls(run)

@@ -15,6 +15,12 @@ import typer
 from runner.cli import interrupts
 from runner.errors import GpujobError
 from runner.invocation import command
+from runner.usercode.imports import CODE_PATHS
+
+# As this process was started: set by the gpujob that started it (a detached run's submit or
+# resume). Read once, so that one process running several jobs (tests, a sweep) never carries
+# one job's folders into the next.
+_STARTED_WITH_CODE_PATHS = os.environ.get(CODE_PATHS, "")
 
 # Plain help (no rich tables): they print a type tag such as <bool> or <list[str]> beside every option.
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -66,14 +72,17 @@ def main_options(_version_: bool = typer.Option(False, "--version", callback=_ve
 
 
 def load_job(spec: Path, overrides: Optional[List[str]], worker: bool = False, **fields):
-    from runner.usercode.imports import CODE_PATHS, code_paths_for
+    from runner.usercode.imports import code_paths_for
     from runner.spec.load import load_spec
     from runner.usercode.shipping import SHIPPED_CODE
 
     if not worker:  # a spec's package.module:factory is found beside it or here, in its workers too;
-        # first in the code shipped with the job, where a backend put it (e.g. /job/code)
+        # first in the code shipped with the job, where a backend put it (e.g. /job/code); last
+        # where the process that started this one looked: a detached `gpujob run RUN/job/spec.yaml`
+        # finds the code beside the spec as it was submitted (or resumed), as an attached run does
         shipped = os.environ.get(SHIPPED_CODE)
-        os.environ[CODE_PATHS] = os.pathsep.join(filter(None, [shipped, code_paths_for(spec)]))
+        folders = [shipped, *code_paths_for(spec).split(os.pathsep), *_STARTED_WITH_CODE_PATHS.split(os.pathsep)]
+        os.environ[CODE_PATHS] = os.pathsep.join(dict.fromkeys(f for f in folders if f))
     return load_spec(spec, overrides or [], **fields)
 
 
