@@ -329,9 +329,9 @@ def test_a_slurm_sweep_is_one_job_array_followed_cancelled_and_resumed(slurm_clu
 from tests.test_modal import container_modal, volume  # noqa: E402,F401  (Modal's servers stood in for here)
 
 
-def modal_sweep_spec(write_spec, epochs: int, max_usd=None, rates=(0.1, 0.05, 0.02)):
+def modal_sweep_spec(write_spec, epochs: int, max_usd=None, rates=(0.1, 0.05, 0.02), model="mlp"):
     sweep = {"axes": {"optimizer.lr": list(rates)}, "max_parallel": 2, **({"max_usd": max_usd} if max_usd else {})}
-    return write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+    return write_spec(model={"name": model}, data={"dataset": "digits", "batch_size": 64},
                       optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": epochs, "log_every_steps": 10},
                       resources={"gpu": "A10G:1", "timeout_minutes": 20}, backend="modal", sweep=sweep)
 
@@ -379,11 +379,11 @@ def test_a_modal_sweep_stops_at_its_budget_and_a_cancel_leaves_no_call_running(w
     from runner.sweeps.lifecycle import cancel
 
     service = container_modal()
-    long = modal_sweep_spec(write_spec, epochs=2000)
+    long = modal_sweep_spec(write_spec, epochs=2000, model="cnn")
     estimate = before_run(load_spec(long).model_copy(update={"sweep": None}))["total_usd"]
-    # room for one trial as estimated; the trial runs far longer here than on an A10G, and its cost
-    # (the price per hour since it was submitted) reaches the budget while it runs
-    budgeted = modal_sweep_spec(write_spec, epochs=2000, max_usd=round(1.2 * estimate, 6))
+    # room for one trial as estimated; a CNN's epoch takes this CPU many times what the catalog says
+    # of an A10G, so its cost (the price per hour since it was submitted) reaches the budget while it runs
+    budgeted = modal_sweep_spec(write_spec, epochs=2000, max_usd=round(1.2 * estimate, 6), model="cnn")
     stopped = cli("sweep", budgeted, "--runs-dir", tmp_path / "budget")
     assert stopped.exit_code == 4, stopped.stderr  # the budget's exit code
     folder = sweep_folder(stopped.stdout)
