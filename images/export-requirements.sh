@@ -7,5 +7,7 @@
 #   sh images/export-requirements.sh OUT        # writes OUT instead (what tests/test_modal.py compares)
 set -eu
 cd "$(dirname "$0")/.."
-exec uv export --frozen --no-hashes --no-dev --no-emit-project --no-header --format requirements-txt \
+# --extra tensorboard: a job in an image (Docker, vast.ai, Modal) writes TensorBoard events as one
+# here does, and they come back with its run folder.
+exec uv export --frozen --no-hashes --no-dev --no-emit-project --no-header --format requirements-txt --extra tensorboard \
   --quiet -o "${1:-images/requirements.txt}"

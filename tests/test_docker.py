@@ -59,6 +59,14 @@ def test_a_job_runs_in_the_image_and_its_artifacts_land_on_the_host(image, write
     assert env["gpujob_image"] == TAG and env["torch"].startswith("2.")
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["test_accuracy"] > 0.5
+    # issue 26: the image writes TensorBoard events as a run here does, and TensorBoard reads them
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    epochs = [r for r in read_jsonl(folder / "metrics.jsonl") if r["kind"] == "epoch"]
+    test_losses = [e.value for e in events.Scalars("epoch/test_loss")]
+    assert test_losses == pytest.approx([e["test_loss"] for e in epochs], rel=1e-5)
 
 
 @needs_engine
