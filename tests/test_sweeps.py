@@ -241,7 +241,7 @@ def test_a_sweep_killed_midway_resumes_without_repeating_a_finished_trial(write_
 
 
 def test_a_detached_sweep_is_followed_cancelled_and_resumed_from_any_terminal(write_spec, tmp_path):
-    spec = digits_spec(write_spec, epochs=20)
+    spec = digits_spec(write_spec, epochs=100)  # long enough that the cancel lands in the first trial on an idle machine
     runs = tmp_path / "runs"
     started = cli_subprocess("sweep", spec, "--grid", "optimizer.lr=0.1,0.05", "--detach", "--runs-dir", runs,
                              env=ONE_THREAD)
@@ -296,7 +296,7 @@ def array_tasks(job_id: str) -> list[str]:
 
 def test_a_slurm_sweep_is_one_job_array_followed_cancelled_and_resumed(slurm_cluster, write_spec, tmp_path):
     spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
-                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": 15, "log_every_steps": 10},
+                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": 100, "log_every_steps": 10},
                       backend="slurm", slurm={"partition": "debug"},
                       sweep={"axes": {"optimizer.lr": [0.1, 0.05, 0.02]}, "max_parallel": 2})
     runs = tmp_path / "runs"
@@ -319,7 +319,7 @@ def test_a_slurm_sweep_is_one_job_array_followed_cancelled_and_resumed(slurm_clu
     assert resumed.returncode == 0, resumed.stderr
     sweep = record(folder)
     assert sweep["state"] == "finished" and len(sweep["trials"]) == 3
-    assert all(t["state"] == "finished" and t["epochs"] == 15 for t in sweep["trials"])
+    assert all(t["state"] == "finished" and t["epochs"] == 100 for t in sweep["trials"])
     assert sorted(t["params"]["optimizer.lr"] for t in sweep["trials"]) == [0.02, 0.05, 0.1]
     assert "best: trial-" in resumed.stdout
 
