@@ -128,6 +128,23 @@ def test_two_slurm_nodes_train_like_the_same_workers_on_one_machine(tmp_path, sl
     assert json.loads((run / ".lock").read_text())["host"] == node0
 
 
+def test_each_slurm_node_samples_its_own_devices_into_the_shared_run_folder(tmp_path, slurm_nodes, monkeypatch):
+    """Node 1's first worker samples node 1 (its own file), rank 0 node 0; the summary has both."""
+    node0, node1 = slurm_nodes
+    monkeypatch.setenv("GPUJOB_SAMPLE_EVERY_S", "0.2")  # sbatch's --export=ALL takes it to both nodes
+    spec = _spec(tmp_path, "sampled", **dict(TRAIN, train={**TRAIN["train"], "epochs": 3},
+                                             resources={"nodes": 2, "processes": 1}))
+    result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    run = result.run_dir
+    assert {s["node"] for s in read_jsonl(run / "utilisation.jsonl")} == {node0}
+    assert {s["node"] for s in read_jsonl(run / f"utilisation-{node1}.jsonl")} == {node1}
+    utilisation = json.loads((run / "summary.json").read_text())["utilisation"]
+    assert set(utilisation["nodes"]) == {node0, node1}
+    assert all(n["samples"] >= 1 and n["devices"] == 1 for n in utilisation["nodes"].values())
+    assert utilisation["devices"] == 2
+
+
 def test_a_dead_node_fails_the_job_naming_it_and_cancel_and_resume_finish_the_run(tmp_path, slurm_nodes):
     """--detach, status, logs, cancel; resume; one node's worker killed mid-run; resume to the end."""
     node0, node1 = slurm_nodes
@@ -220,6 +237,20 @@ def test_two_nodes_started_by_hand_train_like_two_workers_on_one(tmp_path, slurm
     assert run.parent == tmp_path / "node0" and not (tmp_path / "node1").exists(), "only node 0 writes a run folder"
     _assert_same_losses(run, local_run(2))
     assert json.loads((run / "env.json").read_text())["hostname"] == slurm_nodes[0]
+
+
+def test_nodes_started_by_hand_with_one_run_dir_each_sample_their_own_devices(tmp_path, slurm_nodes, monkeypatch):
+    """Node 1's launcher gives its first worker the --run-dir it was given (the shared folder) to sample into."""
+    monkeypatch.setenv("GPUJOB_SAMPLE_EVERY_S", "0.2")  # on-node.sh passes the environment on
+    spec, run = _spec(tmp_path, "sampled-by-hand", **dict(TRAIN, train={**TRAIN["train"], "epochs": 3})), tmp_path / "run"
+    procs = [_on_node(node, "run", spec, "--nnodes", 2, "--nproc-per-node", 1, "--master-port", 29604,
+                      "--node-rank", rank, "--master-addr", slurm_nodes[0], "--run-dir", run)
+             for rank, node in enumerate(slurm_nodes)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert {s["node"] for s in read_jsonl(run / f"utilisation-{slurm_nodes[1]}.jsonl")} == {slurm_nodes[1]}
+    utilisation = json.loads((run / "summary.json").read_text())["utilisation"]
+    assert set(utilisation["nodes"]) == set(slurm_nodes)
 
 
 def test_a_wrong_master_addr_and_a_node_that_never_comes_end_both_nodes_in_one_line(tmp_path, slurm_nodes):

@@ -13,8 +13,8 @@ import types
 import pytest
 
 from runner.reports.diagnosis import diagnose
-from runner.training.sampler import (EVERY_ENV, UTILISATION, Sampler, nvml_reader, throttle_names,
-                                     utilisation_summary)
+from runner.training.sampler import (EVERY_ENV, UTILISATION, Sampler, node_samples_file, nvml_reader,
+                                     throttle_names, utilisation_summary)
 from tests.conftest import cli, read_jsonl, wait_for
 
 
@@ -79,10 +79,49 @@ def test_the_summary_has_mean_utilisation_peak_memory_and_energy(tmp_path):
                                              (10, 0, 100, 2_000, 300.0), (10, 1, 40, 2_500, 50.0)]]
     (tmp_path / UTILISATION).write_text("".join(json.dumps(s) + "\n" for s in samples) + '{"t": 15, "dev')
     summary = utilisation_summary(tmp_path)  # a line cut short by a write in progress is left out
-    assert summary == {"device": "cuda", "devices": 2, "samples": 2, "mean_util_percent": 70.0,
-                       "peak_memory_used_bytes": 3_000, "energy_j": 5 * (100 + 300) / 2 + 5 * 50.0,
-                       "throttled_samples": 1}
+    one_node = {"device": "cuda", "devices": 2, "samples": 2, "mean_util_percent": 70.0,
+                "peak_memory_used_bytes": 3_000, "energy_j": 5 * (100 + 300) / 2 + 5 * 50.0, "throttled_samples": 1}
+    assert summary == {**one_node, "nodes": {"": one_node}}  # lines of before the node field: one unnamed node
     assert utilisation_summary(tmp_path / "none") is None
+
+
+def test_each_node_samples_into_its_own_file_and_the_summary_covers_every_node(tmp_path):
+    """A two-node job: rank 0's sampler and another node's first worker's, each with an injected
+    reader (two GPUs busy 90% on node A, one 30% on node B), as worker.py starts them."""
+    readers = {"node-a": lambda: [{"device": "cuda:0", "util_percent": 90, "power_w": 300.0, "memory_used_bytes": 5},
+                                  {"device": "cuda:1", "util_percent": 90, "power_w": 300.0, "memory_used_bytes": 6}],
+               "node-b": lambda: [{"device": "cuda:0", "util_percent": 30, "power_w": 100.0, "memory_used_bytes": 9}]}
+    samplers = [Sampler(tmp_path / UTILISATION, read=readers["node-a"], every_s=0.02, node="node-a"),
+                Sampler(tmp_path / node_samples_file("node-b"), read=readers["node-b"], every_s=0.02, node="node-b")]
+    for sampler in samplers:
+        sampler.on_start({"device": "cuda"})
+    wait_for(lambda: len(_lines(tmp_path / UTILISATION)) >= 6 and len(_lines(tmp_path / "utilisation-node-b.jsonl")) >= 3,
+             "three samples on each node", timeout=30)
+    for sampler in samplers:
+        sampler.close()
+    assert {s["node"] for s in _lines(tmp_path / UTILISATION)} == {"node-a"}
+    assert {s["node"] for s in _lines(tmp_path / "utilisation-node-b.jsonl")} == {"node-b"}
+    summary = utilisation_summary(tmp_path)
+    a, b = summary["nodes"]["node-a"], summary["nodes"]["node-b"]
+    assert set(summary["nodes"]) == {"node-a", "node-b"}
+    assert (a["devices"], a["mean_util_percent"], a["peak_memory_used_bytes"]) == (2, 90.0, 6)
+    assert (b["devices"], b["mean_util_percent"], b["peak_memory_used_bytes"]) == (1, 30.0, 9)
+    # over all nodes: cuda:0 of node A and cuda:0 of node B are two devices, each integrated on its own
+    assert summary["devices"] == 3 and summary["samples"] == a["samples"] + b["samples"]
+    assert summary["peak_memory_used_bytes"] == 9 and summary["energy_j"] == pytest.approx(a["energy_j"] + b["energy_j"])
+    weights = (2 * a["samples"], b["samples"])  # lines of each node
+    assert summary["mean_util_percent"] == pytest.approx((90 * weights[0] + 30 * weights[1]) / sum(weights), abs=0.1)
+
+
+def test_a_node_without_the_run_folder_says_so_and_samples_nothing(tmp_path, capsys):
+    sampler = Sampler(tmp_path / "not-shared" / node_samples_file("node-b"), read=lambda: [], every_s=0.01,
+                      node="node-b")
+    sampler.on_start({"device": "cpu"})
+    sampler.close()
+    assert sampler.thread is None and not (tmp_path / "not-shared").exists()
+    assert capsys.readouterr().err.splitlines() == [
+        f"gpujob: warning: this node (node-b) has no run folder {tmp_path / 'not-shared'} (no shared file system): "
+        "its devices are not sampled; the job is not affected"]
 
 
 def _fake_pynvml(util_by_index, mask=0):

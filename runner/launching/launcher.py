@@ -45,6 +45,7 @@ from runner.launching.blame import ERROR_FILE, Ending, ErrorRecord, failed_ranks
 from runner.launching.topology import Topology, free_port, port_in_use, port_taken
 from runner.runs.lock import INHERITED
 from runner.training.distributed import JOINED
+from runner.training.sampler import SAMPLES_TO_ENV
 from runner.training.threads import THREADS_WHY, choose_threads, machine_load
 from runner.spec.model import JobSpec
 from runner.errors import BUDGET_REACHED, INTERRUPTED, PREEMPTED
@@ -92,8 +93,9 @@ class Launch:
     descriptors), and every worker dies with the launcher (PR_SET_PDEATHSIG)."""
 
     def __init__(self, spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False,
-                 started: float | None = None):
+                 started: float | None = None, samples_to: Path | None = None):
         self.spec, self.topology, self.run_dir, self.resume = spec, topology, run_dir, resume
+        self.samples_to = samples_to  # another node's: the run folder its first worker samples into
         # the job's start on the wall clock, for the workers' timing of their start-up phases
         self.started_at = time.time() - (time.perf_counter() - started) if started is not None else time.time()
         self.spec_file = tempfile.TemporaryFile()  # unlinked: it vanishes with the last descriptor
@@ -121,6 +123,8 @@ class Launch:
                    PYTHONUNBUFFERED="1")
         if self.run_dir is not None:  # node 0: the workers run under this launcher's lock on the folder
             env[INHERITED] = str(Path(self.run_dir).resolve())
+        if self.samples_to is not None and local_rank == 0:
+            env[SAMPLES_TO_ENV] = str(Path(self.samples_to).resolve())
         env["GPUJOB_INNER_RUN"] = "1"  # runner.cli.INNER_RUN: this launcher names the run folder, once
         env[STARTED_AT] = repr(self.started_at)
         env[ERROR_FILE] = f"/dev/fd/{self.records[local_rank].fileno()}"
@@ -381,11 +385,11 @@ def _newest_checkpoint(run_dir: Path | None) -> str | None:
 
 
 def launch(spec: JobSpec, topology: Topology, run_dir: Path | None, resume: bool = False,
-           timeout_s: float | None = None, started: float | None = None) -> None:
+           timeout_s: float | None = None, started: float | None = None, samples_to: Path | None = None) -> None:
     """Run one node's workers to the end. Raises GpujobError on failure, timeout or signal.
     `timeout_s`: what is left of resources.timeout_minutes (all of it by default); `started`:
     when the job began in this process (perf_counter), which its workers time their start from."""
-    job = Launch(spec, topology, run_dir, resume, started)
+    job = Launch(spec, topology, run_dir, resume, started, samples_to)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
 
     def on_signal(signum, _frame):
@@ -425,13 +429,16 @@ def run_on_this_node(spec: JobSpec, topology: Topology, run_dir: Path | None, ru
 
     opened = open_run_folder(spec, run_dir, runs_dir, resume) if topology.node_rank == 0 else None
     try:
-        return _run_opened(spec, topology, opened, runs_dir, started, resume)
+        # another node samples its devices into the folder where it shares rank 0's (runner/training/sampler.py)
+        samples_to = run_dir if topology.node_rank != 0 else None
+        return _run_opened(spec, topology, opened, runs_dir, started, resume, samples_to)
     finally:
         if opened:
             release(opened[0].path)
 
 
-def _run_opened(spec, topology, opened: tuple[RunFolder, bool] | None, runs_dir, started, resume) -> Path | None:
+def _run_opened(spec, topology, opened: tuple[RunFolder, bool] | None, runs_dir, started, resume,
+                samples_to: Path | None = None) -> Path | None:
     folder, resumed = opened if opened else (None, False)
     if folder is not None and resumed and folder.finished:
         print(f"gpujob: {folder.path} already finished; nothing to resume", file=sys.stderr)
@@ -441,7 +448,8 @@ def _run_opened(spec, topology, opened: tuple[RunFolder, bool] | None, runs_dir,
     # ended that died by a signal, called os._exit or crashed in native code.
     left_s = None if started is None else spec.resources.timeout_minutes * 60 - (time.perf_counter() - started)
     try:
-        launch(spec, topology, folder.path if folder else None, resume=resume, timeout_s=left_s, started=started)
+        launch(spec, topology, folder.path if folder else None, resume=resume, timeout_s=left_s, started=started,
+               samples_to=samples_to)
         if folder is not None and not folder.finished:
             raise job_failed("the job's process ended with exit code 0 before it finished its epochs (no "
                              f"{SUMMARY}); nothing in gpujob ends a job that way: does your code call sys.exit?")

@@ -4,6 +4,7 @@ SLURM node or on Modal; it trains through train.py and, on rank 0, fills the run
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import time
 import traceback
@@ -70,6 +71,8 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         assert opened is not None, "rank 0 opened it above"
         folder, resuming = opened
         store, resume_from, listeners = _ready_to_train(spec, folder, resuming, quiet)
+    elif ctx.local_rank == 0:
+        listeners = _other_node_listeners(run_dir)
     try:
         result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from,
                        keeps_time_limit=keeps_time_limit, epoch_end_rules=epoch_end_rules)
@@ -129,6 +132,16 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
     console = None if quiet else console_listener()
     return store, resume_from, ([rf.MetricsListener(folder), *tensorboard_listeners(folder.path, spec),
                                  *sampler_listeners(folder.path)] + ([console] if console else []))
+
+
+def _other_node_listeners(run_dir: Path | None) -> list:
+    """The first worker of a node other than rank 0's samples its node's devices into the run
+    folder (shared by the nodes, as SLURM's are); from a launcher, which passes workers on those
+    nodes no --run-dir, the folder comes in SAMPLES_TO_ENV."""
+    from runner.training.sampler import SAMPLES_TO_ENV, sampler_listeners
+
+    folder = run_dir or os.environ.get(SAMPLES_TO_ENV)
+    return sampler_listeners(Path(folder), first_node=False) if folder else []
 
 
 def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> GpujobError:
