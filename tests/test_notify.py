@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -457,3 +460,70 @@ def test_a_trial_its_sweeps_pruner_stopped_is_told_as_pruned(receiver, monkeypat
     assert receiver.events() == ["started", "pruned"]
     pruned = receiver.body("pruned")
     assert pruned["exit_code"] == 0 and pruned["stopped_by"] == "pruned" and pruned["epochs"] == {"done": 2, "total": 5}
+
+
+# ---- a Kaggle kernel: the webhook from the kernel's Kaggle secret ---------------------------
+
+
+def _kaggle_secrets_stub(folder: Path, secrets: dict[str, str]) -> Path:
+    """kaggle_secrets as Kaggle's image has it (Kaggle/docker-python patches/kaggle_secrets.py):
+    UserSecretsClient().get_secret(LABEL) returns an attached secret's value, and raises
+    BackendError for a label this kernel has none of."""
+    folder.mkdir()
+    (folder / "kaggle_secrets.py").write_text(
+        "class BackendError(Exception):\n    pass\n\n\n"
+        "class UserSecretsClient:\n"
+        "    def get_secret(self, label):\n"
+        f"        secrets = {secrets!r}\n"
+        "        if label not in secrets:\n"
+        "            raise BackendError(f'Unexpected response from the service. Response: {{}}')\n"
+        "        return secrets[label]\n")
+    return folder
+
+
+def _run_kernel(kernel: Path, tmp_path: Path, pythonpath: Path | None) -> subprocess.CompletedProcess:
+    """The exported script, run here as Kaggle runs it (tests/test_kaggle.py): output redirected,
+    nothing installed (this environment has every requirement, as Kaggle's image does)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", NOTIFY_ENV)}
+    env.update(GPUJOB_KAGGLE_OUTPUT=str(tmp_path / "working"), GPUJOB_KAGGLE_SKIP_INSTALL="1")
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, str(kernel / "run_gpujob.py")], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=600)
+
+
+def test_a_kaggle_kernel_tells_the_webhook_of_its_kaggle_secret_and_the_bundle_holds_no_url(write_spec, receiver,
+                                                                                            tmp_path):
+    url = receiver.url()
+    exported = cli("export", "kaggle", _digits(write_spec, notify=[url]), tmp_path / "kernel")
+    assert exported.exit_code == 0, exported.stderr
+    assert ("notifications: add a Kaggle secret named GPUJOB_NOTIFY with your webhook URL (Add-ons > Secrets) and "
+            "attach it to the kernel; the folder holds no URL") in exported.stdout.splitlines()
+    _no_secret_in(tmp_path / "kernel", exported.stdout, exported.stderr)
+    assert json.loads((tmp_path / "kernel" / "kernel-metadata.json").read_text())["enable_internet"] is True
+    ran = _run_kernel(tmp_path / "kernel", tmp_path, _kaggle_secrets_stub(tmp_path / "stub", {"GPUJOB_NOTIFY": url}))
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "gpujob: notifications to the 1 webhook(s) of the Kaggle secret GPUJOB_NOTIFY" in ran.stdout
+    assert receiver.events() == ["started", "finished"]
+    assert receiver.body("finished")["backend"] == "kaggle" and receiver.body("finished")["epochs"]["done"] == 2
+    _no_secret_in(tmp_path / "working", ran.stdout, ran.stderr)
+
+
+def test_a_kernel_without_the_secret_or_kaggle_secrets_runs_the_job_and_says_there_are_no_notifications(
+        write_spec, receiver, tmp_path):
+    exported = cli("export", "kaggle", _digits(write_spec, train={"epochs": 1}), tmp_path / "kernel", "--notify")
+    assert exported.exit_code == 0, exported.stderr
+    assert any(line.startswith("notifications: add a Kaggle secret named GPUJOB_NOTIFY")
+               for line in exported.stdout.splitlines())
+    ran = _run_kernel(tmp_path / "kernel", tmp_path, None)  # not on Kaggle: no kaggle_secrets module
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    said = [line for line in ran.stdout.splitlines() if "notifications" in line]
+    assert said == ["gpujob: no notifications: no kaggle_secrets module (not a Kaggle kernel) to read the secret "
+                    "GPUJOB_NOTIFY from"]
+    (tmp_path / "again").mkdir()
+    ran = _run_kernel(tmp_path / "kernel", tmp_path / "again", _kaggle_secrets_stub(tmp_path / "stub", {}))  # not attached
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    said = [line for line in ran.stdout.splitlines() if "notifications" in line]
+    assert said == ["gpujob: no notifications: the Kaggle secret GPUJOB_NOTIFY could not be read (BackendError); "
+                    "attach it to this kernel under Add-ons > Secrets"]
+    assert receiver.events() == []

@@ -106,6 +106,8 @@ def export_kaggle(
                                                 "(repeatable); kernels see it under /kaggle/input/"),
     sweep: bool = typer.Option(False, "--sweep", help="the kernel runs `gpujob sweep` on the spec's sweep: "
                                "section: every trial in turn, in one process"),
+    notify: bool = typer.Option(False, "--notify", help="the kernel tells the webhooks in its Kaggle secret "
+                                "GPUJOB_NOTIFY when the job starts and ends (as the spec's notify: does)"),
 ):
     """Write a Kaggle kernel folder that runs the job: `kaggle kernels push -p OUT`."""
     from runner.backends.kaggle.export import export_kernel
@@ -120,5 +122,6 @@ def export_kaggle(
 
         with tempfile.TemporaryDirectory() as nowhere:
             plan_sweep(job, spec, Path(nowhere), [], None, None)
-    for line in export_kernel(job, out, kaggle_user, dataset or [], find_user_code(job, spec), sweep):
+    for line in export_kernel(job, out, kaggle_user, dataset or [], find_user_code(job, spec), sweep,
+                              notify):
         typer.echo(line)

@@ -52,6 +52,8 @@ KAGGLE_GPUS = 2
 # Kaggle's server refuses a kernel title over 50 characters (an HTTP 500 from `kaggle kernels push`:
 # kaggle-cli PR #179, learntools PR #48); its CLI wants 5 or more, and the id's slug to be the title's.
 TITLE_MAX = 50
+# The Kaggle secret the kernel reads its webhook URLs from: the URL is a credential, never in the bundle.
+NOTIFY_SECRET = "GPUJOB_NOTIFY"
 PACKAGE = Path(__file__).resolve().parents[2]  # runner/
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
 # What `gpujob run` never imports: clients for other backends and their retry loop (tenacity),
@@ -109,9 +111,11 @@ def missing_from_kaggle(requirements: list[str]) -> list[str]:
     return missing
 
 
-def internet_reasons(spec: JobSpec, requirements: list[str]) -> list[str]:
+def internet_reasons(spec: JobSpec, requirements: list[str], notify: bool = False) -> list[str]:
     """Why the kernel needs the internet; none means it runs with internet off."""
     reasons = [f"pip install {line}" for line in missing_from_kaggle(requirements)]
+    if notify:  # the POSTs, and kaggle_secrets asks Kaggle's service for the secret
+        reasons.append(f"notifications (the webhooks of the Kaggle secret {NOTIFY_SECRET})")
     if spec.data.dataset in DOWNLOADED_DATASETS and spec.data.download:
         reasons.append(f"data.download of {spec.data.dataset}")
     if ":" in spec.data.dataset:  # a factory's own code may fetch anything
@@ -160,11 +164,13 @@ def code_zip(code: "UserCode | None") -> bytes:
     return buffer.getvalue()
 
 
-def render_script(spec: JobSpec, requirements: list[str], code: "UserCode | None" = None, sweep: bool = False) -> str:
+def render_script(spec: JobSpec, requirements: list[str], code: "UserCode | None" = None, sweep: bool = False,
+                  notify: bool = False) -> str:
     template = (Path(__file__).with_name("kernel.py.template")).read_text()
     values = {
         "SPEC_YAML": repr(spec.to_yaml()),
         "SWEEP": repr(sweep),
+        "NOTIFY": repr(notify),
         "RUN_NAME": repr(spec.name),
         "REQUIREMENTS": repr(requirements),
         "KAGGLE_TORCH_STACK": repr(KAGGLE_TORCH_STACK),
@@ -211,12 +217,14 @@ def accelerator_line(asked: JobSpec, runs: JobSpec) -> str:
 
 
 def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str],
-                  code: "UserCode | None" = None, sweep: bool = False) -> list[str]:
+                  code: "UserCode | None" = None, sweep: bool = False, notify: bool = False) -> list[str]:
     """Write OUT/kernel-metadata.json and OUT/run_gpujob.py (carrying the user's `code`, if
     any); return what to tell the user. With `sweep`, the kernel runs `gpujob sweep` on the spec
     (its sweep: section, checked by the caller): the trials in turn in one process, on the kernel's
-    own machine."""
+    own machine. With `notify` (or the spec's notify:), the kernel tells the webhooks of its Kaggle
+    secret NOTIFY_SECRET; the spec's URLs are never written (spec.to_yaml leaves notify out)."""
     out = Path(out)
+    notify = notify or bool(spec.notify)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise bad_input(f"{out}: not an empty folder; gpujob export never overwrites one")
     for dataset in datasets:
@@ -226,9 +234,9 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
     if sweep:  # the trials train where the sweep runs: the kernel
         kernel_spec = kernel_spec.model_copy(update={"backend": "local"})
     requirements = kernel_requirements(sweep)
-    reasons = internet_reasons(kernel_spec, requirements)
+    reasons = internet_reasons(kernel_spec, requirements, notify)
     metadata = kernel_metadata(kernel_spec, user, datasets, internet=bool(reasons))
-    script = render_script(kernel_spec, requirements, code, sweep)  # before writing: no half-made folder
+    script = render_script(kernel_spec, requirements, code, sweep, notify)  # before writing: no half-made folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     (out / CODE_FILE).write_text(script)
@@ -244,6 +252,9 @@ def export_kernel(spec: JobSpec, out: Path, user: str | None, datasets: list[str
     if not user:
         lines.append(f"edit the id in kernel-metadata.json: replace {PLACEHOLDER_USER} with your Kaggle username "
                      "(or export again with --kaggle-user or KAGGLE_USERNAME set)")
+    if notify:
+        lines.append(f"notifications: add a Kaggle secret named {NOTIFY_SECRET} with your webhook URL (Add-ons > "
+                     "Secrets) and attach it to the kernel; the folder holds no URL")
     lines += [f"run it:        kaggle kernels push -p {out}",
               f"follow it:     kaggle kernels status {kernel}",
               f"fetch results: kaggle kernels output {kernel} -p DEST   (the " + (
