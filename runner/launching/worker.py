@@ -55,7 +55,7 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
     started = time.perf_counter() if started is None else started
     ctx = ctx or WorkerContext.from_env()
     folder: rf.RunFolder | None = None  # rank 0's
-    listeners: list | None = None
+    listeners: list | None = None if ctx.is_main else _other_node_listeners(ctx, run_dir)
     store: CheckpointStore | None = None
     resume_from: dict | None = None
     resuming = False
@@ -71,8 +71,6 @@ def run_worker(spec: JobSpec, run_dir: Path | None = None, runs_dir: Path = Path
         assert opened is not None, "rank 0 opened it above"
         folder, resuming = opened
         store, resume_from, listeners = _ready_to_train(spec, folder, resuming, quiet)
-    elif ctx.local_rank == 0:
-        listeners = _other_node_listeners(run_dir)
     try:
         result = train(spec, ctx, listeners or [], started=started, checkpoints=store, resume_from=resume_from,
                        keeps_time_limit=keeps_time_limit, epoch_end_rules=epoch_end_rules)
@@ -134,14 +132,14 @@ def _ready_to_train(spec: JobSpec, folder: rf.RunFolder, resuming: bool, quiet: 
                                  *sampler_listeners(folder.path)] + ([console] if console else []))
 
 
-def _other_node_listeners(run_dir: Path | None) -> list:
+def _other_node_listeners(ctx: WorkerContext, run_dir: Path | None) -> list:
     """The first worker of a node other than rank 0's samples its node's devices into the run
     folder (shared by the nodes, as SLURM's are); from a launcher, which passes workers on those
     nodes no --run-dir, the folder comes in SAMPLES_TO_ENV."""
     from runner.training.sampler import SAMPLES_TO_ENV, sampler_listeners
 
     folder = run_dir or os.environ.get(SAMPLES_TO_ENV)
-    return sampler_listeners(Path(folder), first_node=False) if folder else []
+    return sampler_listeners(Path(folder), first_node=False) if folder and ctx.local_rank == 0 else []
 
 
 def _stopped(stop: Stopped, spec: JobSpec, folder: rf.RunFolder | None) -> GpujobError:
