@@ -85,7 +85,15 @@ def _stops_then_resumes(spec, runs, reference) -> dict:
     return summary
 
 
-def test_modal_stops_at_its_budget_and_resumes_under_a_raised_one(write_spec, container_modal, tmp_path):
+@pytest.fixture
+def same_threads(monkeypatch):
+    """The reference and the stopped run are two runs, each choosing its threads from the load as
+    it starts; another count sums a step in another order (seen: a final loss 1e-8 apart)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_modal_stops_at_its_budget_and_resumes_under_a_raised_one(write_spec, container_modal, tmp_path,
+                                                                    same_threads):
     container_modal()
     reference = cli("run", write_spec("plain.yaml", **_sections()), "--runs-dir", tmp_path / "plain")
     assert reference.exit_code == 0, reference.stderr
@@ -93,7 +101,7 @@ def test_modal_stops_at_its_budget_and_resumes_under_a_raised_one(write_spec, co
     _stops_then_resumes(spec, tmp_path / "runs", reference.run_dir)
 
 
-def test_vast_stops_at_its_budget_and_resumes_under_a_raised_one(write_spec, local_vast, tmp_path):
+def test_vast_stops_at_its_budget_and_resumes_under_a_raised_one(write_spec, local_vast, tmp_path, same_threads):
     from tests.test_vast import IMAGE
 
     reference = cli("run", write_spec("plain.yaml", **_sections()), "--runs-dir", tmp_path / "plain")

@@ -89,3 +89,35 @@ def test_cores_other_processes_keep_busy_are_not_given_to_the_workers():
     assert choose_threads(2, {}, cores=8, load=4.0).threads == 2  # 4 of 8 free, shared by 2 workers
     assert choose_threads(1, {}, cores=2, load=9.0).threads == 1  # never zero
     assert choose_threads(1, {"OMP_NUM_THREADS": "2"}, cores=2, load=9.0).threads == 2  # the user's, kept
+
+
+def test_a_resume_runs_the_threads_its_run_ran_whatever_the_load_now(write_spec, tmp_path, monkeypatch):
+    """Threads follow the machine's load, and another count sums a step in another order: a run
+    resumed under another load trained on 1e-8 apart from the run it continues (seen in the
+    budget tests). A resume takes the count its run recorded in env.json, with as many workers;
+    a fresh run, another worker count or the user's OMP_NUM_THREADS choose as before."""
+    from runner.launching import launcher
+    from runner.launching.launcher import Launch
+    from runner.launching.topology import Topology
+    from runner.spec.load import load_spec
+    from runner.training.threads import THREADS_WHY
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launcher, "machine_load", lambda: 0.0)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "env.json").write_text(json.dumps({"threads": {"intra_op": 7, "workers_on_node": 1,
+                                                          "cores_available": 8, "why": "then"}}))
+    spec = load_spec(write_spec())
+
+    def threads(resume: bool, workers: int = 1) -> tuple[str, str]:
+        env = Launch(spec, Topology(workers), run, resume=resume)._worker_env(0, 29500)
+        return env["OMP_NUM_THREADS"], env[THREADS_WHY]
+
+    assert threads(resume=True) == ("7", "7 as the run's earlier attempt ran (env.json), so that the resumed run "
+                                         "computes as it did")
+    fresh = str(choose_threads(1, {}, load=0.0).threads)
+    assert threads(resume=False)[0] == fresh
+    assert threads(resume=True, workers=2)[0] == str(choose_threads(2, {}, load=0.0).threads)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads(resume=True)[0] == "3"

@@ -46,7 +46,7 @@ from runner.launching.topology import Topology, free_port, port_in_use, port_tak
 from runner.runs.lock import INHERITED
 from runner.training.distributed import JOINED
 from runner.training.sampler import SAMPLES_TO_ENV
-from runner.training.threads import THREADS_WHY, choose_threads, machine_load
+from runner.training.threads import THREADS_WHY, choose_threads, machine_load, threads_as_before
 from runner.spec.model import JobSpec
 from runner.errors import BUDGET_REACHED, INTERRUPTED, PREEMPTED
 
@@ -129,7 +129,9 @@ class Launch:
         env[STARTED_AT] = repr(self.started_at)
         env[ERROR_FILE] = f"/dev/fd/{self.records[local_rank].fileno()}"
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
-        threads = choose_threads(t.nproc_per_node, os.environ, load=machine_load())
+        threads = ((self.resume and self.run_dir is not None and "OMP_NUM_THREADS" not in os.environ
+                    and threads_as_before(self.run_dir, t.nproc_per_node))
+                   or choose_threads(t.nproc_per_node, os.environ, load=machine_load()))
         env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS") or str(threads.threads), **{THREADS_WHY: threads.why})
         return env
 

@@ -52,6 +52,25 @@ def choose_threads(workers_on_node: int, environ: Mapping[str, str], cores: int 
     return ThreadChoice(threads, why)
 
 
+def threads_as_before(run_dir, workers_on_node: int) -> ThreadChoice | None:
+    """The intra-op threads the run's last attempt ran (its env.json), for a resume with as many
+    workers per node: choose_threads follows the machine's load, and another count sums a
+    step's reductions in another order, so a resume under another load would not train on
+    bit for bit as the run it continues (seen: a loss apart in its 8th decimal)."""
+    import json
+    from pathlib import Path
+
+    try:
+        record = json.loads((Path(run_dir) / "env.json").read_text()).get("threads")
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    if not isinstance(record, dict) or _count(record, "workers_on_node") != workers_on_node:
+        return None
+    threads = _count(record, "intra_op")
+    return ThreadChoice(threads, f"{threads} as the run's earlier attempt ran (env.json), so that the resumed "
+                                 "run computes as it did") if threads else None
+
+
 def machine_load() -> float:
     """The 1-minute load average, 0 where the system has none."""
     try:
