@@ -87,6 +87,13 @@ def _process_state(pid: int) -> str:
         state, "still running but silent")
 
 
+def _threads(resumed_run: Path | None, workers: int):
+    """A resumed run's own count (threads_as_before) unless the user set one; else by the load."""
+    if resumed_run is not None and "OMP_NUM_THREADS" not in os.environ:
+        return threads_as_before(resumed_run, workers) or choose_threads(workers, os.environ, load=machine_load())
+    return choose_threads(workers, os.environ, load=machine_load())
+
+
 class Launch:
     """One node's workers. Nothing of it outlives it, even a SIGKILL: the spec the workers read,
     their logs and their error records are unlinked temporary files (the workers get them as open
@@ -129,9 +136,7 @@ class Launch:
         env[STARTED_AT] = repr(self.started_at)
         env[ERROR_FILE] = f"/dev/fd/{self.records[local_rank].fileno()}"
         # Workers on one CPU share its cores; oversubscribed OpenMP threads slow every rank down.
-        threads = ((self.resume and self.run_dir is not None and "OMP_NUM_THREADS" not in os.environ
-                    and threads_as_before(self.run_dir, t.nproc_per_node))
-                   or choose_threads(t.nproc_per_node, os.environ, load=machine_load()))
+        threads = _threads(self.run_dir if self.resume else None, t.nproc_per_node)
         env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS") or str(threads.threads), **{THREADS_WHY: threads.why})
         return env
 
