@@ -174,6 +174,11 @@ class RunFolder:
             return False
         for name in (SPEC, METRICS, TIMING, PLOT, ENV, ERROR_LOG):
             self.file(name).unlink(missing_ok=True)
+        # what the job's listeners write from its start: device samples (one file a node) and
+        # TensorBoard's events (runner/training/sampler.py, tensorboard_events.py); nothing trained
+        for samples in self.path.glob("utilisation*.jsonl"):
+            samples.unlink(missing_ok=True)
+        shutil.rmtree(self.file("tensorboard"), ignore_errors=True)
         remove_interrupted_writes(self.path)
         if self.made_here:
             self.remove_if_unstarted()
