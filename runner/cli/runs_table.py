@@ -8,7 +8,6 @@ fraction of a second (benchmarks/runs_listing.py).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from runner.backends.registry import known_backend
 from runner.runs import record as run_record
 from runner.runs.state import FINISHED, RUNNING, Run
 from runner.runs.paths import METRICS, SUMMARY
-from runner.runs.reading import DamagedFile, read_json, read_summary
+from runner.runs.reading import DamagedFile, last_epoch_record, read_json, read_summary
 from runner.sweeps.record import is_sweep
 
 TAIL_BYTES = 8192  # enough for the last epoch line of metrics.jsonl
@@ -48,23 +47,6 @@ def _trial_rows(sweep: Path) -> list[dict]:
     return [{**_row(trial), "run": f"{sweep.name}/{trial.name}", "sweep": sweep.name} for trial in trials]
 
 
-def _last_epoch(path: Path) -> dict | None:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - TAIL_BYTES))
-            lines = handle.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("kind") == "epoch":  # `null`, a list: not a record
-            return record
-    return None
-
-
 def _row(folder: Path) -> dict:
     try:
         record = run_record.read(folder)
@@ -74,7 +56,7 @@ def _row(folder: Path) -> dict:
                 "submitted_at": None, "path": str(folder), "damaged": []}
     damaged: list[str] = []
     summary = _readable(lambda: read_summary(folder), damaged)
-    last = _last_epoch(folder / METRICS) if summary is None else None
+    last = last_epoch_record(folder / METRICS, TAIL_BYTES) if summary is None else None
     cost = _readable(lambda: read_json(folder / "cost.json"), damaged)
     state = "summary.json damaged" if (folder / SUMMARY).exists() and summary is None else \
         _state(folder, record, summary)

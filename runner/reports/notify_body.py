@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from runner.runs.paths import METRICS, PLOT, SUMMARY, TIMING
+from runner.runs.reading import last_epoch_record
 from runner.spec.model import JobSpec
 
 SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
@@ -39,7 +40,7 @@ def is_slack(url: str) -> bool:
 def plain_body(facts: JobFacts, state: str, exit_code: int | None, message: str = "") -> dict:
     folder = facts.run_dir
     summary = _json(folder / SUMMARY) or {}
-    last_epoch = _last_epoch(folder / METRICS)
+    last_epoch = last_epoch_record(folder / METRICS)
     done = summary.get("epochs") or (last_epoch or {}).get("epoch") or 0
     return {
         "event": state, "run": folder.name, "name": facts.spec.name, "backend": facts.backend, "state": state,
@@ -81,21 +82,6 @@ def _json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _last_epoch(metrics: Path) -> dict | None:
-    try:
-        lines = metrics.read_text().splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("kind") == "epoch":
-            return record
-    return None
 
 
 def _final_metrics(summary: dict, last_epoch: dict | None) -> dict:

@@ -6,7 +6,6 @@ state and its output's latest progress line instead; the metrics come back with 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from runner.runs.paths import METRICS
+from runner.runs.reading import metrics_records
 from runner.spec.model import JobSpec
 
 UTILISATION = "utilisation.jsonl"  # runner/training/sampler.py writes it
@@ -36,7 +36,7 @@ class Progress:
 def read_progress(folder: Path, spec: JobSpec, backend: str, submitted_at: str | None,
                   now: float | None = None) -> Progress:
     now = time.time() if now is None else now
-    records = _whole_lines(folder / METRICS)
+    records = metrics_records(folder / METRICS)
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     p = Progress(epochs=spec.train.epochs, last_step=steps[-1] if steps else {},
@@ -44,7 +44,7 @@ def read_progress(folder: Path, spec: JobSpec, backend: str, submitted_at: str |
     p.epoch = p.last_epoch.get("epoch", 0)
     p.step = max(p.last_step.get("step", 0), p.last_epoch.get("step", 0))
     p.total_steps = _total_steps(spec, epochs)
-    samples = _whole_lines(folder / UTILISATION)
+    samples = metrics_records(folder / UTILISATION)
     p.utilisation = samples[-1] if samples else None
     rate = p.last_step.get("samples_per_s") or p.last_epoch.get("samples_per_s")
     if p.total_steps and rate:
@@ -80,23 +80,6 @@ def _epoch_seconds(stamp: str | None) -> float | None:
         return datetime.fromisoformat(stamp).timestamp() if stamp else None
     except ValueError:
         return None
-
-
-def _whole_lines(path: Path) -> list[dict]:
-    """A JSON-lines file another process is writing: every whole line, none cut short."""
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
 
 
 def panel(run_name: str, backend: str, state_line: str, p: Progress | None, latest_line: str | None = None):

@@ -5,6 +5,7 @@ than what it holds."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from runner.errors import BAD_INPUT, GpujobError
@@ -70,6 +71,26 @@ def metrics_records(path: Path) -> list[dict]:
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def last_epoch_record(path: Path, tail_bytes: int | None = None) -> dict | None:
+    """metrics.jsonl's last epoch record, None where it has none; `tail_bytes`: read only the
+    file's end (a listing of many runs), which must hold that line whole."""
+    try:
+        with Path(path).open("rb") as handle:
+            if tail_bytes is not None:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("kind") == "epoch":  # `null`, a list: not a record
+            return record
+    return None
 
 
 def _is_number(value) -> bool:
