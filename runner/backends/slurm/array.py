@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from runner.backends.slurm.commands import require_controller, sbatch, slurm_command
-from runner.backends.slurm.script import check_path, sbatch_quote
+from runner.backends.slurm.script import check_path, resource_options, sbatch_quote
 from runner.runs.files import atomic_write
 from runner.spec.model import JobSpec
 
@@ -30,14 +30,7 @@ def array_script(spec: JobSpec, sweep_dir: Path, trials: int, parallel: int, pyt
                f"--time={math.ceil(spec.resources.timeout_minutes * rounds) + 1}",
                f"--chdir={sbatch_quote(str(workdir))}",
                f"--output={sbatch_quote(str(job_dir).replace('%', '%%') + '/slurm-%A_%a.out')}"]
-    request = spec.resources.gpu_request
-    if request:
-        options.append(f"--gres=gpu:{f'{s.gres_type}:' if s.gres_type else ''}{request.count}")
-    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
-                        ("cpus-per-task", s.cpus_per_task), ("mem", s.mem)):
-        if value is not None:
-            options.append(f"--{flag}={sbatch_quote(str(value))}")
-    options += s.sbatch_lines
+    options += resource_options(spec)
     work = shlex.join([python, "-m", "runner.cli", "sweep", "work", str(sweep_dir)])
     return "\n".join(["#!/bin/bash", *(f"#SBATCH {option}" for option in options), "",
                       "# Written by gpujob sweep (backend: slurm): each task trains the sweep's trials in turn.",

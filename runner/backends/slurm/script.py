@@ -60,15 +60,7 @@ def sbatch_script(spec: JobSpec, run_dir: Path, python: str, workdir: Path) -> s
                # The time limit's signal to the workers shortly before it passes: they checkpoint
                # and exit 1 as at their own limit, instead of being killed mid-step when it passes.
                f"--signal={TIME_LIMIT_SIGNAL}@{warning_s(spec)}"]
-    request = spec.resources.gpu_request
-    if request:
-        kind = f"{s.gres_type}:" if s.gres_type else ""
-        options.append(f"--gres=gpu:{kind}{request.count}")
-    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
-                        ("cpus-per-task", s.cpus_per_task), ("mem", s.mem)):
-        if value is not None:
-            options.append(f"--{flag}={sbatch_quote(str(value))}")
-    options += s.sbatch_lines
+    options += resource_options(spec)
     # each task one rank (`--worker`: srun starts them all); `--resume` for a requeued job
     worker = shlex.join(run_command(paths.job_spec, run_dir, worker=True, resume=True, python=python))
     lines = ["#!/bin/bash", *(f"#SBATCH {option}" for option in options), "",
@@ -123,3 +115,19 @@ def check_path(path: Path, what: str) -> None:
     if "\n" in str(path) or "\\" in str(path):
         raise bad_input(f"{what}: {str(path)!r} holds a newline or a backslash, which a SLURM batch script "
                         "cannot carry in its #SBATCH lines; use a folder without them")
+
+
+def resource_options(spec: JobSpec) -> list[str]:
+    """The #SBATCH options from the spec's GPUs and slurm: section (gres, partition, account,
+    qos, cpus, memory, the user's own lines): the same for a job and a sweep's array."""
+    s = spec.slurm
+    options = []
+    request = spec.resources.gpu_request
+    if request:
+        kind = f"{s.gres_type}:" if s.gres_type else ""
+        options.append(f"--gres=gpu:{kind}{request.count}")
+    for flag, value in (("partition", s.partition), ("account", s.account), ("qos", s.qos),
+                        ("cpus-per-task", s.cpus_per_task), ("mem", s.mem)):
+        if value is not None:
+            options.append(f"--{flag}={sbatch_quote(str(value))}")
+    return options + list(s.sbatch_lines)
