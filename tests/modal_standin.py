@@ -18,7 +18,9 @@ at once, outside the function's retries, and gives up after INTERNAL_FAILURE_LIM
 a GENERIC_STATUS_INTERNAL_FAILURE result, modal/_functions.py and _process_result). App.run()
 swallows a KeyboardInterrupt, and a modal ConnectionError in a detached app's block, as
 modal/runner.py's does. The volume is a folder, logs are the containers' output, and `fail_next`
-makes the next calls of one kind meet Modal's own trouble (InternalError, ServiceError, ...)."""
+makes the next calls of one kind meet Modal's own trouble (InternalError, ServiceError, ...).
+A spawn made inside a container (a chain's next call) is served like the client's: a new call
+with its own id, found by that id, failing as the client's spawn fails."""
 
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from types import SimpleNamespace
 from runner.backends.modal.app import VOLUME_PATH_ENV
 from runner.reports.notify import NOTIFY_ENV
 from tests.conftest import REPO
+from tests.modal_container import SPAWNS_ENV
 
 # How many lost attempts of one input Modal reruns before it gives up on it: the client's own
 # limit for the inputs it retries itself (MAX_INTERNAL_FAILURE_COUNT in modal/_functions.py).
@@ -152,7 +155,7 @@ class ContainerCall:
                         [sys.executable, "-m", "tests.modal_container", str(self.request_file), str(result_file)],
                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                         env={**self._container_env(), VOLUME_PATH_ENV: str(self.modal.volume_folder),
-                             "PYTHONUNBUFFERED": "1"})
+                             SPAWNS_ENV: str(self.modal.spawns), "PYTHONUNBUFFERED": "1"})
             began = time.monotonic()
             if lost < self.modal.lost_containers:  # the worker under the container is lost
                 self._kill()
@@ -350,8 +353,13 @@ class ContainerModal:
         self.app_runs: list[bool] = []  # each app.run(detach=...)
         self.echoing = self.interrupted = False
         self.failures: dict[str, list[BaseException]] = {}
-        scratch.mkdir(parents=True, exist_ok=True)
+        self.spawned_inside: list[str] = []  # calls spawned by a container (a chain's next call)
+        self.spawns = scratch / "spawns"  # where a container's spawns arrive (tests/modal_container.py)
+        self.spawns.mkdir(parents=True, exist_ok=True)
+        self.closed = threading.Event()
+        self.spawn_lock = threading.Lock()
         watch_local_dirs()  # before gpujob builds the images whose files a container gets
+        threading.Thread(target=self._serve_spawns_from_containers, daemon=True).start()
 
     # ---- the test's handles -----------------------------------------------------------------
 
@@ -368,7 +376,8 @@ class ContainerModal:
             assert call.ended.wait(timeout), f"call {call.object_id} still runs after {timeout} s"
 
     def stop_all(self) -> None:
-        for call in self.calls.values():
+        self.closed.set()
+        for call in list(self.calls.values()):
             call.no_retry.set()
             call.cancelled = True
             if call.proc is not None and call.proc.poll() is None:
@@ -412,10 +421,32 @@ class ContainerModal:
         request.function()  # the very call gpujob would spawn, configured for the job, must build
         return self._spawn(request, *request.args())
 
+    def _serve_spawns_from_containers(self) -> None:
+        """A spawn made inside a container, served as Modal serves one: the function configured
+        as the request says must build, `fail_next("spawn")` fails it as a client's spawn
+        fails, and it becomes a new call with its own id, which the client finds by that id."""
+        from runner.backends.modal.backend import ModalRequest
+
+        while not self.closed.is_set():
+            for asked in sorted(self.spawns.glob("spawn-*.json")):
+                answer = asked.with_suffix(".answer")
+                if answer.exists():
+                    continue
+                try:
+                    call = self.spawn(ModalRequest(**json.loads(asked.read_text())))
+                    self.spawned_inside.append(call.object_id)
+                    said = {"call_id": call.object_id}
+                except Exception as err:  # noqa: BLE001 - handed to the container, as Modal's client raises it
+                    said = {"error": type(err).__name__, "message": str(err)}
+                answer.with_suffix(".tmp").write_text(json.dumps(said))
+                answer.with_suffix(".tmp").rename(answer)
+            self.closed.wait(0.1)
+
     def _spawn(self, request, spec_yaml: str, run_name: str, submission: str) -> ContainerCall:
         self.trouble("spawn")
         assert (spec_yaml, run_name, submission) == request.args() and submission
-        call_id = f"fc-test-{len(self.calls) + 1}"
-        self.calls[call_id] = ContainerCall(self, call_id, request)
+        with self.spawn_lock:  # the client and a container may spawn at once
+            call_id = f"fc-test-{len(self.calls) + 1}"
+            self.calls[call_id] = ContainerCall(self, call_id, request)
         return self.calls[call_id]
 

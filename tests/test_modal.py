@@ -165,7 +165,6 @@ def test_dry_run_prints_the_call_the_image_and_the_cost(modal_spec, tmp_path):
     (["--gpu", "RTX4090:1"], "modal does not offer RTX4090; it offers: T4, L4, A10G, A100-40GB"),
     (["--gpu", "A10G:5", "--set", "data.batch_size=60"], "at most 4 A10G"),
     (["--set", "resources.nodes=2"], "resources.nodes"),
-    (["--set", "resources.timeout_minutes=1500"], "24 h"),
 ])
 def test_what_modal_cannot_run_is_exit_2_before_anything_starts(modal_spec, tmp_path, args, expected):
     result = cli("submit", modal_spec(), *args, "--runs-dir", tmp_path / "runs")
@@ -936,3 +935,107 @@ def test_the_time_limit_holds_across_modals_retries_of_one_submission(modal_spec
     resumed = submitted(spec, "late-1", "s-2")
     assert resumed.function().local(*resumed.args()) == {"exit_code": 0, "message": ""}
     assert (volume / "late-1" / "summary.json").exists()
+
+
+# ---- past Modal's 24 hours: a chain of calls ---------------------------------------------------
+
+CHAINED_CALL_LIMIT_S = 30  # Modal's 24 h per call, here: each call trains for 20 s at most (chain.py)
+
+
+@pytest.fixture
+def short_calls(monkeypatch):
+    """Modal's per-call limit lowered to CHAINED_CALL_LIMIT_S, here and in the stand-in's containers."""
+    from runner.backends.modal.chain import CALL_LIMIT_ENV
+
+    monkeypatch.setenv(CALL_LIMIT_ENV, str(CHAINED_CALL_LIMIT_S))
+
+
+def _chained_spec(modal_spec, max_steps: int):
+    """A small CNN (about 10 steps a second here: a few hundred logged losses in a chain)."""
+    return modal_spec(model={"name": "cnn"}, data={"dataset": "synthetic", "batch_size": 64},
+                      train={"epochs": 10_000, "max_steps": max_steps, "log_every_steps": 5,
+                             "checkpoint_every_minutes": 10},
+                      resources={"gpu": "A10G:1", "timeout_minutes": 60})
+
+
+def _steps_per_second(modal_spec, volume) -> float:
+    """How fast this machine trains the chained job's model now (it is shared, and loaded)."""
+    request = submitted(_chained_spec(modal_spec, 60), "pace-1")
+    assert request.function().local(*request.args())["exit_code"] == 0
+    return 60 / json.loads((volume / "pace-1" / "timing.json").read_text())["train_loop_s"]
+
+
+def test_a_job_past_the_per_call_limit_runs_as_a_chain_with_the_losses_of_one_long_call(
+        modal_spec, container_modal, tmp_path, short_calls, volume):
+    """Each call stops itself with a checkpoint before Modal's limit and spawns the next from its
+    container, which resumes from the volume; the attached terminal follows the chain to its
+    last call. Enough steps for 45 s of training: at most 20 s in each call, so 3 calls or more."""
+    steps = int(45 * _steps_per_second(modal_spec, volume))
+    assert steps < 2000, steps  # a CNN: a curve of hundreds of losses, not tens of thousands
+    spec = _chained_spec(modal_spec, steps)
+    plan = cli("submit", spec, "--dry-run")
+    assert "runs as a chain of calls of 30 s each" in plan.stdout, plan.stdout
+    service = container_modal()
+    result = cli("submit", spec, "--runs-dir", tmp_path / "runs")
+    assert result.exit_code == 0, result.stderr
+    run = result.run_dir
+    calls = list(service.calls)
+    assert len(calls) >= 3 and service.spawned_inside == calls[1:], (calls, service.spawned_inside)
+    assert all(call.attempts == [("returned", call.attempts[0][1])] for call in service.calls.values())
+    record = json.loads((run / "submission.json").read_text())
+    assert record["handles"]["modal_calls"] == calls and record["handles"]["modal_call_id"] == calls[-1]
+    assert [e["call"] for e in record["events"] if e["event"] == "continued"] == calls[1:]
+    assert f"the job continues in call {calls[1]}" in result.stderr
+
+    never_stopped = submitted(_chained_spec(modal_spec, steps), "long-1")
+    os.environ.pop("GPUJOB_MODAL_CALL_LIMIT_S")  # one call, never handed over
+    assert never_stopped.function().local(*never_stopped.args())["exit_code"] == 0
+    assert _curve(run) == _curve(volume / "long-1")  # every step once, the same losses
+    assert json.loads((run / "summary.json").read_text())["resumed"] == len(calls) - 1
+
+    cost = json.loads((run / "cost.json").read_text())
+    assert [c["call_id"] for c in cost["calls"]] == calls
+    assert cost["billed_s"] == pytest.approx(sum(c["billed_s"] for c in cost["calls"]), abs=0.2)
+    assert all(0 < c["billed_s"] <= CHAINED_CALL_LIMIT_S for c in cost["calls"])
+    assert cost["estimated_usd"] == pytest.approx(1.10 * cost["billed_s"] / 3600, abs=1e-4)
+    assert f"{len(calls)} calls" in cost["basis"]
+
+
+def test_a_job_with_its_own_code_past_the_per_call_limit_is_exit_2(tmp_path):
+    """The next call of a chain is spawned in the container, whose image lacks the job's code."""
+    from tests.test_user_code import example
+
+    spec = example(tmp_path, "regression", resources={"gpu": "A10G:1", "timeout_minutes": 1500})
+    result = cli("submit", spec, "--backend", "modal", "--dry-run")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert "resources.timeout_minutes: a job that brings its own code runs in one Modal call, at most 1430 minutes" \
+        in result.stderr
+    long_enough = cli("submit", spec, "--backend", "modal", "--dry-run", "--set", "resources.timeout_minutes=1430")
+    assert long_enough.exit_code == 0, long_enough.stderr
+
+
+def test_cancel_in_the_second_call_of_a_detached_chain_stops_it_with_a_checkpoint(
+        modal_spec, container_modal, tmp_path, short_calls):
+    """The chain needs no terminal: submitted with --detach, it hands over by itself; status,
+    logs and cancel find its live call; cancelled there, it checkpoints and spawns nothing more."""
+    service = container_modal()
+    run = cli("submit", _chained_spec(modal_spec, 10_000_000), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    remote = tmp_path / "volume" / run.name
+    wait_for(lambda: "fc-test-2" in service.calls, "the second call", timeout=240)
+    checkpoints_before = {p.name for p in (remote / "checkpoints").glob("step-*.pt")}
+    steps_before = len(read_jsonl(remote / "metrics.jsonl"))
+    wait_for(lambda: len(read_jsonl_if(remote / "metrics.jsonl")) > steps_before + 2, "the second call's steps")
+    assert cli("status", run).stdout.strip() == f"{run.name}: running: on Modal (call fc-test-2)"
+    assert "step " in cli("logs", run).stdout
+
+    cancelled = cli("cancel", run)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.stdout, cancelled.stderr
+    assert service.cancels == ["fc-test-2"]
+    service.wait_all()
+    assert list(service.calls) == ["fc-test-1", "fc-test-2"]  # no third call
+    assert [how for how, _ in service.call("fc-test-2").attempts] == ["returned"]
+    assert {p.name for p in (remote / "checkpoints").glob("step-*.pt")} - checkpoints_before  # its own checkpoint
+    record = json.loads((run / "submission.json").read_text())
+    assert record["handles"]["modal_calls"] == ["fc-test-1", "fc-test-2"]
+    status = cli("status", run).stdout
+    assert status.startswith(f"{run.name}: cancelled") and "gpujob resume" in status

@@ -68,8 +68,10 @@ MODAL_CALLS = [
          keywords=("image", "volumes", "timeout", "retries", "single_use_containers", "include_source", "name")),
     Call(modal, "is_local"),
     # backend.py: the per-job options of the call (ModalRequest.options)
-    Call(modal.Function, "with_options", keywords=("gpu", "timeout", "retries", "scaledown_window", "secrets"),
+    Call(modal.Function, "with_options", keywords=("gpu", "timeout", "retries", "scaledown_window", "secrets", "env"),
          method=True),
+    # app.py: a chain's next call, spawned inside the container (chain.py); the same Function.spawn
+    # row below, reached from there through the same with_options
     Call(modal.Secret, "from_dict", positional=1),  # the job's webhooks, a credential (issue 26)
     # service.py: starting, following, cancelling, logs, the volume's files
     Call(modal, "enable_output"),

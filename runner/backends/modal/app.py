@@ -30,6 +30,8 @@ from pathlib import Path
 
 import modal
 
+from runner.backends.modal import chain
+
 APP_NAME = "gpujob"
 VOLUME_NAME = "gpujob-runs"
 VOLUME_MOUNT = "/runs"
@@ -115,6 +117,7 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     if in_container:
         volume.reload()  # a restarted attempt must see the checkpoints the last one committed
         _workers_import_this_runner()
+    began, handover = time.time(), None
     cancelled: list[bool] = []
     previous = _cancel_becomes_a_stop(cancelled)
     try:
@@ -129,6 +132,7 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
         if used_s >= spec.resources.timeout_minutes * 60:
             return {"exit_code": 1, "message": f"the job ran past resources.timeout_minutes "
                                                f"({spec.resources.timeout_minutes} min) across its attempts"}
+        handover = chain.handover_for(spec, runs_root / run_name, used_s)  # a job longer than one call
         run_on_this_node(spec, Topology(workers_per_node(spec)), runs_root / run_name, runs_root,
                          started=time.perf_counter() - used_s, resume=True)
     except _CancelledBeforeTraining:
@@ -137,14 +141,53 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
         if err.exit_code in (PREEMPTED, INTERRUPTED):
             if cancelled:  # `gpujob cancel`: checkpointed, and Modal does not retry a cancelled input
                 return {"exit_code": INTERRUPTED, "message": f"cancelled: {err.message}"}
+            if handover is not None and handover.fired.is_set():  # this call's own limit, not a preemption
+                handover.cancel()
+                return _hand_over(spec, run_name, submission, handover, began, in_container)
             raise RuntimeError(f"{err.message} (Modal starts it again; it resumes from the checkpoint)") from None
         return {"exit_code": err.exit_code, "message": err.message}
     finally:
+        if handover is not None:
+            handover.cancel()
+            if not handover.logged:  # a handover logs its own attempt before it spawns the successor
+                chain.log_attempt(runs_root / run_name, submission,
+                                  chain.calls_so_far(runs_root / run_name, submission), began, handed_over=False)
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)
         if in_container:
             volume.commit()  # background commits may lag; the client reads the folder right after
     return {"exit_code": 0, "message": ""}
+
+
+def spawn_call(request) -> str:
+    """Spawn `request` from inside this container (a chain's next call); its call id. Modal
+    documents with_options for a call made "from ... another Function" (chain.py says what else
+    this relies on). The tests' container puts the stand-in's spawn here."""
+    return request.function().spawn(*request.args()).object_id
+
+
+def _hand_over(spec, run_name: str, submission: str, handover, began: float, in_container: bool) -> dict:
+    """This call stopped itself before its limit with a checkpoint: spawn the next call of the
+    chain, which resumes from it. A call that trained nothing past its start-up ends the chain,
+    which would otherwise spawn calls that never get anywhere."""
+    run_dir = volume_root() / run_name
+    if chain.newest_step(run_dir) <= handover.step_at_start:
+        return {"exit_code": 1, "message": f"the call stopped at Modal's per-call limit ({chain.call_limit_s()} s) "
+                                           "before it saved a checkpoint past its start-up; nothing to continue"}
+    # Logged before the spawn: the successor reloads the volume as it starts and rewrites the log
+    # as it ends, so this call's line must be committed before the successor exists.
+    place = chain.calls_so_far(run_dir, submission)
+    chain.log_attempt(run_dir, submission, place, began, handed_over=True)
+    handover.logged = True
+    if in_container:
+        volume.commit()  # the successor's first reload must find this call's checkpoint and line
+    try:
+        next_call = spawn_call(chain.successor_request(spec, run_name, submission))
+    except BaseException:
+        chain.log_attempt(run_dir, submission, place, began, handed_over=False, replace_last=True)
+        raise  # Modal retries this call, which resumes from the checkpoint and hands over again
+    print(f"gpujob: this call reached Modal's per-call limit; the job continues in call {next_call}", flush=True)
+    return {"exit_code": 0, "message": f"continued in call {next_call}", "next_call": next_call}
 
 
 def volume_root() -> Path:

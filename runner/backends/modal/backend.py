@@ -56,7 +56,6 @@ from runner.usercode.shipping import CODE_DIR, code_fields
 
 APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
 
-MAX_TIMEOUT_S = 24 * 60 * 60  # Modal's limit for one function call
 MAX_GPUS = {"A10G": 4}  # per container, where Modal allows fewer than the catalog's 8
 KEY_PINS = ("torch", "torchvision")
 
@@ -152,11 +151,27 @@ def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
         if request.count > most:
             raise bad_input(f"resources.gpu: Modal attaches at most {most} {name} GPUs to a container")
         gpu = f"{name}:{request.count}"
-    timeout_s = math.ceil(spec.resources.timeout_minutes * 60) + TIMEOUT_GRACE_S
-    if timeout_s > MAX_TIMEOUT_S:
-        raise bad_input(f"resources.timeout_minutes: Modal stops a call after 24 h; at most "
-                        f"{(MAX_TIMEOUT_S - TIMEOUT_GRACE_S) // 60} minutes")
+    from runner.backends.modal.chain import call_limit_s, is_chained
+
+    if is_chained(spec) and code_fields(spec):  # the next call's image would lack the job's code
+        raise bad_input(f"resources.timeout_minutes: a job that brings its own code runs in one Modal call, at most "
+                        f"{(call_limit_s() - TIMEOUT_GRACE_S) // 60} minutes; a longer job (a chain of calls) "
+                        "needs one without code of its own")
+    # Past Modal's per-call limit the job runs as a chain of calls of that limit each (chain.py).
+    timeout_s = min(math.ceil(spec.resources.timeout_minutes * 60) + TIMEOUT_GRACE_S, call_limit_s())
     return ModalRequest(gpu, timeout_s, RETRIES, spec.resources.workers_per_node, spec.to_yaml(), run_name)
+
+
+def describe_timeout(spec: JobSpec, timeout_s: int) -> str:
+    from runner.backends.modal.app import TIMEOUT_GRACE_S
+    from runner.backends.modal.chain import is_chained
+
+    if is_chained(spec):
+        return (f"{spec.resources.timeout_minutes} min for the job across all attempts, past Modal's limit for one "
+                f"call: it runs as a chain of calls of {timeout_s} s each, every one stopping itself with a "
+                "checkpoint before its limit and spawning the next, which resumes from it")
+    return (f"{spec.resources.timeout_minutes} min for the job across all attempts; Modal's {timeout_s} s per "
+            f"attempt adds {TIMEOUT_GRACE_S // 60} min of start-up and save")
 
 
 def describe_image() -> str:
@@ -248,7 +263,7 @@ class ModalBackend(Backend):
         )
 
         import_modal()  # first: the App is built with Modal's client
-        from runner.backends.modal.app import TIMEOUT_GRACE_S, VOLUME_MOUNT, VOLUME_NAME
+        from runner.backends.modal.app import VOLUME_MOUNT, VOLUME_NAME
 
         request = modal_request(spec, run_name)
         if code_fields(spec):  # the image adds the run's copy of the user's code (runner/usercode/shipping.py)
@@ -256,9 +271,7 @@ class ModalBackend(Backend):
         request.function()  # the call must be constructible before anything is paid for
         source = credentials_source()
         rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
-                ("timeout", (f"{spec.resources.timeout_minutes} min for the job across all attempts; Modal's "
-                             f"{request.timeout_s} s per attempt adds "
-                             f"{TIMEOUT_GRACE_S // 60} min of start-up and save")),
+                ("timeout", describe_timeout(spec, request.timeout_s)),
                 ("retries", f"{request.retries}; a restarted attempt resumes from the last checkpoint"),
                 ("volume", f"{VOLUME_NAME} at {VOLUME_MOUNT}; the run folder is {VOLUME_MOUNT}/{run_name}"),
                 ("call", request.call()),
@@ -296,7 +309,8 @@ class ModalBackend(Backend):
 
         def spawned(call_id: str) -> None:
             run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,
-                                                                "modal_volume": VOLUME})
+                                                                "modal_volume": VOLUME,
+                                                                "modal_calls": [*_calls(run), call_id]})
             about.call_id = call_id  # this spawn's call, now that the run record names it
             # What this side sees of the start: the app and image set up and the call spawned; the
             # container's own start is the job's (timing.json).
@@ -305,7 +319,8 @@ class ModalBackend(Backend):
 
         try:
             with modal_errors("running the job") as about:
-                state = service.start(request, run.folder.name, detach, spawned)
+                state = service.start(request, run.folder.name, detach, spawned,
+                                      continued=lambda call_id: _continued(run, call_id))
         except KeyboardInterrupt:
             if about.call_id and detach:
                 what = f"the job was started and runs on Modal; its folder {run.folder} tracks it"
@@ -345,12 +360,17 @@ class ModalBackend(Backend):
                                   f"`{command(f'gpujob resume {run.folder}')}` continues it", state.exit_code)
         return RunState(FAILED, message, state.exit_code)
 
-    def _call_state(self, run: Run):
+    def _call_state(self, run: Run, doing: str = "asking Modal about the job"):
+        """The state of the job's last call, following a chain past Modal's per-call limit from
+        the call the record names; the record then names every call the chain has reached."""
         from runner.backends.modal.service import modal_errors
 
         service = self._service()
-        with modal_errors("asking Modal about the job", _call_id(run)):
-            return service.poll(_call_id(run))
+        with modal_errors(doing, _call_id(run)):
+            calls, state = service.poll_chain(_call_id(run))
+        for call_id in calls[1:]:
+            _continued(run, call_id)
+        return state
 
     def logs(self, run: Run, follow: bool) -> Iterator[str]:
         from runner.backends.modal.service import modal_errors
@@ -362,14 +382,22 @@ class ModalBackend(Backend):
     def ask_to_stop(self, run: Run, state: RunState, grace_s: int) -> None:
         from runner.backends.modal.service import modal_errors
 
+        self._call_state(run, "cancelling the job")  # the chain's live call
         with modal_errors("cancelling the job", _call_id(run)):
             self._service().cancel(_call_id(run))  # the job checkpoints to the volume and returns
 
     def still_running(self, run: Run) -> bool:
+        """Whether the cancelled call has yet to end; a call that handed over in the moment of the
+        cancel has a successor, which is cancelled in turn."""
         from runner.backends.modal.service import modal_errors
 
-        with modal_errors("cancelling the job", _call_id(run)):
-            return self._service().poll(_call_id(run)).running
+        cancelled = _call_id(run)
+        state = self._call_state(run, "cancelling the job")
+        if _call_id(run) != cancelled:
+            with modal_errors("cancelling the job", _call_id(run)):
+                self._service().cancel(_call_id(run))
+            return True
+        return state.running
 
     def stop(self, run: Run, state: RunState) -> str:
         super().stop(run, state)
@@ -423,6 +451,21 @@ def _said_here(message: str, folder: Path) -> str:
     return message.replace(str(volume_root() / folder.name), str(folder))
 
 
+def _calls(run: Run) -> list[str]:
+    """Every Modal call of the run, in order: each submission's, and each chain's (chain.py)."""
+    return list(run.handles.get("modal_calls") or [])
+
+
+def _continued(run: Run, call_id: str) -> None:
+    """The job went on in call `call_id` (past Modal's per-call limit): the record names it, last."""
+    if call_id in _calls(run):
+        return
+    run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_calls": [*_calls(run), call_id]})
+    run.record.note("continued", call=call_id)
+    run_record.write(run.folder, run.record)
+    print(f"modal: the job continues in call {call_id} (Modal's per-call limit)", file=sys.stderr)
+
+
 def _call_id(run: Run) -> str:
     call_id = run.handles.get("modal_call_id")
     if not call_id:
@@ -447,17 +490,28 @@ def _record_cost(folder: Path) -> None:
     from runner.reports.cost import describe, estimate, write_cost
     from runner.spec.load import load_spec
 
+    from runner.backends.modal.chain import billed_calls
+
     summary, spec_file = RunPaths(folder).summary, RunPaths(folder).spec
     if not (summary.exists() and spec_file.exists()):
         return
     request = load_spec(spec_file).resources.gpu_request
     if request is None:
         return  # CPU and memory are billed by the second; not estimated here
-    record = estimate("modal", f"{request.count}x {request.type.name}",
-                      request.count * request.type.price_per_hour["modal"],
-                      json.loads(summary.read_text())["wall_s"],
-                      f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
-                      "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
+    price = request.count * request.type.price_per_hour["modal"]
+    what = f"{request.count}x {request.type.name}"
+    recorded = run_record.read(folder).handles.get("modal_calls") if run_record.is_run(folder) else None
+    calls = billed_calls(folder, list(recorded or []))
+    if calls:  # a chain past Modal's per-call limit: every call's attempts, summed
+        record = {**estimate("modal", what, price, sum(call["billed_s"] for call in calls),
+                             f"Modal's GPU list price read {PRICES_READ_ON} x the time of each of the job's "
+                             f"{len(calls)} calls (every attempt), summed; Modal also bills container start-up, "
+                             "CPU and memory"),
+                  "calls": [{**call, "estimated_usd": round(price * call["billed_s"] / 3600, 4)} for call in calls]}
+    else:
+        record = estimate("modal", what, price, json.loads(summary.read_text())["wall_s"],
+                          f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
+                          "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
     write_cost(folder, record)
     print(f"modal: {describe(record)}", file=sys.stderr)
 

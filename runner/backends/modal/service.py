@@ -152,9 +152,10 @@ class LostTouch(Exception):
 class CallState:
     """Where a remote call stands. exit_code: gpujob's, once the job has ended and it is known."""
 
-    state: str  # running | finished | failed | ended (Modal no longer keeps the result)
+    state: str  # running | finished | failed | ended (Modal no longer keeps the result) | continued
     exit_code: int | None = None
     message: str = ""
+    next_call: str | None = None  # continued: the call this one handed the job to (chain.py)
 
     @property
     def running(self) -> bool:
@@ -168,6 +169,8 @@ class CallState:
 
 def outcome(result: dict) -> CallState:
     """The state of a call that returned `result` (train_remote's {"exit_code", "message"})."""
+    if result.get("next_call"):  # past Modal's per-call limit: the job goes on in another call
+        return CallState("continued", None, result.get("message", ""), str(result["next_call"]))
     code = int(result["exit_code"])
     return CallState("finished" if code == 0 else "failed", code, result.get("message", ""))
 
@@ -183,15 +186,24 @@ class ModalService:
         """The run folders on the volume: a new run's name must be none of them."""
         return {PurePosixPath(entry.path.lstrip("/")).name for entry in self.client.volume().listdir("/")}
 
-    def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None]) -> CallState | None:
+    def start(self, request, run_name: str, detach: bool, spawned: Callable[[str], None],
+              continued: Callable[[str], None] | None = None) -> CallState | None:
         """Spawn the job on an app that outlives this process, streaming its logs here. Detached:
         return once it has started. Else follow it to its end: trouble reaching Modal is waited
         out (the job runs on regardless), and Ctrl-C cancels it, letting it checkpoint.
 
         Ctrl-C during the spawn itself is held back until the call's id is recorded (`spawned`),
         so it leaves either no remote job or a run folder that tracks it; a call whose id cannot be
-        recorded is cancelled (_record). Following, Modal's trouble past FOLLOW_OUTAGE_S is LostTouch."""
+        recorded is cancelled (_record). Following, Modal's trouble past FOLLOW_OUTAGE_S is LostTouch;
+        a job past Modal's per-call limit is followed into each call it continues in (`continued`)."""
         interrupted, state, failure = False, None, None
+        live = []
+
+        def moved(call) -> None:
+            live.append(call)
+            if continued is not None:
+                continued(call.object_id)
+
         with self.client.output(), self.client.running(request, detach=True):  # a client's trouble never stops the job
             try:
                 with held_interrupts() as held:
@@ -204,11 +216,10 @@ class ModalService:
                         self._wait_until_ended(call)
                 elif not detach:
                     try:
-                        state = self.follow(call)
+                        state = self.follow(call, moved)
                     except KeyboardInterrupt:
                         interrupted = True
-                        call.cancel(terminate_containers=False)  # the job checkpoints and returns
-                        self._wait_until_ended(call)
+                        self.cancel_chain(live[-1] if live else call)  # the job checkpoints and returns
             except Exception as err:  # noqa: BLE001 - app.run() of a detached app swallows a ConnectionError: raised below
                 failure = err
         if failure is not None:
@@ -217,8 +228,18 @@ class ModalService:
             raise KeyboardInterrupt  # app.run() swallows it inside its block: raised here instead
         return state
 
-    def follow(self, call) -> CallState:
-        """Wait for the call's end, waiting out Modal's own trouble for up to FOLLOW_OUTAGE_S."""
+    def follow(self, call, continued: Callable[[object], None] | None = None) -> CallState:
+        """Wait for the job's end, along its chain of calls (each successor announced to
+        `continued`), waiting out Modal's own trouble for up to FOLLOW_OUTAGE_S."""
+        state = self._follow_one(call)
+        while state.next_call:
+            call = self.client.call(state.next_call)
+            if continued is not None:
+                continued(call)
+            state = self._follow_one(call)
+        return state
+
+    def _follow_one(self, call) -> CallState:
         trouble_since = None
         while True:
             try:
@@ -246,17 +267,54 @@ class ModalService:
                 time.sleep(2)
 
     def poll(self, call_id: str) -> CallState:
-        return self._wait(self.client.call(call_id), timeout=0)
+        """Where the job stands: its last call's state (poll_chain's)."""
+        return self.poll_chain(call_id)[1]
+
+    def poll_chain(self, call_id: str) -> tuple[list[str], CallState]:
+        """The calls from `call_id` to the last one the chain has reached, and that one's state."""
+        calls = [call_id]
+        state = self._wait(self.client.call(call_id), timeout=0)
+        while state.next_call:
+            calls.append(state.next_call)
+            state = self._wait(self.client.call(state.next_call), timeout=0)
+        return calls, state
 
     def cancel(self, call_id: str) -> None:
         """Cancel the call without killing its container: Modal sends the function SIGUSR1, which
         train_remote turns into a checkpoint and a clean return (runner/backends/modal/app.py)."""
         self.client.call(call_id).cancel(terminate_containers=False)
 
+    def cancel_chain(self, call) -> None:
+        """Cancel the call and wait for its end; one that had handed over already (a cancel
+        in the moment of a chain's handover) leaves a successor, cancelled in turn."""
+        while True:
+            call.cancel(terminate_containers=False)
+            self._wait_until_ended(call)
+            try:
+                state = self._wait(call, timeout=0)
+            except service_errors():
+                return
+            if not state.next_call:
+                return
+            call = self.client.call(state.next_call)
+
     def logs(self, call_id: str, follow: bool) -> Iterator[str]:
-        """The call's output lines: the latest ones, and with `follow` the rest as they come."""
-        call = self.client.call(call_id)
-        entries = call.logs.stream() if follow else call.logs.tail(LOG_TAIL)
+        """The job's output lines: its last call's latest ones, and with `follow` the rest as
+        they come, on into each call the chain continues in."""
+        calls, state = self.poll_chain(call_id)
+        call_id = calls[-1]
+        while True:
+            call = self.client.call(call_id)
+            yield from self._lines(call.logs.stream() if follow else call.logs.tail(LOG_TAIL))
+            if not follow:
+                return
+            state = self._wait(call, timeout=0)
+            if not state.next_call:
+                return
+            call_id = state.next_call
+
+    @staticmethod
+    def _lines(entries) -> Iterator[str]:
         partial = ""
         for entry in entries:
             *lines, partial = (partial + entry.message).split("\n")
