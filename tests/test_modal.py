@@ -1039,3 +1039,22 @@ def test_cancel_in_the_second_call_of_a_detached_chain_stops_it_with_a_checkpoin
     assert record["handles"]["modal_calls"] == ["fc-test-1", "fc-test-2"]
     status = cli("status", run).stdout
     assert status.startswith(f"{run.name}: cancelled") and "gpujob resume" in status
+
+
+def test_a_handover_whose_spawn_modal_refuses_is_retried_and_the_chain_goes_on(
+        modal_spec, container_modal, tmp_path, short_calls):
+    """Modal's trouble at the spawn inside the container fails that call's attempt, as any raise
+    does: Modal retries it, the retry resumes from the checkpoint and hands over in its turn."""
+    import modal.exception as errors
+
+    service = container_modal()
+    run = cli("submit", _chained_spec(modal_spec, 10_000_000), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    service.fail_next("spawn", errors.InternalError("internal"))  # the next spawn: the first call's handover
+    wait_for(lambda: "fc-test-2" in service.calls, "the second call", timeout=300)
+    assert service.call("fc-test-1").ended.wait(60)
+    assert [how for how, _ in service.call("fc-test-1").attempts] == ["raised", "returned"]
+    log = read_jsonl(tmp_path / "volume" / run.name / "modal_calls.jsonl")
+    assert [(e["call"], e["handed_over"]) for e in log] == [(0, False), (0, True)]  # both attempts billed
+    assert cli("cancel", run).exit_code == 0
+    service.wait_all()
+    assert list(service.calls) == ["fc-test-1", "fc-test-2"]
