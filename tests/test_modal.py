@@ -1058,3 +1058,17 @@ def test_a_handover_whose_spawn_modal_refuses_is_retried_and_the_chain_goes_on(
     assert cli("cancel", run).exit_code == 0
     service.wait_all()
     assert list(service.calls) == ["fc-test-1", "fc-test-2"]
+
+
+def test_a_chain_is_followed_past_calls_whose_results_modal_no_longer_keeps(
+        modal_spec, container_modal, tmp_path, short_calls):
+    """A finished call's result (which names its successor) is kept for a while only: once it has
+    expired, status finds the next call through the handover the volume keeps."""
+    service = container_modal()
+    run = cli("submit", _chained_spec(modal_spec, 10_000_000), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    wait_for(lambda: "fc-test-2" in service.calls, "the second call", timeout=240)
+    assert service.call("fc-test-1").ended.wait(60)
+    service.expired = True  # fc-test-1's result, naming fc-test-2, is gone
+    assert cli("status", run).stdout.strip() == f"{run.name}: running: on Modal (call fc-test-2)"
+    assert json.loads((run / "submission.json").read_text())["handles"]["modal_calls"] == ["fc-test-1", "fc-test-2"]
+    assert cli("cancel", run).exit_code == 0 and service.cancels == ["fc-test-2"]

@@ -186,6 +186,7 @@ def _hand_over(spec, run_name: str, submission: str, handover, began: float, in_
     except BaseException:
         chain.log_attempt(run_dir, submission, place, began, handed_over=False, replace_last=True)
         raise  # Modal retries this call, which resumes from the checkpoint and hands over again
+    chain.record_handover(run_dir, submission, place, next_call)  # committed as run_job returns
     print(f"gpujob: this call reached Modal's per-call limit; the job continues in call {next_call}", flush=True)
     return {"exit_code": 0, "message": f"continued in call {next_call}", "next_call": next_call}
 

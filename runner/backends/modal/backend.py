@@ -308,9 +308,13 @@ class ModalBackend(Backend):
                           billing=billing_env(run, request.spec_yaml, hourly_price(load_spec_text(request.spec_yaml))))
 
         def spawned(call_id: str) -> None:
+            # modal_submission and modal_chain_start: where this submission's chain begins in
+            # modal_calls, for its handovers kept on the volume (chain.py)
             run.record = run_record.update(run.folder, handles={"modal_call_id": call_id, "modal_app": APP,
                                                                 "modal_volume": VOLUME,
-                                                                "modal_calls": [*_calls(run), call_id]})
+                                                                "modal_calls": [*_calls(run), call_id],
+                                                                "modal_submission": request.submission,
+                                                                "modal_chain_start": len(_calls(run))})
             about.call_id = call_id  # this spawn's call, now that the run record names it
             # What this side sees of the start: the app and image set up and the call spawned; the
             # container's own start is the job's (timing.json).
@@ -365,9 +369,21 @@ class ModalBackend(Backend):
         the call the record names; the record then names every call the chain has reached."""
         from runner.backends.modal.service import modal_errors
 
+        from runner.backends.modal.chain import handover_file
+
         service = self._service()
+
+        known = _call_id(run)
+
+        def successor_of(after: int) -> str | None:  # of the call `after` calls past the known one
+            submission, start = run.handles.get("modal_submission"), run.handles.get("modal_chain_start")
+            if submission is None or start is None or known not in _calls(run):
+                return None
+            place = _calls(run).index(known) - start + after + 1
+            return service.read_text(handover_file(run.folder.name, submission, place))
+
         with modal_errors(doing, _call_id(run)):
-            calls, state = service.poll_chain(_call_id(run))
+            calls, state = service.poll_chain(_call_id(run), successor_of)
         for call_id in calls[1:]:
             _continued(run, call_id)
         return state

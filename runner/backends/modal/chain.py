@@ -40,6 +40,10 @@ CALL_LIMIT_S = 24 * 60 * 60
 CALL_LIMIT_ENV = "GPUJOB_MODAL_CALL_LIMIT_S"  # tests lower the limit to seconds
 CALLS_LOG = "modal_calls.jsonl"  # in the run folder: one line per attempt of a chained call
 STOP_POLL_S = 0.5
+# In the run's job/ on the volume: one file per handover, SUBMISSION-N, holding the id of the
+# submission's Nth next call; how the client finds the chain's calls once Modal no longer keeps a
+# call's result (which names its successor). A file of its own: no later call rewrites it.
+HANDOVERS = "modal-handovers"
 
 
 def call_limit_s() -> int:
@@ -161,3 +165,17 @@ def billed_calls(run_dir: Path, call_ids: list[str]) -> list[dict] | None:
     ids = call_ids[-count:] if len(call_ids) >= count else [None] * count
     return [{"call_id": ids[k], "billed_s": round(sum(e["ended"] - e["began"] for e in latest if e["call"] == k), 1)}
             for k in range(count)]
+
+
+def record_handover(run_dir: Path, submission: str, place: int, next_call: str) -> None:
+    """Call number `place` of the submission handed the job to `next_call`."""
+    from runner.runs.files import atomic_write
+
+    folder = run_dir / "job" / HANDOVERS
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / f"{submission}-{place + 1}", next_call.encode())
+
+
+def handover_file(run_name: str, submission: str, place: int) -> str:
+    """Where the volume keeps the id of the submission's call number `place` (record_handover)."""
+    return f"{run_name}/job/{HANDOVERS}/{submission}-{place}"

@@ -270,14 +270,30 @@ class ModalService:
         """Where the job stands: its last call's state (poll_chain's)."""
         return self.poll_chain(call_id)[1]
 
-    def poll_chain(self, call_id: str) -> tuple[list[str], CallState]:
-        """The calls from `call_id` to the last one the chain has reached, and that one's state."""
+    def poll_chain(self, call_id: str, successor_of: Callable[[int], str | None] | None = None,
+                   ) -> tuple[list[str], CallState]:
+        """The calls from `call_id` to the last one the chain has reached, and that one's state.
+        A call whose result Modal no longer keeps is followed through `successor_of(k)`, the
+        successor of the k-th call after `call_id` as the volume recorded its handover, if any."""
         calls = [call_id]
         state = self._wait(self.client.call(call_id), timeout=0)
-        while state.next_call:
-            calls.append(state.next_call)
-            state = self._wait(self.client.call(state.next_call), timeout=0)
-        return calls, state
+        while True:
+            next_call = state.next_call
+            if next_call is None and state.state == "ended" and successor_of is not None:
+                next_call = successor_of(len(calls) - 1)
+            if not next_call:
+                return calls, state
+            calls.append(next_call)
+            state = self._wait(self.client.call(next_call), timeout=0)
+
+    def read_text(self, path: str) -> str | None:
+        """A small file of the volume's, or None where there is none."""
+        import modal.exception
+
+        try:
+            return b"".join(self.client.volume().read_file(path)).decode()
+        except (modal.exception.NotFoundError, FileNotFoundError):
+            return None
 
     def cancel(self, call_id: str) -> None:
         """Cancel the call without killing its container: Modal sends the function SIGUSR1, which
