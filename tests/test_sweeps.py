@@ -409,6 +409,81 @@ def test_a_modal_sweep_stops_at_its_budget_and_a_cancel_leaves_no_call_running(w
     assert sorted(t["state"] for t in record(folder)["trials"]) == ["cancelled", "cancelled"]
 
 
+# ---- the pruner on backends that run trials elsewhere (Modal, Docker, vast.ai) ------------------
+
+BAD_LR = 1e-6
+PRUNED_RATES = [0.05, 0.02, BAD_LR]  # with seed 5 the grid runs the tiny rate third: two trials have ended
+
+
+def pruned_sweep(write_spec, epochs: int = 40, **sections):
+    """Epochs of a fifth of a second (batch 4): a trial pruned at epoch 2 or so is stopped well before its end."""
+    return write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
+                      optimizer={"name": "sgd", "lr": 0.05}, train={"epochs": epochs, "log_every_steps": 100},
+                      sweep={"axes": {"optimizer.lr": PRUNED_RATES}, "max_parallel": 2, "pruner": "median",
+                             "seed": 5}, **sections)
+
+
+def assert_the_bad_trial_was_pruned(folder: Path, epochs: int = 40) -> dict:
+    """The tiny rate's trial: pruned with the epoch judged, its curve to it, stopped with a checkpoint
+    short of its end, told to Optuna as pruned; the others finished."""
+    import optuna
+
+    trials = record(folder)["trials"]
+    assert [t["params"]["optimizer.lr"] for t in trials] == PRUNED_RATES, trials  # the grid's order for seed 5
+    assert [t["state"] for t in trials] == ["finished", "finished", "pruned"], trials
+    bad = trials[2]
+    assert 2 <= bad["epochs"] < epochs and len(bad["curve"]) == bad["epochs"] and bad["value"] == bad["curve"][-1]
+    assert f"pruned after epoch {bad['epochs']}" in bad["detail"]
+    run = folder / bad["folder"]
+    done = [r for r in read_jsonl_if(run / "metrics.jsonl") if r.get("kind") == "epoch"]
+    assert bad["epochs"] <= len(done) < epochs  # it stopped soon after the judged epoch, not at its end
+    assert sorted((run / "checkpoints").glob("step-*.pt")), "the cancel of a pruned trial checkpoints"
+    events = json.loads((run / "submission.json").read_text())["events"]
+    assert {"event": "pruned", "epoch": bad["epochs"]}.items() <= next(e for e in events if e["event"] == "pruned").items()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
+    states = [t.state for t in optuna.load_study(study_name="sweep", storage=storage).get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED]
+    return bad
+
+
+def test_a_modal_sweep_prunes_a_bad_trial_and_its_call_ends(write_spec, container_modal, tmp_path):
+    service = container_modal()
+    spec = pruned_sweep(write_spec, resources={"gpu": "A10G:1", "timeout_minutes": 20}, backend="modal")
+    done = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    bad = assert_the_bad_trial_was_pruned(folder)
+    assert f"{bad['folder']} optimizer.lr=1e-06: test_loss" in done.stdout and "pruned after epoch" in done.stdout
+    assert live_calls(service) == 0 and len(service.calls) == 3 and service.cancels  # nothing left running
+    again = cli("sweep", "resume", folder)
+    assert len(service.calls) == 3, again.stdout  # a pruned trial is never run again
+    assert record(folder)["trials"][2]["state"] == "pruned"
+
+
+def test_a_docker_sweep_prunes_a_bad_trial_and_its_container_ends(image, write_spec, tmp_path):
+    spec = pruned_sweep(write_spec, backend="docker", docker={"image": image})
+    done = cli_subprocess("sweep", spec, "--runs-dir", tmp_path / "runs", env=ONE_THREAD)
+    assert done.returncode == 0, done.stdout + done.stderr
+    folder = sweep_folder(done.stdout)
+    bad = assert_the_bad_trial_was_pruned(folder)
+    container = json.loads((folder / bad["folder"] / "submission.json").read_text())["handles"]["container"]
+    from runner.backends.docker.backend import container_state
+
+    assert container_state(container)[0] in (None, "exited"), container  # stopped: nothing left running
+
+
+def test_an_epoch_line_of_a_remote_job_reads_back_as_its_record():
+    from runner.runs.lines import epoch_from_line, epoch_line
+
+    record = {"epoch": 3, "loss": 0.123456, "test_loss": 0.5, "test_accuracy": 0.9512, "samples_per_s": 1234.0,
+              "wall_s": 0.2, "metrics": {"aux": 0.25}, "test_metrics": {"f1": 0.77}, "stopped_by": "pruned"}
+    assert epoch_from_line(epoch_line(record, 6)) == {
+        "kind": "epoch", "epoch": 3, "loss": 0.1235, "test_loss": 0.5, "test_accuracy": 0.9512,
+        "metrics": {"aux": 0.25}, "test_metrics": {"f1": 0.77}}
+    assert epoch_from_line("step 5/100  epoch 1  loss 2.3000  lr 0.1  100 samples/s") is None
+    assert epoch_from_line("epoch of reckoning") is None
+
+
 # ---- vast.ai through its stand-in: an instance per trial, every one destroyed --------------------
 
 from tests.test_vast import IMAGE, local_vast  # noqa: E402,F401  (the image's start script as the instance)
@@ -453,6 +528,15 @@ def test_a_vast_sweep_rents_an_instance_per_trial_and_a_cancel_leaves_none(write
     assert stopped.exit_code == 143 and said, (stopped.stderr, said)
     assert live_instances(local_vast) == []  # nothing left renting
     assert [t["state"] for t in record(sweep_folder(stopped.stdout))["trials"]] == ["cancelled", "cancelled"]
+
+
+def test_a_vast_sweep_prunes_a_bad_trial_and_destroys_its_instance(write_spec, local_vast, tmp_path):
+    spec = pruned_sweep(write_spec, resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast",
+                        vast={"image": IMAGE})
+    done = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 0, done.stderr
+    assert_the_bad_trial_was_pruned(sweep_folder(done.stdout))
+    assert live_instances(local_vast) == []  # the pruned trial's instance too: nothing left renting
 
 
 def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_starting_it_again(

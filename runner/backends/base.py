@@ -157,6 +157,17 @@ class Backend:
     def fetch(self, run: Run) -> str:
         return f"{run.folder.name} ran where its folder is written here: the folder is already here"
 
+    def epochs_so_far(self, run: Run) -> list[dict]:
+        """The epoch records a live job has closed so far, as this machine can see them while it
+        runs (a sweep's pruner judges them): its metrics.jsonl where its folder is written here,
+        else the epoch lines of its output, to their printed precision."""
+        from runner.runs.lines import epoch_from_line
+        from runner.runs.reading import metrics_records
+
+        if self.folder_is_here:
+            return [r for r in metrics_records(RunPaths(run.folder).metrics) if r.get("kind") == "epoch"]
+        return [r for r in map(epoch_from_line, self.logs(run, False)) if r is not None]
+
     # ---- the chores every backend shares, around what each does its own way ----------------------
 
     def submit(self, plan: Plan, run: Run, detach: bool) -> None:

@@ -29,6 +29,37 @@ def epoch_line(r: dict, epochs: int | None = None) -> str:
             f"{r['samples_per_s']:.0f} samples/s  {r['wall_s']:.1f} s{stopped_by(r)}")
 
 
+def epoch_from_line(line: str) -> dict | None:
+    """An epoch record from the line epoch_line printed (a remote job's output, where its
+    metrics.jsonl is not here while it runs), to the printed precision; None for any other line."""
+    parts = line.strip().split("  ")
+    head = parts[0].split(" ")
+    if len(head) != 2 or head[0] != "epoch" or len(parts) < 3 or not parts[1].startswith("train_loss "):
+        return None
+    try:
+        record: dict = {"kind": "epoch", "epoch": int(head[1].split("/")[0]), "metrics": {}, "test_metrics": {}}
+    except ValueError:
+        return None
+    for part in parts[1:]:
+        name, _, text = part.partition(" ")
+        try:
+            _put(record, name, float(text.rstrip("%")) / (100 if text.endswith("%") else 1))
+        except ValueError:
+            continue  # the rate, the time, a stop rule's words
+    return record
+
+
+def _put(record: dict, name: str, value: float) -> None:
+    if name == "train_loss":
+        record["loss"] = value
+    elif name in ("test_loss", "test_accuracy"):
+        record[name] = value
+    elif name.startswith("test_"):
+        record["test_metrics"][name.removeprefix("test_")] = value
+    else:
+        record["metrics"][name] = value
+
+
 def stopped_by(r: dict) -> str:
     """An epoch record's stop rule, as `  target met: stopping`, or the target's prediction (empty
     when there is neither)."""

@@ -8,8 +8,9 @@ they were submitted) and are expected to cost (their estimate) would pass it, an
 are cancelled (they checkpoint) once what they have cost reaches it. A stop of this driver
 (`gpujob sweep cancel`, Ctrl-C) cancels every running trial: nothing is left running or billing.
 
-What a trial's epochs say is known here only once it is brought back, so trials on these backends
-are not pruned."""
+The sweep's pruner judges these trials too (runner/sweeps/pruning.py): each running trial's closed
+epochs are read as its backend shows them while it runs, and one the pruner stops is cancelled (it
+checkpoints and ends) and recorded pruned at the epoch judged."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from runner.spec.model import JobSpec
 from runner.sweeps import record as rec
 from runner.sweeps.axes import spec_with
 from runner.sweeps.claims import claim_next, finish_trial, trial_line
+from runner.sweeps.pruning import RemotePruner
 from runner.sweeps.record import CANCELLED, FAILED
 from runner.sweeps.trial import TrialOutcome, outcome_of, trial_name
 
@@ -92,6 +94,7 @@ def run_remote(folder: Path, backend, signals, say=print) -> int:
     left, the budget is reached, or this driver is stopped (then every running trial is cancelled)."""
     running: dict[int, Run] = {}
     stopping = False
+    pruner = RemotePruner(folder, rec.read(folder))
     while True:
         sweep = rec.read(folder)
         stopping = stopping or signals.signum is not None or sweep.cancel_asked or _over_budget(folder, sweep, running)
@@ -108,8 +111,10 @@ def run_remote(folder: Path, backend, signals, say=print) -> int:
             _cancel_all(backend, running)
         for number, run in list(running.items()):
             if backend.status(run).live:
+                if not stopping and pruner.should_stop(backend, number, run):
+                    running[number] = _prune(backend, run, pruner.followed[number].pruned_at)
                 continue
-            outcome = _brought_back(backend, run, rec.read(folder).metric)
+            outcome = pruner.outcome(number, _brought_back(backend, run, rec.read(folder).metric))
             sweep = finish_trial(folder, number, outcome)
             say(trial_line(sweep, sweep.trial(number)))
             del running[number]
@@ -161,6 +166,16 @@ def _cancel_all(backend, running: dict[int, Run]) -> None:
     for run in running.values():
         if backend.status(run).live:
             backend.cancel(run)
+
+
+def _prune(backend, run: Run, epoch: int | None) -> Run:
+    """Cancel a trial the pruner stopped: the job checkpoints and ends, and costs nothing further.
+    Its own record says why (`gpujob show`), read afresh: the backend may have written it since."""
+    fresh = Run(run.folder, run_record.read(run.folder))
+    fresh.record.note("pruned", epoch=epoch)
+    run_record.write(fresh.folder, fresh.record)
+    backend.cancel(fresh)
+    return Run(run.folder, run_record.read(run.folder))
 
 
 def _brought_back(backend, run: Run, metric: str) -> TrialOutcome:
