@@ -59,13 +59,13 @@ def _spawn_through_the_standin(request) -> str:
 def main(request_file: str, result_file: str) -> None:
     signal.signal(signal.SIGUSR1, _cancelled)
     from runner.backends.modal import app
-    from runner.backends.modal.backend import ModalRequest
+    from runner.backends.modal.request import ModalRequest
 
     app.spawn_call = _spawn_through_the_standin
 
     request = ModalRequest(**json.loads(Path(request_file).read_text()))
     try:
-        result: dict = {"return": request.function().local(*request.args())}
+        result: dict = {"return": app.function_for(request).local(*request.args())}
     except InputCancellation:
         result = {"cancelled": True}
     except Exception as err:  # Modal logs the traceback and retries the input

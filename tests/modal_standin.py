@@ -39,7 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
-from runner.backends.modal.app import VOLUME_PATH_ENV
+from runner.backends.modal.app import VOLUME_PATH_ENV, app_for, function_for, image_for
 from runner.reports.notify import NOTIFY_ENV
 from tests.conftest import REPO
 from tests.modal_container import SPAWNS_ENV
@@ -226,7 +226,7 @@ class ContainerCall:
         from runner.backends.modal.app import CODE_MOUNT, CODE_MOUNT_ENV
 
         # gpujob's own runner/ is the one here (the tests' checkout); the job's code is what the image adds.
-        files = [(local, remote) for local, remote in image_files(self.request.image())
+        files = [(local, remote) for local, remote in image_files(image_for(self.request))
                  if remote.startswith(f"{CODE_MOUNT}/")]
         if files:
             root = self.modal.scratch / f"{self.object_id}.image"
@@ -406,7 +406,7 @@ class ContainerModal:
         enabled a modal ConnectionError too ("Connection lost!": the app keeps running)."""
         from modal.exception import ConnectionError as ModalConnectionError
 
-        request.app()  # the app gpujob would run must build
+        app_for(request)  # the app gpujob would run must build
         self.app_runs.append(detach)
         try:
             yield
@@ -418,14 +418,14 @@ class ContainerModal:
             raise
 
     def spawn(self, request) -> ContainerCall:
-        request.function()  # the very call gpujob would spawn, configured for the job, must build
+        function_for(request)  # the very call gpujob would spawn, configured for the job, must build
         return self._spawn(request, *request.args())
 
     def _serve_spawns_from_containers(self) -> None:
         """A spawn made inside a container, served as Modal serves one: the function configured
         as the request says must build, `fail_next("spawn")` fails it as a client's spawn
         fails, and it becomes a new call with its own id, which the client finds by that id."""
-        from runner.backends.modal.backend import ModalRequest
+        from runner.backends.modal.request import ModalRequest
 
         while not self.closed.is_set():
             for asked in sorted(self.spawns.glob("spawn-*.json")):

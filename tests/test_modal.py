@@ -29,8 +29,8 @@ import pytest
 
 pytest.importorskip("modal", reason="the modal extra is not installed (uv sync --extra modal)")
 
-from runner.backends.modal.backend import modal_request  # noqa: E402
-from runner.backends.modal.app import REQUIREMENTS, VOLUME_PATH_ENV  # noqa: E402
+from runner.backends.modal.request import modal_request  # noqa: E402
+from runner.backends.modal.app import REQUIREMENTS, VOLUME_PATH_ENV, function_for, image_for  # noqa: E402
 from runner.backends.modal.service import ModalService, modal_errors  # noqa: E402
 from runner.errors import GpujobError  # noqa: E402
 from runner.spec.load import load_spec
@@ -89,7 +89,7 @@ def test_the_call_takes_gpu_timeout_and_retries_from_the_spec(modal_spec):
     assert options["gpu"] == "A10G:2" and options["timeout"] == 1800
     retries = options["retries"]
     assert (retries.max_retries, retries.backoff_coefficient, retries.initial_delay.total_seconds()) == (3, 1.0, 10.0)
-    request.function()  # Modal accepts these options for the shipped function
+    function_for(request)  # Modal accepts these options for the shipped function
     cpu = modal_request(load_spec(modal_spec(gpu="cpu", processes=3, data={"dataset": "digits", "batch_size": 63})),
                         "run-2")
     assert cpu.gpu is None and cpu.world_size == 3 and "gpu" not in cpu.options()
@@ -123,7 +123,7 @@ def test_no_container_stays_up_billed_once_the_call_has_ended(modal_spec, tmp_pa
     request = modal_request(load_spec(modal_spec()), "idle-1")
     assert request.options()["scaledown_window"] == 2  # the least Modal accepts
     with_code = dataclasses.replace(request, code_dir=str(tmp_path))
-    for function in (request.function(), with_code.function()):
+    for function in (function_for(request), function_for(with_code)):
         assert function.info().single_use_containers
 
 
@@ -178,21 +178,21 @@ def test_what_modal_cannot_run_is_exit_2_before_anything_starts(modal_spec, tmp_
 
 def test_the_shipped_function_trains_into_the_volume_and_a_rerun_resumes_nothing(modal_spec, volume):
     request = submitted(modal_spec(), "tiny-1")
-    assert request.function().local(*request.args()) == {"exit_code": 0, "message": ""}
+    assert function_for(request).local(*request.args()) == {"exit_code": 0, "message": ""}
     run = volume / "tiny-1"
     assert all((run / name).is_file() for name in ARTIFACTS)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["world_size"] == 1 and summary["steps"] == 6
     before = (run / "summary.json").stat().st_mtime_ns
     # What Modal's restart of a finished input would do: nothing is trained again.
-    assert request.function().local(*request.args()) == {"exit_code": 0, "message": ""}
+    assert function_for(request).local(*request.args()) == {"exit_code": 0, "message": ""}
     assert (run / "summary.json").stat().st_mtime_ns == before
 
 
 def test_two_gpus_start_two_ddp_workers_through_the_launcher(modal_spec, volume):
     request = submitted(modal_spec(gpu="A10G:2", processes=2), "ddp-1")
     assert request.world_size == 2
-    assert request.function().local(*request.args())["exit_code"] == 0
+    assert function_for(request).local(*request.args())["exit_code"] == 0
     summary = json.loads((volume / "ddp-1" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["local_batch_size"] == 32
     assert all(e["allreduce_s"] > 0 for e in json.loads((volume / "ddp-1" / "timing.json").read_text())["epochs"])
@@ -201,16 +201,17 @@ def test_two_gpus_start_two_ddp_workers_through_the_launcher(modal_spec, volume)
 def test_a_job_error_is_returned_not_raised_so_modal_does_not_retry_it(modal_spec, volume):
     request = submitted(modal_spec(optimizer={"name": "sgd", "lr": 1e12},
                                    train={"epochs": 2, "log_every_steps": 1, "checkpoint_every_minutes": 0}), "nan-1")
-    result = request.function().local(*request.args())
+    result = function_for(request).local(*request.args())
     assert result["exit_code"] == 1 and "nan" in result["message"].lower()
 
 
 DRIVER = """
 import dataclasses, sys
-from runner.backends.modal.backend import modal_request
+from runner.backends.modal.app import function_for
+from runner.backends.modal.request import modal_request
 from runner.spec.load import load_spec  # noqa: E402
 request = dataclasses.replace(modal_request(load_spec(sys.argv[1]), sys.argv[2]), submission=sys.argv[3])
-print(request.function().local(*request.args()), flush=True)
+print(function_for(request).local(*request.args()), flush=True)
 """
 
 
@@ -232,10 +233,10 @@ def test_a_preempted_attempt_raises_so_modal_restarts_it_and_the_restart_resumes
     assert not (volume / "long-1" / "summary.json").exists()
 
     request = submitted(spec, "long-1", "s-1")
-    assert request.function().local(*request.args())["exit_code"] == 0  # Modal's restart, of the same submission
+    assert function_for(request).local(*request.args())["exit_code"] == 0  # Modal's restart, of the same submission
     assert json.loads((volume / "long-1" / "summary.json").read_text())["resumed"] == 1
     never_stopped = submitted(spec, "long-2")
-    assert never_stopped.function().local(*never_stopped.args())["exit_code"] == 0
+    assert function_for(never_stopped).local(*never_stopped.args())["exit_code"] == 0
     assert _curve(volume / "long-1") == _curve(volume / "long-2")  # every step once, the same losses
     assert _same_weights(volume / "long-1", volume / "long-2")
 
@@ -291,7 +292,7 @@ def test_the_users_own_code_goes_in_the_image_and_the_job_runs_with_it(container
     copy of the code at CODE_MOUNT, and the container, which has nothing of this machine's
     Python paths, imports it from there (tests/modal_standin.py puts the image's files in place)."""
     from runner.backends.modal.app import CODE_MOUNT
-    from runner.backends.modal.backend import ModalRequest
+    from runner.backends.modal.request import ModalRequest
     from tests.modal_standin import image_files
     from tests.test_user_code import example
 
@@ -302,7 +303,7 @@ def test_the_users_own_code_goes_in_the_image_and_the_job_runs_with_it(container
     run = result.run_dir
     request = ModalRequest(**json.loads((run / "job" / "request.json").read_text()))
     assert request.code_dir == str(run / "job" / "code")
-    shipped = sorted(remote for _, remote in image_files(request.image()) if remote.startswith(CODE_MOUNT))
+    shipped = sorted(remote for _, remote in image_files(image_for(request)) if remote.startswith(CODE_MOUNT))
     package = spec.parent / "gpujob_examples"
     assert shipped == sorted(f"{CODE_MOUNT}/gpujob_examples/{p.name}" for p in package.iterdir() if p.suffix == ".py")
     assert (run / "job" / "code" / "gpujob_examples" / "regression.py").read_text() == \
@@ -803,11 +804,6 @@ class FakeRequest:
     def args(self):
         return "name: x\n", "run-1", "s-1"
 
-    def app(self):  # a job without code of its own runs on the module's app (ModalRequest.app)
-        from runner.backends.modal.app import app
-
-        return app
-
     def function(self):
         request = self
 
@@ -845,7 +841,7 @@ class ScriptedModal:
 
         return run()
 
-    def spawn(self, request):
+    def spawn(self, request):  # a FakeRequest: its function is scripted
         return request.function().spawn(*request.args())
 
     def call(self, call_id: str):
@@ -929,11 +925,11 @@ def test_the_time_limit_holds_across_modals_retries_of_one_submission(modal_spec
     (volume / "late-1" / "job").mkdir(parents=True)
     (volume / "late-1" / "job" / FIRST_ATTEMPT).write_text(
         json.dumps({"submission": "s-1", "at": time.time() - 90}))  # its first attempt began 90 s ago
-    result = request.function().local(*request.args())  # a retry of that submission
+    result = function_for(request).local(*request.args())  # a retry of that submission
     assert result["exit_code"] == 1 and "across its attempts" in result["message"]
     assert not (volume / "late-1" / "metrics.jsonl").exists()  # nothing trained past the limit
     resumed = submitted(spec, "late-1", "s-2")
-    assert resumed.function().local(*resumed.args()) == {"exit_code": 0, "message": ""}
+    assert function_for(resumed).local(*resumed.args()) == {"exit_code": 0, "message": ""}
     assert (volume / "late-1" / "summary.json").exists()
 
 
@@ -945,7 +941,7 @@ CHAINED_CALL_LIMIT_S = 30  # Modal's 24 h per call, here: each call trains for 2
 @pytest.fixture
 def short_calls(monkeypatch):
     """Modal's per-call limit lowered to CHAINED_CALL_LIMIT_S, here and in the stand-in's containers."""
-    from runner.backends.modal.chain import CALL_LIMIT_ENV
+    from runner.backends.modal.request import CALL_LIMIT_ENV
 
     monkeypatch.setenv(CALL_LIMIT_ENV, str(CHAINED_CALL_LIMIT_S))
 
@@ -961,7 +957,7 @@ def _chained_spec(modal_spec, max_steps: int):
 def _steps_per_second(modal_spec, volume) -> float:
     """How fast this machine trains the chained job's model now (it is shared, and loaded)."""
     request = submitted(_chained_spec(modal_spec, 60), "pace-1")
-    assert request.function().local(*request.args())["exit_code"] == 0
+    assert function_for(request).local(*request.args())["exit_code"] == 0
     return 60 / json.loads((volume / "pace-1" / "timing.json").read_text())["train_loop_s"]
 
 
@@ -989,7 +985,7 @@ def test_a_job_past_the_per_call_limit_runs_as_a_chain_with_the_losses_of_one_lo
 
     never_stopped = submitted(_chained_spec(modal_spec, steps), "long-1")
     os.environ.pop("GPUJOB_MODAL_CALL_LIMIT_S")  # one call, never handed over
-    assert never_stopped.function().local(*never_stopped.args())["exit_code"] == 0
+    assert function_for(never_stopped).local(*never_stopped.args())["exit_code"] == 0
     assert _curve(run) == _curve(volume / "long-1")  # every step once, the same losses
     assert json.loads((run / "summary.json").read_text())["resumed"] == len(calls) - 1
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import modal
 
 from runner.backends.modal import chain
+from runner.backends.modal.request import TIMEOUT_GRACE_S, ModalRequest, call_limit_s, retry_policy
 
 APP_NAME = "gpujob"
 VOLUME_NAME = "gpujob-runs"
@@ -39,13 +40,8 @@ VOLUME_PATH_ENV = "GPUJOB_VOLUME_PATH"  # where train_remote finds the volume; t
 PYTHON_VERSION = "3.11"  # the version uv.lock resolves images/requirements.txt for
 REQUIREMENTS = Path(__file__).resolve().parents[3] / "images" / "requirements.txt"
 LOCAL_SOURCES = ("runner",)
-TIMEOUT_GRACE_S = 600  # past resources.timeout_minutes: image pull, data download, the final save
 DEFAULT_TIMEOUT_S = 60 * 60 + TIMEOUT_GRACE_S  # the spec's default; each job sets its own
-# Modal restarts a preempted input by itself; these retries also cover a crashed container.
-# Every attempt resumes from the run folder's last checkpoint.
-RETRIES = 3
 FIRST_ATTEMPT = "first-attempt-at"  # in the run's job/ on the volume: {"submission", "at"}
-SCALEDOWN_WINDOW_S = 2  # the least Modal accepts: how long a container without an input is kept
 CODE_MOUNT = "/gpujob/code"  # where a job's own code (its run folder's job/code) is in the container
 CODE_MOUNT_ENV = "GPUJOB_CODE_MOUNT"  # tests point it at the folder a stand-in image put the code in
 
@@ -55,11 +51,6 @@ image = (modal.Image.debian_slim(python_version=PYTHON_VERSION)
          .add_local_python_source(*LOCAL_SOURCES))
 volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 app = modal.App(APP_NAME)
-
-
-def retry_policy(max_retries: int = RETRIES) -> modal.Retries:
-    # A fixed short delay: a retry is a restart from a checkpoint, nothing to back off from.
-    return modal.Retries(max_retries=max_retries, backoff_coefficient=1.0, initial_delay=10.0)
 
 
 @app.function(image=image, volumes={VOLUME_MOUNT: volume}, timeout=DEFAULT_TIMEOUT_S, retries=retry_policy(),
@@ -95,6 +86,22 @@ def with_code(code_dir: str) -> tuple[modal.App, modal.Function]:
     return own, function
 
 
+def function_for(request: ModalRequest) -> modal.Function:
+    """The very Modal function that is shipped, configured for this job (`request`)."""
+    base = with_code(request.code_dir)[1] if request.code_dir else train_remote
+    return base.with_options(**request.options())
+
+
+def app_for(request: ModalRequest) -> modal.App:
+    """The app the job's function belongs to, which `app.run()` starts for the call."""
+    return with_code(request.code_dir)[0] if request.code_dir else app
+
+
+def image_for(request: ModalRequest) -> modal.Image:
+    """The job's image: gpujob's, plus the job's code where it brings some."""
+    return image_with_code(request.code_dir) if request.code_dir else image
+
+
 def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     """`gpujob run SPEC --run-dir RUNS/run_name --nproc-per-node auto --resume`, in this process.
 
@@ -109,14 +116,7 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
 
     in_container = not modal.is_local()
     runs_root = volume_root()
-    code = Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
-    if code.is_dir():  # the job's own code, which its image carries: found before any other copy
-        from runner.usercode.imports import CODE_PATHS
-
-        os.environ[CODE_PATHS] = str(code)
-    if in_container:
-        volume.reload()  # a restarted attempt must see the checkpoints the last one committed
-        _workers_import_this_runner()
+    _ready_to_run(in_container)
     began, handover = time.time(), None
     cancelled: list[bool] = []
     previous = _cancel_becomes_a_stop(cancelled)
@@ -148,10 +148,7 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
         return {"exit_code": err.exit_code, "message": err.message}
     finally:
         if handover is not None:
-            handover.cancel()
-            if not handover.logged:  # a handover logs its own attempt before it spawns the successor
-                chain.log_attempt(runs_root / run_name, submission,
-                                  chain.calls_so_far(runs_root / run_name, submission), began, handed_over=False)
+            _end_of_attempt(handover, runs_root / run_name, submission, began)
         if previous is not None:
             signal.signal(signal.SIGUSR1, previous)
         if in_container:
@@ -159,11 +156,32 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     return {"exit_code": 0, "message": ""}
 
 
+def _ready_to_run(in_container: bool) -> None:
+    """The job's own code (which its image carries) found before any other copy; in Modal's
+    container, the volume as the last attempt committed it, and workers that import this runner."""
+    code = Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
+    if code.is_dir():
+        from runner.usercode.imports import CODE_PATHS
+
+        os.environ[CODE_PATHS] = str(code)
+    if in_container:
+        volume.reload()  # a restarted attempt must see the checkpoints the last one committed
+        _workers_import_this_runner()
+
+
+def _end_of_attempt(handover, run_dir: Path, submission: str, began: float) -> None:
+    """A chained call's attempt ends: its timer stopped, its line in the calls' log (a handover
+    logs its own attempt before it spawns the successor)."""
+    handover.cancel()
+    if not handover.logged:
+        chain.log_attempt(run_dir, submission, chain.calls_so_far(run_dir, submission), began, handed_over=False)
+
+
 def spawn_call(request) -> str:
     """Spawn `request` from inside this container (a chain's next call); its call id. Modal
     documents with_options for a call made "from ... another Function" (chain.py says what else
     this relies on). The tests' container puts the stand-in's spawn here."""
-    return request.function().spawn(*request.args()).object_id
+    return function_for(request).spawn(*request.args()).object_id
 
 
 def _hand_over(spec, run_name: str, submission: str, handover, began: float, in_container: bool) -> dict:
@@ -172,7 +190,7 @@ def _hand_over(spec, run_name: str, submission: str, handover, began: float, in_
     which would otherwise spawn calls that never get anywhere."""
     run_dir = volume_root() / run_name
     if chain.newest_step(run_dir) <= handover.step_at_start:
-        return {"exit_code": 1, "message": f"the call stopped at Modal's per-call limit ({chain.call_limit_s()} s) "
+        return {"exit_code": 1, "message": f"the call stopped at Modal's per-call limit ({call_limit_s()} s) "
                                            "before it saved a checkpoint past its start-up; nothing to continue"}
     # Logged before the spawn: the successor reloads the volume as it starts and rewrites the log
     # as it ends, so this call's line must be committed before the successor exists.

@@ -13,17 +13,16 @@ goes into the run's submission record (never a token), which is how `status`, `l
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 import uuid
 
 import yaml
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from runner.backends.base import Backend, Plan, what_is_here
+from runner.backends.modal.request import APP, TIMEOUT_GRACE_S, VOLUME, ModalRequest, is_chained, modal_request
 from runner.errors import (
     BAD_INPUT,
     BUDGET_REACHED,
@@ -37,7 +36,6 @@ from runner.errors import (
 from runner.errors import PREEMPTED as PREEMPTED_CODE
 from runner.gpus import PRICES_READ_ON
 from runner.invocation import command, commands_in
-from runner.reports.notify import NOTIFY_ENV
 from runner.runs import record as run_record
 from runner.runs.lines import summary_line
 from runner.runs.paths import JOB, SUMMARY, RunPaths
@@ -54,118 +52,10 @@ from runner.runs.state import (
 from runner.spec.model import JobSpec
 from runner.usercode.shipping import CODE_DIR, code_fields
 
-APP, VOLUME = "gpujob", "gpujob-runs"  # runner/backends/modal/app.py's names, without importing modal
-
-MAX_GPUS = {"A10G": 4}  # per container, where Modal allows fewer than the catalog's 8
 KEY_PINS = ("torch", "torchvision")
 
 
-@dataclass(frozen=True)
-class ModalRequest:
-    """One job as Modal will run it: train_remote.with_options(**options).spawn(*args())."""
-
-    gpu: str | None  # Modal's syntax, e.g. "A10G:2"; None runs on CPU
-    timeout_s: int
-    retries: int
-    world_size: int
-    spec_yaml: str
-    run_name: str  # the run folder's name, locally and on the volume
-    code_dir: str | None = None  # the run's job/code: the user's code, which the image adds
-    # This submit's or resume's own id, new for each spawn (ModalBackend.send): Modal's retries
-    # of one submission share its time limit, a resume gets a limit of its own (app.run_job).
-    submission: str = ""
-    # The meter's variables (runner/backends/billing.py), new for each spawn like `submission`: not
-    # part of what the run was sent (job/request.json), which a resume sends again.
-    billing: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "billing"}
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModalRequest:
-        return cls(**data)
-
-    def options(self) -> dict:
-        import modal
-
-        from runner.backends.modal.app import SCALEDOWN_WINDOW_S, retry_policy
-
-        gpu = {"gpu": self.gpu} if self.gpu else {}  # with_options cannot unset a GPU; the base has none
-        secrets = {"secrets": [modal.Secret.from_dict(self.secret_env())]} if self.secret_env() else {}
-        env = {"env": dict(self.billing)} if self.billing else {}  # the price and budget are no secret
-        return {**gpu, "timeout": self.timeout_s, "retries": retry_policy(self.retries),
-                "scaledown_window": SCALEDOWN_WINDOW_S, **secrets, **env}
-
-    @staticmethod
-    def secret_env() -> dict[str, str | None]:
-        """What the container gets as a Modal secret (the job's webhooks), read from this process's
-        environment as the call is made: a resume gets what the resuming process has."""
-        webhooks = os.environ.get(NOTIFY_ENV)
-        return {NOTIFY_ENV: webhooks} if webhooks else {}
-
-    def args(self) -> tuple[str, str, str]:
-        """What train_remote is called with."""
-        return self.spec_yaml, self.run_name, self.submission
-
-    def function(self):
-        """The very Modal function that is shipped, configured for this job."""
-        from runner.backends.modal.app import train_remote, with_code
-
-        base = with_code(self.code_dir)[1] if self.code_dir else train_remote
-        return base.with_options(**self.options())
-
-    def app(self):
-        """The app the function belongs to, which `app.run()` starts for the call."""
-        from runner.backends.modal.app import app, with_code
-
-        return with_code(self.code_dir)[0] if self.code_dir else app
-
-    def image(self):
-        """The function's image: gpujob's, plus the job's code where it brings some."""
-        from runner.backends.modal.app import image, image_with_code
-
-        return image_with_code(self.code_dir) if self.code_dir else image
-
-    def call(self) -> str:
-        from runner.backends.modal.app import SCALEDOWN_WINDOW_S
-
-        gpu = f"gpu={self.gpu!r}, " if self.gpu else ""
-        return (f"app {APP!r}: train_remote.with_options({gpu}timeout={self.timeout_s}, "
-                f"retries={self.retries}, scaledown_window={SCALEDOWN_WINDOW_S}).spawn(<spec yaml>, "
-                f"{self.run_name!r}, <submission id>)")
-
-
-def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
-    from runner.backends.modal.app import RETRIES, TIMEOUT_GRACE_S
-
-    if spec.resources.nodes > 1:
-        raise bad_input("resources.nodes: backend modal runs a job in one container (up to 8 GPUs); set nodes: 1")
-    request = spec.resources.gpu_request
-    gpu = None
-    if request is not None:
-        try:
-            name = request.on("modal")
-        except ValueError as err:
-            raise bad_input(f"resources.gpu: {err}") from None
-        most = MAX_GPUS.get(request.type.name, 8)
-        if request.count > most:
-            raise bad_input(f"resources.gpu: Modal attaches at most {most} {name} GPUs to a container")
-        gpu = f"{name}:{request.count}"
-    from runner.backends.modal.chain import call_limit_s, is_chained
-
-    if is_chained(spec) and code_fields(spec):  # the next call's image would lack the job's code
-        raise bad_input(f"resources.timeout_minutes: a job that brings its own code runs in one Modal call, at most "
-                        f"{(call_limit_s() - TIMEOUT_GRACE_S) // 60} minutes; a longer job (a chain of calls) "
-                        "needs one without code of its own")
-    # Past Modal's per-call limit the job runs as a chain of calls of that limit each (chain.py).
-    timeout_s = min(math.ceil(spec.resources.timeout_minutes * 60) + TIMEOUT_GRACE_S, call_limit_s())
-    return ModalRequest(gpu, timeout_s, RETRIES, spec.resources.workers_per_node, spec.to_yaml(), run_name)
-
-
 def describe_timeout(spec: JobSpec, timeout_s: int) -> str:
-    from runner.backends.modal.app import TIMEOUT_GRACE_S
-    from runner.backends.modal.chain import is_chained
-
     if is_chained(spec):
         return (f"{spec.resources.timeout_minutes} min for the job across all attempts, past Modal's limit for one "
                 f"call: it runs as a chain of calls of {timeout_s} s each, every one stopping itself with a "
@@ -190,8 +80,6 @@ def describe_image() -> str:
 def describe_cost(spec: JobSpec, timeout_s: int, retries: int) -> str:
     """The price, and what one submission can cost at most: its time limit holds across all its
     attempts (runner/backends/modal/app.py), and each attempt may add its start-up and save."""
-    from runner.backends.modal.app import TIMEOUT_GRACE_S
-
     request = spec.resources.gpu_request
     if request is None:
         return "CPU only: Modal bills CPU and memory by the second (not estimated here)"
@@ -263,12 +151,12 @@ class ModalBackend(Backend):
         )
 
         import_modal()  # first: the App is built with Modal's client
-        from runner.backends.modal.app import VOLUME_MOUNT, VOLUME_NAME
+        from runner.backends.modal.app import VOLUME_MOUNT, VOLUME_NAME, function_for
 
         request = modal_request(spec, run_name)
         if code_fields(spec):  # the image adds the run's copy of the user's code (runner/usercode/shipping.py)
             request = replace(request, code_dir=str((runs_dir / run_name / JOB / CODE_DIR).resolve()))
-        request.function()  # the call must be constructible before anything is paid for
+        function_for(request)  # the call must be constructible before anything is paid for
         source = credentials_source()
         rows = [("modal gpu", request.gpu or "none (cpu)"), ("image", describe_image()),
                 ("timeout", describe_timeout(spec, request.timeout_s)),

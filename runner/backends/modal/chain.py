@@ -34,10 +34,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-# "users may specify timeout durations between 1 second and 24 hours"
-# (https://modal.com/docs/guide/timeouts): the longest one Modal call may run.
-CALL_LIMIT_S = 24 * 60 * 60
-CALL_LIMIT_ENV = "GPUJOB_MODAL_CALL_LIMIT_S"  # tests lower the limit to seconds
+from runner.backends.modal.request import TIMEOUT_GRACE_S, call_limit_s, is_chained, modal_request
+
 CALLS_LOG = "modal_calls.jsonl"  # in the run folder: one line per attempt of a chained call
 STOP_POLL_S = 0.5
 # In the run's job/ on the volume: one file per handover, SUBMISSION-N, holding the id of the
@@ -46,23 +44,10 @@ STOP_POLL_S = 0.5
 HANDOVERS = "modal-handovers"
 
 
-def call_limit_s() -> int:
-    return int(float(os.environ.get(CALL_LIMIT_ENV) or CALL_LIMIT_S))
-
-
 def handover_margin_s(limit_s: float) -> float:
     """How long before its limit a call stops training: the save, the volume's commit and the
     successor's spawn (TIMEOUT_GRACE_S of a 24 h call; a third of a test's few seconds)."""
-    from runner.backends.modal.app import TIMEOUT_GRACE_S
-
     return min(TIMEOUT_GRACE_S, limit_s / 3)
-
-
-def is_chained(spec) -> bool:
-    """Whether the job may outlast one Modal call."""
-    from runner.backends.modal.app import TIMEOUT_GRACE_S
-
-    return spec.resources.timeout_minutes * 60 + TIMEOUT_GRACE_S > call_limit_s()
 
 
 @dataclass
@@ -121,7 +106,6 @@ def successor_request(spec, run_name: str, submission: str):
     """The request this call was spawned with, rebuilt in the container: the options from the
     spec as the client built them, this submission's id, and the meter's variables and the
     webhooks' secret from this container's environment (the same submission: the same clock)."""
-    from runner.backends.modal.backend import modal_request
     from runner.training.meter import from_env
 
     meter = from_env()

@@ -20,7 +20,8 @@ from runner.backends.modal.service import import_modal
 class ModalCall(Protocol):
     """What ModalService uses of a modal.FunctionCall."""
 
-    object_id: str
+    @property
+    def object_id(self) -> str: ...
 
     def get(self, timeout: float | None = None) -> dict: ...
 
@@ -72,10 +73,14 @@ class SdkClient:
         return self.modal.enable_output()
 
     def running(self, request, detach: bool) -> AbstractContextManager:
-        return request.app().run(detach=detach)
+        from runner.backends.modal.app import app_for
+
+        return app_for(request).run(detach=detach)
 
     def spawn(self, request) -> ModalCall:
-        return request.function().spawn(*request.args())
+        from runner.backends.modal.app import function_for
+
+        return function_for(request).spawn(*request.args())
 
     def call(self, call_id: str) -> ModalCall:
         return self.modal.FunctionCall.from_id(call_id)
