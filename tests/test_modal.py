@@ -997,17 +997,31 @@ def test_a_job_past_the_per_call_limit_runs_as_a_chain_with_the_losses_of_one_lo
     assert f"{len(calls)} calls" in cost["basis"]
 
 
-def test_a_job_with_its_own_code_past_the_per_call_limit_is_exit_2(tmp_path):
-    """The next call of a chain is spawned in the container, whose image lacks the job's code."""
+def test_a_job_with_its_own_code_goes_on_in_the_chains_next_calls(container_modal, tmp_path, short_calls):
+    """The chain's next call is spawned from the container with gpujob's own image, which lacks the
+    job's code (a function made per job cannot be called from another container): the first call
+    keeps the code in the run's job/ on the volume, where the next finds it and trains on."""
+    from runner.backends.modal.app import CODE_MOUNT_ENV
     from tests.test_user_code import example
 
-    spec = example(tmp_path, "regression", resources={"gpu": "A10G:1", "timeout_minutes": 1500})
-    result = cli("submit", spec, "--backend", "modal", "--dry-run")
-    assert result.exit_code == 2 and "Traceback" not in result.stderr
-    assert "resources.timeout_minutes: a job that brings its own code runs in one Modal call, at most 1430 minutes" \
-        in result.stderr
-    long_enough = cli("submit", spec, "--backend", "modal", "--dry-run", "--set", "resources.timeout_minutes=1430")
-    assert long_enough.exit_code == 0, long_enough.stderr
+    service = container_modal()
+    spec = example(tmp_path, "regression", train={"epochs": 100_000, "log_every_steps": 5,
+                                                   "checkpoint_every_minutes": 10},
+                   resources={"gpu": "A10G:1", "timeout_minutes": 60})
+    run = cli("submit", spec, "--backend", "modal", "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    remote = tmp_path / "volume" / run.name
+    wait_for(lambda: "fc-test-2" in service.calls, "the second call", timeout=240)
+    assert CODE_MOUNT_ENV in service.call("fc-test-1")._container_env()
+    assert CODE_MOUNT_ENV not in service.call("fc-test-2")._container_env()  # gpujob's image alone
+    kept = remote / "job" / "modal-code" / "gpujob_examples" / "regression.py"
+    assert kept.read_text() == (spec.parent / "gpujob_examples" / "regression.py").read_text()
+    steps_before = len(read_jsonl(remote / "metrics.jsonl"))
+    wait_for(lambda: len(read_jsonl_if(remote / "metrics.jsonl")) > steps_before + 2, "the second call's steps")
+    assert cli("cancel", run).exit_code == 0
+    service.wait_all()
+    assert [how for how, _ in service.call("fc-test-2").attempts] == ["returned"]
+    assert cli("status", run).stdout.startswith(f"{run.name}: cancelled")
+    assert not (run / "job" / "modal-code").exists()  # job/ on the volume is the chain's, not brought back
 
 
 def test_cancel_in_the_second_call_of_a_detached_chain_stops_it_with_a_checkpoint(

@@ -116,7 +116,7 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
 
     in_container = not modal.is_local()
     runs_root = volume_root()
-    _ready_to_run(in_container)
+    _ready_to_run(in_container, runs_root / run_name)
     began, handover = time.time(), None
     cancelled: list[bool] = []
     previous = _cancel_becomes_a_stop(cancelled)
@@ -156,17 +156,24 @@ def run_job(spec_yaml: str, run_name: str, submission: str) -> dict:
     return {"exit_code": 0, "message": ""}
 
 
-def _ready_to_run(in_container: bool) -> None:
-    """The job's own code (which its image carries) found before any other copy; in Modal's
-    container, the volume as the last attempt committed it, and workers that import this runner."""
-    code = Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
+def _ready_to_run(in_container: bool, run_dir: Path) -> None:
+    """In Modal's container, the volume as the last attempt committed it, and workers that import
+    this runner; the job's own code found before any other copy: where its image carries it, or,
+    in a chain's later calls (spawned with gpujob's own image), the copy the chain keeps."""
+    if in_container:
+        volume.reload()  # a restarted attempt must see the checkpoints the last one committed
+        _workers_import_this_runner()
+    code = _code_mount()
+    if not code.is_dir():
+        code = chain.kept_code(run_dir)
     if code.is_dir():
         from runner.usercode.imports import CODE_PATHS
 
         os.environ[CODE_PATHS] = str(code)
-    if in_container:
-        volume.reload()  # a restarted attempt must see the checkpoints the last one committed
-        _workers_import_this_runner()
+
+
+def _code_mount() -> Path:
+    return Path(os.environ.get(CODE_MOUNT_ENV, CODE_MOUNT))
 
 
 def _end_of_attempt(handover, run_dir: Path, submission: str, began: float) -> None:
@@ -194,6 +201,7 @@ def _hand_over(spec, run_name: str, submission: str, handover, began: float, in_
                                            "before it saved a checkpoint past its start-up; nothing to continue"}
     # Logged before the spawn: the successor reloads the volume as it starts and rewrites the log
     # as it ends, so this call's line must be committed before the successor exists.
+    chain.keep_code(_code_mount(), run_dir)  # the next call's image is gpujob's own, without the job's code
     place = chain.calls_so_far(run_dir, submission)
     chain.log_attempt(run_dir, submission, place, began, handed_over=True)
     handover.logged = True

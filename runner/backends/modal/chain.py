@@ -42,6 +42,10 @@ STOP_POLL_S = 0.5
 # submission's Nth next call; how the client finds the chain's calls once Modal no longer keeps a
 # call's result (which names its successor). A file of its own: no later call rewrites it.
 HANDOVERS = "modal-handovers"
+# In the run's job/ on the volume (which fetch does not copy back): the job's own code, which the
+# first call's image carries and the later calls, spawned from the container with gpujob's image
+# alone (a function made per job cannot be called from another container), read from here.
+KEPT_CODE = "modal-code"
 
 
 def handover_margin_s(limit_s: float) -> float:
@@ -163,3 +167,21 @@ def record_handover(run_dir: Path, submission: str, place: int, next_call: str) 
 def handover_file(run_name: str, submission: str, place: int) -> str:
     """Where the volume keeps the id of the submission's call number `place` (record_handover)."""
     return f"{run_name}/job/{HANDOVERS}/{submission}-{place}"
+
+
+def kept_code(run_dir: Path) -> Path:
+    return run_dir / "job" / KEPT_CODE
+
+
+def keep_code(mounted: Path, run_dir: Path) -> None:
+    """The job's code, where its image carries it, kept on the volume for the chain's next calls
+    (once: a later call reads it from there). Copied beside, then renamed: whole or absent."""
+    import shutil
+
+    kept = kept_code(run_dir)
+    if not mounted.is_dir() or kept.is_dir():
+        return
+    partial = kept.with_name(KEPT_CODE + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(mounted, partial)
+    partial.rename(kept)

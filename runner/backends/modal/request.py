@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from runner.errors import bad_input
 from runner.reports.notify import NOTIFY_ENV
 from runner.spec.model import JobSpec
-from runner.usercode.shipping import code_fields
 
 APP, VOLUME = "gpujob", "gpujob-runs"  # app.py's names, without importing modal
 TIMEOUT_GRACE_S = 600  # past resources.timeout_minutes: image pull, data download, the final save
@@ -102,10 +101,6 @@ def modal_request(spec: JobSpec, run_name: str) -> ModalRequest:
     if spec.resources.nodes > 1:
         raise bad_input("resources.nodes: backend modal runs a job in one container (up to 8 GPUs); set nodes: 1")
     gpu = _modal_gpu(spec)
-    if is_chained(spec) and code_fields(spec):  # the next call's image would lack the job's code
-        raise bad_input(f"resources.timeout_minutes: a job that brings its own code runs in one Modal call, at most "
-                        f"{(call_limit_s() - TIMEOUT_GRACE_S) // 60} minutes; a longer job (a chain of calls) "
-                        "needs one without code of its own")
     # Past Modal's per-call limit the job runs as a chain of calls of that limit each (chain.py).
     timeout_s = min(math.ceil(spec.resources.timeout_minutes * 60) + TIMEOUT_GRACE_S, call_limit_s())
     return ModalRequest(gpu, timeout_s, RETRIES, spec.resources.workers_per_node, spec.to_yaml(), run_name)
