@@ -1,5 +1,5 @@
 #!/bin/bash
-# vast.ai on-start: runs one gpujob job on a rented instance. The image installs it as
+# vast.ai on-start: runs one gpujob job on a rented instance (a sweep's instance: several in turn). The image installs it as
 # `gpujob-vast-start`; gpujob's vast backend makes it the container's main process (vast.ai's
 # "args" launch mode), and it works the same as the on-start command of the ssh/jupyter modes.
 #
@@ -29,15 +29,50 @@ if [ "${GPUJOB_WAIT_FOR_UPLOAD:-0}" = 1 ]; then
   done
 fi
 
-# The user's code as submitted, imported before anything else of that name.
-[ -d "$JOB/code" ] && export GPUJOB_SHIPPED_CODE="$JOB/code"
-echo "gpujob-vast: start $GPUJOB_RUN_NAME"
-gpujob run "$JOB/spec.yaml" --run-dir "$RUNS/$GPUJOB_RUN_NAME" --nproc-per-node auto --resume &
-child=$!
+stopping=0
+child=""
 # As PID 1, bash ignores SIGTERM unless it is trapped: pass it on, so the job checkpoints
-# before vast.ai stops the container.
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT
-wait "$child"; code=$?
-while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done   # wait returns early on a trapped signal
-echo "gpujob-vast: exit $code"
+# before vast.ai stops the container (and a sweep's instance takes no further job).
+trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+
+# run_job NAME SPEC [CODE]: one job, between the marks the backend follows.
+run_job() {
+  echo "gpujob-vast: start $1"
+  (
+    unset GPUJOB_SHIPPED_CODE
+    # The user's code as submitted, imported before anything else of that name.
+    [ -n "${3:-}" ] && [ -d "$3" ] && export GPUJOB_SHIPPED_CODE="$3"
+    exec gpujob run "$2" --run-dir "$RUNS/$1" --nproc-per-node auto --resume
+  ) &
+  child=$!
+  wait "$child"; code=$?
+  while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done   # wait returns early on a trapped signal
+  child=""
+  echo "gpujob-vast: exit $code"
+}
+
+run_job "$GPUJOB_RUN_NAME" "$JOB/spec.yaml" "$JOB/code"
+[ "${GPUJOB_VAST_POOL:-0}" = 1 ] || exit "$code"
+
+# A sweep's instance (GPUJOB_VAST_POOL=1) runs its trials in turn: the backend sends each next
+# one to $JOB/queue/NAME (spec.yaml, env.sh with its meter's variables, code/) and then its mark,
+# once the previous one's folder is copied back. The backend destroys the instance when no
+# trial is left; a stop (SIGTERM) ends it after the job it runs. Left idle for
+# GPUJOB_POOL_IDLE_S (its sweep's driver killed), the container ends: the GPU bills no more.
+idle=0
+while [ "$stopping" = 0 ]; do
+  next=""
+  for mark in "$JOB"/queue/*/.gpujob-uploaded; do
+    [ -e "$mark" ] && [ ! -e "${mark%/*}/.gpujob-taken" ] && { next=${mark%/*}; break; }
+  done
+  if [ -z "$next" ]; then
+    sleep 1; idle=$((idle + 1))
+    [ "$idle" -lt "${GPUJOB_POOL_IDLE_S:-900}" ] || { echo "gpujob-vast: idle, no trial came"; break; }
+    continue
+  fi
+  idle=0
+  touch "$next/.gpujob-taken"
+  set -a; [ -f "$next/env.sh" ] && . "$next/env.sh"; set +a
+  run_job "${next##*/}" "$next/spec.yaml" "$next/code"
+done
 exit "$code"

@@ -539,6 +539,90 @@ def test_a_vast_sweep_prunes_a_bad_trial_and_destroys_its_instance(write_spec, l
     assert live_instances(local_vast) == []  # the pruned trial's instance too: nothing left renting
 
 
+def pooled_vast_spec(write_spec, epochs: int, name: str = "job.yaml"):
+    return write_spec(name, model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
+                      train={"epochs": epochs, "log_every_steps": 50, "checkpoint_every_minutes": 10},
+                      resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05, 0.02, 0.01]}, "max_parallel": 2})
+
+
+def rents(vast) -> int:
+    return sum(1 for call in vast.calls if call[0] == "create")
+
+
+def test_a_vast_sweep_runs_its_trials_in_turn_on_max_parallel_instances(write_spec, local_vast, tmp_path,
+                                                                         monkeypatch):
+    from collections import Counter
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the instances' jobs and the lone run below do the same maths
+    done = cli("sweep", pooled_vast_spec(write_spec, epochs=2), "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 0, done.stderr
+    folder = sweep_folder(done.stdout)
+    trials = record(folder)["trials"]
+    assert [t["state"] for t in trials] == ["finished"] * 4, trials
+    assert rents(local_vast) == 2 and live_instances(local_vast) == []  # two rentals, both destroyed at the end
+    ran_on = Counter(json.loads((folder / t["folder"] / "submission.json").read_text())["handles"]["vast_instance_id"]
+                     for t in trials)
+    assert sorted(ran_on.values()) == [2, 2], ran_on  # each instance ran two trials in turn
+    for trial in trials:
+        run = folder / trial["folder"]
+        assert (run / "summary.json").is_file() and (run / "cost.json").is_file()  # copied back, its own cost
+        assert f"gpujob-vast: start {trial['folder']}" in (run / "vast.log").read_text()  # its part of the output
+        shown = cli("status", run)
+        assert shown.exit_code == 0 and "finished" in shown.stdout, shown.stdout  # an ordinary run folder
+    second = next(t for t in trials if (folder / t["folder"] / "vast.log").read_text().count("gpujob-vast: start") == 1
+                  and t["number"] >= 2)  # a trial that ran second on its instance
+    alone = cli("submit", folder / second["folder"] / "job" / "spec.yaml", "--runs-dir", tmp_path / "alone")
+    assert alone.exit_code == 0, alone.stderr
+    (lone,) = (tmp_path / "alone").iterdir()
+    assert read_jsonl_if(lone / "metrics.jsonl")[-1]["test_loss"] == second["value"]  # as it trains alone
+    assert live_instances(local_vast) == []
+
+
+def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
+    from runner.backends.vast.following import exit_code, own_lines
+
+    log = ["gpujob-vast: waiting for the run folder or the job's code to be sent", "gpujob-vast: start a",
+           "epoch 1/2  a", "gpujob-vast: exit 0", "gpujob-vast: start b", "epoch 1/2  b"]
+    assert own_lines(log, "a") == log[:4] and exit_code(own_lines(log, "a")) == 0
+    assert own_lines(log, "b") == log[4:] and exit_code(own_lines(log, "b")) is None  # b still runs
+    assert own_lines(log[4:], "a") == [] and own_lines(log[:1], "a") == log[:1]  # a window of others'; before any mark
+
+
+def test_a_cancelled_pooled_vast_sweep_leaves_no_instance(write_spec, local_vast, tmp_path):
+    """One instance (max_parallel 1): a short trial, then a long one sent to the same instance,
+    cancelled while it trains there."""
+    import threading
+
+    from runner.sweeps.lifecycle import cancel
+
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
+                      train={"epochs": 2, "log_every_steps": 50, "checkpoint_every_minutes": 10},
+                      resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
+                      sweep={"axes": {"train.epochs": [2, 400]}, "max_parallel": 1, "seed": 1})  # seed 1: 2 first
+    said = []
+
+    def second_trial_training() -> bool:
+        taken = list(local_vast.root.glob("instance-*/workspace/job/queue/*/.gpujob-taken"))
+        return bool(taken) and "step 50/" in local_vast.logs(101).split(f"gpujob-vast: start {taken[0].parent.name}")[-1]
+
+    def cancel_once_the_second_trains() -> None:
+        wait_for(second_trial_training, "the second trial training on the instance the first ran on", timeout=300)
+        (folder,) = list((tmp_path / "cancel").iterdir())
+        said.append(cancel(folder))
+
+    canceller = threading.Thread(target=cancel_once_the_second_trains, daemon=True)
+    canceller.start()
+    stopped = cli("sweep", spec, "--runs-dir", tmp_path / "cancel")
+    canceller.join(timeout=300)
+    assert stopped.exit_code == 143 and said, (stopped.stderr, said)
+    assert rents(local_vast) == 1 and live_instances(local_vast) == []  # one rental, destroyed: nothing left renting
+    folder = sweep_folder(stopped.stdout)
+    trials = record(folder)["trials"]
+    assert [(t["params"]["train.epochs"], t["state"]) for t in trials] == [(2, "finished"), (400, "cancelled")]
+    assert sorted((folder / trials[1]["folder"] / "checkpoints").glob("step-*.pt"))  # it stopped with a checkpoint
+
+
 def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_starting_it_again(
         write_spec, container_modal, tmp_path):
     """The driver was killed (kill -9) while a trial's call ran on Modal: `sweep resume` takes the

@@ -255,7 +255,8 @@ def test_the_instance_request_carries_the_job_and_the_sdk_accepts_it(vast_spec):
 
 def test_the_on_start_script_runs_the_backends_worker_command():
     script = (REPO / "images" / "vast-start.sh").read_text()
-    assert "gpujob run \"$JOB/spec.yaml\" --run-dir \"$RUNS/$GPUJOB_RUN_NAME\" --nproc-per-node auto --resume" in script
+    assert 'exec gpujob run "$2" --run-dir "$RUNS/$1" --nproc-per-node auto --resume' in script  # run_job NAME SPEC
+    assert 'run_job "$GPUJOB_RUN_NAME" "$JOB/spec.yaml"' in script
     assert 'echo "gpujob-vast: exit $code"' in script and "/workspace/runs" in script
     assert "gpujob-vast-start" in (REPO / "Dockerfile").read_text()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Iterator, Protocol
@@ -293,6 +294,14 @@ class Backend:
         are submitted one by one from this machine, or (local) trained in this process."""
         raise NotImplementedError(f"backend {self.name} has no fan-out of its own (fans_out is False): this "
                                   "machine submits its trials one by one (runner/sweeps/remote.py)")
+
+    @contextmanager
+    def sweep_machines(self, parallel: int) -> Iterator[None]:
+        """While this machine submits a sweep's trials one by one (runner/sweeps/remote.py): a
+        backend that rents machines may keep up to `parallel` of them and run the trials on them
+        in turn (one rental, one image pull each), giving every one up when the block ends,
+        however it ends. By default each trial is a submission of its own."""
+        yield
 
     def fanned_out_live(self, handles: dict) -> str | None:
         """While a sweep's workers run (or wait to): one line saying so; None once they all ended."""

@@ -1,6 +1,7 @@
 """A sweep's trials on a backend that runs jobs elsewhere (Modal, vast.ai, Docker): each trial an
-ordinary detached submission of its spec (one Modal call, one vast.ai instance, one container), at
-most sweep.max_parallel at once, followed from this process until it ends and then brought back.
+ordinary detached submission of its spec (one Modal call, one container; on vast.ai a turn on one
+of at most sweep.max_parallel instances the backend keeps for the sweep, Backend.sweep_machines),
+at most sweep.max_parallel at once, followed from this process until it ends and then brought back.
 
 The budget, sweep.max_usd, holds across all trials: no trial starts once what was spent (the
 ended trials' cost.json) and what the running ones have cost so far (their price per hour since
@@ -91,7 +92,13 @@ def spent_usd(folder: Path, sweep: rec.SweepRecord, running: dict[int, Run]) -> 
 
 def run_remote(folder: Path, backend, signals, say=print) -> int:
     """Start trials up to max_parallel, follow them, bring each back and record it, until none is
-    left, the budget is reached, or this driver is stopped (then every running trial is cancelled)."""
+    left, the budget is reached, or this driver is stopped (then every running trial is cancelled);
+    on the machines the backend keeps for the sweep, if it keeps any (given up at the end)."""
+    with backend.sweep_machines(rec.read(folder).max_parallel):
+        return _drive(folder, backend, signals, say)
+
+
+def _drive(folder: Path, backend, signals, say) -> int:
     running: dict[int, Run] = {}
     stopping = False
     pruner = RemotePruner(folder, rec.read(folder))

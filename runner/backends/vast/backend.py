@@ -4,13 +4,15 @@ project's image, follow it, copy the run folder back, and destroy the instance o
 
 This class is the Backend interface over the package's parts: the request (request.py), the
 market (offers.py), one attempt on a rented instance (attempt.py: renting in rental.py, following
-in following.py, files both ways in copying.py), a run's instance as it stands (instance.py), and
-vast.ai's API with its patience (api.py, patience.py).
+in following.py, files both ways in copying.py), a run's instance as it stands (instance.py), a
+sweep's instances running its trials in turn (pool.py), and vast.ai's API with its patience (api.py,
+patience.py).
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -18,10 +20,11 @@ from runner.backends.base import Backend, Plan, what_is_here
 from runner.backends.vast import instance
 from runner.backends.vast.attempt import run_attempt
 from runner.backends.vast.copying import copy_back
-from runner.backends.vast.following import LOG_WINDOW, kept_log, new_lines
+from runner.backends.vast.following import LOG_WINDOW, kept_log, new_lines, own_lines
 from runner.backends.vast.offers import (choose_offer, describe_offer, describe_price, offer_query, offer_type, order_by,
                                          vast_gpu, vast_gpu_names)
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
+from runner.backends.vast.pool import Pool
 from runner.backends.vast.request import VastRequest, instance_request
 from runner.errors import bad_input, job_failed, missing_backend
 from runner.invocation import command, commands_in
@@ -57,6 +60,21 @@ class VastBackend(Backend):
     def __init__(self, connect: "Callable[[], VastService] | None" = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time, poll_s: float = POLL_S):
         self.connect, self.sleep, self.clock, self.poll_s = connect, sleep, clock, poll_s
+        self.pool: Pool | None = None  # while a sweep's driver runs its trials on shared instances
+
+    @contextmanager
+    def sweep_machines(self, parallel: int) -> Iterator[None]:
+        """At most `parallel` instances for a sweep, each running its trials in turn (pool.py);
+        every one destroyed when the block ends, however it ends."""
+        from runner.backends.vast.pool import close
+
+        self.pool = Pool(parallel)
+        try:
+            yield
+        finally:
+            pool, self.pool = self.pool, None
+            if pool.machines:
+                close(self._api(), pool)
 
     def kept_elsewhere(self, run: Run) -> str | None:
         handles = run.handles
@@ -159,7 +177,26 @@ class VastBackend(Backend):
         api.check_can_copy()  # before paying for anything
         if not request.sends_run_folder:
             announce(run)
+        if self.pool is not None and detach and not request.sends_run_folder:
+            self._send_to_pool(api, run, spec, request)
+            return
         run_attempt(api, run, spec, request, detach, self.poll_s)
+
+    def _send_to_pool(self, api: PatientApi, run: Run, spec: JobSpec, request: VastRequest) -> None:
+        """A sweep's trial: on an idle instance of the sweep's, else on one rented for it that
+        then stays for the next trials."""
+        from runner.backends.billing import billing_env
+        from runner.backends.vast.offers import hourly_cost
+        from runner.backends.vast.pool import POOL_ENV, hand_over
+
+        assert self.pool is not None, "called within sweep_machines"
+        machine = self.pool.idle()
+        if machine is not None:
+            hand_over(api, machine, run, billing_env(run, spec.to_yaml(), hourly_cost(request.offer, spec)))
+            return
+        pooled = VastRequest(request.offer, {**request.payload, "env": {**request.payload["env"], POOL_ENV: "1"}})
+        run_attempt(api, run, spec, pooled, True, self.poll_s)
+        self.pool.rented(run)
 
     def refreshed(self, run: Run, request: VastRequest) -> VastRequest:
         """The recorded request on a new offer (the old one is rented or gone), its instance told
@@ -190,7 +227,7 @@ class VastBackend(Backend):
         seen: list[str] = []
         while True:
             live = follow and self.status(run).live
-            fresh = new_lines(seen, api.logs(instance_id).splitlines())
+            fresh = new_lines(seen, own_lines(api.logs(instance_id).splitlines(), run.folder.name))
             yield from fresh
             seen = (seen + fresh)[-LOG_WINDOW:]
             if not live:
@@ -210,6 +247,8 @@ class VastBackend(Backend):
         if gone:
             return f"{run.folder.name} is not running: {gone}"
         instance.stop(api, run, instance_id, state, self.poll_s)
+        if self.pool is not None:
+            self.pool.forget(instance_id)  # stopped and destroyed with its trial
         return f"cancelled {run.folder.name}; instance {instance_id} destroyed; {resume_hint(run.folder)}"
 
     def fetch(self, run: Run) -> str:
@@ -223,6 +262,11 @@ class VastBackend(Backend):
         if state.live:
             copy_back(api, instance_id, run.folder)
             return f"copied what {run.folder.name} has written so far; instance {instance_id} keeps running"
+        machine = self.pool.holding(instance_id) if self.pool is not None else None
+        if machine is not None:
+            from runner.backends.vast.pool import release
+
+            return release(api, machine, run)
         instance.bring_back_and_destroy(api, run, instance_id)
         return f"copied {run.folder.name} back; instance {instance_id} destroyed"
 

@@ -47,6 +47,20 @@ def new_lines(seen: list[str], current: list[str]) -> list[str]:
     return current
 
 
+def own_lines(lines: list[str], name: str) -> list[str]:
+    """The part of an instance's output that is run NAME's: a sweep's instance runs several runs in
+    turn, each from its `start` mark to the next run's. Lines before the first mark in the window
+    are the first run's there (the upload's wait); a window that names only others holds none."""
+    owners = [line[len(START_MARK):].strip() for line in lines if line.startswith(START_MARK)]
+    owner, own = (owners[0] if owners else name), []
+    for line in lines:
+        if line.startswith(START_MARK):
+            owner = line[len(START_MARK):].strip()
+        if owner == name:
+            own.append(line)
+    return own
+
+
 def exit_code(lines: list[str]) -> int | None:
     """The code of the last finished attempt, None while one is running (or none started)."""
     for line in reversed(lines):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from runner.backends.vast.copying import salvage
-from runner.backends.vast.following import NOT_STARTED, Watch, exit_code, kept_log
+from runner.backends.vast.following import NOT_STARTED, Watch, exit_code, kept_log, own_lines
 from runner.backends.vast.patience import PatientApi
 from runner.backends.vast.rental import Rental, close_rental, record
 from runner.runs.state import FINISHED, PENDING, RUNNING, Run, RunState, ended_state
@@ -24,7 +24,7 @@ def find(run: Run, connect: Callable[[], PatientApi]) -> int | None:
     before its id was recorded (gpujob killed in between), the one listed with the run's label.
     vast.ai is asked (`connect`) only for the latter."""
     handles = run.handles
-    if handles.get("destroyed"):
+    if handles.get("destroyed") or handles.get("vast_released"):  # released: its sweep's instance went on to another trial
         return None
     if handles.get("vast_instance_id") is not None or not handles.get("vast_label"):
         return handles.get("vast_instance_id")
@@ -42,7 +42,7 @@ def state(api: PatientApi | None, run: Run, instance_id: int | None) -> RunState
     status = info.get("actual_status")
     if not info:
         return ended_state(run, None, f"instance {instance_id} is gone (destroyed outside gpujob)")
-    lines = api.logs(instance_id).splitlines() if status not in (None, "loading", "created") else []
+    lines = run_lines(api, run, instance_id) if status not in (None, "loading", "created") else []
     code = exit_code(lines)
     if status in NOT_STARTED and code is None:
         return RunState(PENDING, f"instance {instance_id} is {status or 'being set up'}")
@@ -56,6 +56,11 @@ def state(api: PatientApi | None, run: Run, instance_id: int | None) -> RunState
     ended = ended_state(run, code, f"instance {instance_id} is {status}")
     ended.detail += f"; {fetch}"
     return ended
+
+
+def run_lines(api: PatientApi, run: Run, instance_id: int) -> list[str]:
+    """The instance's output that is the run's (a sweep's instance runs several in turn)."""
+    return own_lines(api.logs(instance_id).splitlines(), run.folder.name)
 
 
 def gone(api: PatientApi, run: Run, instance_id: int) -> str | None:
@@ -74,7 +79,7 @@ def stop(api: PatientApi, run: Run, instance_id: int, seen: RunState, poll_s: fl
     if seen.state == RUNNING:
         api.stop_instance(instance_id)
         deadline = api.clock() + CANCEL_WAIT_S
-        while exit_code(api.logs(instance_id).splitlines()) is None and api.clock() < deadline:
+        while exit_code(run_lines(api, run, instance_id)) is None and api.clock() < deadline:
             api.sleep(min(poll_s, CANCEL_POLL_S))
     bring_back_and_destroy(api, run, instance_id)
 
@@ -86,6 +91,6 @@ def bring_back_and_destroy(api: PatientApi, run: Run, instance_id: int) -> None:
     rental = Rental(run.handles["vast_label"], instance_id=instance_id, asked=True, uncertain=found)
     if found:
         record(run, vast_instance_id=instance_id)
-    watch = Watch(lines=api.logs(instance_id).splitlines(), started=True)
+    watch = Watch(lines=run_lines(api, run, instance_id), started=True)
     salvage(api, instance_id, run.folder)
     close_rental(api, run, rental, must=True, watch=watch)

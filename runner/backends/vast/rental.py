@@ -147,15 +147,16 @@ def close_rental(api: PatientApi, run: Run, rental: Rental, must: bool, watch: W
         try:
             keep_log(run.folder, watch)
             if rental.instance_id is not None:
-                _record_cost(api, run, rental.instance_id)
+                record_cost(api, run, rental.instance_id)
         except OSError as err:  # said, never raised over what brought us here
             print(f"gpujob: warning: could not keep the instance's log and cost in {run.folder}: {err}",
                   file=sys.stderr)
 
 
-def _record_cost(api: PatientApi, run: Run, instance_id: int) -> None:
+def record_cost(api: PatientApi, run: Run, instance_id: int) -> None:
     """cost.json, on every way out that rented something: the offer's price per hour times
-    the time from the rent request to the destroy (vast.ai bills by the second)."""
+    the time from the rent request to the destroy (vast.ai bills by the second); for a sweep's
+    trial on an instance rented before it, from its hand-over to its copy back (pool.py)."""
     from runner.reports.cost import describe, estimate, write_cost
 
     h = run.handles

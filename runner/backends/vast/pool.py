@@ -1,0 +1,106 @@
+"""A sweep's instances: at most max_parallel rented, each running trials in turn (one rental, one
+image pull). A trial goes to an idle instance when there is one: its spec, its meter's variables
+and the user's code are sent to $JOB/queue/NAME and then its mark, and vast-start.sh (in its pool
+mode, GPUJOB_VAST_POOL=1) runs it once the previous trial's folder has been copied back. Else it
+rents a new instance, as a lone run does, told to wait for more. When the sweep's driver is done
+with them (every trial ended, a cancel, the budget, Ctrl-C, an error) every instance is destroyed.
+
+Each trial stays an ordinary run: its record names the instance while it runs there, and once its
+folder is back its instance is released to the pool (`vast_released`): `status`, `show` and
+`resume` read the folder as for any ended run. A cancelled trial (a cancel, the pruner, the
+budget) stops its instance the way a lone run's is stopped, and that instance leaves the pool.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.backends.vast.copying import REMOTE_JOB, UPLOADED, copy_back
+from runner.backends.vast.following import Watch, keep_log
+from runner.backends.vast.instance import bring_back_and_destroy, run_lines
+from runner.backends.vast.patience import PatientApi
+from runner.backends.vast.rental import destroy, record, record_cost
+from runner.runs.paths import RunPaths
+from runner.runs.state import Run
+from runner.usercode.shipping import CODE_DIR
+
+POOL_ENV = "GPUJOB_VAST_POOL"  # vast-start.sh runs the jobs sent to $JOB/queue after its first
+QUEUE = f"{REMOTE_JOB}/queue"
+
+
+@dataclass
+class Machine:
+    """One of the sweep's instances, and the trial it runs now (None: idle)."""
+
+    instance_id: int
+    handles: dict  # what a trial's record says of the rental: label, offer, price, interruptible
+    running: Run | None = None
+
+
+@dataclass
+class Pool:
+    size: int
+    machines: list[Machine] = field(default_factory=list)
+
+    def idle(self) -> Machine | None:
+        return next((m for m in self.machines if m.running is None), None)
+
+    def holding(self, instance_id: int | None) -> Machine | None:
+        return next((m for m in self.machines if m.instance_id == instance_id), None)
+
+    def rented(self, run: Run) -> None:
+        """A trial that rented a new instance: the instance joins the pool, running it."""
+        keep = ("vast_label", "price_per_hour", "interruptible", "offer")
+        self.machines.append(Machine(run.handles["vast_instance_id"], {k: run.handles.get(k) for k in keep}, run))
+
+    def forget(self, instance_id: int | None) -> None:
+        """An instance stopped and destroyed with its trial (a cancel): no longer the pool's."""
+        self.machines = [m for m in self.machines if m.instance_id != instance_id]
+
+
+def hand_over(api: PatientApi, machine: Machine, run: Run, billing: dict[str, str]) -> None:
+    """Run the trial on an idle instance of the pool: its record names the instance, then its
+    job is sent, the mark last (vast-start.sh starts it once the mark is there)."""
+    record(run, **machine.handles, vast_instance_id=machine.instance_id, destroyed=False, vast_released=False,
+           vast_pooled=True, rented_at=api.clock())
+    machine.running = run
+    queued, paths = f"{QUEUE}/{run.folder.name}", RunPaths(run.folder)
+    with tempfile.TemporaryDirectory(prefix="gpujob-queue-") as scratch:
+        env = Path(scratch) / "env.sh"
+        env.write_text("".join(f"{key}={shlex.quote(value)}\n" for key, value in billing.items()))
+        mark = Path(scratch) / UPLOADED
+        mark.touch()
+        api.copy_to(machine.instance_id, paths.job_spec, f"{queued}/spec.yaml")
+        api.copy_to(machine.instance_id, env, f"{queued}/env.sh")
+        if paths.job_code.is_dir():
+            api.copy_to(machine.instance_id, paths.job_code, f"{queued}/{CODE_DIR}")
+        api.copy_to(machine.instance_id, mark, f"{queued}/{UPLOADED}")
+    print(f"vast: {run.folder.name} goes to instance {machine.instance_id}, which ran the sweep's trial before it",
+          file=sys.stderr)
+
+
+def release(api: PatientApi, machine: Machine, run: Run) -> str:
+    """A trial that ended on a pool's instance: its folder copied back, its part of the output and
+    its cost kept in it, and the instance idle for the next trial."""
+    lines = run_lines(api, run, machine.instance_id)
+    copy_back(api, machine.instance_id, run.folder)
+    keep_log(run.folder, Watch(lines=lines, started=True))
+    record_cost(api, run, machine.instance_id)
+    record(run, vast_released=True)
+    machine.running = None
+    return f"copied {run.folder.name} back; instance {machine.instance_id} takes the sweep's next trial"
+
+
+def close(api: PatientApi, pool: Pool) -> None:
+    """The sweep's driver is done: every instance destroyed; a trial still on one (the driver
+    stopped by an error) is copied back first."""
+    for machine in pool.machines:
+        if machine.running is not None:
+            bring_back_and_destroy(api, machine.running, machine.instance_id)
+        else:
+            destroy(api, machine.instance_id, must=False)
+    pool.machines = []
