@@ -14,7 +14,7 @@ set -u
 RUNS=${GPUJOB_RUNS_DIR:-/workspace/runs}
 JOB=${GPUJOB_JOB_DIR:-/workspace/job}
 cd /workspace 2>/dev/null || cd "$HOME"   # a spec's relative data.root (./data) means /data
-mkdir -p "$RUNS" "$JOB"
+mkdir -p "$RUNS" "$JOB" "$JOB/queue"
 printf '%s' "$GPUJOB_SPEC_B64" | base64 -d >"$JOB/spec.yaml" || { echo "gpujob-vast: exit 2"; exit 2; }
 
 # A resumed run (`gpujob resume`) sends its folder, checkpoint included, once the instance
@@ -45,8 +45,19 @@ run_job() {
     exec gpujob run "$2" --run-dir "$RUNS/$1" --nproc-per-node auto --resume
   ) &
   child=$!
+  watcher=""
+  if [ "${GPUJOB_VAST_POOL:-0}" = 1 ]; then
+    # A sweep's trial stopped on its own (its pruner): the backend sends queue/NAME/.gpujob-stop;
+    # the job checkpoints and ends, and the instance goes on to the next trial.
+    ( while kill -0 "$child" 2>/dev/null; do
+        [ -e "$JOB/queue/$1/.gpujob-stop" ] && { kill -TERM "$child" 2>/dev/null; break; }
+        sleep 1
+      done ) &
+    watcher=$!
+  fi
   wait "$child"; code=$?
   while kill -0 "$child" 2>/dev/null; do wait "$child"; code=$?; done   # wait returns early on a trapped signal
+  [ -n "$watcher" ] && kill "$watcher" 2>/dev/null
   child=""
   echo "gpujob-vast: exit $code"
 }

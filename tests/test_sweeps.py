@@ -537,6 +537,7 @@ def test_a_vast_sweep_prunes_a_bad_trial_and_destroys_its_instance(write_spec, l
     assert done.exit_code == 0, done.stderr
     assert_the_bad_trial_was_pruned(sweep_folder(done.stdout))
     assert live_instances(local_vast) == []  # the pruned trial's instance too: nothing left renting
+    assert rents(local_vast) == 2  # the pruned trial stopped alone, on an instance of the sweep's two
 
 
 def pooled_vast_spec(write_spec, epochs: int, name: str = "job.yaml"):

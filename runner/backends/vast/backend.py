@@ -246,6 +246,12 @@ class VastBackend(Backend):
         gone = instance.gone(api, run, instance_id)
         if gone:
             return f"{run.folder.name} is not running: {gone}"
+        machine = self.pool.holding(instance_id) if self.pool is not None else None
+        if machine is not None and state.live:
+            from runner.backends.vast.pool import stop_trial
+
+            if stop_trial(api, machine, run, self.poll_s):
+                return f"cancelled {run.folder.name}; instance {instance_id} takes the sweep's next trial"
         instance.stop(api, run, instance_id, state, self.poll_s)
         if self.pool is not None:
             self.pool.forget(instance_id)  # stopped and destroyed with its trial

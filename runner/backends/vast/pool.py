@@ -7,13 +7,16 @@ with them (every trial ended, a cancel, the budget, Ctrl-C, an error) every inst
 
 Each trial stays an ordinary run: its record names the instance while it runs there, and once its
 folder is back its instance is released to the pool (`vast_released`): `status`, `show` and
-`resume` read the folder as for any ended run. A cancelled trial (a cancel, the pruner, the
-budget) stops its instance the way a lone run's is stopped, and that instance leaves the pool.
+`resume` read the folder as for any ended run. A trial the sweep cancels (the pruner, a cancel, the
+budget) is stopped alone (a stop mark its job's watcher in vast-start.sh acts on) and released, its
+instance kept for the next trial; only if it does not stop in time is the instance stopped and
+destroyed with it, the way a lone run's is.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from runner.usercode.shipping import CODE_DIR
 
 POOL_ENV = "GPUJOB_VAST_POOL"  # vast-start.sh runs the jobs sent to $JOB/queue after its first
 QUEUE = f"{REMOTE_JOB}/queue"
+STOP = ".gpujob-stop"  # in queue/NAME: vast-start.sh stops that job (it checkpoints), and takes the next
 
 
 @dataclass
@@ -68,19 +72,27 @@ def hand_over(api: PatientApi, machine: Machine, run: Run, billing: dict[str, st
     record(run, **machine.handles, vast_instance_id=machine.instance_id, destroyed=False, vast_released=False,
            vast_pooled=True, rented_at=api.clock())
     machine.running = run
-    queued, paths = f"{QUEUE}/{run.folder.name}", RunPaths(run.folder)
+    queued = f"{QUEUE}/{run.folder.name}"
     with tempfile.TemporaryDirectory(prefix="gpujob-queue-") as scratch:
-        env = Path(scratch) / "env.sh"
-        env.write_text("".join(f"{key}={shlex.quote(value)}\n" for key, value in billing.items()))
+        # One folder, as rsync makes it (the last part of the path only: vast-start.sh made queue/), then the mark.
+        entry = _queue_entry(Path(scratch) / run.folder.name, run, billing)
+        api.copy_to(machine.instance_id, entry, queued)
         mark = Path(scratch) / UPLOADED
         mark.touch()
-        api.copy_to(machine.instance_id, paths.job_spec, f"{queued}/spec.yaml")
-        api.copy_to(machine.instance_id, env, f"{queued}/env.sh")
-        if paths.job_code.is_dir():
-            api.copy_to(machine.instance_id, paths.job_code, f"{queued}/{CODE_DIR}")
         api.copy_to(machine.instance_id, mark, f"{queued}/{UPLOADED}")
     print(f"vast: {run.folder.name} goes to instance {machine.instance_id}, which ran the sweep's trial before it",
           file=sys.stderr)
+
+
+def _queue_entry(entry: Path, run: Run, billing: dict[str, str]) -> Path:
+    """The trial's job as vast-start.sh reads it from $JOB/queue/NAME: spec.yaml, env.sh, code/."""
+    paths = RunPaths(run.folder)
+    entry.mkdir()
+    shutil.copyfile(paths.job_spec, entry / "spec.yaml")
+    (entry / "env.sh").write_text("".join(f"{key}={shlex.quote(value)}\n" for key, value in billing.items()))
+    if paths.job_code.is_dir():
+        shutil.copytree(paths.job_code, entry / CODE_DIR)
+    return entry
 
 
 def release(api: PatientApi, machine: Machine, run: Run) -> str:
@@ -93,6 +105,28 @@ def release(api: PatientApi, machine: Machine, run: Run) -> str:
     record(run, vast_released=True)
     machine.running = None
     return f"copied {run.folder.name} back; instance {machine.instance_id} takes the sweep's next trial"
+
+
+def stop_trial(api: PatientApi, machine: Machine, run: Run, poll_s: float) -> bool:
+    """Stop the trial alone (the pruner's cancel): its stop mark sent, vast-start.sh stops the job,
+    which checkpoints; once its exit mark shows, it is released like an ended trial and the
+    instance takes the next one. False when no exit mark came in time (the caller stops the
+    instance instead)."""
+    from runner.backends.vast.following import exit_code
+    from runner.backends.vast.instance import CANCEL_POLL_S, CANCEL_WAIT_S
+
+    with tempfile.TemporaryDirectory(prefix="gpujob-stop-") as scratch:
+        entry = Path(scratch) / run.folder.name
+        entry.mkdir()
+        (entry / STOP).touch()
+        api.copy_to(machine.instance_id, entry, f"{QUEUE}/{run.folder.name}")
+    deadline = api.clock() + CANCEL_WAIT_S
+    while exit_code(run_lines(api, run, machine.instance_id)) is None:
+        if api.clock() > deadline:
+            return False
+        api.sleep(min(poll_s, CANCEL_POLL_S))
+    release(api, machine, run)
+    return True
 
 
 def close(api: PatientApi, pool: Pool) -> None:
