@@ -555,6 +555,10 @@ def test_a_vast_sweep_runs_its_trials_in_turn_on_max_parallel_instances(write_sp
                                                                          monkeypatch):
     from collections import Counter
 
+    from runner.backends.registry import get_backend
+    from runner.runs import record as run_record
+    from runner.runs.state import Run
+
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the instances' jobs and the lone run below do the same maths
     done = cli("sweep", pooled_vast_spec(write_spec, epochs=2), "--runs-dir", tmp_path / "runs")
     assert done.exit_code == 0, done.stderr
@@ -571,6 +575,7 @@ def test_a_vast_sweep_runs_its_trials_in_turn_on_max_parallel_instances(write_sp
         assert f"gpujob-vast: start {trial['folder']}" in (run / "vast.log").read_text()  # its part of the output
         shown = cli("status", run)
         assert shown.exit_code == 0 and "finished" in shown.stdout, shown.stdout  # an ordinary run folder
+        assert get_backend("vast").kept_elsewhere(Run(run, run_record.read(run))) is None  # nothing of its own there
     second = next(t for t in trials if (folder / t["folder"] / "vast.log").read_text().count("gpujob-vast: start") == 1
                   and t["number"] >= 2)  # a trial that ran second on its instance
     alone = cli("submit", folder / second["folder"] / "job" / "spec.yaml", "--runs-dir", tmp_path / "alone")

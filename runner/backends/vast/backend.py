@@ -80,6 +80,8 @@ class VastBackend(Backend):
         handles = run.handles
         if handles.get("destroyed") or not (handles.get("vast_instance_id") or handles.get("vast_label")):
             return None
+        if handles.get("vast_released"):  # a sweep's trial, copied back: its instance is the sweep's
+            return None
         named = handles.get("vast_instance_id") or f"labelled '{handles['vast_label']}'"
         return (f"its vast.ai instance {named} is not destroyed yet and bills its disk; "
                 f"`{command(f'gpujob fetch {run.folder}')}` copies the folder back and destroys it")
