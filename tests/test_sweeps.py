@@ -585,6 +585,27 @@ def test_a_vast_sweep_runs_its_trials_in_turn_on_max_parallel_instances(write_sp
     assert live_instances(local_vast) == []
 
 
+def test_a_vast_sweep_stopped_by_its_budget_leaves_no_instance(write_spec, local_vast, tmp_path):
+    from runner.reports.estimate import before_run
+    from runner.spec.load import load_spec
+
+    def spec(max_usd=None):
+        return write_spec(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
+                          train={"epochs": 300, "log_every_steps": 50, "checkpoint_every_minutes": 10},
+                          resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
+                          sweep={"axes": {"optimizer.lr": [0.1, 0.05, 0.02]}, "max_parallel": 1,
+                                 **({"max_usd": max_usd} if max_usd else {})})
+
+    estimate = before_run(load_spec(spec()).model_copy(update={"sweep": None}))["total_usd"]
+    # room for one trial as estimated: a CNN's epoch takes this CPU many times what the catalog says of an A10G
+    stopped = cli("sweep", spec(round(1.2 * estimate, 6)), "--runs-dir", tmp_path / "budget")
+    assert stopped.exit_code == 4, stopped.stderr  # the budget's exit code
+    folder = sweep_folder(stopped.stdout)
+    assert [t["state"] for t in record(folder)["trials"]] == ["cancelled"]
+    assert any(e["event"] == "budget" for e in record(folder)["events"])
+    assert rents(local_vast) == 1 and live_instances(local_vast) == []  # nothing left renting
+
+
 def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
     from runner.backends.vast.following import exit_code, own_lines
 
