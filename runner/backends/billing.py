@@ -24,11 +24,9 @@ def run_budget(run: Run, spec_yaml: str) -> float | None:
 
 
 def billing_env(run: Run, spec_yaml: str, usd_per_hour: float | None) -> dict[str, str]:
-    """The job's environment for the meter, billed from now (the spawn or rent: start-up included),
-    for a run that uses it (a budget, or a target whose dollars summary.json gives); nothing
-    where the backend knows no price."""
-    budget = run_budget(run, spec_yaml)
-    target = ((yaml.safe_load(spec_yaml) or {}).get("train") or {}).get("stop_when")
-    if usd_per_hour is None or (budget is None and not target):
+    """The job's environment for the meter, billed from now (the spawn or rent: start-up included):
+    every priced run counts its dollars (summary.json's usd, which a budget is held to and Modal's
+    cost.json is made from); nothing where the backend knows no price."""
+    if usd_per_hour is None:
         return {}
-    return Meter(usd_per_hour, time.time(), budget).env()
+    return Meter(usd_per_hour, time.time(), run_budget(run, spec_yaml)).env()

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from runner.backends.base import Backend, Plan, what_is_here
-from runner.backends.modal.request import APP, TIMEOUT_GRACE_S, VOLUME, ModalRequest, is_chained, modal_request
+from runner.backends.modal.request import APP, SCALEDOWN_WINDOW_S, TIMEOUT_GRACE_S, VOLUME, ModalRequest, is_chained, modal_request
 from runner.errors import (
     BAD_INPUT,
     BUDGET_REACHED,
@@ -389,6 +389,24 @@ def load_spec_text(spec_yaml: str) -> JobSpec:
     return validate_spec(yaml.safe_load(spec_yaml), source="the run's request")
 
 
+def _billed_as_metered(summary: dict, what: str, price: float) -> dict:
+    """The bill as the job's meter counted it (summary.json's usd: from each submission's spawn to
+    its end, so the container's start, Modal's retries and earlier submissions are in, the count
+    resources.max_usd is held to), plus the scale-down window after the end. A job without a
+    meter's figure: its wall time."""
+    from runner.reports.cost import estimate
+
+    if summary.get("usd") is None:
+        return estimate("modal", what, price, summary["wall_s"],
+                        f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time; Modal also bills "
+                        "container start-up, earlier preempted attempts, CPU and memory")
+    billed_s = summary["usd"] * 3600 / price + SCALEDOWN_WINDOW_S
+    return estimate("modal", what, price, billed_s,
+                    f"Modal's GPU list price read {PRICES_READ_ON} x the time from each submission's spawn to its "
+                    f"end (start-up, retries and earlier submissions included: what resources.max_usd is held to) "
+                    f"plus the {SCALEDOWN_WINDOW_S} s scale-down window; CPU and memory extra")
+
+
 def _record_cost(folder: Path) -> None:
     """cost.json from Modal's GPU list price and the job's own wall time (in summary.json)."""
     from runner.reports.cost import describe, estimate, write_cost
@@ -413,9 +431,7 @@ def _record_cost(folder: Path) -> None:
                              "CPU and memory"),
                   "calls": [{**call, "estimated_usd": round(price * call["billed_s"] / 3600, 4)} for call in calls]}
     else:
-        record = estimate("modal", what, price, json.loads(summary.read_text())["wall_s"],
-                          f"Modal's GPU list price read {PRICES_READ_ON} x the job's wall time in its last attempt; "
-                          "Modal also bills container start-up, earlier preempted attempts, CPU and memory")
+        record = _billed_as_metered(json.loads(summary.read_text()), what, price)
     write_cost(folder, record)
     print(f"modal: {describe(record)}", file=sys.stderr)
 
