@@ -606,6 +606,21 @@ def test_a_vast_sweep_stopped_by_its_budget_leaves_no_instance(write_spec, local
     assert rents(local_vast) == 1 and live_instances(local_vast) == []  # nothing left renting
 
 
+def test_a_vast_sweep_rents_anew_when_its_idle_instance_has_ended(write_spec, local_vast, tmp_path, monkeypatch):
+    """An instance left idle ends its container (GPUJOB_POOL_IDLE_S; here at once): the next trial
+    is not sent to it, which would never run it; it is destroyed and another rented."""
+    monkeypatch.setenv("GPUJOB_POOL_IDLE_S", "0")  # the instances' environment is this process's
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 64},
+                      train={"epochs": 1, "log_every_steps": 50}, resources={"gpu": "A10G:2", "timeout_minutes": 5},
+                      backend="vast", vast={"image": IMAGE},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05]}, "max_parallel": 1})
+    done = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
+    assert done.exit_code == 0, done.stderr
+    assert [t["state"] for t in record(sweep_folder(done.stdout))["trials"]] == ["finished", "finished"]
+    assert "is exited; destroying it" in done.stderr
+    assert rents(local_vast) == 2 and live_instances(local_vast) == []
+
+
 def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
     from runner.backends.vast.following import exit_code, own_lines
 

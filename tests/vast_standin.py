@@ -89,6 +89,10 @@ class LocalVast:
 
     def copy_to(self, instance_id, local_path, remote_path, exclude=()):
         self.calls.append(("upload", instance_id, remote_path))
+        if self.instances[instance_id]["destroyed"]:  # vast.ai opens no copy with an instance it no longer has
+            from runner.errors import job_failed
+
+            raise job_failed(f"vast: copying with instance {instance_id} was refused: no such instance")
         target = self._disk(instance_id, remote_path)
         if Path(local_path).is_dir():
             _copy(Path(local_path), target, exclude)

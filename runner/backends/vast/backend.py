@@ -192,7 +192,7 @@ class VastBackend(Backend):
         from runner.backends.vast.pool import POOL_ENV, hand_over
 
         assert self.pool is not None, "called within sweep_machines"
-        machine = self.pool.idle()
+        machine = self.pool.take_idle(api)
         if machine is not None:
             hand_over(api, machine, run, billing_env(run, spec.to_yaml(), hourly_cost(request.offer, spec)))
             return

@@ -53,6 +53,20 @@ class Pool:
     def idle(self) -> Machine | None:
         return next((m for m in self.machines if m.running is None), None)
 
+    def take_idle(self, api: PatientApi) -> Machine | None:
+        """An idle instance that still runs vast-start.sh, waiting for a trial; one that does not
+        (its container ended, or it was destroyed outside gpujob) is destroyed and left out."""
+        while (machine := self.idle()) is not None:
+            status = (api.show_instance(machine.instance_id) or {}).get("actual_status")
+            if status == "running":
+                return machine
+            print(f"vast: the sweep's instance {machine.instance_id} is {status or 'gone'}; destroying it, and "
+                  "the next trial goes to another", file=sys.stderr)
+            self.forget(machine.instance_id)
+            if status is not None:
+                destroy(api, machine.instance_id, must=False)
+        return None
+
     def holding(self, instance_id: int | None) -> Machine | None:
         return next((m for m in self.machines if m.instance_id == instance_id), None)
 
