@@ -621,6 +621,43 @@ def test_a_vast_sweep_rents_anew_when_its_idle_instance_has_ended(write_spec, lo
     assert rents(local_vast) == 2 and live_instances(local_vast) == []
 
 
+def test_a_resumed_vast_sweep_continues_its_cancelled_trial_on_the_instance_it_keeps(write_spec, local_vast,
+                                                                                     tmp_path):
+    """Cancelled while its first trial trains, then resumed: that trial continues from its
+    checkpoint on the resumed sweep's one instance, and the next trial follows it there."""
+    import threading
+
+    from runner.sweeps.lifecycle import cancel
+
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
+                      train={"epochs": 30, "log_every_steps": 50, "checkpoint_every_minutes": 10},
+                      resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05]}, "max_parallel": 1})
+    said = []
+
+    def cancel_once_it_trains() -> None:
+        wait_for(lambda: 101 in local_vast.instances and "step 50/" in local_vast.logs(101), "the first trial training",
+                 timeout=300)
+        (folder,) = list((tmp_path / "runs").iterdir())
+        said.append(cancel(folder))
+
+    canceller = threading.Thread(target=cancel_once_it_trains, daemon=True)
+    canceller.start()
+    stopped = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
+    canceller.join(timeout=300)
+    assert stopped.exit_code == 143 and said, (stopped.stderr, said)
+    folder = sweep_folder(stopped.stdout)
+    assert [t["state"] for t in record(folder)["trials"]] == ["cancelled"] and live_instances(local_vast) == []
+    resumed = cli("sweep", "resume", folder)
+    assert resumed.exit_code == 0, resumed.stderr
+    trials = record(folder)["trials"]
+    assert [t["state"] for t in trials] == ["finished", "finished"] and all(t["epochs"] == 30 for t in trials)
+    assert rents(local_vast) == 2 and live_instances(local_vast) == []  # one before the cancel, one after
+    first = json.loads((folder / trials[0]["folder"] / "submission.json").read_text())
+    assert any(e["event"] == "cancel asked" for e in first["events"])
+    assert (folder / trials[0]["folder"] / "vast.log").read_text().count("gpujob-vast: start") == 2  # two attempts
+
+
 def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
     from runner.backends.vast.following import exit_code, own_lines
 

@@ -179,14 +179,14 @@ class VastBackend(Backend):
         api.check_can_copy()  # before paying for anything
         if not request.sends_run_folder:
             announce(run)
-        if self.pool is not None and detach and not request.sends_run_folder:
+        if self.pool is not None and detach:
             self._send_to_pool(api, run, spec, request)
             return
         run_attempt(api, run, spec, request, detach, self.poll_s)
 
     def _send_to_pool(self, api: PatientApi, run: Run, spec: JobSpec, request: VastRequest) -> None:
-        """A sweep's trial: on an idle instance of the sweep's, else on one rented for it that
-        then stays for the next trials."""
+        """A sweep's trial (or one resumed: its run folder goes first): on an idle instance of
+        the sweep's, else on one rented for it that then stays for the next trials."""
         from runner.backends.billing import billing_env
         from runner.backends.vast.offers import hourly_cost
         from runner.backends.vast.pool import POOL_ENV, hand_over
@@ -194,9 +194,11 @@ class VastBackend(Backend):
         assert self.pool is not None, "called within sweep_machines"
         machine = self.pool.take_idle(api)
         if machine is not None:
-            hand_over(api, machine, run, billing_env(run, spec.to_yaml(), hourly_cost(request.offer, spec)))
+            billing = billing_env(run, spec.to_yaml(), hourly_cost(request.offer, spec))
+            hand_over(api, machine, run, billing, whole=request.sends_run_folder)
             return
-        pooled = VastRequest(request.offer, {**request.payload, "env": {**request.payload["env"], POOL_ENV: "1"}})
+        pooled = VastRequest(request.offer, {**request.payload, "env": {**request.payload["env"], POOL_ENV: "1"}},
+                             request.sends_run_folder)
         run_attempt(api, run, spec, pooled, True, self.poll_s)
         self.pool.rented(run)
 

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.backends.vast.copying import REMOTE_JOB, UPLOADED, copy_back
+from runner.backends.vast.copying import REMOTE_JOB, UPLOAD_SKIPS, UPLOADED, copy_back, remote_run
 from runner.backends.vast.following import Watch, keep_log
 from runner.backends.vast.instance import bring_back_and_destroy, run_lines
 from runner.backends.vast.patience import PatientApi
@@ -80,13 +80,16 @@ class Pool:
         self.machines = [m for m in self.machines if m.instance_id != instance_id]
 
 
-def hand_over(api: PatientApi, machine: Machine, run: Run, billing: dict[str, str]) -> None:
+def hand_over(api: PatientApi, machine: Machine, run: Run, billing: dict[str, str], whole: bool) -> None:
     """Run the trial on an idle instance of the pool: its record names the instance, then its
-    job is sent, the mark last (vast-start.sh starts it once the mark is there)."""
+    job is sent (`whole`, a resumed trial: its run folder with its checkpoint first), the mark
+    last (vast-start.sh starts it once the mark is there, with --resume)."""
     record(run, **machine.handles, vast_instance_id=machine.instance_id, destroyed=False, vast_released=False,
            vast_pooled=True, rented_at=api.clock())
     machine.running = run
     queued = f"{QUEUE}/{run.folder.name}"
+    if whole:
+        api.copy_to(machine.instance_id, run.folder, remote_run(run.folder), exclude=UPLOAD_SKIPS)
     with tempfile.TemporaryDirectory(prefix="gpujob-queue-") as scratch:
         # One folder, as rsync makes it (the last part of the path only: vast-start.sh made queue/), then the mark.
         entry = _queue_entry(Path(scratch) / run.folder.name, run, billing)

@@ -54,7 +54,8 @@ def rent(api: PatientApi, run: Run, rental: Rental, offer_id: int, payload: dict
     """Rent the offer; the instance's id, recorded. `handles` go into the record first, with the
     label, before anything is asked. A rent whose answer was lost is asked again (with backoff,
     within the API's patience) only while no instance with the run's label is listed."""
-    record(run, vast_label=rental.label, vast_instance_id=None, destroyed=False, **handles)
+    # vast_released: a sweep's trial copied back from the sweep's instance (pool.py); a new rent is its own again
+    record(run, vast_label=rental.label, vast_instance_id=None, destroyed=False, vast_released=False, **handles)
     asking = patiently(api.clock, api.sleep, api.outage_s, api.clock(), retry_if_result(lambda lost: lost is not None),
                        _say_asking_again, _give_up_renting)
     asking(_ask_and_look, api, run, rental, offer_id, payload)
