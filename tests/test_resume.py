@@ -26,6 +26,14 @@ def _curve(run):
     return [{k: v for k, v in m.items() if k not in TIMING_ONLY} for m in read_jsonl(run / "metrics.jsonl")]
 
 
+@pytest.fixture(autouse=True)
+def the_same_threads_in_every_run(monkeypatch):
+    """Each test holds an interrupted run against a separate one that never stopped, bit for bit.
+    gpujob picks a fresh run's intra-op threads by the machine's load (a resume keeps its run's),
+    and another count sums a step in another order, so the two runs get one thread each."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture
 def digits_cnn(write_spec):
     def make(**train):
