@@ -35,11 +35,16 @@ child=""
 # before vast.ai stops the container (and a sweep's instance takes no further job).
 trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
 
-# run_job NAME SPEC [CODE]: one job, between the marks the backend follows.
+# run_job NAME SPEC [CODE [ENV]]: one job, between the marks the backend follows; a queued one's
+# meter (ENV: its price, billing start, budget) replaces the first job's, which the container has.
 run_job() {
   echo "gpujob-vast: start $1"
   (
     unset GPUJOB_SHIPPED_CODE
+    if [ -n "${4:-}" ]; then
+      unset GPUJOB_USD_PER_HOUR GPUJOB_BILLED_SINCE GPUJOB_MAX_USD
+      set -a; [ -f "$4" ] && . "$4"; set +a
+    fi
     # The user's code as submitted, imported before anything else of that name.
     [ -n "${3:-}" ] && [ -d "$3" ] && export GPUJOB_SHIPPED_CODE="$3"
     exec gpujob run "$2" --run-dir "$RUNS/$1" --nproc-per-node auto --resume
@@ -83,7 +88,6 @@ while [ "$stopping" = 0 ]; do
   fi
   idle=0
   touch "$next/.gpujob-taken"
-  set -a; [ -f "$next/env.sh" ] && . "$next/env.sh"; set +a
-  run_job "${next##*/}" "$next/spec.yaml" "$next/code"
+  run_job "${next##*/}" "$next/spec.yaml" "$next/code" "$next/env.sh"
 done
 exit "$code"

@@ -658,6 +658,13 @@ def test_a_resumed_vast_sweep_continues_its_cancelled_trial_on_the_instance_it_k
     assert (folder / trials[0]["folder"] / "vast.log").read_text().count("gpujob-vast: start") == 2  # two attempts
 
 
+def test_a_queued_trial_on_a_sweeps_instance_gets_its_own_meter_not_the_first_trials():
+    from runner.training.meter import BILLED_SINCE, MAX_USD, PRICE
+
+    script = (REPO / "images" / "vast-start.sh").read_text()
+    assert f"unset {PRICE} {BILLED_SINCE} {MAX_USD}" in script  # the container's env is the first trial's
+
+
 def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
     from runner.backends.vast.following import exit_code, own_lines
 
