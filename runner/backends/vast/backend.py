@@ -20,7 +20,7 @@ from runner.backends.base import Backend, Plan, what_is_here
 from runner.backends.vast import instance
 from runner.backends.vast.attempt import run_attempt
 from runner.backends.vast.copying import copy_back
-from runner.backends.vast.following import LOG_WINDOW, kept_log, new_lines, own_lines
+from runner.backends.vast.following import LOG_WINDOW, kept_log, new_lines
 from runner.backends.vast.offers import (choose_offer, describe_offer, describe_price, offer_query, offer_type, order_by,
                                          vast_gpu, vast_gpu_names)
 from runner.backends.vast.patience import OUTAGE_S, PatientApi
@@ -231,7 +231,7 @@ class VastBackend(Backend):
         seen: list[str] = []
         while True:
             live = follow and self.status(run).live
-            fresh = new_lines(seen, own_lines(api.logs(instance_id).splitlines(), run.folder.name))
+            fresh = new_lines(seen, instance.run_lines(api, run, instance_id))
             yield from fresh
             seen = (seen + fresh)[-LOG_WINDOW:]
             if not live:

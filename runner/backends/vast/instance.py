@@ -59,8 +59,10 @@ def state(api: PatientApi | None, run: Run, instance_id: int | None) -> RunState
 
 
 def run_lines(api: PatientApi, run: Run, instance_id: int) -> list[str]:
-    """The instance's output that is the run's (a sweep's instance runs several in turn)."""
-    return own_lines(api.logs(instance_id).splitlines(), run.folder.name)
+    """The instance's output that is the run's: all of it, but on a sweep's instance, which runs
+    several in turn (pool.py), the run's own part."""
+    lines = api.logs(instance_id).splitlines()
+    return own_lines(lines, run.folder.name) if run.handles.get("vast_pooled") else lines
 
 
 def gone(api: PatientApi, run: Run, instance_id: int) -> str | None:
