@@ -21,7 +21,16 @@ def _sent(run) -> dict:
 
 
 def _created(fake) -> list[tuple[int, dict]]:
-    return [(call[1], call[2]) for call in fake.calls if call[0] == "create"]
+    """Each rent's offer and payload, less the meter's variables: new for each rent (billed from
+    it on, runner/backends/billing.py), so never part of the request job/request.json keeps."""
+    from runner.training.meter import BILLED_SINCE, MAX_USD, PRICE
+
+    rents = [(call[1], call[2]) for call in fake.calls if call[0] == "create"]
+    for _, payload in rents:
+        assert PRICE in payload["env"] and BILLED_SINCE in payload["env"]  # every priced rent is metered
+    return [(offer_id, {**payload, "env": {k: v for k, v in payload["env"].items()
+                                           if k not in (PRICE, BILLED_SINCE, MAX_USD)}})
+            for offer_id, payload in rents]
 
 
 def test_submit_keeps_exactly_what_it_sent_in_job_request_json(vast_spec, tmp_path):
