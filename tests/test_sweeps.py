@@ -621,31 +621,40 @@ def test_a_vast_sweep_rents_anew_when_its_idle_instance_has_ended(write_spec, lo
     assert rents(local_vast) == 2 and live_instances(local_vast) == []
 
 
+def _sweep_cancelled_once(spec, runs: Path, what: str, ready):
+    """`gpujob sweep SPEC` run here, and `gpujob sweep cancel` from another thread once `ready()`:
+    the sweep's result, which must be the cancel's exit code."""
+    import threading
+
+    from runner.sweeps.lifecycle import cancel
+
+    said = []
+
+    def cancel_when_ready() -> None:
+        wait_for(ready, what, timeout=300)
+        (folder,) = list(runs.iterdir())
+        said.append(cancel(folder))
+
+    canceller = threading.Thread(target=cancel_when_ready, daemon=True)
+    canceller.start()
+    stopped = cli("sweep", spec, "--runs-dir", runs)
+    canceller.join(timeout=300)
+    assert stopped.exit_code == 143 and said, (stopped.stderr, said)
+    return stopped
+
+
 def test_a_resumed_vast_sweep_continues_its_cancelled_trial_on_the_instance_it_keeps(write_spec, local_vast,
                                                                                      tmp_path):
     """Cancelled while its first trial trains, then resumed: that trial continues from its
     checkpoint on the resumed sweep's one instance, and the next trial follows it there."""
-    import threading
 
-    from runner.sweeps.lifecycle import cancel
 
     spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
                       train={"epochs": 30, "log_every_steps": 50, "checkpoint_every_minutes": 10},
                       resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
                       sweep={"axes": {"optimizer.lr": [0.1, 0.05]}, "max_parallel": 1})
-    said = []
-
-    def cancel_once_it_trains() -> None:
-        wait_for(lambda: 101 in local_vast.instances and "step 50/" in local_vast.logs(101), "the first trial training",
-                 timeout=300)
-        (folder,) = list((tmp_path / "runs").iterdir())
-        said.append(cancel(folder))
-
-    canceller = threading.Thread(target=cancel_once_it_trains, daemon=True)
-    canceller.start()
-    stopped = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
-    canceller.join(timeout=300)
-    assert stopped.exit_code == 143 and said, (stopped.stderr, said)
+    stopped = _sweep_cancelled_once(spec, tmp_path / "runs", "the first trial training",
+                                    lambda: 101 in local_vast.instances and "step 50/" in local_vast.logs(101))
     folder = sweep_folder(stopped.stdout)
     assert [t["state"] for t in record(folder)["trials"]] == ["cancelled"] and live_instances(local_vast) == []
     resumed = cli("sweep", "resume", folder)
@@ -678,30 +687,18 @@ def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
 def test_a_cancelled_pooled_vast_sweep_leaves_no_instance(write_spec, local_vast, tmp_path):
     """One instance (max_parallel 1): a short trial, then a long one sent to the same instance,
     cancelled while it trains there."""
-    import threading
 
-    from runner.sweeps.lifecycle import cancel
 
     spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
                       train={"epochs": 2, "log_every_steps": 50, "checkpoint_every_minutes": 10},
                       resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
                       sweep={"axes": {"train.epochs": [2, 400]}, "max_parallel": 1, "seed": 1})  # seed 1: 2 first
-    said = []
-
     def second_trial_training() -> bool:
         taken = list(local_vast.root.glob("instance-*/workspace/job/queue/*/.gpujob-taken"))
         return bool(taken) and "step 50/" in local_vast.logs(101).split(f"gpujob-vast: start {taken[0].parent.name}")[-1]
 
-    def cancel_once_the_second_trains() -> None:
-        wait_for(second_trial_training, "the second trial training on the instance the first ran on", timeout=300)
-        (folder,) = list((tmp_path / "cancel").iterdir())
-        said.append(cancel(folder))
-
-    canceller = threading.Thread(target=cancel_once_the_second_trains, daemon=True)
-    canceller.start()
-    stopped = cli("sweep", spec, "--runs-dir", tmp_path / "cancel")
-    canceller.join(timeout=300)
-    assert stopped.exit_code == 143 and said, (stopped.stderr, said)
+    stopped = _sweep_cancelled_once(spec, tmp_path / "cancel",
+                                    "the second trial training on the instance the first ran on", second_trial_training)
     assert rents(local_vast) == 1 and live_instances(local_vast) == []  # one rental, destroyed: nothing left renting
     folder = sweep_folder(stopped.stdout)
     trials = record(folder)["trials"]
