@@ -296,11 +296,12 @@ class Backend:
                                   "machine submits its trials one by one (runner/sweeps/remote.py)")
 
     @contextmanager
-    def sweep_machines(self, parallel: int) -> Iterator[None]:
+    def sweep_machines(self, parallel: int, trials: list[Run]) -> Iterator[None]:
         """While this machine submits a sweep's trials one by one (runner/sweeps/remote.py): a
         backend that rents machines may keep up to `parallel` of them and run the trials on them
         in turn (one rental, one image pull each), giving every one up when the block ends,
-        however it ends. By default each trial is a submission of its own."""
+        however it ends; `trials`, the sweep's runs so far, name the machines an earlier driver
+        kept and could not give up (it was killed). By default each trial is a submission of its own."""
         yield
 
     def fanned_out_live(self, handles: dict) -> str | None:

@@ -94,7 +94,10 @@ def run_remote(folder: Path, backend, signals, say=print) -> int:
     """Start trials up to max_parallel, follow them, bring each back and record it, until none is
     left, the budget is reached, or this driver is stopped (then every running trial is cancelled);
     on the machines the backend keeps for the sweep, if it keeps any (given up at the end)."""
-    with backend.sweep_machines(rec.read(folder).max_parallel):
+    sweep = rec.read(folder)
+    trials = [Run(folder / t.folder, run_record.read(folder / t.folder)) for t in sweep.trials
+              if run_record.is_run(folder / t.folder)]
+    with backend.sweep_machines(sweep.max_parallel, trials):
         return _drive(folder, backend, signals, say)
 
 

@@ -63,12 +63,14 @@ class VastBackend(Backend):
         self.pool: Pool | None = None  # while a sweep's driver runs its trials on shared instances
 
     @contextmanager
-    def sweep_machines(self, parallel: int) -> Iterator[None]:
-        """At most `parallel` instances for a sweep, each running its trials in turn (pool.py);
-        every one destroyed when the block ends, however it ends."""
+    def sweep_machines(self, parallel: int, trials: list[Run]) -> Iterator[None]:
+        """At most `parallel` instances for a sweep, each running its trials in turn (pool.py), the
+        idle ones a killed driver left (named by `trials`' records) taken back first; every one
+        destroyed when the block ends, however it ends."""
         from runner.backends.vast.pool import close
 
         self.pool = Pool(parallel)
+        self.pool.take_back(trials)
         try:
             yield
         finally:

@@ -43,6 +43,7 @@ class Machine:
     instance_id: int
     handles: dict  # what a trial's record says of the rental: label, offer, price, interruptible
     running: Run | None = None
+    last: Run | None = None  # the trial it ran last, whose record says whether it is destroyed
 
 
 @dataclass
@@ -74,6 +75,20 @@ class Pool:
         """A trial that rented a new instance: the instance joins the pool, running it."""
         keep = ("vast_label", "price_per_hour", "interruptible", "offer")
         self.machines.append(Machine(run.handles["vast_instance_id"], {k: run.handles.get(k) for k in keep}, run))
+
+    def take_back(self, trials: list[Run]) -> None:
+        """The instances an earlier driver of the sweep left idle (killed with kill -9, it could
+        not destroy them): each one's latest trial was copied back from it, and it was never
+        destroyed. They join the pool idle; take_idle destroys any whose container has ended,
+        and the block's end destroys the rest: nothing a killed driver rented is left billing."""
+        latest: dict[int, Run] = {}  # each instance's latest trial (trials come in the sweep's order)
+        for run in sorted(trials, key=lambda r: r.handles.get("rented_at") or 0.0):
+            if run.handles.get("vast_instance_id") is not None:
+                latest[run.handles["vast_instance_id"]] = run
+        keep = ("vast_label", "price_per_hour", "interruptible", "offer")
+        for instance_id, run in latest.items():
+            if run.handles.get("vast_released") and not run.handles.get("destroyed"):
+                self.machines.append(Machine(instance_id, {k: run.handles.get(k) for k in keep}, last=run))
 
     def forget(self, instance_id: int | None) -> None:
         """An instance stopped and destroyed with its trial (a cancel): no longer the pool's."""
@@ -120,7 +135,7 @@ def release(api: PatientApi, machine: Machine, run: Run) -> str:
     keep_log(run.folder, Watch(lines=lines, started=True))
     record_cost(api, run, machine.instance_id)
     record(run, vast_released=True)
-    machine.running = None
+    machine.running, machine.last = None, run
     return f"copied {run.folder.name} back; instance {machine.instance_id} takes the sweep's next trial"
 
 
@@ -152,6 +167,6 @@ def close(api: PatientApi, pool: Pool) -> None:
     for machine in pool.machines:
         if machine.running is not None:
             bring_back_and_destroy(api, machine.running, machine.instance_id)
-        else:
-            destroy(api, machine.instance_id, must=False)
+        elif destroy(api, machine.instance_id, must=False) and machine.last is not None:
+            record(machine.last, destroyed=True)  # a later driver of the sweep does not take it back
     pool.machines = []
