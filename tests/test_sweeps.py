@@ -590,8 +590,12 @@ def test_a_vast_sweep_stopped_by_its_budget_leaves_no_instance(write_spec, local
     from runner.spec.load import load_spec
 
     def spec(max_usd=None):
-        return write_spec(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
-                          train={"epochs": 300, "log_every_steps": 50, "checkpoint_every_minutes": 10},
+        # Batches of 256: each step is FLOP-heavy, so this CPU takes far longer than the catalog's A10G
+        # (about 150 s for the first trial against an estimate of ~4 s of training): the budget, room for
+        # one trial as estimated, stops it however fast or loaded the machine is (at 300 epochs of 32,
+        # a quiet machine finished the trial before its budget ran out).
+        return write_spec(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 256},
+                          train={"epochs": 1000, "log_every_steps": 50, "checkpoint_every_minutes": 10},
                           resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
                           sweep={"axes": {"optimizer.lr": [0.1, 0.05, 0.02]}, "max_parallel": 1,
                                  **({"max_usd": max_usd} if max_usd else {})})
@@ -601,7 +605,7 @@ def test_a_vast_sweep_stopped_by_its_budget_leaves_no_instance(write_spec, local
     stopped = cli("sweep", spec(round(1.2 * estimate, 6)), "--runs-dir", tmp_path / "budget")
     assert stopped.exit_code == 4, stopped.stderr  # the budget's exit code
     folder = sweep_folder(stopped.stdout)
-    assert [t["state"] for t in record(folder)["trials"]] == ["cancelled"]
+    assert [t["state"] for t in record(folder)["trials"]] == ["cancelled"], stopped.stderr[-3000:]
     assert any(e["event"] == "budget" for e in record(folder)["events"])
     assert rents(local_vast) == 1 and live_instances(local_vast) == []  # nothing left renting
 
@@ -647,8 +651,6 @@ def test_a_resumed_vast_sweep_continues_its_cancelled_trial_on_the_instance_it_k
                                                                                      tmp_path):
     """Cancelled while its first trial trains, then resumed: that trial continues from its
     checkpoint on the resumed sweep's one instance, and the next trial follows it there."""
-
-
     spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
                       train={"epochs": 30, "log_every_steps": 50, "checkpoint_every_minutes": 10},
                       resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
@@ -665,6 +667,40 @@ def test_a_resumed_vast_sweep_continues_its_cancelled_trial_on_the_instance_it_k
     first = json.loads((folder / trials[0]["folder"] / "submission.json").read_text())
     assert any(e["event"] == "cancel asked" for e in first["events"])
     assert (folder / trials[0]["folder"] / "vast.log").read_text().count("gpujob-vast: start") == 2  # two attempts
+
+
+def test_a_killed_drivers_idle_instance_is_taken_back_by_the_resumed_sweep_and_destroyed(write_spec, local_vast,
+                                                                                         tmp_path, monkeypatch):
+    """A driver killed (kill -9) between trials cannot destroy the instance it keeps idle: the
+    resumed sweep finds it in its trials' records, runs the next trial there (no second rental)
+    and destroys it at the end. Killed here: the first trial's end raises, and nothing closes the pool."""
+    from runner.backends.vast import pool
+    from runner.sweeps import remote
+
+    spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 32},
+                      train={"epochs": 2, "log_every_steps": 50, "checkpoint_every_minutes": 10},
+                      resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
+                      sweep={"axes": {"optimizer.lr": [0.1, 0.05]}, "max_parallel": 1})
+    recorded = remote.finish_trial
+
+    def killed_after_the_first(folder, number, outcome):
+        recorded(folder, number, outcome)
+        raise SystemExit(137)
+
+    monkeypatch.setattr(remote, "finish_trial", killed_after_the_first)
+    monkeypatch.setattr(pool, "close", lambda api, kept: None)
+    killed = cli("sweep", spec, "--runs-dir", tmp_path / "runs")
+    assert killed.exit_code == 137, killed.stderr
+    assert live_instances(local_vast) == [101]  # left idle, billing
+    monkeypatch.undo()
+
+    (folder,) = (tmp_path / "runs").iterdir()
+    resumed = cli("sweep", "resume", folder)
+    assert resumed.exit_code == 0, resumed.stderr
+    assert [t["state"] for t in record(folder)["trials"]] == ["finished", "finished"]
+    assert rents(local_vast) == 1 and live_instances(local_vast) == []  # the second trial ran on it, then it went
+    second = json.loads((folder / record(folder)["trials"][1]["folder"] / "submission.json").read_text())
+    assert second["handles"]["vast_instance_id"] == 101
 
 
 def test_a_queued_trial_on_a_sweeps_instance_gets_its_own_meter_not_the_first_trials():
