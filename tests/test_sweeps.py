@@ -591,7 +591,7 @@ def test_a_vast_sweep_stopped_by_its_budget_leaves_no_instance(write_spec, local
 
     def spec(max_usd=None):
         # Batches of 256: each step is FLOP-heavy, so this CPU takes far longer than the catalog's A10G
-        # (about 150 s for the first trial against an estimate of ~4 s of training): the budget, room for
+        # (minutes for the first trial by a rough count, against a few seconds estimated): the budget, room for
         # one trial as estimated, stops it however fast or loaded the machine is (at 300 epochs of 32,
         # a quiet machine finished the trial before its budget ran out).
         return write_spec(model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 256},
