@@ -414,7 +414,16 @@ def _docker_bridge() -> str | None:
 
     out = subprocess.run(["docker", "network", "inspect", "bridge", "--format",
                           "{{range .IPAM.Config}}{{.Gateway}}{{end}}"], capture_output=True, text=True, timeout=30)
-    return out.stdout.strip() or None
+    if out.stdout.strip():
+        return out.stdout.strip()
+    # Some starts of the engine leave the IPAM config without a gateway (seen on a fresh machine
+    # with Debian's docker.io 20.10, which skipped this test): the bridge's own address is that gateway.
+    name = subprocess.run(["docker", "network", "inspect", "bridge", "--format",
+                           '{{index .Options "com.docker.network.bridge.name"}}'],
+                          capture_output=True, text=True, timeout=30).stdout.strip()
+    addr = subprocess.run(["ip", "-4", "-o", "addr", "show", name or "docker0"], capture_output=True, text=True,
+                          timeout=30).stdout.split()
+    return addr[addr.index("inet") + 1].split("/")[0] if "inet" in addr else None
 
 
 def _engine() -> bool:
