@@ -53,6 +53,17 @@ class Submission:
                 return False
         return False
 
+    @property
+    def pruned_after(self) -> int | None:
+        """The epoch after which a sweep's pruner stopped the latest attempt (it cancels a remote
+        trial, runner/sweeps/remote.py), or None: such a cancel is not the user's."""
+        for event in reversed(self.events):
+            if event["event"] == "pruned":
+                return event.get("epoch")
+            if event["event"] in ("submitted", "resumed"):
+                return None
+        return None
+
     def note(self, event: str, t: float | None = None, **detail) -> None:
         # "t": the same moment in seconds since the epoch, for durations (start-up phases)
         t = time.time() if t is None else t

@@ -70,7 +70,7 @@ def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
     if code is None and not error and seen.get("state") in (FAILED, CANCELLED, PREEMPTED, OVER_BUDGET):
         return RunState(seen["state"], seen.get("detail", ""))  # what gpujob saw when it ended
     if run.record.cancel_asked:
-        return RunState(CANCELLED, f"by `gpujob cancel`; {resume_hint(folder)}", code)
+        return RunState(CANCELLED, f"{cancelled_by(run.record)}; {resume_hint(folder)}", code)
     if code == BUDGET_REACHED:
         return RunState(OVER_BUDGET, f"stopped before resources.max_usd would pass; {budget_hint(folder)}", code)
     if code == INTERRUPTED:  # Ctrl-C (or a closed terminal): the user's own stop
@@ -83,6 +83,12 @@ def ended_state(run: Run, code: int | None, how: str = "") -> RunState:
         return RunState(PREEMPTED, f"killed by {killed} (exit {code}), not by gpujob{cause}; {resume_hint(folder)}",
                         code)
     return RunState(FAILED, error or f"exit {code}" + (f" ({how})" if how else ""), code)
+
+
+def cancelled_by(record: "run_record.Submission") -> str:
+    """Who cancelled the latest attempt: the user, or the pruner of the sweep it is a trial of."""
+    pruned = record.pruned_after
+    return "by `gpujob cancel`" if pruned is None else f"by its sweep's pruner after epoch {pruned}"
 
 
 def budget_hint(folder: Path) -> str:

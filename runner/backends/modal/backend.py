@@ -232,7 +232,7 @@ class ModalBackend(Backend):
             self._bring_back(service, run.folder, state, about.call_id)
 
     def status(self, run: Run) -> RunState:
-        from runner.runs.state import ended_state
+        from runner.runs.state import cancelled_by, ended_state
 
         state = self._call_state(run)
         if state.running:
@@ -248,8 +248,12 @@ class ModalBackend(Backend):
             return RunState(OVER_BUDGET, message, state.exit_code)
         if state.exit_code in (INTERRUPTED, PREEMPTED_CODE) or run.record.cancel_asked:
             kind = CANCELLED if run.record.cancel_asked else PREEMPTED
-            return RunState(kind, f"{message}; its checkpoint is on Modal's volume: "
-                                  f"`{command(f'gpujob resume {run.folder}')}` continues it", state.exit_code)
+            if kind == CANCELLED:  # who cancelled it, then the job's own words without its "cancelled: "
+                message = f"{cancelled_by(run.record)}; {message.removeprefix(f'{CANCELLED}: ')}"
+            if "gpujob resume" not in message:  # the job's words say how to continue, where it said anything
+                message += (f"; its checkpoint is on Modal's volume: "
+                            f"`{command(f'gpujob resume {run.folder}')}` continues it")
+            return RunState(kind, message, state.exit_code)
         return RunState(FAILED, message, state.exit_code)
 
     def _call_state(self, run: Run, doing: str = "asking Modal about the job"):
