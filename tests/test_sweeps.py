@@ -443,6 +443,8 @@ def assert_the_bad_trial_was_pruned(folder: Path, epochs: int = 40) -> dict:
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
     states = [t.state for t in optuna.load_study(study_name="sweep", storage=storage).get_trials()]
     assert states == [optuna.trial.TrialState.COMPLETE] * 2 + [optuna.trial.TrialState.PRUNED]
+    said = cli("status", run)  # the trial's own folder says who stopped it: not the user's cancel
+    assert f"cancelled: by its sweep's pruner after epoch {bad['epochs']}" in said.stdout, said.stdout
     return bad
 
 
@@ -669,11 +671,9 @@ def test_a_resumed_vast_sweep_continues_its_cancelled_trial_on_the_instance_it_k
     assert (folder / trials[0]["folder"] / "vast.log").read_text().count("gpujob-vast: start") == 2  # two attempts
 
 
-def test_a_killed_drivers_idle_instance_is_taken_back_by_the_resumed_sweep_and_destroyed(write_spec, local_vast,
-                                                                                         tmp_path, monkeypatch):
-    """A driver killed (kill -9) between trials cannot destroy the instance it keeps idle: the
-    resumed sweep finds it in its trials' records, runs the next trial there (no second rental)
-    and destroys it at the end. Killed here: the first trial's end raises, and nothing closes the pool."""
+def vast_sweep_killed_between_trials(write_spec, local_vast, tmp_path, monkeypatch) -> Path:
+    """A driver killed (kill -9) between trials cannot destroy the instance it keeps idle. Killed
+    here: the first trial's end raises, and nothing closes the pool."""
     from runner.backends.vast import pool
     from runner.sweeps import remote
 
@@ -693,14 +693,34 @@ def test_a_killed_drivers_idle_instance_is_taken_back_by_the_resumed_sweep_and_d
     assert killed.exit_code == 137, killed.stderr
     assert live_instances(local_vast) == [101]  # left idle, billing
     monkeypatch.undo()
-
     (folder,) = (tmp_path / "runs").iterdir()
+    return folder
+
+
+def test_a_killed_drivers_idle_instance_is_taken_back_by_the_resumed_sweep_and_destroyed(write_spec, local_vast,
+                                                                                         tmp_path, monkeypatch):
+    """The resumed sweep finds the idle instance in its trials' records, runs the next trial there
+    (no second rental) and destroys it at the end."""
+    folder = vast_sweep_killed_between_trials(write_spec, local_vast, tmp_path, monkeypatch)
     resumed = cli("sweep", "resume", folder)
     assert resumed.exit_code == 0, resumed.stderr
     assert [t["state"] for t in record(folder)["trials"]] == ["finished", "finished"]
     assert rents(local_vast) == 1 and live_instances(local_vast) == []  # the second trial ran on it, then it went
     second = json.loads((folder / record(folder)["trials"][1]["folder"] / "submission.json").read_text())
     assert second["handles"]["vast_instance_id"] == 101
+
+
+def test_a_cancel_of_a_sweep_whose_driver_was_killed_destroys_the_idle_instance_it_left(write_spec, local_vast,
+                                                                                       tmp_path, monkeypatch):
+    """Without a resume, `sweep cancel` destroys it: its disk bills no more (it was left billing)."""
+    folder = vast_sweep_killed_between_trials(write_spec, local_vast, tmp_path, monkeypatch)
+    cancelled = cli("sweep", "cancel", folder)
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert live_instances(local_vast) == [] and rents(local_vast) == 1
+    assert "destroyed instance 101" in cancelled.stderr
+    again = cli("sweep", "resume", folder)  # the destroyed instance is not taken back: the last trial rents anew
+    assert again.exit_code == 0, again.stderr
+    assert rents(local_vast) == 2 and live_instances(local_vast) == []
 
 
 def test_a_queued_trial_on_a_sweeps_instance_gets_its_own_meter_not_the_first_trials():
@@ -742,18 +762,16 @@ def test_a_cancelled_pooled_vast_sweep_leaves_no_instance(write_spec, local_vast
     assert sorted((folder / trials[1]["folder"] / "checkpoints").glob("step-*.pt"))  # it stopped with a checkpoint
 
 
-def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_starting_it_again(
-        write_spec, container_modal, tmp_path):
-    """The driver was killed (kill -9) while a trial's call ran on Modal: `sweep resume` takes the
-    call up where it runs; it never spawns a second call into the same run."""
+def modal_sweep_killed_mid_trial(write_spec, tmp_path, epochs: int) -> Path:
+    """A sweep whose driver was killed (kill -9) while its first trial's call ran on Modal: the call
+    runs on, and the trial's owner is a process that has ended."""
     from runner.backends.registry import get_backend
     from runner.cli.app import load_job
     from runner.sweeps import claims, driver
     from runner.sweeps import record as rec
     from runner.sweeps.remote import remote_trial_name, start_trial
 
-    service = container_modal()
-    spec = modal_sweep_spec(write_spec, epochs=30, rates=(0.1, 0.05))
+    spec = modal_sweep_spec(write_spec, epochs=epochs, rates=(0.1, 0.05))
     plan = driver.plan_sweep(load_job(spec, []), spec, tmp_path / "runs", [], None, None)
     folder = driver.start(plan)
     claim = claims.claim_next(folder, naming=lambda n: remote_trial_name(folder, n))
@@ -761,6 +779,14 @@ def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_st
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     with rec.updating(folder) as sweep:  # its owner: a process that has ended, as a killed driver has
         sweep.trials[0].owner = {**sweep.trials[0].owner, "pid": int(gone.stdout), "started": 1}
+    return folder
+
+
+def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_starting_it_again(
+        write_spec, container_modal, tmp_path):
+    """`sweep resume` takes the killed driver's call up where it runs; it never spawns a second call into the same run."""
+    service = container_modal()
+    folder = modal_sweep_killed_mid_trial(write_spec, tmp_path, epochs=30)
     assert len(service.calls) == 1 and live_calls(service) == 1
 
     resumed = cli("sweep", "resume", folder)
@@ -769,6 +795,23 @@ def test_a_resumed_modal_sweep_follows_a_trial_still_running_there_instead_of_st
     trials = record(folder)["trials"]
     assert [t["state"] for t in trials] == ["finished", "finished"]
     assert all((folder / t["folder"] / "summary.json").is_file() for t in trials)
+
+
+def test_a_cancel_of_a_sweep_whose_driver_was_killed_ends_the_call_it_left_running(write_spec, container_modal,
+                                                                                    tmp_path):
+    """A killed driver could not cancel its trial's call, which bills on: `sweep cancel` finds the
+    live call from the trial's record and cancels it (it said 'not running; nothing to cancel')."""
+    service = container_modal()
+    folder = modal_sweep_killed_mid_trial(write_spec, tmp_path, epochs=2000)
+    assert live_calls(service) == 1
+    cancelled = cli("sweep", "cancel", folder)
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert f"cancelled {folder.name} (its driver had stopped)" in cancelled.stdout, cancelled.stdout
+    assert live_calls(service) == 0 and service.cancels  # nothing left billing
+    trial = folder / record(folder)["trials"][0]["folder"]
+    said = cli("status", trial).stdout
+    assert "cancelled: by `gpujob cancel`" in said and "cancelled: cancelled" not in said, said
+    assert "cancelled" in cli("sweep", "status", folder).stdout
 
 
 def test_a_slurm_sweep_runs_its_array_on_the_two_node_partition(slurm_cluster, slurm_nodes, write_spec, tmp_path):

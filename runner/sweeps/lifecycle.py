@@ -68,7 +68,7 @@ def cancel(folder: Path) -> str:
         return _cancel_fanned_out(folder, sweep)
     owner = driver(folder)
     if owner is None:
-        return f"{folder.name} is not running; nothing to cancel"
+        return _cancel_what_a_killed_driver_left(folder, sweep)
     if not owner.get("pid") or not run_lock.is_alive(owner):
         raise bad_input(f"{folder} is running as {run_lock.describe(owner)}; cancel it there")
     with rec.updating(folder) as sweep:
@@ -121,3 +121,30 @@ def _cancel_fanned_out(folder: Path, sweep: SweepRecord) -> str:
         time.sleep(1)
     close(folder, 0)
     return f"cancelled {folder.name}; its unfinished trials continue with: {command(f'gpujob sweep resume {folder}')}"
+
+
+def _cancel_what_a_killed_driver_left(folder: Path, sweep: SweepRecord) -> str:
+    """A driver killed outright (kill -9, a lost laptop) could not stop what it started elsewhere:
+    its trials' Modal calls, containers or instances run on, and a sweep's idle instances bill until
+    destroyed. Each trial still live is cancelled through its backend (it checkpoints, as on any
+    cancel), and the machines the backend kept for the sweep are given up."""
+    from runner.backends.registry import get_backend
+    from runner.runs import record as run_record
+    from runner.runs.state import Run
+
+    backend = get_backend(sweep.backend)
+    if backend.resumes_here:  # a sweep here: its trials ran in the driver's own processes
+        return f"{folder.name} is not running; nothing to cancel"
+    trials = [Run(folder / t.folder, run_record.read(folder / t.folder)) for t in sweep.trials
+              if run_record.is_run(folder / t.folder)]
+    live = [run for run in trials if backend.status(run).live]
+    if live:
+        with rec.updating(folder) as record:
+            record.note("cancel asked")
+    said = [backend.cancel(run) for run in live]
+    with backend.sweep_machines(0, trials):
+        pass  # the machines its driver kept idle are taken back, and given up at once
+    if not live:
+        return f"{folder.name} is not running; nothing to cancel"
+    return "\n".join(said + [f"cancelled {folder.name} (its driver had stopped); its unfinished trials continue "
+                              f"with: {command(f'gpujob sweep resume {folder}')}"])
