@@ -232,7 +232,7 @@ class ModalBackend(Backend):
             self._bring_back(service, run.folder, state, about.call_id)
 
     def status(self, run: Run) -> RunState:
-        from runner.runs.state import cancelled_by, ended_state
+        from runner.runs.state import ended_state
 
         state = self._call_state(run)
         if state.running:
@@ -248,12 +248,7 @@ class ModalBackend(Backend):
             return RunState(OVER_BUDGET, message, state.exit_code)
         if state.exit_code in (INTERRUPTED, PREEMPTED_CODE) or run.record.cancel_asked:
             kind = CANCELLED if run.record.cancel_asked else PREEMPTED
-            if kind == CANCELLED:  # who cancelled it, then the job's own words without its "cancelled: "
-                message = f"{cancelled_by(run.record)}; {message.removeprefix(f'{CANCELLED}: ')}"
-            if "gpujob resume" not in message:  # the job's words say how to continue, where it said anything
-                message += (f"; its checkpoint is on Modal's volume: "
-                            f"`{command(f'gpujob resume {run.folder}')}` continues it")
-            return RunState(kind, message, state.exit_code)
+            return RunState(kind, _stopped_detail(run, kind, message), state.exit_code)
         return RunState(FAILED, message, state.exit_code)
 
     def _call_state(self, run: Run, doing: str = "asking Modal about the job"):
@@ -349,6 +344,18 @@ class ModalBackend(Backend):
 
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _stopped_detail(run: Run, kind: str, message: str) -> str:
+    """A stopped call's line: who cancelled it (the user, a sweep's pruner), then the job's own words
+    without their "cancelled: ", then how to continue where those words do not say."""
+    from runner.runs.state import cancelled_by
+
+    if kind == CANCELLED:
+        message = f"{cancelled_by(run.record)}; {message.removeprefix(f'{CANCELLED}: ')}"
+    if "gpujob resume" not in message:
+        message += f"; its checkpoint is on Modal's volume: `{command(f'gpujob resume {run.folder}')}` continues it"
+    return message
 
 
 def _said_here(message: str, folder: Path) -> str:
