@@ -518,22 +518,25 @@ def test_a_requeued_job_whose_restart_fails_before_its_script_runs_is_not_report
 def test_a_job_that_reaches_its_time_limit_is_a_timeout_not_a_preemption(write_spec, tmp_path, slurm_cluster):
     """SLURM's own warning before the time limit (--signal) stops the workers, which checkpoint:
     that is resources.timeout_minutes reached, exit 1, as on every backend, not a preemption to
-    resume (143). --time is whole minutes, so this takes one."""
+    resume (143). --time is whole minutes: two, so that the warning comes after the workers' start-up
+    even on a loaded machine (with one, it came 20 s in, and under the full suite's load it ended the
+    workers while they still imported torch: "Alarm clock", no checkpoint)."""
     spec = write_spec(name="time-limit", model={"name": "cnn"}, data={"dataset": "digits", "batch_size": 32},
-                      resources={"processes": 2, "timeout_minutes": 1},
+                      resources={"processes": 2, "timeout_minutes": 2},
                       # stop_grace_s 40: the warning comes 40 s before the limit, before SLURM's 30-second checks
                       train={"epochs": 1000, "log_every_steps": 10, "checkpoint_every_minutes": 60,
                              "stop_grace_s": 40})
     result = cli("submit", spec, "--backend", "slurm", "--runs-dir", tmp_path / "runs")
     run = result.run_dir
     assert result.exit_code == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"gpujob: slurm: job {read_record(run).handles['slurm_job_id']} ran past resources.timeout_minutes (1 min) "
-        f"and was stopped; its last checkpoint is in {run}; continue it with: gpujob resume {run}")
-    stopped = re.search(r"ran past resources.timeout_minutes \(1 min\) and was stopped at step (\d+), checkpoint "
+    stopped = re.search(r"ran past resources.timeout_minutes \(2 min\) and was stopped at step (\d+), checkpoint "
                         "saved", result.stdout)
     assert stopped, result.stdout[-2000:]
-    assert CheckpointStore(run).paths()[0].name == f"step-{int(stopped[1]):08d}.pt"
+    kept = f"step-{int(stopped[1]):08d}.pt"
+    assert CheckpointStore(run).paths()[0].name == kept
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"gpujob: slurm: job {read_record(run).handles['slurm_job_id']} ran past resources.timeout_minutes (2 min) "
+        f"and was stopped; last checkpoint {kept}; continue it with: gpujob resume {run}")
     assert cli("status", run).stdout.startswith(f"{run.name}: failed")
 
 

@@ -135,9 +135,9 @@ class SlurmBackend(Backend):
 
     def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
         job_dir = RunPaths(folder).job
+        # resume_hint: a warning that came during the workers' start-up ended them before any checkpoint
         time_limit = (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} "
-                      f"min) and was stopped; its last checkpoint is in {folder}; continue it with: "
-                      f"{command(f'gpujob resume {folder}')}")
+                      f"min) and was stopped; {resume_hint(folder)}")
         if state == "TIMEOUT":
             raise job_failed(time_limit)
         if not output.path.exists() and state != "CANCELLED":
