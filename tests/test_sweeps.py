@@ -743,12 +743,11 @@ def test_an_instances_output_is_shared_out_between_the_runs_it_ran_in_turn():
 def test_a_cancelled_pooled_vast_sweep_leaves_no_instance(write_spec, local_vast, tmp_path):
     """One instance (max_parallel 1): a short trial, then a long one sent to the same instance,
     cancelled while it trains there."""
-
-
     spec = write_spec(model={"name": "mlp"}, data={"dataset": "digits", "batch_size": 4},
                       train={"epochs": 2, "log_every_steps": 50, "checkpoint_every_minutes": 10},
                       resources={"gpu": "A10G:2", "timeout_minutes": 5}, backend="vast", vast={"image": IMAGE},
                       sweep={"axes": {"train.epochs": [2, 400]}, "max_parallel": 1, "seed": 1})  # seed 1: 2 first
+
     def second_trial_training() -> bool:
         taken = list(local_vast.root.glob("instance-*/workspace/job/queue/*/.gpujob-taken"))
         return bool(taken) and "step 50/" in local_vast.logs(101).split(f"gpujob-vast: start {taken[0].parent.name}")[-1]

@@ -129,15 +129,16 @@ def _cancel_what_a_killed_driver_left(folder: Path, sweep: SweepRecord) -> str:
     destroyed. Each trial still live is cancelled through its backend (it checkpoints, as on any
     cancel), and the machines the backend kept for the sweep are given up."""
     from runner.backends.registry import get_backend
-    from runner.runs import record as run_record
-    from runner.runs.state import Run
+    from runner.sweeps.remote import trial_runs
 
     backend = get_backend(sweep.backend)
     if backend.resumes_here:  # a sweep here: its trials ran in the driver's own processes
         return f"{folder.name} is not running; nothing to cancel"
-    trials = [Run(folder / t.folder, run_record.read(folder / t.folder)) for t in sweep.trials
-              if run_record.is_run(folder / t.folder)]
-    live = [run for run in trials if backend.status(run).live]
+    trials = trial_runs(folder, sweep)
+    # Only a trial the sweep still calls running can be live (an ended one was brought back once
+    # its backend said so): the backend is asked about those alone, a service call each.
+    unended = {t.folder for t in sweep.trials if t.state == RUNNING}
+    live = [run for run in trials if run.folder.name in unended and backend.status(run).live]
     if live:
         with rec.updating(folder) as record:
             record.note("cancel asked")

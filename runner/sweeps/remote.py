@@ -95,10 +95,14 @@ def run_remote(folder: Path, backend, signals, say=print) -> int:
     left, the budget is reached, or this driver is stopped (then every running trial is cancelled);
     on the machines the backend keeps for the sweep, if it keeps any (given up at the end)."""
     sweep = rec.read(folder)
-    trials = [Run(folder / t.folder, run_record.read(folder / t.folder)) for t in sweep.trials
-              if run_record.is_run(folder / t.folder)]
-    with backend.sweep_machines(sweep.max_parallel, trials):
+    with backend.sweep_machines(sweep.max_parallel, trial_runs(folder, sweep)):
         return _drive(folder, backend, signals, say)
+
+
+def trial_runs(folder: Path, sweep: rec.SweepRecord) -> list[Run]:
+    """The sweep's trials that have a run folder, each with its record (the handles on its machine)."""
+    return [Run(folder / t.folder, run_record.read(folder / t.folder)) for t in sweep.trials
+            if run_record.is_run(folder / t.folder)]
 
 
 def _drive(folder: Path, backend, signals, say) -> int:

@@ -135,11 +135,13 @@ class SlurmBackend(Backend):
 
     def _outcome(self, spec: JobSpec, folder: Path, job_id: str, state: str, output: OutputFollower) -> None:
         job_dir = RunPaths(folder).job
-        # resume_hint: a warning that came during the workers' start-up ended them before any checkpoint
-        time_limit = (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} "
-                      f"min) and was stopped; {resume_hint(folder)}")
+
+        def time_limit() -> str:  # resume_hint: a warning during the workers' start-up ended them before any checkpoint
+            return (f"slurm: job {job_id} ran past resources.timeout_minutes ({spec.resources.timeout_minutes} min) "
+                    f"and was stopped; {resume_hint(folder)}")
+
         if state == "TIMEOUT":
-            raise job_failed(time_limit)
+            raise job_failed(time_limit())
         if not output.path.exists() and state != "CANCELLED":
             raise job_failed(f"slurm: job {job_id} ended {state}, but nothing it wrote is visible here; --runs-dir "
                              f"({folder.parent}) must be on a file system the compute nodes share with this machine")
@@ -155,7 +157,7 @@ class SlurmBackend(Backend):
                              + f" before its batch script ran; its last checkpoint is in {folder}; continue it "
                              f"with: {command(f'gpujob resume {folder}')}")
         if _stopped_by_time_limit(folder, job_id):  # by SLURM's warning before the limit (--signal)
-            raise job_failed(time_limit)
+            raise job_failed(time_limit())
         failed = failed_rank(rank_ends(job_dir, output))
         code, lines, where = ended.code, output.lines(), f"slurm job {job_id}"
         if failed is not None:

@@ -73,8 +73,7 @@ class Pool:
 
     def rented(self, run: Run) -> None:
         """A trial that rented a new instance: the instance joins the pool, running it."""
-        keep = ("vast_label", "price_per_hour", "interruptible", "offer")
-        self.machines.append(Machine(run.handles["vast_instance_id"], {k: run.handles.get(k) for k in keep}, run))
+        self.machines.append(Machine(run.handles["vast_instance_id"], _rental(run), run))
 
     def take_back(self, trials: list[Run]) -> None:
         """The instances an earlier driver of the sweep left idle (killed with kill -9, it could
@@ -85,14 +84,18 @@ class Pool:
         for run in sorted(trials, key=lambda r: r.handles.get("rented_at") or 0.0):
             if run.handles.get("vast_instance_id") is not None:
                 latest[run.handles["vast_instance_id"]] = run
-        keep = ("vast_label", "price_per_hour", "interruptible", "offer")
         for instance_id, run in latest.items():
             if run.handles.get("vast_released") and not run.handles.get("destroyed"):
-                self.machines.append(Machine(instance_id, {k: run.handles.get(k) for k in keep}, last=run))
+                self.machines.append(Machine(instance_id, _rental(run), last=run))
 
     def forget(self, instance_id: int | None) -> None:
         """An instance stopped and destroyed with its trial (a cancel): no longer the pool's."""
         self.machines = [m for m in self.machines if m.instance_id != instance_id]
+
+
+def _rental(run: Run) -> dict:
+    """What a trial's record says of its instance's rental, which the next trial on it records too."""
+    return {key: run.handles.get(key) for key in ("vast_label", "price_per_hour", "interruptible", "offer")}
 
 
 def hand_over(api: PatientApi, machine: Machine, run: Run, billing: dict[str, str], whole: bool) -> None:
