@@ -15,6 +15,8 @@ import time
 import pytest
 
 from runner.backends.auto import choose_backend
+from runner.runs import lock as run_lock
+from runner.runs import record as run_record
 from runner.spec.load import load_spec
 from tests.conftest import REPO, cli, cli_subprocess, read_jsonl, read_jsonl_if, wait_for
 
@@ -167,6 +169,33 @@ def test_logs_follow_reattaches_to_a_detached_run_until_it_ends(long_digits, tmp
     followed = cli_subprocess("logs", run, "--follow", timeout=300)
     assert followed.returncode == 0 and "step 60/60" in followed.stdout and "done: test_accuracy" in followed.stdout
     assert cli("status", run).stdout.startswith(f"{run.name}: finished")
+
+
+def test_logs_follow_waits_for_the_last_lines_printed_after_the_job_lets_go_of_its_folder(long_digits, tmp_path):
+    """The detached `gpujob run` releases the run's lock when training ends, then prints its
+    result ("done: ...") and only then does the wrapper write job/exit-code. A follower that
+    read the lock alone stopped in that window without the result (seen in CI). Here the
+    window is held open: the finished run's last lines and exit code come back 2 s later."""
+    run = cli("submit", long_digits(max_steps=10), "--detach", "--runs-dir", tmp_path / "runs").run_dir
+    wait_for(lambda: (run / "job" / "exit-code").exists(), "the detached run to end", 300)
+    output, exit_file = run / "job" / "output.log", run / "job" / "exit-code"
+    whole, code = output.read_text(), exit_file.read_text()
+    assert "done: test_accuracy" in whole
+    cut = whole.index("done: test_accuracy")
+    output.write_text(whole[:cut])
+    exit_file.unlink()  # as just after the lock's release: the run's process is still printing
+    printing = subprocess.Popen(["sleep", "60"])  # the detached command's wrapper, not yet ended
+    run_record.update(run, handles=run_lock.identity(printing.pid))
+
+    follower = subprocess.Popen([sys.executable, "-m", "runner.cli", "logs", str(run), "--follow"],
+                                stdout=subprocess.PIPE, text=True, cwd=REPO)
+    time.sleep(2)
+    with output.open("a") as handle:
+        handle.write(whole[cut:])
+    exit_file.write_text(code)
+    printing.kill()
+    printed, _ = follower.communicate(timeout=120)
+    assert follower.returncode == 0 and "done: test_accuracy" in printed, printed
 
 
 def test_two_resumes_at_once_never_both_run(long_digits, tmp_path):

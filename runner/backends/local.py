@@ -110,7 +110,8 @@ class LocalBackend(Backend):
         if detach:
             job_dir = RunPaths(run.folder).job
             pid = start_detached(request.command, job_dir)
-            run.record = run_record.update(run.folder, handles={"pid": pid, "host": socket.gethostname()})
+            # the wrapper's identity, not its pid alone: `logs --follow` asks whether it still runs
+            run.record = run_record.update(run.folder, handles=run_lock.identity(pid))
             deadline = time.monotonic() + START_WAIT_S
             while run_lock.holder(run.folder) is None and exit_code(job_dir) is None and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -142,7 +143,7 @@ class LocalBackend(Backend):
 
         output = RunPaths(run.folder).job / JOB_OUTPUT
         if output.exists():  # a detached run's whole output
-            yield from tail_lines(output, (lambda: self.status(run).live) if follow else None)
+            yield from tail_lines(output, (lambda: self._still_printing(run)) if follow else None)
             return
         # An attached run printed to its terminal; its metrics say the same, step by step.
         shown = 0
@@ -154,6 +155,15 @@ class LocalBackend(Backend):
             if not live:
                 return
             time.sleep(0.5)
+
+    def _still_printing(self, run: Run) -> bool:
+        """A detached run goes on printing after it lets go of its folder's lock: `gpujob run`
+        prints its result ("done: ...") then, and its wrapper writes job/exit-code last. So its
+        output is followed while the lock is held, or while that wrapper runs without having
+        written the exit code."""
+        if self.status(run).live:
+            return True
+        return exit_code(RunPaths(run.folder).job) is None and run_lock.is_alive(run.record.handles)
 
     def cannot_stop(self, run: Run, state: RunState) -> str | None:
         owner = run_lock.holder(run.folder)
