@@ -11,7 +11,6 @@ test_structure.py checks it, imports inside functions included):
     reports/                 what a run says: diagnosis, plots, show, compare, estimates, cost
     launching/               one job's processes on one node: the launcher and the worker
     backends/                where a job runs: local, docker, slurm, modal, vast.ai, a Kaggle bundle
-    sweeps/                  gpujob sweep: trials of one spec, searched and pruned by Optuna
     sweeps/                  many trials of one spec: axes, Optuna's search and pruning, sweep.json, the answer
     cli/                     the gpujob command
 """

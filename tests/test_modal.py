@@ -976,8 +976,9 @@ def test_a_job_past_the_per_call_limit_runs_as_a_chain_with_the_losses_of_one_lo
         modal_spec, container_modal, tmp_path, short_calls, volume):
     """Each call stops itself with a checkpoint before Modal's limit and spawns the next from its
     container, which resumes from the volume; the attached terminal follows the chain to its
-    last call. Enough steps for 45 s of training: at most 20 s in each call, so 3 calls or more."""
-    steps = int(45 * _steps_per_second(modal_spec, volume))
+    last call. Enough steps for 55 s of training: at most 20 s in each call, so 3 calls or more,
+    with room for a pace that was measured while this shared machine was busier than now."""
+    steps = int(55 * _steps_per_second(modal_spec, volume))
     assert steps < 2000, steps  # a CNN: a curve of hundreds of losses, not tens of thousands
     spec = _chained_spec(modal_spec, steps)
     plan = cli("submit", spec, "--dry-run")

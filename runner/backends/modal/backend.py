@@ -254,13 +254,10 @@ class ModalBackend(Backend):
     def _call_state(self, run: Run, doing: str = "asking Modal about the job"):
         """The state of the job's last call, following a chain past Modal's per-call limit from
         the call the record names; the record then names every call the chain has reached."""
+        from runner.backends.modal.chain import handover_file
         from runner.backends.modal.service import modal_errors
 
-        from runner.backends.modal.chain import handover_file
-
-        service = self._service()
-
-        known = _call_id(run)
+        service, known = self._service(), _call_id(run)
 
         def successor_of(after: int) -> str | None:  # of the call `after` calls past the known one
             submission, start = run.handles.get("modal_submission"), run.handles.get("modal_chain_start")
