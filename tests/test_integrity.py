@@ -317,3 +317,20 @@ def test_a_refused_resume_prints_no_run_folder(write_spec, tmp_path):
         assert refused.returncode == 2 and refused.stdout == "", (refused.stdout, refused.stderr)
     finally:
         cli_subprocess("cancel", run)
+
+
+def test_a_stop_signal_that_comes_after_every_worker_finished_is_not_a_stop(write_spec):
+    """Seen in CI on a Modal chain: the call's handover timer sent its SIGTERM as the job's only
+    worker was exiting 0, finished; the launcher, which noted the signal first, reported the job
+    stopped, the call handed over, and the next call (a container, billed) found nothing to do.
+    A finished job is finished, whenever a stop signal comes after it."""
+    from runner.launching.launcher import Launch
+    from runner.launching.topology import Topology
+    from runner.spec.load import load_spec
+
+    launch = Launch(load_spec(write_spec(data={"dataset": "digits"})), Topology(1), None)
+    launch.procs = [subprocess.Popen(["true"])]
+    launch.procs[0].wait()
+    launch.stop_signal = signal.SIGTERM  # noted while the worker was exiting 0
+    launch.watch(timeout_s=60)  # returns: the job finished
+    launch.cleanup()

@@ -216,6 +216,8 @@ class Launch:
         while True:
             if self.stop_signal is not None:
                 self.stop_all()
+                if all(c == 0 for c in self._poll()):  # every worker had finished as the signal came
+                    return
                 code = PREEMPTED if self.stop_signal == signal.SIGTERM else INTERRUPTED
                 raise self._stopped(f"stopped by {signal.Signals(self.stop_signal).name}", code)
             codes = self._poll()
@@ -297,8 +299,7 @@ class Launch:
         died = codes[local_rank]
         if died is not None and died < 0 and not endings[local_rank].stopped:
             name = signal.Signals(-died).name
-            cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if died == -signal.SIGKILL else ""
-            return GpujobError(f"rank {rank} of {world} was killed by {name}, not by gpujob{cause}{where}; "
+            return GpujobError(f"rank {rank} of {world} was killed by {name}, not by gpujob{_why_killed(died)}{where}; "
                                "the other workers were stopped", JOB_FAILED)
         return GpujobError(f"rank {rank} of {world} failed: {report or f'exit code {died}'}{where}; "
                            "the other workers were stopped", code)
@@ -313,10 +314,8 @@ class Launch:
         where = f"; its output is in {self.run_dir / 'rank-0.log'}" if self.run_dir else ""
         if code is not None and code < 0:
             name = signal.Signals(-code).name
-            cause = " (out of memory? the kernel's OOM killer sends SIGKILL)" if code == -signal.SIGKILL else (
-                " (a crash in native code: a C extension, a driver)" if code in (-signal.SIGSEGV, -signal.SIGBUS,
-                                                                                -signal.SIGABRT) else "")
-            return GpujobError(f"the job's process was killed by {name}, not by gpujob{cause}{where}", JOB_FAILED)
+            return GpujobError(f"the job's process was killed by {name}, not by gpujob{_why_killed(code)}{where}",
+                               JOB_FAILED)
         return GpujobError(f"the job's process ended with exit code {code} before it finished, without an error of "
                            f"its own (os._exit or sys.exit in your code, or a crash in native code?){where}",
                            JOB_FAILED)
@@ -343,6 +342,15 @@ class Launch:
     def cleanup(self) -> None:
         for handle in (self.spec_file, *self.logs, *self.records):
             handle.close()
+
+
+def _why_killed(code: int) -> str:
+    """What a worker killed by signal -code most likely met, for its line."""
+    if code == -signal.SIGKILL:
+        return " (out of memory? the kernel's OOM killer sends SIGKILL)"
+    if code in (-signal.SIGSEGV, -signal.SIGBUS, -signal.SIGABRT):
+        return " (a crash in native code: a C extension, a driver)"
+    return ""
 
 
 def _never_met(t: Topology, port: int | None, limit: int) -> NeverJoined:
